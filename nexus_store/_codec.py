@@ -1,0 +1,50 @@
+"""The one module that knows the byte encoding of queued payloads and wire bodies.
+
+Storage (the queue) and transport (the HTTP backend) deal in ``bytes``; this module
+turns plain Python values (what ``pydantic.BaseModel.model_dump(mode="json")``
+produces, plus ``bytes``) into msgpack and back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ._exceptions import CodecError
+
+__all__ = ["decode", "encode"]
+
+_packer_options: dict[str, Any] = {"use_bin_type": True, "datetime": False}
+
+
+def encode(value: Any) -> bytes:
+    """Encode a plain value (dicts, lists, str, int, float, bool, None, bytes) as msgpack.
+
+    Raises:
+        CodecError: if the value holds something msgpack cannot represent.
+    """
+    try:
+        return msgpack.packb(value, **_packer_options)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode value: {exc}") from exc
+
+
+def decode(data: bytes, *, max_size: int | None = None) -> Any:
+    """Decode msgpack ``data`` produced by :func:`encode`.
+
+    Args:
+        data: the encoded bytes.
+        max_size: refuse inputs longer than this many bytes.
+
+    Raises:
+        CodecError: if the bytes are not one complete, valid msgpack value.
+    """
+    if max_size is not None and len(data) > max_size:
+        raise CodecError(f"encoded value of {len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CodecError(f"cannot decode payload: {exc}") from exc
+    except Exception as exc:  # msgpack raises bare exceptions on some truncated inputs
+        raise CodecError(f"cannot decode payload: {exc!r}") from exc

@@ -1,0 +1,158 @@
+"""The remote seam: what a sync run sends and receives, and the backend interface.
+
+A backend has two verbs and a lifecycle (``push``, ``pull``, ``aclose``). Everything
+crossing the seam is a validated pydantic model, so a backend that receives garbage
+from its transport raises :class:`~nexus_store.ProtocolError` instead of acking.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Change",
+    "Changes",
+    "OpResult",
+    "OpStatus",
+    "PushResult",
+    "RemoteBackend",
+    "RemoteOp",
+]
+
+ItemId = str | int
+"""The id of an item on the wire: the model's id field value (a string or an integer)."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class RemoteOp(_Wire):
+    """One write sent upstream.
+
+    ``op_id`` is the idempotency key: a retried op carries the same id and the server
+    applies it at most once.
+    """
+
+    op_id: str = Field(min_length=1, max_length=64)
+    collection: str = Field(min_length=1, max_length=63)
+    item_id: ItemId
+    kind: Literal["upsert", "delete"]
+    data: dict[str, Any] | None = None
+    """The item (``model_dump(mode="json")``) for an upsert; ``None`` for a delete."""
+    base_version: int = Field(default=0, ge=0)
+    """The server version the client based this write on (0: it had never seen the item)."""
+    hlc: str = Field(min_length=1, max_length=64)
+    """Hybrid logical clock stamp of the write (last-writer-wins order)."""
+    schema_version: int = Field(default=1, ge=1)
+
+
+class OpStatus(StrEnum):
+    """What the remote did with one op."""
+
+    ACCEPTED = "accepted"
+    """Applied (or applied earlier: a replay of the same op id)."""
+    REJECTED = "rejected"
+    """Refused for good (``reason``); the client dead-letters the op."""
+    CONFLICT = "conflict"
+    """Not applied: the server keeps its copy (``item``); the client adopts it."""
+    RETRY = "retry"
+    """Not applied now; send again later (after ``retry_after`` seconds, if given)."""
+
+
+class OpResult(_Wire):
+    """The remote's answer for one op."""
+
+    op_id: str
+    status: OpStatus
+    version: int | None = None
+    """For ``ACCEPTED``: the item's server version (its change sequence) after the write."""
+    item: Change | None = None
+    """For ``CONFLICT``: the server's current copy. For ``ACCEPTED``: set when the server
+    stored something other than what was sent (a resolver merged it)."""
+    reason: str | None = None
+    retry_after: float | None = Field(default=None, ge=0)
+
+
+class PushResult(_Wire):
+    """The answer to a push: one result per op, in the order sent."""
+
+    results: list[OpResult]
+
+    def by_op_id(self) -> dict[str, OpResult]:
+        """The results keyed by op id."""
+        return {r.op_id: r for r in self.results}
+
+
+class Change(_Wire):
+    """One item's state on the server after a change (a tombstone if ``deleted``)."""
+
+    collection: str
+    item_id: ItemId
+    version: int = Field(ge=1)
+    """The change sequence number that produced this state (monotonic per tenant)."""
+    deleted: bool = False
+    data: dict[str, Any] | None = None
+    hlc: str = ""
+
+
+class Changes(_Wire):
+    """A page of changes after a cursor."""
+
+    changes: list[Change]
+    cursor: int = Field(ge=0)
+    """Pass this to the next ``pull`` to continue after the last change returned."""
+    has_more: bool = False
+
+
+OpResult.model_rebuild()
+
+
+class RemoteBackend(abc.ABC):
+    """Where a store's queued ops go and its remote changes come from.
+
+    Implementations: :class:`~nexus_store.backends.MemoryBackend`,
+    :class:`~nexus_store.backends.HttpBackend`, :class:`~nexus_store.backends.PostgresBackend`.
+    Errors are raised as :class:`~nexus_store.RemoteError` subclasses, never as the
+    transport's own exceptions.
+    """
+
+    @abc.abstractmethod
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        """Send a batch of ops; return one result per op, in order.
+
+        Raises:
+            RemoteError: the batch as a whole failed (nothing in it may be acked).
+        """
+
+    @abc.abstractmethod
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        """Return changes with a sequence greater than ``cursor``, at most ``limit``.
+
+        Args:
+            cursor: the ``cursor`` of the previous page (0 for the beginning).
+            limit: the most changes to return.
+            collections: only these collections (all of the tenant's when ``None``).
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - a default no-op is right for in-process backends
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,19 @@
+"""The ``nexus-store`` command line (typer + rich).
+
+Each subcommand lives in its own module and registers itself on :data:`app`.
+Exit codes: 0 success, 1 the command ran but something failed (e.g. ops dead-lettered),
+2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+# Subcommand modules register on import (one per concept).
+from . import _version_cmd  # noqa: F401
+from ._app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``nexus-store`` console script."""
+    app()

@@ -1,0 +1,1 @@
+"""The reference sync server: one server core, storage on memory, SQLite or PostgreSQL."""

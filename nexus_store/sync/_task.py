@@ -1,0 +1,86 @@
+"""What a scheduler runs: a background task and the result it reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BackgroundSyncTask", "TaskContext", "TaskOutcome", "TaskResult"]
+
+
+class TaskOutcome(StrEnum):
+    """How a run ended, as a worker reports it (androidx ``ListenableWorker.Result``)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RETRY = "retry"
+
+
+class TaskResult(BaseModel):
+    """A task's result: an outcome, optional output data and a message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: TaskOutcome
+    output: dict[str, Any] = Field(default_factory=dict)
+    message: str = ""
+
+    @classmethod
+    def success(cls, output: Mapping[str, Any] | None = None, message: str = "") -> TaskResult:
+        """The task finished its work."""
+        return cls(outcome=TaskOutcome.SUCCESS, output=dict(output or {}), message=message)
+
+    @classmethod
+    def failure(cls, output: Mapping[str, Any] | None = None, message: str = "") -> TaskResult:
+        """The task failed and should not be retried."""
+        return cls(outcome=TaskOutcome.FAILURE, output=dict(output or {}), message=message)
+
+    @classmethod
+    def retry(cls, message: str = "") -> TaskResult:
+        """The task failed transiently; run it again after backoff."""
+        return cls(outcome=TaskOutcome.RETRY, message=message)
+
+
+class TaskContext(Protocol):
+    """What a running task can see and do (provided by the scheduler)."""
+
+    @property
+    def run_attempt_count(self) -> int:
+        """How many times this work ran before (0 on the first execution, WM-5)."""
+        ...
+
+    @property
+    def input(self) -> Mapping[str, Any]:
+        """The work's input data."""
+        ...
+
+    @property
+    def is_stopped(self) -> bool:
+        """True once the scheduler asked the task to stop (constraint lost, timeout, cancel)."""
+        ...
+
+    async def set_progress(self, progress: Mapping[str, Any]) -> None:
+        """Publish progress while running (ignored after the task finished, WM-20)."""
+        ...
+
+
+@runtime_checkable
+class BackgroundSyncTask(Protocol):
+    """A unit of background work: the store's sync, or an app's own job.
+
+    ``execute`` returns ``True``/``False`` (success/failure) or a :class:`TaskResult`
+    (which can ask for a retry). An exception counts as failure (WM-10). The task is
+    cancelled (anyio cancellation) when the scheduler stops it.
+    """
+
+    @property
+    def task_id(self) -> str:
+        """A stable name for the task (used in events, run history and as a tag)."""
+        ...
+
+    async def execute(self, context: TaskContext) -> bool | TaskResult:
+        """Do the work once."""
+        ...
