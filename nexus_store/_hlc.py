@@ -63,8 +63,7 @@ class HybridLogicalClock:
         """Merge a stamp received from elsewhere, so later local stamps sort after it."""
         millis, counter, _ = parse_stamp(stamp)
         with self._lock:
-            if (millis, counter) > (self._millis, self._counter):
-                self._millis, self._counter = millis, counter
+            self._millis, self._counter = max((self._millis, self._counter), (millis, counter))
 
     def _bump(self) -> None:
         if self._counter >= _MAX_COUNTER:
