@@ -1,0 +1,180 @@
+"""What a sync run reports: its summary, its progress while it runs, and its event.
+
+- :class:`SyncSummary`: the typed result of one run (pushed, failed, dead-lettered,
+  conflicts, pulled, per priority, duration, why it stopped).
+- :class:`SyncProgress`: done/total per priority, published after every batch and page.
+- :class:`SyncEvent`: one per run (task id, success, message, timestamp, duration).
+
+They are published on :class:`~nexus_store._broadcast.Broadcast` streams (every
+subscriber sees every item, in order, as an async iterator; callbacks too), which
+:class:`SyncStreams` bundles so a runner and a background service share them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._broadcast import Broadcast, Subscription
+from .._priority import SyncPriority
+
+__all__ = [
+    "Broadcast",
+    "PriorityProgress",
+    "PrioritySummary",
+    "StopReason",
+    "Subscription",
+    "SyncEvent",
+    "SyncPhase",
+    "SyncProgress",
+    "SyncStreams",
+    "SyncSummary",
+]
+
+
+class StopReason(StrEnum):
+    """Why a sync run stopped pushing."""
+
+    DRAINED = "drained"
+    """No eligible op left (ops waiting for their backoff are not eligible)."""
+    BUDGET = "budget"
+    """The run's time budget ran out."""
+    FAILURES = "failures"
+    """Too many batches in a row failed as a whole (the remote is unreachable or failing)."""
+    RATE_LIMITED = "rate_limited"
+    """The remote asked us to slow down; the ops wait for its ``Retry-After``."""
+    AUTH = "auth"
+    """The remote refused our credentials."""
+    OFFLINE = "offline"
+    """The device reported no network; nothing was sent."""
+    CANCELLED = "cancelled"
+    """The run was cancelled (shutdown, expiration); leased ops went back untouched."""
+
+
+class SyncPhase(StrEnum):
+    """Where a run is."""
+
+    PUSH = "push"
+    PULL = "pull"
+    DONE = "done"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrioritySummary(_Frozen):
+    """What a run did with the ops of one priority."""
+
+    pushed: int = 0
+    """Ops the remote acknowledged (accepted, or resolved as a conflict)."""
+    failed: int = 0
+    """Ops that failed for now and wait for a retry (backoff)."""
+    dead_lettered: int = 0
+    """Ops refused for good, moved to the dead-letter state with their reason."""
+    conflicts: int = 0
+    """Of ``pushed``: ops whose write lost to the server's copy, which was adopted locally."""
+
+
+class SyncSummary(_Frozen):
+    """The typed result of one sync run."""
+
+    run_id: str
+    task_id: str = "nexus-store.sync"
+    started_at: datetime
+    duration: float = Field(ge=0)
+    """Seconds the run took (on the runner's clock)."""
+    pushed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    conflicts: int = 0
+    pulled: int = 0
+    """Remote changes applied locally (changes skipped because of pending ops included)."""
+    released: int = 0
+    """Leased ops given back untouched (cancellation, batch trimming)."""
+    requests: int = 0
+    """Push and pull requests sent."""
+    per_priority: dict[SyncPriority, PrioritySummary] = Field(default_factory=dict)
+    stop_reason: StopReason = StopReason.DRAINED
+    error: str | None = None
+    """The last batch-level error, if any (for humans; never holds credentials)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed, nothing was dead-lettered and the run was not cut short."""
+        return (
+            self.failed == 0
+            and self.dead_lettered == 0
+            and self.error is None
+            and self.stop_reason in (StopReason.DRAINED, StopReason.BUDGET)
+        )
+
+    def message(self) -> str:
+        """A one-line human summary."""
+        parts = [f"pushed {self.pushed}", f"pulled {self.pulled}"]
+        if self.conflicts:
+            parts.append(f"{self.conflicts} conflicts")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.dead_lettered:
+            parts.append(f"{self.dead_lettered} dead-lettered")
+        text = ", ".join(parts) + f" in {self.duration:.2f}s ({self.stop_reason.value})"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+class PriorityProgress(_Frozen):
+    """Done/total for one priority within a run."""
+
+    done: int = 0
+    total: int = 0
+    """Eligible ops of this priority when the run started, plus any leased later."""
+
+
+class SyncProgress(_Frozen):
+    """A run's progress, published after each pushed batch and pulled page."""
+
+    run_id: str
+    phase: SyncPhase
+    per_priority: dict[SyncPriority, PriorityProgress]
+    pulled: int = 0
+
+    @property
+    def done(self) -> int:
+        """Ops handled so far (acked, failed or dead-lettered)."""
+        return sum(p.done for p in self.per_priority.values())
+
+    @property
+    def total(self) -> int:
+        """Ops this run expects to handle."""
+        return sum(p.total for p in self.per_priority.values())
+
+
+class SyncEvent(_Frozen):
+    """One per finished run: what a task reports to event subscribers."""
+
+    task_id: str
+    run_id: str
+    success: bool
+    message: str
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    """When the run finished."""
+    duration: float = Field(ge=0)
+    """Seconds the run took."""
+    summary: SyncSummary | None = None
+
+
+class SyncStreams:
+    """The progress and event streams a runner publishes on (shareable with a service)."""
+
+    def __init__(self) -> None:
+        self.progress: Broadcast[SyncProgress] = Broadcast(replay_last=True)
+        self.events: Broadcast[SyncEvent] = Broadcast()
+
+    def close(self) -> None:
+        """End every subscription."""
+        self.progress.close()
+        self.events.close()
