@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PENDING_PROCESSING",
     "USAGE_WINDOW",
     "AppRefreshRequest",
+    "AppUsage",
     "BGTaskRequest",
     "ContinuedProcessingRequest",
     "DeterministicLaunchPolicy",
@@ -47,7 +48,6 @@ __all__ = [
     "ProcessingRequest",
     "RequestKind",
     "SubmissionStrategy",
-    "Usage",
     "check_pending_limits",
     "copy_request",
     "handler_key",
@@ -71,7 +71,7 @@ DEFAULT_PROCESSING_BUDGET = 300.0
 DEFAULT_EXPIRATION_LEAD = 5.0
 """How long before the end of the budget the expiration handler fires (BG-7)."""
 USAGE_WINDOW = 24 * 3600.0
-"""The window :class:`Usage` counts launches over (the daily budget)."""
+"""The window :class:`AppUsage` counts launches over (the daily budget)."""
 
 _MAX_IDENTIFIER = 255
 _WILDCARD = ".*"
@@ -312,7 +312,7 @@ def unmet_conditions(request: BGTaskRequest, device: DeviceState) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Usage:
+class AppUsage:
     """What the scheduler knows about recent use, for budget-aware policies.
 
     Attributes:
@@ -330,7 +330,7 @@ class LaunchContext:
 
     now: float
     device: DeviceState
-    usage: Usage = Usage()
+    usage: AppUsage = AppUsage()
 
 
 @dataclass(frozen=True)

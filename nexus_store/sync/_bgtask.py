@@ -66,6 +66,7 @@ from ._bgrequests import (
     DEFAULT_REFRESH_BUDGET,
     USAGE_WINDOW,
     AppRefreshRequest,
+    AppUsage,
     BGTaskRequest,
     ContinuedProcessingRequest,
     LaunchContext,
@@ -73,7 +74,6 @@ from ._bgrequests import (
     OpportunisticLaunchPolicy,
     RequestKind,
     SubmissionStrategy,
-    Usage,
     check_pending_limits,
     copy_request,
     handler_key,
@@ -124,23 +124,34 @@ class LaunchRecord(BaseModel):
 
 
 async def _wait(
-    event: anyio.Event, deadline: float | None, now: Callable[[], float], clock: Clock
+    event: anyio.Event,
+    deadline: float | None,
+    now: Callable[[], float],
+    clock: Clock,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Return when ``event`` is set or the clock reaches ``deadline`` (None: no deadline).
 
     The delay is computed just before sleeping (no await in between), so a clock moved
-    while this task was waiting to run still wakes it at the right time.
+    while this task was waiting to run still wakes it at the right time. ``ready`` is
+    called once the timer is set, when the caller is really waiting.
     """
     if deadline is None:
+        if ready is not None:
+            ready()
         await event.wait()
         return
     async with anyio.create_task_group() as tg:
 
-        async def sleeper() -> None:
+        async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            task_status.started()
+            # Runs on without yielding until the clock has registered the sleep.
             await clock.sleep(deadline - now())
             tg.cancel_scope.cancel()
 
-        tg.start_soon(sleeper)
+        await tg.start(sleeper)
+        if ready is not None:
+            ready()
         await event.wait()
         tg.cancel_scope.cancel()
 
@@ -871,7 +882,8 @@ class BGTaskScheduler:
         return unsubscribe
 
     async def settle(self) -> None:
-        """Wait until the loop has looked at the current time and device state once more.
+        """Wait until the loop has looked at the current time and device state once more
+        and is waiting again (its next timer, if any, is set).
 
         Tests call it after moving a ``FakeClock`` or changing the device, before asserting
         that something did *not* launch.
@@ -904,16 +916,19 @@ class BGTaskScheduler:
         while True:
             self._wake = anyio.Event()
             deadline = self._plan_pass()
-            self._passes += 1
-            done, self._pass_done = self._pass_done, anyio.Event()
-            assert done is not None
-            done.set()
-            await _wait(self._wake, deadline, self._clock.now, self._clock)
+            await _wait(self._wake, deadline, self._clock.now, self._clock, self._pass_finished)
 
-    def _usage(self, now: float) -> Usage:
+    def _pass_finished(self) -> None:
+        """The loop is waiting again: release :meth:`settle` callers."""
+        self._passes += 1
+        done, self._pass_done = self._pass_done, anyio.Event()
+        assert done is not None
+        done.set()
+
+    def _usage(self, now: float) -> AppUsage:
         while self._recent and self._recent[0] < now - USAGE_WINDOW:
             self._recent.popleft()
-        return Usage(launch_times=tuple(self._recent), app_last_opened=self._app_last_opened)
+        return AppUsage(launch_times=tuple(self._recent), app_last_opened=self._app_last_opened)
 
     def _plan_pass(self) -> float | None:
         """Look at the time and the device once: terminate, launch, and say until when to

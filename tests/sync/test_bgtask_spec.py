@@ -33,6 +33,7 @@ from nexus_store.sync._bgrequests import (
     MAX_PENDING_PROCESSING,
     USAGE_WINDOW,
     AppRefreshRequest,
+    AppUsage,
     BGTaskRequest,
     ContinuedProcessingRequest,
     DeterministicLaunchPolicy,
@@ -43,7 +44,6 @@ from nexus_store.sync._bgrequests import (
     ProcessingRequest,
     RequestKind,
     SubmissionStrategy,
-    Usage,
     check_pending_limits,
     plan_launches,
     unmet_conditions,
@@ -893,52 +893,52 @@ async def test_bg14_launch_policy_is_pluggable(
 @pytest.mark.parametrize(
     ("state", "usage", "request_", "expected"),
     [
-        (DeviceState(), Usage(), AppRefreshRequest("r"), (T0, "due")),
+        (DeviceState(), AppUsage(), AppRefreshRequest("r"), (T0, "due")),
         (
             DeviceState(charging=False, battery_percent=8),
-            Usage(),
+            AppUsage(),
             AppRefreshRequest("r"),
             (None, "battery critically low"),
         ),
         (
             DeviceState(charging=False, battery_percent=60, low_power_mode=True),
-            Usage(),
+            AppUsage(),
             AppRefreshRequest("r"),
             (None, "Low Power Mode is on"),
         ),
         (
             DeviceState(charging=True, battery_percent=60, low_power_mode=True),
-            Usage(),
+            AppUsage(),
             AppRefreshRequest("r"),
             (T0, "due"),
         ),
         (
             DeviceState(charging=False, battery_percent=18, battery_low=True),
-            Usage(),
+            AppUsage(),
             AppRefreshRequest("r"),
             (None, "battery low"),
         ),
         (
             DeviceState(),
-            Usage(launch_times=(T0 - 60,)),
+            AppUsage(launch_times=(T0 - 60,)),
             AppRefreshRequest("r"),
             (T0 + 840, "rate limited after the last launch"),
         ),
         (
             DeviceState(),
-            Usage(launch_times=tuple(T0 - 1800 * (47 - i) for i in range(48))),
+            AppUsage(launch_times=tuple(T0 - 1800 * (47 - i) for i in range(48))),
             AppRefreshRequest("r"),
             (T0 - 1800 * 47 + USAGE_WINDOW, "daily budget used up"),
         ),
         (
             DeviceState(idle=True),
-            Usage(app_last_opened=T0 - 8 * 86400),
+            AppUsage(app_last_opened=T0 - 8 * 86400),
             ProcessingRequest("p"),
             (None, "the app was not used recently"),
         ),
         (
             DeviceState(idle=True),
-            Usage(app_last_opened=T0 - 86400),
+            AppUsage(app_last_opened=T0 - 86400),
             ProcessingRequest("p", earliest_begin=T0 + 5),
             (T0 + 5, "waiting for earliest_begin"),
         ),
@@ -946,7 +946,7 @@ async def test_bg14_launch_policy_is_pluggable(
 )
 def test_bg14_opportunistic_policy(
     state: DeviceState,
-    usage: Usage,
+    usage: AppUsage,
     request_: BGTaskRequest,
     expected: tuple[float | None, str],
 ) -> None:
@@ -975,7 +975,7 @@ def test_bg14_opportunistic_never_before_earliest_begin(
     state = DeviceState(
         idle=idle, battery_percent=battery, charging=charging, low_power_mode=low_power
     )
-    context = LaunchContext(T0, state, Usage(launch_times=tuple(sorted(launches))))
+    context = LaunchContext(T0, state, AppUsage(launch_times=tuple(sorted(launches))))
     for request in (AppRefreshRequest("r", begin), ProcessingRequest("p", begin)):
         decision = OpportunisticLaunchPolicy().decide(request, context)
         if decision.at is not None and begin is not None:
@@ -1195,3 +1195,69 @@ async def test_bg07_background_sync_task_adapter_cancels_on_expiration(
     assert record.duration == 25.0  # ended at the expiration, before the budget ran out
     assert "stopped: time expired" in record.message
     assert [r.success for r in records] == [None, False]
+
+
+# -- waking: device notifications, no busy polling -----------------------------------------
+
+
+async def test_bg09_device_change_from_another_thread_wakes_the_scheduler(
+    db: Database, clock: FakeClock, device: SimulatedDevice
+) -> None:
+    """BG-9: a device that becomes idle, reported from another thread, releases processing work."""
+    probe = Probe(clock)
+    async with running(db, ["p"], clock, device, handlers={"p": probe}) as s:
+        s.submit(ProcessingRequest("p"))
+        await s.settle()
+        assert probe.handles == []
+        with anyio.fail_after(WAIT):
+            await anyio.to_thread.run_sync(lambda: device.set(idle=True))
+        await probe.launched()
+
+
+async def test_idle_scheduler_sets_no_timers(
+    db: Database, clock: FakeClock, device: SimulatedDevice
+) -> None:
+    """With nothing due, or only work waiting on a notifying device, the loop sets no timer."""
+    probe = Probe(clock)
+    async with running(db, ["p"], clock, device, handlers={"p": probe}) as s:
+        await s.settle()
+        assert clock.next_deadline() is None
+        s.submit(ProcessingRequest("p"))  # waits for idle: a device notification, not a timer
+        await s.settle()
+        assert clock.next_deadline() is None
+
+
+class _PolledDevice:
+    """A device provider without ``subscribe`` (like the real probes)."""
+
+    def __init__(self) -> None:
+        self.state = DeviceState()
+
+    def current(self) -> DeviceState:
+        return self.state
+
+
+async def test_device_without_notifications_is_polled(db: Database, clock: FakeClock) -> None:
+    """A provider that cannot notify is polled every device_poll_interval, only while needed."""
+    device = _PolledDevice()
+    probe = Probe(clock)
+    scheduler = BGTaskScheduler(
+        db,
+        ["p"],
+        clock=clock,
+        device=device,
+        policy=DeterministicLaunchPolicy(),
+        handlers={"p": probe},
+        device_poll_interval=30,
+    )
+    with anyio.fail_after(WAIT):
+        async with scheduler as s:
+            await s.settle()
+            assert clock.next_deadline() is None
+            s.submit(ProcessingRequest("p"))
+            await s.settle()
+            assert clock.next_deadline() == T0 + 30
+            device.state = DeviceState(idle=True)
+            clock.advance(30)
+            handle = await probe.launched()
+            assert handle.started_at == T0 + 30
