@@ -954,6 +954,9 @@ class BGTaskScheduler:
             requests, LaunchContext(now, device, self._usage(now)), self._policy, blocked=blocked
         )
         self._reasons = dict(plan.reasons)
+        for _, queued in self._pending.values():
+            if queued.kind is RequestKind.CONTINUED_PROCESSING:
+                self._reasons[queued.identifier] = "queued: no continued-processing slot is free"
         for request in plan.due:
             self._launch(request)
         deadline = plan.next_at

@@ -1049,6 +1049,8 @@ async def test_bg15_continued_queue_strategy(
             s.submit(ContinuedProcessingRequest(f"app.export.{n}", "Export"))
         first = await probe.launched()
         assert [r.identifier for r in s.pending_requests()] == ["app.export.1", "app.export.2"]
+        await s.settle()
+        assert s.pending_reason("app.export.2") == "queued: no continued-processing slot is free"
         first.set_task_completed(True)
         second = await probe.launched(2)
         assert second.identifier == "app.export.1"
