@@ -12,17 +12,22 @@ from typing import TYPE_CHECKING, Any
 from ._base import Change, Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ._memory import MemoryBackend
+    from ._postgres import PostgresBackend
 
 _LAZY: dict[str, str] = {
     # name -> private module that defines it; filled in as backends land
+    "MemoryBackend": "._memory",
+    "PostgresBackend": "._postgres",
 }
 
 __all__ = [
     "Change",
     "Changes",
+    "MemoryBackend",
     "OpResult",
     "OpStatus",
+    "PostgresBackend",
     "PushResult",
     "RemoteBackend",
     "RemoteOp",

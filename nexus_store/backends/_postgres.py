@@ -1,0 +1,74 @@
+"""PostgresBackend: straight to PostgreSQL, with the sync server's schema and rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._exceptions import LifecycleError
+from ..server._core import ConflictPolicy, ServerCore, check_tenant
+from ._base import Changes, PushResult, RemoteBackend, RemoteOp
+
+__all__ = ["PostgresBackend"]
+
+
+class PostgresBackend(RemoteBackend):
+    """A backend that writes to PostgreSQL itself instead of through the sync server.
+
+    It runs the server core in process over the same tables as ``nexus-store serve
+    --database postgresql://...``, so clients of either kind can share one database.
+    Needs the ``postgres`` extra (psycopg 3), imported when the first backend is made.
+    psycopg errors arrive translated: :class:`~nexus_store.NetworkError` when the database
+    cannot be reached, :class:`~nexus_store.AuthError` for refused credentials,
+    :class:`~nexus_store.ServerUnavailableError` otherwise. Use it from one asyncio loop.
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URI.
+        tenant: whose data this client reads and writes.
+        conflict_policy: ``"lww"`` (default), ``"server_wins"`` or a resolver.
+        max_batch: the most ops one push may carry.
+        max_connections: the most connections this backend opens at once.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        tenant: str = "default",
+        conflict_policy: ConflictPolicy = "lww",
+        max_batch: int = 1000,
+        max_connections: int = 4,
+    ) -> None:
+        from ..server._storage_postgres import PostgresStorage  # noqa: PLC0415 - psycopg is optional
+
+        self.tenant = check_tenant(tenant)
+        self._core = ServerCore(
+            PostgresStorage(dsn, max_connections=max_connections, max_idle=max_connections),
+            conflict_policy=conflict_policy,
+            max_batch=max_batch,
+        )
+        self._closed = False
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        """Apply ``ops`` in one PostgreSQL transaction; see :meth:`RemoteBackend.push`."""
+        self._check_open()
+        return await self._core.push(self.tenant, ops)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        """Changes after ``cursor``; see :meth:`RemoteBackend.pull`."""
+        self._check_open()
+        return await self._core.pull(self.tenant, cursor, limit, collections=collections)
+
+    async def aclose(self) -> None:
+        """Close the connections. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._core.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LifecycleError("the backend is closed")
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend(<dsn hidden>, tenant={self.tenant!r})"

@@ -1,0 +1,87 @@
+"""The server's tables, one definition for SQLite and PostgreSQL.
+
+::
+
+    nx_meta     (key PRIMARY KEY, value)                 schema_version
+    nx_tenants  (tenant PRIMARY KEY, head)               each tenant's change counter
+    nx_items    (tenant, collection, item_key) PRIMARY KEY, version UNIQUE per tenant,
+                deleted, data (msgpack), hlc, schema_version
+    nx_ops      (tenant, op_id) PRIMARY KEY, fingerprint, result (msgpack), created_at
+
+Items hold only each item's latest state; a pull reads them by ``(tenant, version)``.
+``nx_ops`` keeps every answered op id (the idempotency record); its primary key is what
+makes a second effect of one op impossible even if two writers raced.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .._exceptions import SchemaError
+
+__all__ = ["SCHEMA_VERSION", "Dialect", "check_schema_version", "ddl"]
+
+SCHEMA_VERSION = 1
+"""Bumped when the tables change; a database from a newer version is refused."""
+
+Dialect = Literal["sqlite", "postgresql"]
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {
+        "blob": "BLOB",
+        "int": "INTEGER",
+        "bool": "INTEGER",
+        "real": "REAL",
+        "tail": " WITHOUT ROWID",
+    },
+    "postgresql": {
+        "blob": "BYTEA",
+        "int": "BIGINT",
+        "bool": "BOOLEAN",
+        "real": "DOUBLE PRECISION",
+        "tail": "",
+    },
+}
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS nx_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL){tail}",
+    "CREATE TABLE IF NOT EXISTS nx_tenants (tenant TEXT PRIMARY KEY, head {int} NOT NULL){tail}",
+    """CREATE TABLE IF NOT EXISTS nx_items (
+        tenant TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        item_key TEXT NOT NULL,
+        version {int} NOT NULL,
+        deleted {bool} NOT NULL,
+        data {blob},
+        hlc TEXT NOT NULL,
+        schema_version {int} NOT NULL,
+        PRIMARY KEY (tenant, collection, item_key)
+    ){tail}""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS nx_items_by_version ON nx_items (tenant, version)",
+    """CREATE TABLE IF NOT EXISTS nx_ops (
+        tenant TEXT NOT NULL,
+        op_id TEXT NOT NULL,
+        fingerprint {blob} NOT NULL,
+        result {blob} NOT NULL,
+        created_at {real} NOT NULL,
+        PRIMARY KEY (tenant, op_id)
+    ){tail}""",
+)
+
+
+def ddl(dialect: Dialect) -> list[str]:
+    """The statements that create the schema if missing (safe to run again)."""
+    return [statement.format(**_TYPES[dialect]) for statement in _DDL]
+
+
+def check_schema_version(found: str | None) -> None:
+    """Accept a database whose recorded schema version this code can use.
+
+    Raises:
+        SchemaError: the database was written by a newer, incompatible version.
+    """
+    if found is not None and int(found) > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the server database has schema version {found}; this nexus-store "
+            f"understands up to {SCHEMA_VERSION}: upgrade nexus-store"
+        )

@@ -1,0 +1,277 @@
+"""PostgreSQL storage (psycopg 3, async): what lets several server processes share data.
+
+A batch is one transaction. Its first statement upserts the tenant's counter row and
+returns the head, which takes that row's lock until commit: batches of one tenant
+serialize across every process and connection, change numbers are gap-free, and they
+commit in order, so a pull (one statement, one snapshot) always sees a prefix of the
+sequence and never skips a change that commits later. Other tenants are not blocked.
+Reads and writes pass whole arrays (``unnest``), so a batch takes the same few round
+trips whatever its size. The primary key on ``(tenant, op_id)`` backs the op records.
+
+psycopg errors are translated here: authentication failures to
+:class:`~nexus_store.AuthError`, lost or refused connections to
+:class:`~nexus_store.NetworkError`, everything else to
+:class:`~nexus_store.ServerUnavailableError` (retryable: a server-side failure must
+never make a client drop its ops). psycopg's connections belong to the event loop that
+made them: use one storage from one loop (asyncio).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import anyio
+
+from .._exceptions import (
+    AuthError,
+    LifecycleError,
+    NetworkError,
+    RemoteError,
+    ServerUnavailableError,
+)
+from ._schema import SCHEMA_VERSION, check_schema_version, ddl
+from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
+
+try:
+    import psycopg
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "PostgreSQL storage needs psycopg 3: pip install 'nexus-store[postgres]'"
+    ) from exc
+
+__all__ = ["PostgresStorage", "translate_psycopg_error"]
+
+_SCHEMA_LOCK = 0x6E65_7875_735F  # any constant: serializes concurrent schema creation
+_ITEM_COLUMNS = "collection, item_key, version, deleted, data, hlc, schema_version"
+_LOCK_HEAD = (
+    "INSERT INTO nx_tenants (tenant, head) VALUES (%s, 0) "
+    "ON CONFLICT (tenant) DO UPDATE SET head = nx_tenants.head RETURNING head"
+)
+_SELECT_RECORDS = (
+    "SELECT op_id, fingerprint, result FROM nx_ops WHERE tenant = %s AND op_id = ANY(%s)"
+)
+_SELECT_ITEMS = (
+    f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = %s AND (collection, item_key) IN "
+    "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
+_UPSERT_ITEMS = (
+    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) SELECT %s, * FROM unnest("
+    "%s::text[], %s::text[], %s::bigint[], %s::boolean[], %s::bytea[], %s::text[], %s::bigint[]) "
+    "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = EXCLUDED.version, "
+    "deleted = EXCLUDED.deleted, data = EXCLUDED.data, hlc = EXCLUDED.hlc, "
+    "schema_version = EXCLUDED.schema_version"
+)
+_INSERT_RECORDS = (
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) "
+    "SELECT %s, o, f, r, %s FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(o, f, r)"
+)
+_SET_HEAD = "UPDATE nx_tenants SET head = %s WHERE tenant = %s"
+_SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = %s"
+_CHANGES = f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = %s AND version > %s"
+_IN_COLLECTIONS = " AND collection = ANY(%s)"
+_ORDER = " ORDER BY version LIMIT %s"
+
+
+def translate_psycopg_error(exc: psycopg.Error) -> RemoteError:
+    """Map a psycopg error to our tree (never a permanent error: see the module docstring)."""
+    state = exc.sqlstate or ""
+    text = str(exc).strip() or type(exc).__name__
+    if state.startswith("28"):
+        return AuthError(f"PostgreSQL refused the credentials: {text}")
+    if state.startswith("08") or (
+        isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not state
+    ):
+        return NetworkError(f"PostgreSQL connection failed: {text}")
+    return ServerUnavailableError(f"PostgreSQL failed ({state or type(exc).__name__}): {text}")
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate_psycopg_error(exc) from exc
+
+
+def _item(row: tuple[Any, ...]) -> StoredItem:
+    data = row[4]
+    return StoredItem(
+        row[0], row[1], row[2], row[3], None if data is None else bytes(data), row[5], row[6]
+    )
+
+
+class PostgresStorage(Storage):
+    """Server storage in a PostgreSQL database (tables ``nx_*``, created if missing).
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URI.
+        max_connections: the most connections open at once (more callers wait).
+        max_idle: connections kept open between calls.
+        connect_timeout: seconds to wait for a connection.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_connections: int = 10,
+        max_idle: int = 4,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._max_idle = max_idle
+        self._connect_timeout = connect_timeout
+        self._slots = anyio.Semaphore(max_connections)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._open_lock = anyio.Lock()
+        self._opened = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return "PostgresStorage(<dsn hidden>)"  # a DSN may hold a password
+
+    async def open(self) -> None:
+        """Connect once and create the schema if missing (safe with several processes)."""
+        if self._opened:
+            return
+        async with self._open_lock:
+            if self._opened:
+                return
+            with _translated():
+                async with self._connection() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    for statement in ddl("postgresql"):
+                        await conn.execute(statement)
+                    cur = await conn.execute(
+                        "SELECT value FROM nx_meta WHERE key = 'schema_version'"
+                    )
+                    found = await cur.fetchone()
+                    check_schema_version(None if found is None else found[0])
+                    if found is None:
+                        await conn.execute(
+                            "INSERT INTO nx_meta (key, value) VALUES ('schema_version', %s)",
+                            (str(SCHEMA_VERSION),),
+                        )
+            self._opened = True
+
+    async def apply(
+        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+    ) -> BatchPlan:
+        """Run the batch in one transaction, holding the tenant's counter row."""
+        await self.open()
+        with _translated():
+            async with self._connection() as conn, conn.transaction():
+                cur = await conn.execute(_LOCK_HEAD, (tenant,))
+                row = await cur.fetchone()
+                head = int(row[0]) if row is not None else 0
+                cur = await conn.execute(_SELECT_RECORDS, (tenant, list(op_ids)))
+                records = {
+                    r[0]: OpRecord(r[0], bytes(r[1]), bytes(r[2])) for r in await cur.fetchall()
+                }
+                cur = await conn.execute(
+                    _SELECT_ITEMS, (tenant, [k[0] for k in keys], [k[1] for k in keys])
+                )
+                items = {(r[0], r[1]): _item(r) for r in await cur.fetchall()}
+                result = plan(BatchState(head=head, items=items, records=records))
+                await self._write(conn, tenant, head, result)
+        return result
+
+    @staticmethod
+    async def _write(
+        conn: psycopg.AsyncConnection[Any], tenant: str, head: int, result: BatchPlan
+    ) -> None:
+        writes, records = result.writes, result.records
+        if writes:
+            await conn.execute(
+                _UPSERT_ITEMS,
+                (
+                    tenant,
+                    [w.collection for w in writes],
+                    [w.item_key for w in writes],
+                    [w.version for w in writes],
+                    [w.deleted for w in writes],
+                    [w.data for w in writes],
+                    [w.hlc for w in writes],
+                    [w.schema_version for w in writes],
+                ),
+            )
+        if records:
+            await conn.execute(
+                _INSERT_RECORDS,
+                (
+                    tenant,
+                    time.time(),
+                    [r.op_id for r in records],
+                    [r.fingerprint for r in records],
+                    [r.result for r in records],
+                ),
+            )
+        if result.head != head:
+            await conn.execute(_SET_HEAD, (result.head, tenant))
+
+    async def changes(
+        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+    ) -> list[StoredItem]:
+        """One statement, so one snapshot: a prefix of the tenant's sequence."""
+        await self.open()
+        params: tuple[object, ...]
+        if collections is None:
+            sql, params = _CHANGES + _ORDER, (tenant, cursor, limit)
+        else:
+            sql = _CHANGES + _IN_COLLECTIONS + _ORDER
+            params = (tenant, cursor, list(collections), limit)
+        with _translated():
+            async with self._connection() as conn:
+                cur = await conn.execute(sql, params)
+                return [_item(r) for r in await cur.fetchall()]
+
+    async def head(self, tenant: str) -> int:
+        """The tenant's counter."""
+        await self.open()
+        with _translated():
+            async with self._connection() as conn:
+                cur = await conn.execute(_SELECT_HEAD, (tenant,))
+                row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._closed:
+            raise LifecycleError("the PostgreSQL storage is closed")
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._connect_timeout)),
+                    application_name="nexus-store",
+                )
+            reusable = False
+            try:
+                yield conn
+                reusable = True
+            finally:
+                # Shielded: a cancelled call must still return or close its connection.
+                with anyio.CancelScope(shield=True):
+                    if (
+                        reusable
+                        and not self._closed
+                        and len(self._idle) < self._max_idle
+                        and conn.info.transaction_status is TransactionStatus.IDLE
+                    ):
+                        self._idle.append(conn)
+                    else:
+                        await conn.close()
+
+    async def aclose(self) -> None:
+        """Close idle connections; busy ones close when their call ends. Idempotent."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True):
+            for conn in idle:
+                await conn.close()

@@ -1,0 +1,223 @@
+"""SQLite storage: one file in WAL mode, the embedded default of ``nexus-store serve``.
+
+A batch is one ``BEGIN IMMEDIATE`` transaction on the writer connection, run in a worker
+thread (one at a time: SQLite has one writer), with a fixed number of statements
+whatever the batch size: one read each for the head, the op records and the items
+(``json_each`` lists, so the statements stay cached), the planner, then
+``executemany`` writes. Pulls run on separate reader connections, which WAL lets
+proceed beside a write. Because the head is read inside ``BEGIN IMMEDIATE``, several
+processes on one file also stay consistent (they queue on SQLite's write lock).
+
+Failures while serving are raised as :class:`~nexus_store.ServerUnavailableError`
+(retryable); a file that cannot be opened raises the database error at construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from .._database import Database, Durability
+from .._exceptions import DatabaseError, LifecycleError, ServerUnavailableError
+from ._schema import SCHEMA_VERSION, check_schema_version, ddl
+from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
+
+__all__ = ["SqliteStorage"]
+
+_ITEM_COLUMNS = "collection, item_key, version, deleted, data, hlc, schema_version"
+_SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = ?"
+_SELECT_RECORDS = (
+    "SELECT op_id, fingerprint, result FROM nx_ops "
+    "WHERE tenant = ? AND op_id IN (SELECT value FROM json_each(?))"
+)
+_SELECT_ITEMS = (
+    f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = ? AND (collection, item_key) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
+_UPSERT_ITEM = (
+    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = excluded.version, "
+    "deleted = excluded.deleted, data = excluded.data, hlc = excluded.hlc, "
+    "schema_version = excluded.schema_version"
+)
+_INSERT_RECORD = (
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_SET_HEAD = (
+    "INSERT INTO nx_tenants (tenant, head) VALUES (?, ?) "
+    "ON CONFLICT (tenant) DO UPDATE SET head = excluded.head"
+)
+_CHANGES = f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = ? AND version > ?"
+_IN_COLLECTIONS = " AND collection IN (SELECT value FROM json_each(?))"
+_ORDER = " ORDER BY version LIMIT ?"
+
+
+def _item(row: Any) -> StoredItem:
+    return StoredItem(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6])
+
+
+class SqliteStorage(Storage):
+    """Server storage in one SQLite file.
+
+    Args:
+        path: the database file (created if missing).
+        durability: ``"full"`` (default: an acknowledged push survives power loss) or
+            ``"normal"`` (faster; the last pushes may roll back after an OS crash).
+        readers: the most concurrent pulls, each on its own connection.
+
+    Raises:
+        DatabaseError: the file cannot be opened or is not an SQLite database.
+        SchemaError: the file holds a server schema of a newer version.
+    """
+
+    def __init__(
+        self, path: str | Path, *, durability: Durability = "full", readers: int = 4
+    ) -> None:
+        self.path = str(path)
+        self._durability: Durability = durability
+        self._writer = Database(self.path, durability=durability)
+        try:
+            with self._writer.transaction() as conn:
+                for statement in ddl("sqlite"):
+                    conn.execute(statement)
+                row = conn.execute("SELECT value FROM nx_meta WHERE key = 'schema_version'")
+                found = row.fetchone()
+                check_schema_version(None if found is None else found[0])
+                if found is None:
+                    conn.execute(
+                        "INSERT INTO nx_meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+        except BaseException:
+            self._writer.close()
+            raise
+        self._write_limiter = anyio.CapacityLimiter(1)
+        self._read_limiter = anyio.CapacityLimiter(readers)
+        self._idle_readers: list[Database] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    async def apply(
+        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+    ) -> BatchPlan:
+        """Run the batch in one transaction in a worker thread."""
+        self._check_open()
+        return await anyio.to_thread.run_sync(
+            self._apply_blocking, tenant, keys, op_ids, plan, limiter=self._write_limiter
+        )
+
+    def _apply_blocking(
+        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+    ) -> BatchPlan:
+        with _serving(self.path), self._writer.transaction() as conn:
+            row = conn.execute(_SELECT_HEAD, (tenant,)).fetchone()
+            head = 0 if row is None else int(row[0])
+            records = {
+                r[0]: OpRecord(r[0], r[1], r[2])
+                for r in conn.execute(_SELECT_RECORDS, (tenant, json.dumps(list(op_ids))))
+            }
+            items = {
+                (r[0], r[1]): _item(r)
+                for r in conn.execute(_SELECT_ITEMS, (tenant, json.dumps(list(keys))))
+            }
+            result = plan(BatchState(head=head, items=items, records=records))
+            if result.writes:
+                conn.executemany(
+                    _UPSERT_ITEM,
+                    [
+                        (
+                            tenant,
+                            w.collection,
+                            w.item_key,
+                            w.version,
+                            w.deleted,
+                            w.data,
+                            w.hlc,
+                            w.schema_version,
+                        )
+                        for w in result.writes
+                    ],
+                )
+            if result.records:
+                now = time.time()
+                conn.executemany(
+                    _INSERT_RECORD,
+                    [(tenant, r.op_id, r.fingerprint, r.result, now) for r in result.records],
+                )
+            if result.head != head:
+                conn.execute(_SET_HEAD, (tenant, result.head))
+        return result
+
+    async def changes(
+        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+    ) -> list[StoredItem]:
+        """Read a page of changes on a reader connection."""
+        self._check_open()
+        params: tuple[object, ...]
+        if collections is None:
+            sql, params = _CHANGES + _ORDER, (tenant, cursor, limit)
+        else:
+            sql = _CHANGES + _IN_COLLECTIONS + _ORDER
+            params = (tenant, cursor, json.dumps(list(collections)), limit)
+        rows = await anyio.to_thread.run_sync(self._read, sql, params, limiter=self._read_limiter)
+        return [_item(r) for r in rows]
+
+    async def head(self, tenant: str) -> int:
+        """The tenant's counter."""
+        self._check_open()
+        rows = await anyio.to_thread.run_sync(
+            self._read, _SELECT_HEAD, (tenant,), limiter=self._read_limiter
+        )
+        return 0 if not rows else int(rows[0][0])
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        with _serving(self.path), self._reader() as db:
+            return db.execute(sql, params)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Database]:
+        with self._readers_lock:
+            db = self._idle_readers.pop() if self._idle_readers else None
+        if db is None:
+            db = Database(self.path, durability=self._durability)
+        try:
+            yield db
+        finally:
+            with self._readers_lock:
+                if self._closed:
+                    db.close()
+                else:
+                    self._idle_readers.append(db)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LifecycleError(f"{self.path}: the storage is closed")
+
+    async def aclose(self) -> None:
+        """Close every connection (waiting for a running batch). Idempotent."""
+        with self._readers_lock:
+            self._closed = True
+            readers, self._idle_readers = self._idle_readers, []
+        for db in readers:
+            db.close()
+        # Closing waits for a batch in progress, so do it off the event loop.
+        await anyio.to_thread.run_sync(self._writer.close)
+
+
+@contextlib.contextmanager
+def _serving(path: str) -> Iterator[None]:
+    """Report database trouble while serving as a retryable server failure."""
+    try:
+        yield
+    except DatabaseError as exc:
+        raise ServerUnavailableError(f"server storage failed: {exc}") from exc
+    except sqlite3.Error as exc:  # pragma: no cover - Database translates these already
+        raise ServerUnavailableError(f"{path}: server storage failed: {exc}") from exc
