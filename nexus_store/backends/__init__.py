@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from ._base import Change, Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._http import HttpBackend
     from ._memory import MemoryBackend
     from ._postgres import PostgresBackend
 
 _LAZY: dict[str, str] = {
     # name -> private module that defines it; filled in as backends land
+    "HttpBackend": "._http",
     "MemoryBackend": "._memory",
     "PostgresBackend": "._postgres",
 }
@@ -24,6 +26,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "Change",
     "Changes",
+    "HttpBackend",
     "MemoryBackend",
     "OpResult",
     "OpStatus",

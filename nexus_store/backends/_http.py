@@ -1,0 +1,553 @@
+"""``HttpBackend``: the sync server over HTTP (httpx), with every failure translated here.
+
+Nothing above this module sees an httpx exception or an unvalidated response:
+
+- transport failures (connect, read, write, timeouts, a broken connection) raise
+  :class:`~nexus_store.NetworkError`;
+- 401/403 raise :class:`~nexus_store.AuthError` (after one token refresh on 401),
+  413 :class:`~nexus_store.PayloadTooLargeError`, 429
+  :class:`~nexus_store.RateLimitedError`, 5xx :class:`~nexus_store.ServerUnavailableError`
+  (both with ``retry_after`` from ``Retry-After``, seconds or an HTTP date), other 4xx
+  :class:`~nexus_store.PermanentError`;
+- a response that is malformed, truncated, larger than ``max_response_bytes``, of the
+  wrong type, or whose results do not answer the ops sent one for one and in order,
+  raises :class:`~nexus_store.ProtocolError`, so no op is acked on a bad answer.
+
+Tokens come from a provider called for every request and are never kept by the backend,
+written anywhere, or put into messages.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import inspect
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from .. import _codec
+from .._exceptions import (
+    AuthError,
+    CodecError,
+    LifecycleError,
+    NetworkError,
+    NexusStoreError,
+    PayloadTooLargeError,
+    PermanentError,
+    ProtocolError,
+    RateLimitedError,
+    RemoteError,
+    ServerUnavailableError,
+)
+from .._version import __version__
+from ._base import Changes, PushResult, RemoteBackend, RemoteOp
+from ._http_api import (
+    EVENTS_PATH,
+    JSON,
+    MSGPACK,
+    PULL_PATH,
+    PUSH_PATH,
+    HeadEvent,
+    media_type_of,
+)
+
+__all__ = [
+    "EventStreamDecoder",
+    "HttpBackend",
+    "TokenProvider",
+    "check_changes",
+    "check_push_result",
+    "error_for_status",
+    "idempotency_key",
+    "parse_retry_after",
+]
+
+TokenProvider = Callable[[], str | Awaitable[str]]
+"""A callable (sync or async) returning the current bearer token."""
+
+_M = TypeVar("_M", bound=BaseModel)
+_ERROR_BODY_BYTES = 8 * 1024
+_MAX_EVENT_BYTES = 64 * 1024
+_MAX_DETAIL_CHARS = 200
+
+
+# -- pure parts: tested with plain inputs ---------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    Args:
+        value: the header value, if any.
+        now: the current wall time (seconds since the epoch).
+
+    Returns:
+        The seconds (``0.0`` for a date in the past), or ``None`` if absent or unreadable.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if 0 <= seconds < float("inf") else None  # also refuses NaN
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _detail(body: bytes, content_type: str | None) -> str:
+    """A short, printable reason from an error body (the server's ``detail`` if JSON)."""
+    text = body.decode("utf-8", "replace")
+    if media_type_of(content_type) == "json":
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
+            text = parsed["detail"]
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text[:_MAX_DETAIL_CHARS] or "no detail"
+
+
+def error_for_status(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: float
+) -> RemoteError | None:
+    """The error a response status stands for (``None`` for 200).
+
+    Args:
+        status: the HTTP status.
+        headers: the response headers (``retry-after``, ``content-type``).
+        body: the (start of the) response body, for the message.
+        now: wall time, to read an HTTP-date ``Retry-After``.
+    """
+    if status == 200:
+        return None
+    reason = _detail(body, headers.get("content-type"))
+    retry_after = parse_retry_after(headers.get("retry-after"), now)
+    if status in (401, 403):
+        return AuthError(f"the server refused the credentials (HTTP {status}): {reason}")
+    if status == 413:
+        return PayloadTooLargeError(f"the server refused the request size (HTTP 413): {reason}")
+    if status == 429:
+        return RateLimitedError(f"rate limited (HTTP 429): {reason}", retry_after=retry_after)
+    if 500 <= status <= 599:
+        return ServerUnavailableError(
+            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after
+        )
+    if 400 <= status <= 499:
+        return PermanentError(f"the server refused the request (HTTP {status}): {reason}")
+    return ProtocolError(f"unexpected HTTP status {status}")
+
+
+def idempotency_key(ops: Sequence[RemoteOp]) -> str:
+    """The batch's ``Idempotency-Key``: a hash of its op ids, in order."""
+    digest = hashlib.sha256()
+    for op in ops:
+        digest.update(op.op_id.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult:
+    """Check that ``result`` answers ``ops`` one for one, in order.
+
+    Raises:
+        ProtocolError: a missing, extra, reordered or foreign op id.
+    """
+    if len(result.results) != len(ops):
+        raise ProtocolError(f"the server answered {len(result.results)} results for {len(ops)} ops")
+    for position, (op, answer) in enumerate(zip(ops, result.results, strict=True)):
+        if answer.op_id != op.op_id:
+            raise ProtocolError(f"result {position} answers another op id than the one sent")
+    return result
+
+
+def check_changes(
+    changes: Changes, *, cursor: int, limit: int, collections: Sequence[str] | None
+) -> Changes:
+    """Check that a page of changes is what was asked for.
+
+    Every change must be after ``cursor`` and at most the page's new cursor, in strictly
+    increasing order, within ``limit`` and ``collections``; a page that says there is
+    more must move the cursor forward (or a client would ask for it forever).
+
+    Raises:
+        ProtocolError: the page breaks one of these rules.
+    """
+    if changes.cursor < cursor:
+        raise ProtocolError(f"the server moved the cursor backwards ({cursor} -> {changes.cursor})")
+    if len(changes.changes) > limit:
+        raise ProtocolError(
+            f"the server returned {len(changes.changes)} changes for a limit of {limit}"
+        )
+    previous = cursor
+    wanted = set(collections) if collections is not None else None
+    for change in changes.changes:
+        if not previous < change.version <= changes.cursor:
+            raise ProtocolError("the server returned changes out of order or beyond its cursor")
+        if wanted is not None and change.collection not in wanted:
+            raise ProtocolError("the server returned a change of a collection not asked for")
+        previous = change.version
+    if changes.has_more and changes.cursor == cursor:
+        raise ProtocolError("the server says there is more but did not move the cursor")
+    return changes
+
+
+class EventStreamDecoder:
+    """Splits a ``text/event-stream`` byte stream into events (``{"event", "data", "id"}``).
+
+    Args:
+        max_event_bytes: the largest event accepted.
+    """
+
+    def __init__(self, max_event_bytes: int = _MAX_EVENT_BYTES) -> None:
+        self._buffer = b""
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[dict[str, str]]:
+        """Add bytes; return the events they complete.
+
+        Raises:
+            ProtocolError: an event larger than the limit, or not UTF-8.
+        """
+        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events = []
+        while (end := self._buffer.find(b"\n\n")) >= 0:
+            raw, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            event = self._parse(raw)
+            if event is not None:
+                events.append(event)
+        if len(self._buffer) > self._max:
+            raise ProtocolError("an event-stream event exceeds the size limit")
+        return events
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, str] | None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("an event-stream event is not UTF-8") from exc
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        for line in text.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            elif name in ("event", "id", "retry"):
+                fields[name] = value
+        if not data:
+            return None
+        fields["data"] = "\n".join(data)
+        fields.setdefault("event", "message")
+        return fields
+
+
+def _decode(body: bytes, content_type: str | None) -> Any:
+    fmt = media_type_of(content_type)
+    if fmt == "msgpack":
+        try:
+            return _codec.decode(body)
+        except CodecError as exc:
+            raise ProtocolError(f"the response is not valid msgpack: {exc}") from exc
+    if fmt == "json":
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("the response is not valid JSON") from exc
+    raise ProtocolError(f"the response has an unexpected content type {content_type!r}")
+
+
+def _validate(model: type[_M], value: Any) -> _M:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ProtocolError(
+            f"the response is not a valid {model.__name__} ({where}: {first['msg']})"
+        ) from exc
+
+
+# -- the backend ---------------------------------------------------------------------------
+
+
+class HttpBackend(RemoteBackend):
+    """A remote backend speaking to ``nexus-store serve`` (or a compatible server).
+
+    Args:
+        base_url: the server's address, e.g. ``"https://sync.example.com"`` (a path prefix
+            is kept: ``".../api"`` sends to ``.../api/v1/push``).
+        token: a bearer token, or a provider (sync or async callable) called before every
+            request and once more after a 401 (to refresh an expired token).
+        timeout: seconds for connecting, each read and each write (or an ``httpx.Timeout``).
+        verify: verify TLS certificates (the default), or an ``ssl.SSLContext`` to trust.
+        transport: an httpx transport to use instead of the network (tests, proxies).
+        max_response_bytes: the largest response body accepted.
+        wire_format: ``"msgpack"`` (compact, the default) or ``"json"``.
+        events_read_timeout: seconds without any byte (events or keep-alives) after which
+            :meth:`watch` gives up with a :class:`~nexus_store.NetworkError`.
+
+    Raises:
+        ValueError: a ``base_url`` that is not http(s).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | TokenProvider | None = None,
+        timeout: float | httpx.Timeout = 30.0,
+        verify: bool | ssl.SSLContext = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = 32 * 1024 * 1024,
+        wire_format: Literal["msgpack", "json"] = "msgpack",
+        events_read_timeout: float = 60.0,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"HttpBackend needs an http(s) URL, got {base_url!r}")
+        self.base_url = str(url)
+        self._token = token
+        self._max_response_bytes = max_response_bytes
+        self._media_type = MSGPACK if wire_format == "msgpack" else JSON
+        self._wire_format = wire_format
+        self._events_read_timeout = events_read_timeout
+        self._closed = False
+        self._client = httpx.AsyncClient(
+            base_url=url,
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+            headers={"user-agent": f"nexus-store/{__version__}", "accept": self._media_type},
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpBackend({self.base_url!r})"
+
+    # -- the seam ----------------------------------------------------------------------
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        """Send a batch; return one validated result per op, in order.
+
+        Raises:
+            RemoteError: the batch failed as a whole (nothing in it may be acked).
+        """
+        if not ops:
+            return PushResult(results=[])
+        body = {"ops": [op.model_dump(mode="json") for op in ops]}
+        if self._wire_format == "msgpack":
+            content = _codec.encode(body)
+        else:
+            content = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"content-type": self._media_type, "idempotency-key": idempotency_key(ops)}
+        response_headers, payload = await self._call(
+            "POST", PUSH_PATH, content=content, headers=headers
+        )
+        result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
+        return check_push_result(ops, result)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        """Fetch the changes after ``cursor`` (validated against what was asked).
+
+        Raises:
+            RemoteError: the pull failed; the cursor must not move.
+        """
+        if cursor < 0 or limit < 1:
+            raise ValueError("cursor must be >= 0 and limit >= 1")
+        if collections is not None and not collections:
+            return Changes(changes=[], cursor=cursor, has_more=False)
+        params = httpx.QueryParams(
+            [("cursor", cursor), ("limit", limit)]
+            + [("collections", name) for name in collections or ()]
+        )
+        response_headers, payload = await self._call("GET", PULL_PATH, params=params)
+        changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
+        return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent."""
+        self._closed = True
+        await self._client.aclose()
+
+    # -- server-sent events ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[int]]:
+        """Listen for news: yields the tenant's head on connect and each time it grows.
+
+        Use ``async with backend.watch() as heads: async for head in heads: ...`` and
+        pull when a head is beyond your cursor. Errors (on connect or later) are raised
+        as :class:`~nexus_store.RemoteError` subclasses.
+        """
+        response = await self._open_stream()
+
+        async def heads() -> AsyncIterator[int]:
+            decoder = EventStreamDecoder()
+            try:
+                async for chunk in response.aiter_bytes():
+                    for event in decoder.feed(chunk):
+                        if event["event"] == "head":
+                            yield _validate(HeadEvent, _decode(event["data"].encode(), JSON)).head
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, "GET", EVENTS_PATH) from exc
+            raise NetworkError("the server closed the event stream")
+
+        try:
+            yield heads()
+        finally:
+            await response.aclose()
+
+    async def _open_stream(self) -> httpx.Response:
+        timeout = httpx.Timeout(self._client.timeout.connect, read=self._events_read_timeout)
+        for attempt in range(2):
+            headers = {
+                "accept": "text/event-stream",
+                **await self._auth_headers(refresh=attempt > 0),
+            }
+            request = self._client.build_request(
+                "GET", EVENTS_PATH, headers=headers, timeout=timeout
+            )
+            response = await self._send(request)
+            if response.status_code == 200:
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    await response.aclose()
+                    raise ProtocolError("the events endpoint did not answer an event stream")
+                return response
+            payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
+            if response.status_code == 401 and attempt == 0 and callable(self._token):
+                continue
+            error = error_for_status(
+                response.status_code, response.headers, payload, now=time.time()
+            )
+            assert error is not None
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _auth_headers(self, *, refresh: bool) -> dict[str, str]:
+        provider = self._token
+        if provider is None:
+            return {}
+        if isinstance(provider, str):
+            token = provider
+        else:
+            try:
+                value = provider()
+                token = await value if inspect.isawaitable(value) else value
+            except NexusStoreError:
+                raise
+            except Exception as exc:
+                what = "refresh" if refresh else "call"
+                raise AuthError(
+                    f"the token provider failed ({what}): {type(exc).__name__}"
+                ) from exc
+        if not isinstance(token, str) or not token or not token.isprintable() or " " in token:
+            raise AuthError("the token provider returned an empty or malformed token")
+        return {"authorization": f"Bearer {token}"}
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: httpx.QueryParams | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[httpx.Headers, bytes]:
+        """One request (retried once after a 401 with a fresh token); a 200's body, read."""
+        if self._closed:
+            raise LifecycleError("the HttpBackend is closed")
+        for attempt in range(2):
+            all_headers = {**(headers or {}), **await self._auth_headers(refresh=attempt > 0)}
+            request = self._client.build_request(
+                method, path, content=content, params=params, headers=all_headers
+            )
+            response = await self._send(request)
+            if response.status_code == 200:
+                return response.headers, await self._read(response, self._max_response_bytes)
+            payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
+            if response.status_code == 401 and attempt == 0 and callable(self._token):
+                continue  # the token may have expired: ask the provider again, once
+            error = error_for_status(
+                response.status_code, response.headers, payload, now=time.time()
+            )
+            assert error is not None
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise LifecycleError("the HttpBackend is closed")
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, request.method, request.url.path) from exc
+        except RuntimeError as exc:  # httpx: "the client has been closed"
+            raise LifecycleError("the HttpBackend is closed") from exc
+
+    async def _read(self, response: httpx.Response, cap: int, *, truncate: bool = False) -> bytes:
+        """Read a body of at most ``cap`` bytes (``truncate``: keep the first ``cap`` bytes).
+
+        Raises:
+            ProtocolError: a body over the cap (unless truncating), or cut short.
+            NetworkError: the connection failed while reading.
+        """
+        try:
+            declared = response.headers.get("content-length", "")
+            if not truncate and declared.isdigit() and int(declared) > cap:
+                raise ProtocolError(f"the response ({declared} bytes) exceeds the limit of {cap}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:
+                    if truncate:
+                        break
+                    raise ProtocolError(f"the response exceeds the limit of {cap} bytes")
+            return b"".join(chunks)[:cap]
+        except httpx.RemoteProtocolError as exc:
+            raise ProtocolError(f"the response was cut short or malformed: {exc}") from exc
+        except httpx.DecodingError as exc:
+            raise ProtocolError(f"the response's content encoding is broken: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, response.request.method, response.request.url.path) from exc
+        finally:
+            await response.aclose()
+
+
+def _status_error(response: httpx.Response, payload: bytes) -> RemoteError:
+    error = error_for_status(response.status_code, response.headers, payload, now=time.time())
+    return error or ProtocolError(f"unexpected HTTP status {response.status_code}")
+
+
+def _transport_error(exc: httpx.HTTPError, method: str, path: str) -> RemoteError:
+    where = f"{method} {path}"
+    if isinstance(exc, httpx.TimeoutException):
+        return NetworkError(f"{where}: timed out ({type(exc).__name__})")
+    if isinstance(exc, httpx.DecodingError):
+        return ProtocolError(f"{where}: the response's content encoding is broken")
+    return NetworkError(f"{where}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,104 @@
+"""The shape of the sync server's HTTP API, shared by :class:`HttpBackend` and the server.
+
+Kept free of Starlette and httpx so the client and the server agree on one definition
+of paths, media types and bodies without either importing the other's stack.
+
+Endpoints (all but ``/health`` and ``/openapi.json`` need ``Authorization: Bearer ...``):
+
+- ``POST /v1/push``: body :class:`PushRequest` (msgpack or JSON by ``Content-Type``);
+  answers a :class:`~nexus_store.backends.PushResult` in the request's format.
+- ``GET /v1/pull?cursor=N&limit=N&collections=a&collections=b``: answers
+  :class:`~nexus_store.backends.Changes` (msgpack if ``Accept`` asks for it, else JSON).
+- ``GET /v1/events``: a server-sent-events stream of :class:`HeadEvent` for the tenant.
+- ``GET /health``: :class:`Health`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._base import RemoteOp
+
+__all__ = [
+    "API_PREFIX",
+    "EVENTS_PATH",
+    "HEALTH_PATH",
+    "JSON",
+    "MSGPACK",
+    "MSGPACK_ALIASES",
+    "OPENAPI_PATH",
+    "PULL_PATH",
+    "PUSH_PATH",
+    "ErrorBody",
+    "HeadEvent",
+    "Health",
+    "LimitsInfo",
+    "PushRequest",
+    "media_type_of",
+]
+
+API_PREFIX = "/v1"
+PUSH_PATH = f"{API_PREFIX}/push"
+PULL_PATH = f"{API_PREFIX}/pull"
+EVENTS_PATH = f"{API_PREFIX}/events"
+HEALTH_PATH = "/health"
+OPENAPI_PATH = "/openapi.json"
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+MSGPACK_ALIASES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
+"""Content types read as msgpack (the registered name and two common older ones)."""
+
+
+def media_type_of(content_type: str | None) -> Literal["msgpack", "json"] | None:
+    """Which body format a ``Content-Type`` header names (``None``: neither).
+
+    Parameters such as ``; charset=utf-8`` are ignored; ``+json`` suffixes count as JSON.
+    """
+    if not content_type:
+        return None
+    base = content_type.split(";", 1)[0].strip().lower()
+    if base in MSGPACK_ALIASES:
+        return "msgpack"
+    if base == JSON or base.endswith("+json"):
+        return "json"
+    return None
+
+
+class PushRequest(BaseModel):
+    """The body of ``POST /v1/push``: a batch of ops, applied in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ops: list[RemoteOp]
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error response."""
+
+    error: str = Field(description="A short machine-readable code, e.g. 'rate_limited'.")
+    detail: str = Field(description="What went wrong, for people.")
+
+
+class HeadEvent(BaseModel):
+    """The data of a server-sent event: the tenant's latest change sequence."""
+
+    head: int = Field(ge=0)
+
+
+class LimitsInfo(BaseModel):
+    """The limits a server enforces, published so clients can size their batches."""
+
+    max_body_bytes: int
+    max_batch_ops: int
+    max_pull_limit: int
+
+
+class Health(BaseModel):
+    """The body of ``GET /health``."""
+
+    status: Literal["ok", "unavailable"]
+    version: str
+    limits: LimitsInfo

@@ -1,0 +1,523 @@
+"""The sync server's ASGI app (Starlette): push, pull, events, health, OpenAPI.
+
+:func:`create_app` wires a server core to HTTP. Every endpoint but ``/health`` and
+``/openapi.json`` needs ``Authorization: Bearer <token>``; the verifier maps the token to
+a tenant and that tenant alone is passed to the core (a body never names a tenant).
+
+Request handling, in order: body size (413, :class:`~._limits.BodyLimitMiddleware`,
+before anything else reads the body), authentication (401), the tenant's rate limit (429
+with ``Retry-After``), decoding and validation (400/415), the batch size (413), then the
+core. Storage failures the core reports as retryable become 503 with ``Retry-After``.
+
+A push answers one :class:`~nexus_store.backends.PushResult` entry per op, in order. An
+op that does not validate but carries a usable ``op_id`` is answered ``rejected`` with
+the validation error while the rest of the batch is applied (one bad op never blocks the
+others); a body that is not a batch at all is refused whole (400).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import _codec
+from .._exceptions import (
+    AuthError,
+    CodecError,
+    LifecycleError,
+    NexusStoreError,
+    PayloadTooLargeError,
+    PermanentError,
+    RetryableError,
+)
+from .._version import __version__
+from ..backends._base import Changes, OpResult, OpStatus, PushResult, RemoteOp
+from ..backends._http_api import (
+    EVENTS_PATH,
+    HEALTH_PATH,
+    JSON,
+    MSGPACK,
+    MSGPACK_ALIASES,
+    OPENAPI_PATH,
+    PULL_PATH,
+    PUSH_PATH,
+    ErrorBody,
+    HeadEvent,
+    Health,
+    LimitsInfo,
+    PushRequest,
+    media_type_of,
+)
+from ._auth import TokenVerifier, bearer_token
+from ._events import ChangeNotifier, EventStreamResponse
+from ._limits import BodyLimitMiddleware, Limits, RateLimiter, retry_after_header
+
+__all__ = ["CoreLike", "create_app", "openapi_schema"]
+
+_log = logging.getLogger("nexus_store.server")
+
+BodyFormat = Literal["msgpack", "json"]
+_MAX_COLLECTIONS = 100
+
+
+class CoreLike(Protocol):
+    """What the app needs from a server core (:class:`~nexus_store.server._core.ServerCore`)."""
+
+    async def push(self, tenant: str, ops: Sequence[RemoteOp]) -> PushResult:
+        """Apply a batch for ``tenant``; one result per op, in order."""
+        ...
+
+    async def pull(
+        self,
+        tenant: str,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+    ) -> Changes:
+        """Changes of ``tenant`` after ``cursor``."""
+        ...
+
+    async def head(self, tenant: str) -> int:
+        """The tenant's latest change sequence."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the storage."""
+        ...
+
+
+class _HttpError(Exception):
+    """An error answer: status, a short code, a message, extra headers."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+async def _render_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _HttpError)
+    return JSONResponse(
+        {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers
+    )
+
+
+def _core_error(exc: NexusStoreError) -> _HttpError:
+    """Map an error the core raised to an HTTP answer."""
+    if isinstance(exc, RetryableError):
+        wait = retry_after_header(exc.retry_after or 1.0)
+        return _HttpError(503, "unavailable", str(exc), {"retry-after": wait})
+    if isinstance(exc, PayloadTooLargeError):
+        return _HttpError(413, "batch_too_large", str(exc))
+    if isinstance(exc, PermanentError):
+        return _HttpError(400, "rejected", str(exc))
+    if isinstance(exc, LifecycleError):  # the core is closing: the server is shutting down
+        return _HttpError(503, "unavailable", "the server is shutting down", {"retry-after": "1"})
+    if isinstance(exc, AuthError):
+        return _HttpError(403, "forbidden", str(exc))
+    _log.error("server core failed", exc_info=exc)
+    return _HttpError(500, "internal", "the server failed to handle the request")
+
+
+def _render(model: BaseModel, fmt: BodyFormat) -> Response:
+    if fmt == "msgpack":
+        return Response(_codec.encode(model.model_dump(mode="json")), media_type=MSGPACK)
+    return Response(model.model_dump_json(), media_type=JSON)
+
+
+def _accepts_msgpack(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(
+        part.split(";", 1)[0].strip().lower() in MSGPACK_ALIASES for part in accept.split(",")
+    )
+
+
+def _decode_body(body: bytes, fmt: BodyFormat) -> Any:
+    try:
+        if fmt == "msgpack":
+            return _codec.decode(body)
+        return json.loads(body)
+    except (CodecError, ValueError, RecursionError) as exc:
+        raise _HttpError(400, "malformed_body", f"the body is not valid {fmt}") from exc
+
+
+def _short_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "op"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid op: " + "; ".join(parts)
+
+
+def _parse_ops(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
+    """Validate a push body into ops, and rejections for invalid ops (by batch position).
+
+    Raises:
+        _HttpError: the body is not a batch, or an invalid op has no usable op id.
+    """
+    try:
+        return PushRequest.model_validate(body).ops, {}
+    except ValidationError:
+        pass  # find out which ops are bad, below
+    if not isinstance(body, dict) or set(body) != {"ops"} or not isinstance(body["ops"], list):
+        raise _HttpError(400, "invalid_batch", 'the body must be {"ops": [...]}')
+    ops: list[RemoteOp] = []
+    rejected: dict[int, OpResult] = {}
+    for position, raw in enumerate(body["ops"]):
+        try:
+            ops.append(RemoteOp.model_validate(raw))
+        except ValidationError as exc:
+            op_id = raw.get("op_id") if isinstance(raw, dict) else None
+            if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
+                raise _HttpError(
+                    400, "invalid_batch", f"op {position} is invalid and has no usable op_id"
+                ) from exc
+            rejected[position] = OpResult(
+                op_id=op_id, status=OpStatus.REJECTED, reason=_short_errors(exc)
+            )
+    return ops, rejected
+
+
+def _merge(size: int, applied: list[OpResult], rejected: dict[int, OpResult]) -> list[OpResult]:
+    """Interleave the core's results with the rejections, back in batch order."""
+    if not rejected:
+        return applied
+    results = iter(applied)
+    return [rejected[i] if i in rejected else next(results) for i in range(size)]
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
+        raise _HttpError(400, "bad_parameter", f"{name} must be an integer >= {minimum}")
+    return int(raw)
+
+
+def _collections_param(request: Request) -> list[str] | None:
+    names = request.query_params.getlist("collections")
+    if not names:
+        return None
+    if len(names) > _MAX_COLLECTIONS or any(not 1 <= len(n) <= 63 for n in names):
+        raise _HttpError(400, "bad_parameter", "collections: 1 to 100 names of 1 to 63 characters")
+    return names
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the API, built from the pydantic models' schemas."""
+    _, top = models_json_schema(
+        [
+            (PushRequest, "validation"),
+            (PushResult, "serialization"),
+            (Changes, "serialization"),
+            (ErrorBody, "serialization"),
+            (Health, "serialization"),
+            (HeadEvent, "serialization"),
+        ],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = top.get("$defs", {})
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def body(name: str) -> dict[str, Any]:
+        return {MSGPACK: {"schema": ref(name)}, JSON: {"schema": ref(name)}}
+
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {JSON: {"schema": ref("ErrorBody")}}}
+
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
+    common = {
+        "401": error("Missing, unknown or expired bearer token."),
+        "429": {**error("The tenant's rate limit was reached."), "headers": retry_after},
+        "503": {**error("Storage unavailable; retry later."), "headers": retry_after},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nexus-store sync server",
+            "version": __version__,
+            "description": "Push batches of ops, pull changes after a cursor, listen for news.",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            PUSH_PATH: {
+                "post": {
+                    "operationId": "push",
+                    "summary": "Apply a batch of ops (idempotent by op_id).",
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {"required": True, "content": body("PushRequest")},
+                    "responses": {
+                        "200": {
+                            "description": "One result per op, in order.",
+                            "content": body("PushResult"),
+                        },
+                        "400": error("Not a valid batch."),
+                        "413": error("Body or batch too large."),
+                        "415": error("Neither msgpack nor JSON."),
+                        **common,
+                    },
+                }
+            },
+            PULL_PATH: {
+                "get": {
+                    "operationId": "pull",
+                    "summary": "Changes after a cursor, in sequence order.",
+                    "parameters": [
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                        {
+                            "name": "collections",
+                            "in": "query",
+                            "schema": {"type": "array", "items": {"type": "string"}},
+                            "style": "form",
+                            "explode": True,
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "A page of changes.", "content": body("Changes")},
+                        "400": error("Bad parameters."),
+                        **common,
+                    },
+                }
+            },
+            EVENTS_PATH: {
+                "get": {
+                    "operationId": "events",
+                    "summary": "Server-sent events: the tenant's head, each time it grows.",
+                    "responses": {
+                        "200": {
+                            "description": "event: head, data: HeadEvent (JSON).",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **common,
+                    },
+                }
+            },
+            HEALTH_PATH: {
+                "get": {
+                    "operationId": "health",
+                    "security": [],
+                    "summary": "Liveness, version and limits.",
+                    "responses": {
+                        "200": {"description": "Up.", "content": {JSON: {"schema": ref("Health")}}}
+                    },
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "operationId": "openapi",
+                    "security": [],
+                    "summary": "This description.",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document."}},
+                }
+            },
+        },
+    }
+
+
+class _Endpoints:
+    """The request handlers, sharing one core, verifier, limits and notifier."""
+
+    def __init__(
+        self,
+        core: CoreLike,
+        *,
+        verifier: TokenVerifier,
+        limits: Limits,
+        notifier: ChangeNotifier,
+        rate_limiter: RateLimiter | None,
+        events_keepalive: float,
+    ) -> None:
+        self.core = core
+        self.verifier = verifier
+        self.limits = limits
+        self.notifier = notifier
+        self.rate_limiter = rate_limiter
+        self.events_keepalive = events_keepalive
+        self.health = Health(
+            status="ok",
+            version=__version__,
+            limits=LimitsInfo(
+                max_body_bytes=limits.max_body_bytes,
+                max_batch_ops=limits.max_batch_ops,
+                max_pull_limit=limits.max_pull_limit,
+            ),
+        ).model_dump_json()
+        self.schema = json.dumps(openapi_schema())
+
+    async def authorize(self, request: Request) -> str:
+        """The request's tenant, after the rate limit (401 and 429 otherwise)."""
+        token = bearer_token(request.headers.get("authorization"))
+        tenant = await self.verifier.verify(token) if token is not None else None
+        if tenant is None:
+            raise _HttpError(
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
+                {"www-authenticate": 'Bearer realm="nexus-store"'},
+            )
+        if self.rate_limiter is not None:
+            wait = self.rate_limiter.check(tenant)
+            if wait > 0:
+                raise _HttpError(
+                    429,
+                    "rate_limited",
+                    "too many requests for this tenant",
+                    {"retry-after": retry_after_header(wait)},
+                )
+        return tenant
+
+    async def push(self, request: Request) -> Response:
+        """``POST /v1/push``."""
+        tenant = await self.authorize(request)
+        fmt = media_type_of(request.headers.get("content-type"))
+        if fmt is None:
+            raise _HttpError(
+                415, "unsupported_media_type", "send application/msgpack or application/json"
+            )
+        body = _decode_body(await request.body(), fmt)
+        max_ops = self.limits.max_batch_ops
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("ops"), list)
+            and len(body["ops"]) > max_ops
+        ):
+            raise _HttpError(413, "batch_too_large", f"a batch may hold at most {max_ops} ops")
+        ops, rejected = _parse_ops(body)
+        try:
+            applied = await self.core.push(tenant, ops) if ops else PushResult(results=[])
+        except NexusStoreError as exc:
+            raise _core_error(exc) from exc
+        if len(applied.results) != len(ops):
+            _log.error("server core answered %d results for %d ops", len(applied.results), len(ops))
+            raise _HttpError(500, "internal", "the server failed to handle the request")
+        if any(r.status is OpStatus.ACCEPTED for r in applied.results):
+            self.notifier.poke(tenant)
+        if not rejected:
+            return _render(applied, fmt)
+        size = len(ops) + len(rejected)
+        return _render(PushResult(results=_merge(size, applied.results, rejected)), fmt)
+
+    async def pull(self, request: Request) -> Response:
+        """``GET /v1/pull``."""
+        tenant = await self.authorize(request)
+        cursor = _int_param(request, "cursor", 0, minimum=0)
+        limit = min(_int_param(request, "limit", 500, minimum=1), self.limits.max_pull_limit)
+        collections = _collections_param(request)
+        try:
+            changes = await self.core.pull(tenant, cursor, limit, collections=collections)
+        except NexusStoreError as exc:
+            raise _core_error(exc) from exc
+        return _render(changes, "msgpack" if _accepts_msgpack(request) else "json")
+
+    async def events(self, request: Request) -> Response:
+        """``GET /v1/events``."""
+        tenant = await self.authorize(request)
+        return EventStreamResponse(self.notifier, tenant, keepalive=self.events_keepalive)
+
+    async def health_check(self, request: Request) -> Response:
+        """``GET /health``."""
+        return Response(self.health, media_type=JSON)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /openapi.json``."""
+        return Response(self.schema, media_type=JSON)
+
+
+def create_app(
+    core: CoreLike,
+    *,
+    verifier: TokenVerifier,
+    limits: Limits | None = None,
+    events_interval: float = 1.0,
+    events_keepalive: float = 15.0,
+    close_core: bool = False,
+    rate_limiter: RateLimiter | None = None,
+) -> Starlette:
+    """Build the sync server's ASGI app around a server core.
+
+    Args:
+        core: the server core (applies pushes, answers pulls).
+        verifier: maps bearer tokens to tenants.
+        limits: body, batch, pull and rate limits (defaults: :class:`Limits`).
+        events_interval: seconds between head checks for tenants with event listeners.
+        events_keepalive: seconds of silence before an event stream sends a keep-alive.
+        close_core: close ``core`` when the app shuts down (the app owns it).
+        rate_limiter: the per-tenant limiter to use (default: one built from ``limits``;
+            pass one to inject a clock).
+
+    Returns:
+        The Starlette app; ``app.state.notifier`` is its
+        :class:`~nexus_store.server._events.ChangeNotifier` (call its ``close()`` to end
+        event streams early at shutdown).
+    """
+    limits = limits or Limits()
+    if rate_limiter is None and limits.rate is not None:
+        rate_limiter = RateLimiter(limits.rate, limits.effective_burst)
+    notifier = ChangeNotifier(core.head, interval=events_interval)
+    api = _Endpoints(
+        core,
+        verifier=verifier,
+        limits=limits,
+        notifier=notifier,
+        rate_limiter=rate_limiter,
+        events_keepalive=events_keepalive,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with notifier.running():
+                yield
+        finally:
+            if close_core:
+                await core.aclose()
+
+    app = Starlette(
+        routes=[
+            Route(PUSH_PATH, api.push, methods=["POST"]),
+            Route(PULL_PATH, api.pull, methods=["GET"]),
+            Route(EVENTS_PATH, api.events, methods=["GET"]),
+            Route(HEALTH_PATH, api.health_check, methods=["GET"]),
+            Route(OPENAPI_PATH, api.openapi, methods=["GET"]),
+        ],
+        middleware=[Middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)],
+        exception_handlers={_HttpError: _render_error},
+        lifespan=lifespan,
+    )
+    app.state.notifier = notifier
+    app.state.limits = limits
+    return app

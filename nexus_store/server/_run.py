@@ -1,0 +1,220 @@
+"""Run the sync server under uvicorn, programmatically (the CLI and tests use this).
+
+:func:`run` opens the storage a URL names, builds the app and serves it until SIGINT or
+SIGTERM. The listening socket is bound before uvicorn starts, so ``port=0`` picks a free
+port, and the address is announced on stdout as one line::
+
+    nexus-store serve: listening on http://127.0.0.1:54321
+
+which is how :class:`~nexus_store.testing.ServerProcess` learns the port without a race.
+On shutdown, open event streams are ended at once (instead of waiting out uvicorn's
+graceful timeout) and the storage is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
+from ._limits import Limits
+
+__all__ = [
+    "ANNOUNCE_PREFIX",
+    "ServeOptions",
+    "announce",
+    "bind_socket",
+    "make_verifier",
+    "run",
+    "run_loop",
+    "serve_app",
+    "uvicorn_config",
+]
+
+ANNOUNCE_PREFIX = "nexus-store serve: listening on "
+_GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything ``nexus-store serve`` can be told.
+
+    Attributes:
+        database: storage URL: ``sqlite:///file.db``, ``postgresql://...`` or ``memory://``.
+        host: the address to listen on (loopback by default).
+        port: the port (0: any free port, announced on stdout).
+        tokens: development tokens, ``{token: tenant}``.
+        secret: the signing secret of :class:`SignedTokenVerifier` tokens.
+        limits: body, batch, pull and rate limits.
+        events_interval: seconds between head checks for tenants with event listeners.
+        log_level: uvicorn's and the server's log level.
+        access_log: log every request (uvicorn's access log; tokens are never logged).
+    """
+
+    database: str = "sqlite:///nexus-server.db"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    secret: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    events_interval: float = 1.0
+    log_level: str = "warning"
+    access_log: bool = False
+
+
+def make_verifier(tokens: Mapping[str, str], secret: str | None) -> TokenVerifier:
+    """The verifier for static tokens, signed tokens, or both (static ones asked first).
+
+    Raises:
+        ValueError: neither tokens nor a secret (the server would refuse everyone), or a
+            bad token/secret.
+    """
+    verifiers: list[TokenVerifier] = []
+    if tokens:
+        verifiers.append(StaticTokenVerifier(tokens))
+    if secret:
+        verifiers.append(SignedTokenVerifier(secret))
+    if not verifiers:
+        raise ValueError("no credentials configured: give --token TOKEN=TENANT or --secret")
+    return verifiers[0] if len(verifiers) == 1 else ChainVerifier(verifiers)
+
+
+def uvicorn_config(
+    app: ASGIApp, *, log_level: str = "warning", access_log: bool = False
+) -> uvicorn.Config:
+    """The uvicorn settings the server runs under (benchmarks reuse them for baselines)."""
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port=0``: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, also ending event streams as soon as a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._on_exit is not None and self._loop is not None:
+            # Runs in a signal handler: hand the work to the loop.
+            self._loop.call_soon_threadsafe(self._on_exit)
+
+
+async def serve_app(
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    log_level: str = "warning",
+    access_log: bool = False,
+    on_exit: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` on an already bound socket until SIGINT/SIGTERM.
+
+    Args:
+        app: the ASGI app.
+        sock: from :func:`bind_socket`.
+        log_level: uvicorn's log level.
+        access_log: log every request.
+        on_exit: called on the loop as soon as a stop signal arrives.
+    """
+    server = _Server(uvicorn_config(app, log_level=log_level, access_log=access_log), on_exit)
+    await server.serve(sockets=[sock])
+
+
+def announce(sock: socket.socket) -> None:
+    """Print the listening address line (see the module docstring) and flush."""
+    sys.stdout.write(f"{ANNOUNCE_PREFIX}{_url_of(sock)}\n")
+    sys.stdout.flush()
+
+
+async def _serve(options: ServeOptions, verifier: TokenVerifier, sock: socket.socket) -> None:
+    from ._app import create_app  # noqa: PLC0415 - keeps `import nexus_store.server._run` light
+    from ._core import open_core  # noqa: PLC0415
+
+    core = await open_core(
+        options.database,
+        max_batch=options.limits.max_batch_ops,
+        max_pull=options.limits.max_pull_limit,
+    )
+    try:
+        app = create_app(
+            core,
+            verifier=verifier,
+            limits=options.limits,
+            events_interval=options.events_interval,
+            close_core=True,
+        )
+        announce(sock)
+        await serve_app(
+            app,
+            sock,
+            log_level=options.log_level,
+            access_log=options.access_log,
+            on_exit=app.state.notifier.close,
+        )
+    finally:
+        await core.aclose()  # idempotent: the app's shutdown usually closed it already
+
+
+def run(options: ServeOptions) -> None:
+    """Serve until SIGINT or SIGTERM (blocking).
+
+    Raises:
+        ValueError: no credentials configured, or a bad option.
+        OSError: the address cannot be bound.
+    """
+    verifier = make_verifier(options.tokens, options.secret)
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sock = bind_socket(options.host, options.port)
+    run_loop(_serve(options, verifier, sock))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on the event loop uvicorn would pick (uvloop if installed, else asyncio)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):  # an optional speed-up, as uvicorn's "auto" loop
+        loop_factory = importlib.import_module("uvloop").new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)

@@ -1,0 +1,516 @@
+"""HttpBackend's edge: every bad answer becomes a typed error and nothing is acked.
+
+These tests answer through ``httpx.MockTransport`` (a real httpx transport) so each
+malformed, truncated, oversized or wrongly typed response can be produced on demand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import httpx
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nexus_store import (
+    AuthError,
+    LifecycleError,
+    NetworkError,
+    PayloadTooLargeError,
+    PermanentError,
+    ProtocolError,
+    RateLimitedError,
+    ServerUnavailableError,
+)
+from nexus_store.backends import (
+    Change,
+    Changes,
+    HttpBackend,
+    OpResult,
+    OpStatus,
+    PushResult,
+    RemoteOp,
+)
+from nexus_store.backends._http import (
+    EventStreamDecoder,
+    check_changes,
+    check_push_result,
+    error_for_status,
+    idempotency_key,
+    parse_retry_after,
+)
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def op(n: int, item: str = "i") -> RemoteOp:
+    return RemoteOp(
+        op_id=f"op-{n}",
+        collection="notes",
+        item_id=f"{item}{n}",
+        kind="upsert",
+        data={"id": f"{item}{n}", "text": "x" * 10},
+        hlc=f"{1_700_000_000_000 + n:013d}-00000-node",
+    )
+
+
+def accepted(ops: list[RemoteOp]) -> dict[str, object]:
+    return {
+        "results": [
+            {"op_id": o.op_id, "status": "accepted", "version": i + 1} for i, o in enumerate(ops)
+        ]
+    }
+
+
+def packed(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(
+        status,
+        content=msgpack.packb(body),
+        headers={"content-type": "application/msgpack", **(headers or {})},
+    )
+
+
+def backend(handler: Handler, **kwargs: object) -> HttpBackend:
+    return HttpBackend(
+        "http://sync.test",
+        token="t0k3n",
+        transport=httpx.MockTransport(handler),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# -- pure parts ------------------------------------------------------------------------
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    """Retry-After is read as delta-seconds or an HTTP date; junk and absence give None."""
+    now = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    later = format_datetime(datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC), usegmt=True)
+    earlier = format_datetime(datetime(2029, 12, 31, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(" 1.5 ", now) == 1.5
+    assert parse_retry_after(later, now) == pytest.approx(30.0)
+    assert parse_retry_after(earlier, now) == 0.0
+    for junk in (None, "", "soon", "-3", "nan", "inf", "Mon, 99 Foo 2030 00:00:00 GMT"):
+        assert parse_retry_after(junk, now) is None
+
+
+@given(st.text(max_size=60))
+def test_retry_after_never_raises(value: str) -> None:
+    """Any header value gives a non-negative number or None."""
+    result = parse_retry_after(value, 1_700_000_000.0)
+    assert result is None or result >= 0
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, AuthError),
+        (403, AuthError),
+        (413, PayloadTooLargeError),
+        (429, RateLimitedError),
+        (500, ServerUnavailableError),
+        (503, ServerUnavailableError),
+        (400, PermanentError),
+        (404, PermanentError),
+        (302, ProtocolError),
+        (204, ProtocolError),
+    ],
+)
+def test_status_mapping(status: int, error: type[Exception]) -> None:
+    """Each status maps to its typed error, with the server's detail in the message."""
+    body = json.dumps({"error": "x", "detail": "because\nreasons"}).encode()
+    found = error_for_status(status, {"content-type": "application/json"}, body, now=0.0)
+    assert type(found) is error
+    if status >= 400:
+        assert "because reasons" in str(found)
+    assert error_for_status(200, {}, b"", now=0.0) is None
+
+
+def test_idempotency_key_depends_on_op_ids_in_order() -> None:
+    """The batch key is stable for the same op ids and changes with order or content."""
+    a, b = op(1), op(2)
+    assert idempotency_key([a, b]) == idempotency_key([op(1), op(2)])
+    assert idempotency_key([a, b]) != idempotency_key([b, a])
+    assert len(idempotency_key([a])) == 64
+
+
+def test_push_result_must_answer_ops_one_for_one() -> None:
+    """Missing, extra, reordered or foreign op ids are protocol errors."""
+    ops = [op(1), op(2)]
+
+    def result(*ids: str) -> PushResult:
+        return PushResult(results=[OpResult(op_id=i, status=OpStatus.ACCEPTED) for i in ids])
+
+    assert check_push_result(ops, result("op-1", "op-2")).results[0].op_id == "op-1"
+    for bad in (
+        result("op-1"),
+        result("op-1", "op-2", "op-3"),
+        result("op-2", "op-1"),
+        result("op-1", "zzz"),
+    ):
+        with pytest.raises(ProtocolError):
+            check_push_result(ops, bad)
+
+
+def change(version: int, collection: str = "notes") -> Change:
+    return Change(collection=collection, item_id=f"i{version}", version=version, data={})
+
+
+def test_changes_must_be_what_was_asked() -> None:
+    """A page must stay after the cursor, in order, within the limit and the collections."""
+    good = Changes(changes=[change(3), change(5)], cursor=5, has_more=True)
+    assert check_changes(good, cursor=2, limit=2, collections=None) is good
+    bad_pages = [
+        (Changes(changes=[], cursor=1), {}),  # cursor moved backwards
+        (Changes(changes=[change(2)], cursor=2), {}),  # a change not after the cursor
+        (Changes(changes=[change(5), change(4)], cursor=5), {}),  # out of order
+        (Changes(changes=[change(6)], cursor=5), {}),  # beyond its own cursor
+        (Changes(changes=[change(3), change(4), change(5)], cursor=5), {}),  # over the limit
+        (Changes(changes=[change(3, "other")], cursor=3), {"collections": ["notes"]}),
+        (Changes(changes=[], cursor=2, has_more=True), {}),  # "more" without progress
+    ]
+    for page, extra in bad_pages:
+        with pytest.raises(ProtocolError):
+            check_changes(page, cursor=2, limit=2, collections=extra.get("collections"))
+
+
+def test_event_stream_decoder_splits_events_across_chunks() -> None:
+    """Events split across chunks, CRLF line ends and comments decode to whole events."""
+    decoder = EventStreamDecoder()
+    assert decoder.feed(b"retry: 2000\n\n: keep-alive\n\nid: 1\nevent: he") == []
+    assert decoder.feed(b'ad\r\ndata: {"head": 1}\r\n\r\ndata: a\ndata: b\n\n') == [
+        {"id": "1", "event": "head", "data": '{"head": 1}'},
+        {"event": "message", "data": "a\nb"},
+    ]
+
+
+def test_event_stream_decoder_caps_event_size() -> None:
+    """An endless event (no blank line) is refused instead of buffered forever."""
+    decoder = EventStreamDecoder(max_event_bytes=100)
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"data: " + b"x" * 200)
+
+
+# -- the backend over a mock transport ---------------------------------------------------
+
+
+async def test_push_sends_msgpack_with_keys_and_token() -> None:
+    """A push is msgpack with the op ids inside, an Idempotency-Key, and the bearer token."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = msgpack.unpackb(request.content)
+        return packed(accepted([RemoteOp(**o) for o in body["ops"]]))
+
+    ops = [op(1), op(2)]
+    async with backend(handler) as remote:
+        result = await remote.push(ops)
+    assert [r.status for r in result.results] == [OpStatus.ACCEPTED] * 2
+    request = seen[0]
+    assert request.url == "http://sync.test/v1/push"
+    assert request.headers["authorization"] == "Bearer t0k3n"
+    assert request.headers["content-type"] == "application/msgpack"
+    assert request.headers["idempotency-key"] == idempotency_key(ops)
+    assert [o["op_id"] for o in msgpack.unpackb(request.content)["ops"]] == ["op-1", "op-2"]
+
+
+async def test_empty_push_sends_nothing() -> None:
+    """Pushing no ops answers no results without a request."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request expected")
+
+    async with backend(handler) as remote:
+        assert (await remote.push([])).results == []
+
+
+class Stream(httpx.AsyncByteStream):
+    """A response body that yields chunks, then optionally breaks like a cut connection."""
+
+    def __init__(self, *chunks: bytes, error: Exception | None = None) -> None:
+        self.chunks = chunks
+        self.error = error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+
+def _bad_push_answers() -> dict[str, Callable[[list[RemoteOp]], httpx.Response]]:
+    def good(ops: list[RemoteOp]) -> bytes:
+        return bytes(msgpack.packb(accepted(ops)))
+
+    return {
+        "not msgpack": lambda ops: httpx.Response(
+            200, content=b"\xc1\xc1garbage", headers={"content-type": "application/msgpack"}
+        ),
+        "truncated msgpack": lambda ops: httpx.Response(
+            200, content=good(ops)[:-3], headers={"content-type": "application/msgpack"}
+        ),
+        "cut connection": lambda ops: httpx.Response(
+            200,
+            stream=Stream(good(ops)[:5], error=httpx.RemoteProtocolError("peer closed")),
+            headers={"content-type": "application/msgpack"},
+        ),
+        "reset mid-body": lambda ops: httpx.Response(
+            200,
+            stream=Stream(good(ops)[:5], error=httpx.ReadError("reset")),
+            headers={"content-type": "application/msgpack"},
+        ),
+        "not json": lambda ops: httpx.Response(
+            200, content=b"{results:", headers={"content-type": "application/json"}
+        ),
+        "html": lambda ops: httpx.Response(200, text="<html>proxy login</html>"),
+        "no content type": lambda ops: httpx.Response(200, content=good(ops)),
+        "results not a list": lambda ops: packed({"results": "all good"}),
+        "unknown status": lambda ops: packed(
+            {"results": [{"op_id": o.op_id, "status": "maybe"} for o in ops]}
+        ),
+        "op id of wrong type": lambda ops: packed(
+            {"results": [{"op_id": 1, "status": "accepted"} for _ in ops]}
+        ),
+        "a list body": lambda ops: packed([1, 2, 3]),
+        "extra field": lambda ops: packed(
+            {"results": [{"op_id": o.op_id, "status": "accepted", "x": 1} for o in ops]}
+        ),
+        "missing result": lambda ops: packed(accepted(ops[:-1])),
+        "foreign op id": lambda ops: packed(accepted([op(99), *ops[1:]])),
+        "reordered": lambda ops: packed(accepted(list(reversed(ops)))),
+        "oversized declared": lambda ops: httpx.Response(
+            200, content=b"\x90" + b" " * 2000, headers={"content-type": "application/msgpack"}
+        ),
+        "oversized streamed": lambda ops: httpx.Response(
+            200, stream=Stream(*[b" " * 600] * 4), headers={"content-type": "application/msgpack"}
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_push_answers()))
+async def test_bad_push_answers_never_ack(case: str) -> None:
+    """Each malformed, truncated, oversized or wrongly typed answer raises, acking nothing."""
+    make = _bad_push_answers()[case]
+    ops = [op(1), op(2), op(3)]
+    async with backend(lambda request: make(ops), max_response_bytes=1024) as remote:
+        with pytest.raises((ProtocolError, NetworkError)) as caught:
+            await remote.push(ops)
+    expected = NetworkError if case == "reset mid-body" else ProtocolError
+    assert type(caught.value) is expected
+
+
+async def test_json_answers_are_accepted() -> None:
+    """A JSON answer (Content-Type application/json) to a push is read like msgpack."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ops = [RemoteOp(**o) for o in msgpack.unpackb(request.content)["ops"]]
+        return httpx.Response(200, json=accepted(ops))
+
+    async with backend(handler) as remote:
+        assert len((await remote.push([op(1)])).results) == 1
+
+
+async def test_json_wire_format_sends_json() -> None:
+    """wire_format='json' sends and asks for JSON."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["accept"] == "application/json"
+        ops = [RemoteOp(**o) for o in json.loads(request.content)["ops"]]
+        return httpx.Response(200, json=accepted(ops))
+
+    async with backend(handler, wire_format="json") as remote:
+        assert len((await remote.push([op(1)])).results) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "retry_after"),
+    [
+        (429, {"retry-after": "12"}, RateLimitedError, 12.0),
+        (503, {"retry-after": "3"}, ServerUnavailableError, 3.0),
+        (500, {}, ServerUnavailableError, None),
+        (413, {}, PayloadTooLargeError, None),
+        (400, {}, PermanentError, None),
+        (403, {}, AuthError, None),
+        (401, {}, AuthError, None),
+    ],
+)
+async def test_error_statuses(
+    status: int, headers: dict[str, str], error: type[Exception], retry_after: float | None
+) -> None:
+    """Error statuses raise their typed error with Retry-After parsed."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"error": "e", "detail": "nope"}, headers=headers)
+
+    async with backend(handler) as remote:
+        with pytest.raises(error) as caught:
+            await remote.push([op(1)])
+        with pytest.raises(error):
+            await remote.pull(0)
+    assert type(caught.value) is error
+    assert caught.value.retry_after == retry_after  # type: ignore[attr-defined]
+
+
+async def test_retry_after_http_date() -> None:
+    """A Retry-After given as an HTTP date becomes seconds from now."""
+    when = format_datetime(datetime.now(UTC).replace(microsecond=0), usegmt=True)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": when})
+
+    async with backend(handler) as remote:
+        with pytest.raises(RateLimitedError) as caught:
+            await remote.push([op(1)])
+    assert caught.value.retry_after is not None
+    assert 0.0 <= caught.value.retry_after <= 1.0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ConnectTimeout("slow"),
+        httpx.ReadTimeout("slow"),
+        httpx.WriteError("broken pipe"),
+        httpx.RemoteProtocolError("garbage status line"),
+        httpx.ReadError("reset"),
+        httpx.PoolTimeout("busy"),
+    ],
+)
+async def test_transport_errors_become_network_errors(failure: httpx.HTTPError) -> None:
+    """Every httpx failure before an answer is a NetworkError (retryable)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    async with backend(handler) as remote:
+        with pytest.raises(NetworkError):
+            await remote.push([op(1)])
+        with pytest.raises(NetworkError):
+            await remote.pull(0)
+
+
+async def test_token_provider_refreshes_once_on_401() -> None:
+    """A stale token gets one refresh on 401; a second 401 is an AuthError."""
+    tokens = iter(["stale", "fresh", "fresher"])
+    calls: list[str] = []
+
+    async def provider() -> str:
+        return next(tokens)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["authorization"])
+        if request.headers["authorization"] != "Bearer fresh":
+            return httpx.Response(401, json={"error": "unauthorized", "detail": "expired"})
+        return packed(accepted([op(1)]))
+
+    remote = HttpBackend("http://sync.test", token=provider, transport=httpx.MockTransport(handler))
+    async with remote:
+        assert len((await remote.push([op(1)])).results) == 1
+        assert calls == ["Bearer stale", "Bearer fresh"]
+        with pytest.raises(AuthError):
+            await remote.push([op(1)])  # "fresher" then the provider is exhausted
+
+
+async def test_static_token_is_not_retried_and_missing_token_sends_none() -> None:
+    """A fixed token gets no refresh; no token sends no Authorization header."""
+    calls: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers.get("authorization"))
+        return httpx.Response(401)
+
+    async with backend(handler) as remote:
+        with pytest.raises(AuthError):
+            await remote.pull(0)
+    async with HttpBackend("http://sync.test", transport=httpx.MockTransport(handler)) as anonymous:
+        with pytest.raises(AuthError):
+            await anonymous.pull(0)
+    assert calls == ["Bearer t0k3n", None]
+
+
+async def test_token_provider_failures_and_secrecy() -> None:
+    """A failing or malformed provider is an AuthError; the token never shows in errors or repr."""
+
+    def broken() -> str:
+        raise KeyError("vault down")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"detail": "forbidden"})
+
+    for provider in (broken, lambda: "", lambda: "two words", lambda: "line\nbreak"):
+        async with HttpBackend(
+            "http://sync.test", token=provider, transport=httpx.MockTransport(handler)
+        ) as remote:
+            with pytest.raises(AuthError):
+                await remote.push([op(1)])
+    secret = "super-secret-token-value"
+    async with HttpBackend(
+        "http://sync.test", token=lambda: secret, transport=httpx.MockTransport(handler)
+    ) as remote:
+        with pytest.raises(AuthError) as caught:
+            await remote.push([op(1)])
+        assert secret not in str(caught.value)
+        assert secret not in repr(remote)
+        assert secret not in repr(vars(remote))
+
+
+async def test_pull_sends_parameters_and_validates() -> None:
+    """A pull sends cursor, limit and collections, and checks the page it gets."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        page = Changes(changes=[change(4)], cursor=4, has_more=False)
+        return packed(page.model_dump(mode="json"))
+
+    async with backend(handler) as remote:
+        page = await remote.pull(3, 10, collections=["notes", "tags"])
+        assert page.cursor == 4
+        assert (await remote.pull(3, collections=[])).changes == []
+        with pytest.raises(ProtocolError):
+            await remote.pull(3, 10, collections=["tags"])
+    assert seen[0].url.params.multi_items() == [
+        ("cursor", "3"),
+        ("limit", "10"),
+        ("collections", "notes"),
+        ("collections", "tags"),
+    ]
+    assert len(seen) == 2
+
+
+async def test_closed_backend_refuses_and_bad_urls() -> None:
+    """Using a closed backend is a LifecycleError; non-http URLs are refused up front."""
+    remote = backend(lambda request: httpx.Response(200))
+    await remote.aclose()
+    await remote.aclose()
+    with pytest.raises(LifecycleError):
+        await remote.push([op(1)])
+    for url in ("ftp://x", "sync.example.com", "http://"):
+        with pytest.raises(ValueError, match="http"):
+            HttpBackend(url)
+
+
+async def test_base_url_path_prefix_is_kept() -> None:
+    """A base URL with a path prefix sends under that prefix."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return packed(Changes(changes=[], cursor=0).model_dump(mode="json"))
+
+    async with HttpBackend("https://h.test/api", transport=httpx.MockTransport(handler)) as remote:
+        await remote.pull(0)
+    assert seen == ["/api/v1/pull"]
