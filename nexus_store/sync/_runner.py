@@ -1,0 +1,615 @@
+"""One sync run: lease → push → ack/nack → repeat → pull, with progress and an event.
+
+:class:`SyncRunner` executes the decisions of :mod:`._engine` against a local side (one
+or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and a
+:class:`~nexus_store.backends.RemoteBackend`:
+
+1. lease the next batch (priority, then FIFO; per-item order is the queue's rule; ``LOW``
+   left out on a metered network or low battery);
+2. push it; ack what was accepted (recording the server version on the local row, in the
+   same transaction), adopt the server's copy on a conflict, dead-letter what was
+   rejected, nack what must be retried (the queue backs off with jitter, honouring a
+   ``Retry-After``); a batch refused as too large is split until the bad op is alone;
+3. repeat while there is eligible work, budget, and the remote answers;
+4. pull the changes after each collection's stored cursor, page by page, applying them
+   without overwriting items that still have pending ops (each page and its cursor in
+   one transaction).
+
+Cancellation (a time ``budget``, a cancelled task group, shutdown) can hit at any await:
+the ops the run still holds are released untouched in a shielded cleanup, so nothing is
+lost and nothing is acked twice (the server dedupes a batch it may have applied by op id).
+Local work (SQLite) runs in worker threads, shielded, so a transaction is never left half
+done by a cancellation.
+
+The runner needs no pydantic model: payloads travel as queued (already encoded), and a
+:class:`SyncTarget` only acks, records versions and applies changes. That is what lets
+``nexus-store sync`` work on a database file alone (:mod:`._rawtable`).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
+
+from .. import _codec
+from .._clock import Clock, SystemClock
+from .._database import Database
+from .._exceptions import CodecError, ErrorKind, RemoteError
+from .._priority import SyncPriority
+from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
+from ..backends._base import Change, RemoteBackend, RemoteOp
+from ._device import DeviceStateProvider
+from ._engine import (
+    Ack,
+    BatchErrorAction,
+    EngineConfig,
+    Failure,
+    ResultPlan,
+    allowed_priorities,
+    budget_left,
+    fit_batch,
+    hold_back,
+    is_offline,
+    item_key,
+    plan_batch_error,
+    plan_results,
+    split_batch,
+)
+from ._progress import (
+    Broadcast,
+    PriorityProgress,
+    PrioritySummary,
+    StopReason,
+    SyncEvent,
+    SyncPhase,
+    SyncProgress,
+    SyncStreams,
+    SyncSummary,
+)
+
+__all__ = ["SyncRunner", "SyncTarget"]
+
+R = TypeVar("R")
+
+_NO_PULL_AFTER = frozenset({StopReason.OFFLINE, StopReason.AUTH, StopReason.FAILURES})
+"""A run that stopped pushing for these reasons does not try to pull either."""
+
+
+@runtime_checkable
+class SyncTarget(Protocol):
+    """The local side of one collection, as a sync run sees it.
+
+    :class:`~nexus_store.NexusStore` is one; :class:`~nexus_store.sync.RawCollection`
+    is one that needs no model (for the command line and workers).
+    """
+
+    @property
+    def collection(self) -> str:
+        """The collection (table) name; also the name its ops are queued under."""
+        ...
+
+    @property
+    def queue(self) -> PrioritySyncQueue:
+        """The queue holding this collection's ops."""
+        ...
+
+    @property
+    def database(self) -> Database:
+        """The database of the table and the queue (acks commit in one transaction)."""
+        ...
+
+    def apply_ack(self, item_id: str | int, version: int) -> bool:
+        """Record the server version of an item whose op was acknowledged."""
+        ...
+
+    def apply_remote_changes(
+        self, changes: Iterable[Change], *, overwrite_pending: bool = False
+    ) -> list[Change]:
+        """Apply remote changes, never over an item with a pending op; return those applied."""
+        ...
+
+    def pull_cursor(self) -> int:
+        """The stored pull cursor of this collection."""
+        ...
+
+    def set_pull_cursor(self, cursor: int) -> None:
+        """Store the pull cursor (joining the caller's transaction)."""
+        ...
+
+
+@dataclass
+class _Leased:
+    """A leased op and what will be sent for it."""
+
+    op: QueuedOp
+    remote: RemoteOp | None
+    """``None`` when the payload could not be decoded (the op is dead-lettered)."""
+    size: int
+
+    @property
+    def collection(self) -> str:
+        return self.op.collection
+
+    @property
+    def item_id(self) -> str | int:
+        return self.op.item_id
+
+
+@dataclass
+class _Run:
+    """The mutable state of one run (touched only from the event loop)."""
+
+    run_id: str
+    started: float
+    started_at: datetime
+    allowed: frozenset[SyncPriority]
+    held: dict[str, _Leased] = field(default_factory=dict)
+    """Ops leased and not yet acked, nacked or released."""
+    total: dict[SyncPriority, int] = field(default_factory=dict)
+    done: dict[SyncPriority, int] = field(default_factory=dict)
+    pushed: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
+    failed: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
+    dead: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
+    conflicts: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
+    pulled: int = 0
+    released: int = 0
+    requests: int = 0
+    consecutive_failures: int = 0
+    stop: StopReason | None = None
+    error: str | None = None
+    phase: SyncPhase = SyncPhase.PUSH
+
+
+class SyncRunner:
+    """Runs sync runs of some collections against one backend.
+
+    Args:
+        targets: a store (or several) to sync; each collection once. Stores sharing a
+            database file are served in one priority order.
+        backend: where ops go and changes come from.
+        clock: time for budgets and durations (the first target's ``clock`` attribute if
+            it has one, else the system clock).
+        device: reports the device state (``LOW`` waits on a metered network or low
+            battery; nothing is sent while disconnected). ``None``: assume a good network.
+        batch_size: most ops per push request.
+        lease_for: seconds a leased batch stays reserved (a crashed run's ops come back
+            after this); keep it above the backend's request timeout.
+        budget: the most seconds one run may take on ``clock``; when it runs out, the run
+            stops where it is and gives back what it holds.
+        config: more tuning (byte limit per request, failure limit, pull page size);
+            ``batch_size`` overrides its batch size.
+        pull: whether to pull after pushing.
+        streams: the progress/event streams to publish on (shared with a service);
+            a new pair by default.
+        task_id: the task id put in events.
+    """
+
+    def __init__(
+        self,
+        targets: SyncTarget | Sequence[SyncTarget],
+        backend: RemoteBackend,
+        *,
+        clock: Clock | None = None,
+        device: DeviceStateProvider | None = None,
+        batch_size: int | None = None,
+        lease_for: float = 120.0,
+        budget: float | None = None,
+        config: EngineConfig | None = None,
+        pull: bool = True,
+        streams: SyncStreams | None = None,
+        task_id: str = "nexus-store.sync",
+    ) -> None:
+        chosen = [targets] if isinstance(targets, SyncTarget) else list(targets)
+        if not chosen:
+            raise ValueError("a sync run needs at least one store")
+        names = [t.collection for t in chosen]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each collection may be synced once per run, got {names}")
+        if lease_for <= 0:
+            raise ValueError("lease_for must be positive")
+        if budget is not None and budget <= 0:
+            raise ValueError("budget must be positive (or None for no limit)")
+        base = config or EngineConfig()
+        if batch_size is not None:
+            base = EngineConfig(
+                batch_size=batch_size,
+                max_batch_bytes=base.max_batch_bytes,
+                max_consecutive_failures=base.max_consecutive_failures,
+                pull_page=base.pull_page,
+            )
+        self.config = base
+        self.targets = chosen
+        self.backend = backend
+        self.clock: Clock = clock or getattr(chosen[0], "clock", None) or SystemClock()
+        self.device = device
+        self.lease_for = float(lease_for)
+        self.budget = budget
+        self.pull = pull
+        self.streams = streams or SyncStreams()
+        self.task_id = task_id
+        self.last_summary: SyncSummary | None = None
+        """The summary of the last finished (or cancelled) run."""
+        self._by_collection = {t.collection: t for t in chosen}
+        # Collections whose queue is one object are leased together, in one order.
+        groups: dict[int, list[SyncTarget]] = {}
+        for target in chosen:
+            groups.setdefault(id(target.queue), []).append(target)
+        self._groups = list(groups.values())
+
+    @property
+    def progress(self) -> Broadcast[SyncProgress]:
+        """Progress of the runs (subscribe for an async iterator, or add a callback)."""
+        return self.streams.progress
+
+    @property
+    def events(self) -> Broadcast[SyncEvent]:
+        """One event per finished run (subscribe, or add a callback)."""
+        return self.streams.events
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> SyncSummary:
+        """Run once: push while there is eligible work and budget, then pull.
+
+        Returns:
+            What the run did. A budget that runs out ends the run normally
+            (``stop_reason`` ``BUDGET``).
+
+        Raises:
+            DatabaseError: the local database failed (held ops were released first).
+            anyio's cancellation: when cancelled from outside; held ops go back first and
+                an unsuccessful event is published.
+        """
+        device = self.device.current() if self.device is not None else None
+        run = _Run(
+            run_id=uuid.uuid4().hex,
+            started=self.clock.monotonic(),
+            started_at=datetime.fromtimestamp(self.clock.now(), UTC),
+            allowed=allowed_priorities(device),
+        )
+        if is_offline(device):
+            run.stop = StopReason.OFFLINE
+            return self._finish(run)
+        try:
+            async with anyio.create_task_group() as group:
+                if self.budget is not None:
+                    group.start_soon(self._watchdog, run, group.cancel_scope)
+                try:
+                    await self._count_work(run)
+                    await self._push(run)
+                    if self.pull and run.stop not in _NO_PULL_AFTER:
+                        run.phase = SyncPhase.PULL
+                        await self._pull(run)
+                finally:
+                    group.cancel_scope.cancel()  # the watchdog is done either way
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release_held(run)
+                if run.stop is None:
+                    run.stop = StopReason.CANCELLED
+                self._finish(run, failed=True)
+            raise
+        with anyio.CancelScope(shield=True):
+            await self._release_held(run)
+        return self._finish(run)
+
+    async def _watchdog(self, run: _Run, scope: anyio.CancelScope) -> None:
+        assert self.budget is not None
+        await self.clock.sleep(self.budget)
+        run.stop = StopReason.BUDGET
+        scope.cancel()
+
+    # -- local work, off the event loop and never half-cancelled --------------------------------
+
+    async def _local(self, fn: Callable[..., R], *args: Any) -> R:
+        with anyio.CancelScope(shield=True):
+            result = await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return result  # noqa: RET504 - the shielded scope must close before returning
+
+    async def _count_work(self, run: _Run) -> None:
+        def count() -> dict[SyncPriority, int]:
+            totals: dict[SyncPriority, int] = dict.fromkeys(SyncPriority, 0)
+            for target in self.targets:
+                stats = target.queue.stats(target.collection)
+                for priority in run.allowed:
+                    totals[priority] += stats.count(priority, OpState.PENDING) + stats.count(
+                        priority, OpState.LEASED
+                    )
+            return totals
+
+        run.total = await self._local(count)
+        run.done = dict.fromkeys(SyncPriority, 0)
+        self._publish_progress(run)
+
+    # -- push ---------------------------------------------------------------------------------
+
+    async def _push(self, run: _Run) -> None:
+        while run.stop is None:
+            left = budget_left(run.started, self.clock.monotonic(), self.budget)
+            if left is not None and left <= 0:
+                run.stop = StopReason.BUDGET
+                return
+            with anyio.CancelScope(shield=True):
+                batch = await anyio.to_thread.run_sync(self._lease_batch, run.allowed)
+                for leased in batch:
+                    run.held[leased.op.op_id] = leased
+            if not batch:
+                run.stop = StopReason.DRAINED
+                return
+            for leased in batch:
+                priority = leased.op.priority
+                # Ops unblocked during the run (or raised in priority) join the total.
+                outstanding = run.done[priority] + sum(
+                    1 for x in run.held.values() if x.op.priority == priority
+                )
+                run.total[priority] = max(run.total.get(priority, 0), outstanding)
+            await self._push_batch(run, batch)
+            self._publish_progress(run)
+
+    def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
+        """Lease the next batch (in a worker thread), trimmed to the byte budget."""
+        size = self.config.batch_size
+        ops: list[QueuedOp] = []
+        if len(self._groups) == 1:
+            group = self._groups[0]
+            names = [t.collection for t in group]
+            ops = group[0].queue.lease(
+                size, self.lease_for, collections=names, priorities=sorted(allowed)
+            )
+        else:
+            # Several queues: keep one priority order across them.
+            for priority in sorted(allowed):
+                for group in self._groups:
+                    if len(ops) >= size:
+                        break
+                    ops += group[0].queue.lease(
+                        size - len(ops),
+                        self.lease_for,
+                        collections=[t.collection for t in group],
+                        priorities=[priority],
+                    )
+        keep = fit_batch([len(op.payload or b"") for op in ops], self.config.max_batch_bytes)
+        if keep < len(ops):
+            self._release_ops(ops[keep:])
+            ops = ops[:keep]
+        return [_prepare(op) for op in ops]
+
+    def _release_ops(self, ops: Sequence[QueuedOp]) -> int:
+        by_queue: dict[int, tuple[PrioritySyncQueue, list[str]]] = {}
+        for op in ops:
+            queue = self._by_collection[op.collection].queue
+            by_queue.setdefault(id(queue), (queue, []))[1].append(op.op_id)
+        return sum(queue.release(ids) for queue, ids in by_queue.values())
+
+    async def _release(self, run: _Run, leased: Sequence[_Leased]) -> None:
+        if not leased:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._release_ops, [x.op for x in leased])
+            for x in leased:
+                run.held.pop(x.op.op_id, None)
+            run.released += len(leased)
+
+    async def _release_held(self, run: _Run) -> None:
+        await self._release(run, list(run.held.values()))
+
+    async def _push_batch(self, run: _Run, batch: list[_Leased]) -> None:
+        parts: list[list[_Leased]] = [batch]
+        blocked: set[tuple[str, str]] = set()
+        while parts:
+            part, held_back = hold_back(parts.pop(0), blocked)
+            await self._release(run, held_back)
+            undecodable = [x for x in part if x.remote is None]
+            if undecodable:
+                failures = [
+                    Failure(x.op.op_id, "the queued payload cannot be decoded", ErrorKind.PERMANENT)
+                    for x in undecodable
+                ]
+                await self._settle(run, ResultPlan((), tuple(failures)))
+                part = [x for x in part if x.remote is not None]
+            if not part:
+                continue
+            remote = [x.remote for x in part if x.remote is not None]
+            run.requests += 1
+            try:
+                result = await self.backend.push(remote)
+            except RemoteError as exc:
+                plan = plan_batch_error(
+                    exc,
+                    batch_len=len(part),
+                    consecutive_failures=run.consecutive_failures,
+                    max_consecutive_failures=self.config.max_consecutive_failures,
+                )
+                if plan.action is BatchErrorAction.SPLIT:
+                    first, second = split_batch(part)
+                    parts[:0] = [first, second]
+                    continue
+                run.error = plan.reason
+                whole = tuple(
+                    Failure(x.op.op_id, plan.reason, plan.kind, plan.retry_after) for x in part
+                )
+                await self._settle(run, ResultPlan((), whole))
+                blocked.update(item_key(x) for x in part)
+                if plan.counts_as_failure:
+                    run.consecutive_failures += 1
+                if plan.stop is not None:
+                    run.stop = plan.stop
+                    await self._release(run, [x for rest in parts for x in rest])
+                    return
+                continue
+            run.consecutive_failures = 0
+            decided = plan_results([x.op.op_id for x in part], result)
+            await self._settle(run, decided)
+            failed_ids = {f.op_id for f in decided.failures}
+            blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
+
+    async def _settle(self, run: _Run, plan: ResultPlan) -> None:
+        """Apply a result plan to the queue and tables (shielded), then count it."""
+        held = run.held
+        acks = [(held[a.op_id], a) for a in plan.acks if a.op_id in held]
+        failures = [(held[f.op_id], f) for f in plan.failures if f.op_id in held]
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._settle_locally, acks, failures)
+            for leased, ack in acks:
+                held.pop(leased.op.op_id, None)
+                priority = leased.op.priority
+                run.pushed[priority] += 1
+                run.done[priority] += 1
+                if ack.conflict:
+                    run.conflicts[priority] += 1
+            for leased, failure in failures:
+                held.pop(leased.op.op_id, None)
+                priority = leased.op.priority
+                run.done[priority] += 1
+                # The queue dead-letters permanent errors (and ops out of attempts).
+                dead = failure.kind is ErrorKind.PERMANENT or leased.op.attempts + 1 >= (
+                    self._by_collection[leased.op.collection].queue.max_attempts
+                )
+                (run.dead if dead else run.failed)[priority] += 1
+
+    def _settle_locally(
+        self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
+    ) -> None:
+        by_target: dict[str, list[tuple[_Leased, Ack]]] = defaultdict(list)
+        for leased, ack in acks:
+            by_target[leased.op.collection].append((leased, ack))
+        for collection, items in by_target.items():
+            target = self._by_collection[collection]
+            # Conflicts leave the next op of the item on its old base version, so the
+            # server's conflict rule decides about it too.
+            versions = {
+                a.op_id: a.version for _, a in items if a.version is not None and not a.conflict
+            }
+            with target.database.transaction():
+                target.queue.ack([a.op_id for _, a in items], versions=versions)
+                for leased, ack in items:
+                    if ack.adopt is not None:
+                        target.apply_remote_changes([ack.adopt])
+                    if ack.version is not None and not ack.conflict:
+                        target.apply_ack(leased.op.item_id, ack.version)
+        grouped: dict[tuple[str, ErrorKind, str, float | None], list[str]] = defaultdict(list)
+        for leased, failure in failures:
+            key = (leased.op.collection, failure.kind, failure.reason, failure.retry_after)
+            grouped[key].append(failure.op_id)
+        for (collection, kind, reason, retry_after), ids in grouped.items():
+            queue = self._by_collection[collection].queue
+            queue.nack(ids, reason, kind=kind, retry_after=retry_after)
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    async def _pull(self, run: _Run) -> None:
+        page = self.config.pull_page
+        for target in self.targets:
+            cursor = await self._local(target.pull_cursor)
+            # Bounded: every page must move the cursor forward.
+            while True:
+                run.requests += 1
+                try:
+                    changes = await self.backend.pull(cursor, page, collections=[target.collection])
+                except RemoteError as exc:
+                    run.error = f"pull: {type(exc).__name__}: {exc}"
+                    return
+                applied = await self._local(
+                    _apply_page, target, changes.changes, max(cursor, changes.cursor)
+                )
+                run.pulled += applied
+                self._publish_progress(run)
+                if not changes.has_more or changes.cursor <= cursor:
+                    break
+                cursor = changes.cursor
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _publish_progress(self, run: _Run) -> None:
+        per = {
+            p: PriorityProgress(
+                done=run.done.get(p, 0), total=max(run.total.get(p, 0), run.done.get(p, 0))
+            )
+            for p in SyncPriority
+        }
+        self.streams.progress.publish(
+            SyncProgress(run_id=run.run_id, phase=run.phase, per_priority=per, pulled=run.pulled)
+        )
+
+    def _finish(self, run: _Run, *, failed: bool = False) -> SyncSummary:
+        duration = max(0.0, self.clock.monotonic() - run.started)
+        per = {
+            p: PrioritySummary(
+                pushed=run.pushed[p],
+                failed=run.failed[p],
+                dead_lettered=run.dead[p],
+                conflicts=run.conflicts[p],
+            )
+            for p in SyncPriority
+        }
+        summary = SyncSummary(
+            run_id=run.run_id,
+            task_id=self.task_id,
+            started_at=run.started_at,
+            duration=duration,
+            pushed=sum(run.pushed.values()),
+            failed=sum(run.failed.values()),
+            dead_lettered=sum(run.dead.values()),
+            conflicts=sum(run.conflicts.values()),
+            pulled=run.pulled,
+            released=run.released,
+            requests=run.requests,
+            per_priority=per,
+            stop_reason=run.stop or StopReason.DRAINED,
+            error=run.error,
+        )
+        self.last_summary = summary
+        run.phase = SyncPhase.DONE
+        self._publish_progress(run)
+        self.streams.events.publish(
+            SyncEvent(
+                task_id=self.task_id,
+                run_id=run.run_id,
+                success=summary.ok and not failed,
+                message=summary.message(),
+                timestamp=datetime.fromtimestamp(self.clock.now(), UTC),
+                duration=duration,
+                summary=summary,
+            )
+        )
+        return summary
+
+
+def _prepare(op: QueuedOp) -> _Leased:
+    """Build the wire op of a queued op (in the lease thread: decoding is CPU work)."""
+    data: dict[str, Any] | None = None
+    if op.kind is OpKind.UPSERT:
+        try:
+            decoded = _codec.decode(op.payload or b"")
+        except CodecError:
+            return _Leased(op, None, len(op.payload or b""))
+        if not isinstance(decoded, dict):
+            return _Leased(op, None, len(op.payload or b""))
+        data = decoded
+    remote = RemoteOp(
+        op_id=op.op_id,
+        collection=op.collection,
+        item_id=op.item_id,
+        kind=op.kind.value,
+        data=data,
+        base_version=op.base_version,
+        hlc=op.hlc,
+        schema_version=op.schema_version,
+    )
+    return _Leased(op, remote, len(op.payload or b""))
+
+
+def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> int:
+    """Apply one pulled page and store its cursor in one transaction."""
+    with target.database.transaction():
+        applied = target.apply_remote_changes(changes)
+        target.set_pull_cursor(cursor)
+    return len(applied)

@@ -1,0 +1,602 @@
+"""Sync runs against the in-process server (MemoryBackend) and the fault-injecting wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from nexus_store import FakeClock, SyncPriority
+from nexus_store._database import Database
+from nexus_store._queue import OpState
+from nexus_store._store import NexusStore
+from nexus_store.backends import (
+    Change,
+    Changes,
+    OpResult,
+    OpStatus,
+    PushResult,
+    RemoteBackend,
+    RemoteOp,
+)
+from nexus_store.backends._memory import MemoryBackend
+from nexus_store.server._core import ServerCore
+from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.sync._device import SimulatedDevice
+from nexus_store.sync._engine import EngineConfig
+from nexus_store.sync._progress import StopReason, SyncEvent, SyncPhase, SyncProgress
+from nexus_store.sync._rawtable import RawCollection, discover_collections
+from nexus_store.sync._runner import SyncRunner, SyncTarget
+from nexus_store.testing._faults import Fault, FaultyBackend
+
+pytestmark = pytest.mark.anyio
+
+TENANT = "default"
+
+
+class Note(BaseModel):
+    id: str
+    text: str
+    tags: list[str] = []
+    done: bool = False
+
+
+class Task(BaseModel):
+    id: int
+    title: str
+
+
+def _store(clock: FakeClock, path: str | Database = ":memory:", **kw: Any) -> NexusStore[Note, str]:
+    return NexusStore(path, model=Note, clock=clock, **kw)
+
+
+class _Recorder(RemoteBackend):
+    """Passes pushes through, remembering every op in the order it was sent."""
+
+    def __init__(self, inner: RemoteBackend) -> None:
+        self.inner = inner
+        self.sent: list[RemoteOp] = []
+        self.batches: list[int] = []
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        self.sent.extend(ops)
+        self.batches.append(len(ops))
+        return await self.inner.push(ops)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        return await self.inner.pull(cursor, limit, collections=collections)
+
+
+class _Gate(RemoteBackend):
+    """Applies a push on the inner server, then waits (forever, unless opened)."""
+
+    def __init__(self, inner: RemoteBackend) -> None:
+        self.inner = inner
+        self.entered = anyio.Event()
+        self.opened = anyio.Event()
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        result = await self.inner.push(ops)
+        self.entered.set()
+        await self.opened.wait()
+        return result
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        return await self.inner.pull(cursor, limit, collections=collections)
+
+
+async def _server_items(core: ServerCore, collection: str | None = None) -> list[Change]:
+    changes = await core.pull(
+        TENANT, 0, 10_000, collections=None if collection is None else [collection]
+    )
+    assert not changes.has_more
+    return changes.changes
+
+
+async def _drain(
+    store: SyncTarget, backend: RemoteBackend, clock: FakeClock, *, runs: int = 60, **kw: Any
+) -> list[Any]:
+    """Run until the queue has no live op, moving the fake clock over backoffs."""
+    summaries = []
+    for _ in range(runs):
+        summaries.append(await SyncRunner(store, backend, clock=clock, **kw).run())
+        stats = store.queue.stats()
+        if stats.live == 0:
+            return summaries
+        # Jump past every backoff, as a scheduler waking later would.
+        latest = max(op.next_attempt_at for op in store.queue.pending())
+        clock.set(max(clock.now(), latest) + 0.001)
+    raise AssertionError(f"the queue did not drain in {runs} runs: {store.queue.stats()}")
+
+
+# -- delivery ------------------------------------------------------------------------------------
+
+
+async def test_offline_saves_then_sync_delivers_everything_once() -> None:
+    """Saves made with no backend reachable are all delivered by one run, once each."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(250):
+        store.save(Note(id=f"n{i}", text=f"t{i}"), priority=SyncPriority(i % 4))
+    backend = MemoryBackend()
+    summary = await SyncRunner(store, backend, batch_size=40).run()
+    assert summary.pushed == 250
+    assert summary.ok
+    assert summary.stop_reason is StopReason.DRAINED
+    assert store.queue.stats().total == 0
+    assert await backend.core.head(TENANT) == 250
+    server = {c.item_id: c for c in await _server_items(backend.core)}
+    assert server["n7"].data == {"id": "n7", "text": "t7", "tags": [], "done": False}
+    assert all(store.stored_version(f"n{i}") == server[f"n{i}"].version for i in range(250))
+    assert sum(p.pushed for p in summary.per_priority.values()) == 250
+    assert summary.per_priority[SyncPriority.LOW].pushed == 62
+
+
+async def test_critical_arrives_at_the_server_before_low() -> None:
+    """The server applies ops priority first (CRITICAL lowest versions), then FIFO."""
+    clock = FakeClock()
+    store = _store(clock)
+    order = [SyncPriority.LOW, SyncPriority.NORMAL, SyncPriority.CRITICAL, SyncPriority.HIGH] * 30
+    for i, priority in enumerate(order):
+        store.save(Note(id=f"n{i:03d}", text=priority.name), priority=priority)
+    backend = MemoryBackend()
+    await SyncRunner(store, backend, batch_size=25).run()
+    arrived = sorted(await _server_items(backend.core), key=lambda c: c.version)
+    priorities = [SyncPriority[c.data["text"]] for c in arrived if c.data is not None]
+    assert priorities == sorted(priorities)
+    critical_ids = [c.item_id for c in arrived if c.data and c.data["text"] == "CRITICAL"]
+    assert critical_ids == sorted(critical_ids)
+
+
+async def test_coalesced_writes_send_the_latest_state_at_the_most_urgent_priority() -> None:
+    """Three saves of one item become one op: latest data, CRITICAL, sent before older LOWs."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(5):
+        store.save(Note(id=f"low{i}", text="x"), priority=SyncPriority.LOW)
+    store.save(Note(id="a", text="v1"), priority=SyncPriority.LOW)
+    store.save(Note(id="a", text="v2"), priority=SyncPriority.NORMAL)
+    store.save(Note(id="a", text="v3"), priority=SyncPriority.CRITICAL)
+    recorder = _Recorder(MemoryBackend())
+    await SyncRunner(store, recorder).run()
+    assert recorder.sent[0].item_id == "a"
+    assert [op.data["text"] for op in recorder.sent if op.item_id == "a" and op.data] == ["v3"]
+    assert len(recorder.sent) == 6
+
+
+async def test_per_item_order_is_kept_under_mixed_priorities_without_coalescing() -> None:
+    """With coalesce=False an item's ops arrive in write order even when a later one is urgent."""
+    clock = FakeClock()
+    store = _store(clock, coalesce=False)
+    store.save(Note(id="a", text="1"), priority=SyncPriority.LOW)
+    store.save(Note(id="b", text="1"), priority=SyncPriority.NORMAL)
+    store.save(Note(id="a", text="2"), priority=SyncPriority.NORMAL)
+    store.delete("b", priority=SyncPriority.LOW)
+    store.save(Note(id="a", text="3"), priority=SyncPriority.CRITICAL)
+    recorder = _Recorder(MemoryBackend())
+    summary = await SyncRunner(store, recorder, batch_size=2).run()
+    assert summary.pushed == 5
+    sent_a = [op.data["text"] for op in recorder.sent if op.item_id == "a" and op.data]
+    assert sent_a == ["1", "2", "3"]
+    assert [op.kind for op in recorder.sent if op.item_id == "b"] == ["upsert", "delete"]
+    # The urgent write pulled its predecessors forward: item a went first.
+    assert recorder.sent[0].item_id == "a"
+    server = {c.item_id: c for c in await _server_items(recorder.inner.core)}  # type: ignore[attr-defined]
+    assert server["a"].data == {"id": "a", "text": "3", "tags": [], "done": False}
+    assert server["b"].deleted
+
+
+# -- conflicts -----------------------------------------------------------------------------------
+
+
+def _merge(op: RemoteOp, server: Change) -> dict[str, Any] | None:
+    assert op.data is not None
+    assert server.data is not None
+    return {**server.data, "text": f"{server.data['text']}+{op.data['text']}"}
+
+
+@pytest.mark.parametrize(
+    ("policy", "b_later", "expected"),
+    [
+        ("lww", True, "b1"),
+        ("lww", False, "a1"),
+        ("server_wins", True, "a1"),
+        (_merge, True, "a1+b1"),
+    ],
+    ids=["lww-b-newer", "lww-b-older", "server-wins", "resolver"],
+)
+async def test_two_clients_editing_one_item_converge_by_policy(
+    policy: Any, b_later: bool, expected: str
+) -> None:
+    """Both clients end with the copy the server's conflict policy chose."""
+    core = ServerCore(MemoryStorage(), conflict_policy=policy)
+    clock_a = FakeClock()
+    clock_b = FakeClock(clock_a.now() + (100 if b_later else -100))
+    a, b = _store(clock_a), _store(clock_b)
+    back_a, back_b = MemoryBackend(core), MemoryBackend(core)
+    a.save(Note(id="x", text="a0"))
+    await SyncRunner(a, back_a).run()
+    await SyncRunner(b, back_b).run()
+    assert b.get("x") == Note(id="x", text="a0")
+    clock_a.advance(1)
+    a.save(Note(id="x", text="a1"))
+    b.save(Note(id="x", text="b1"))
+    first = await SyncRunner(a, back_a).run()
+    second = await SyncRunner(b, back_b).run()
+    assert first.pushed == second.pushed == 1
+    await SyncRunner(a, back_a).run()
+    a_copy, b_copy = a.get("x"), b.get("x")
+    assert a_copy is not None
+    assert b_copy is not None
+    assert (a_copy.text, b_copy.text) == (expected, expected)
+    server = {c.item_id: c for c in await _server_items(core)}
+    assert server["x"].data is not None
+    assert server["x"].data["text"] == expected
+    assert second.conflicts == (1 if expected == "a1" else 0)
+    assert a.stored_version("x") == b.stored_version("x") == server["x"].version
+    assert a.queue.stats().total == b.queue.stats().total == 0
+
+
+# -- pull --------------------------------------------------------------------------------------
+
+
+async def test_pull_reads_after_the_stored_cursor() -> None:
+    """A second run pulls only changes made since the first; tombstones delete locally."""
+    clock = FakeClock()
+    core = ServerCore(MemoryStorage())
+    writer, reader = _store(clock), _store(clock)
+    for i in range(30):
+        writer.save(Note(id=f"n{i}", text="v1"))
+    await SyncRunner(writer, MemoryBackend(core)).run()
+    first = await SyncRunner(reader, MemoryBackend(core), config=None, batch_size=10).run()
+    assert first.pulled == 30
+    assert reader.count() == 30
+    cursor = reader.pull_cursor()
+    assert cursor == await core.head(TENANT)
+    assert (await SyncRunner(reader, MemoryBackend(core)).run()).pulled == 0
+    writer.save(Note(id="n3", text="v2"))
+    writer.delete("n4")
+    await SyncRunner(writer, MemoryBackend(core)).run()
+    third = await SyncRunner(reader, MemoryBackend(core)).run()
+    assert third.pulled == 2
+    assert reader.get("n3") == Note(id="n3", text="v2")
+    assert reader.get("n4") is None
+    assert reader.pull_cursor() > cursor
+
+
+async def test_pull_pages_until_done() -> None:
+    """Pulling more changes than a page takes several requests and gets them all."""
+    clock = FakeClock()
+    core = ServerCore(MemoryStorage())
+    writer, reader = _store(clock), _store(clock)
+    writer.save_many([Note(id=f"n{i}", text="x") for i in range(95)])
+    await SyncRunner(writer, MemoryBackend(core)).run()
+    summary = await SyncRunner(reader, MemoryBackend(core), config=EngineConfig(pull_page=10)).run()
+    assert summary.pulled == 95
+    assert summary.requests == 10
+
+
+async def test_pull_never_overwrites_an_item_with_a_pending_write() -> None:
+    """A remote change to an item edited locally (not yet pushed) leaves the local edit."""
+    clock = FakeClock()
+    core = ServerCore(MemoryStorage())
+    a, b = _store(clock), _store(clock)
+    a.save(Note(id="x", text="server"))
+    await SyncRunner(a, MemoryBackend(core)).run()
+    b.save(Note(id="x", text="local"))
+    runner = SyncRunner(b, MemoryBackend(core), pull=True)
+    # Pull only: push nothing this run (LOW is the only thing allowed on a metered phone).
+    b.queue.nack([op.op_id for op in b.queue.lease(10)], "hold", retry_after=1000)
+    summary = await runner.run()
+    assert summary.pushed == 0
+    copy = b.get("x")
+    assert copy is not None
+    assert copy.text == "local"
+
+
+# -- cancellation and budget ---------------------------------------------------------------------
+
+
+async def test_cancelling_mid_push_releases_the_leased_ops_untouched() -> None:
+    """A run cancelled while its push is in flight gives its ops back; a resend applies once."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(20)])
+    inner = MemoryBackend()
+    gate = _Gate(inner)
+    events: list[SyncEvent] = []
+    runner = SyncRunner(store, gate, batch_size=50)
+    runner.events.add_callback(events.append)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(runner.run)
+            await gate.entered.wait()
+            assert store.queue.stats().leased == 20
+            group.cancel_scope.cancel()
+    stats = store.queue.stats()
+    assert (stats.leased, stats.pending) == (0, 20)
+    assert all(op.attempts == 0 for op in store.queue.pending())
+    assert len(events) == 1
+    assert not events[0].success
+    assert runner.last_summary is not None
+    assert runner.last_summary.stop_reason is StopReason.CANCELLED
+    assert runner.last_summary.released == 20
+    # The server had applied the batch; the resend is deduplicated by op id.
+    again = await SyncRunner(store, inner).run()
+    assert again.pushed == 20
+    assert store.queue.stats().total == 0
+    assert await inner.core.head(TENANT) == 20
+
+
+async def test_budget_running_out_stops_the_run_and_gives_back_what_it_holds() -> None:
+    """When the fake clock passes the budget mid-push, the run ends with BUDGET, ops released."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(10)])
+    gate = _Gate(MemoryBackend())
+    runner = SyncRunner(store, gate, budget=30)
+    result: list[Any] = []
+
+    async def run() -> None:
+        result.append(await runner.run())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await gate.entered.wait()
+            clock.advance(31)
+    summary = result[0]
+    assert summary.stop_reason is StopReason.BUDGET
+    assert summary.released == 10
+    assert summary.pushed == 0
+    assert store.queue.stats().pending == 10
+
+
+# -- device --------------------------------------------------------------------------------------
+
+
+async def test_low_waits_on_a_metered_network_and_nothing_goes_offline() -> None:
+    """Metered: everything but LOW is sent; offline: nothing; unmetered: LOW goes too."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save(Note(id="low", text="x"), priority=SyncPriority.LOW)
+    store.save(Note(id="normal", text="x"), priority=SyncPriority.NORMAL)
+    device = SimulatedDevice(connected=False)
+    backend = MemoryBackend()
+    offline = await SyncRunner(store, backend, device=device).run()
+    assert offline.stop_reason is StopReason.OFFLINE
+    assert offline.requests == 0
+    device.set(connected=True, metered=True)
+    metered = await SyncRunner(store, backend, device=device).run()
+    assert metered.pushed == 1
+    assert store.is_pending("low")
+    device.set(battery_low=True, metered=False)
+    assert (await SyncRunner(store, backend, device=device).run()).pushed == 0
+    device.set(battery_low=False)
+    assert (await SyncRunner(store, backend, device=device).run()).pushed == 1
+    assert not store.is_pending("low")
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+async def test_dropped_responses_still_apply_every_op_exactly_once() -> None:
+    """20% of pushes applied and their answers lost: retries drain the queue, one effect each."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(400)])
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, drop_response=0.2, seed=3)
+    await _drain(store, faulty, clock, batch_size=20)
+    assert faulty.dropped
+    assert await inner.core.head(TENANT) == 400
+    assert len(await _server_items(inner.core)) == 400
+    assert all(store.stored_version(f"n{i}") for i in range(400))
+
+
+async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
+    """After 503s the ops back off; after a 429 nothing is sent before its Retry-After."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(5)])
+    inner = MemoryBackend()
+    faulty = FaultyBackend(
+        inner, push_faults=[Fault.unavailable(), Fault.unavailable(), Fault.rate_limited(30)]
+    )
+    first = await SyncRunner(store, faulty).run()
+    assert first.failed == 5
+    waits = []
+    for _ in range(2):
+        earliest = store.queue.next_eligible_at()
+        assert earliest is not None
+        assert earliest > clock.now()
+        times = [op.next_attempt_at for op in store.queue.pending()]
+        assert len(set(times)) > 1  # jittered: the ops do not all come back at once
+        latest = max(times)
+        waits.append(latest - clock.now())
+        # Nothing is sent before the backoff ends.
+        calls = faulty.calls["push"]
+        await SyncRunner(store, faulty).run()
+        assert faulty.calls["push"] == calls
+        clock.set(latest + 0.001)
+        await SyncRunner(store, faulty).run()
+    assert 0 < waits[0] <= 1.0  # exponential: ceilings of 1 s, then 2 s
+    assert 0 < waits[1] <= 2.0
+    limited = store.queue.pending()[0]
+    assert limited.attempts == 3
+    assert limited.next_attempt_at - clock.now() >= 30 - 0.01
+    clock.advance(29)
+    await SyncRunner(store, faulty).run()
+    assert faulty.calls["push"] == 3
+    clock.advance(2)
+    final = await SyncRunner(store, faulty).run()
+    assert final.pushed == 5
+    assert faulty.calls["push"] == 4
+
+
+async def test_a_poison_op_is_dead_lettered_and_the_rest_delivered() -> None:
+    """An op the server rejects for good is dead-lettered with its reason; others all arrive."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(300)])
+    store.queue.enqueue("note", "poison", store.queue.pending(limit=1)[0].payload, hlc="bad\x00")
+    store.save_many([Note(id=f"m{i}", text="x") for i in range(300)])
+    backend = MemoryBackend()
+    summary = await SyncRunner(store, backend, batch_size=100).run()
+    assert summary.pushed == 600
+    assert summary.dead_lettered == 1
+    assert not summary.ok
+    dead = store.queue.dead()
+    assert [op.item_id for op in dead] == ["poison"]
+    assert dead[0].last_error is not None
+    assert "NUL" in dead[0].last_error
+    assert await backend.core.head(TENANT) == 600
+
+
+async def test_a_batch_over_the_server_limit_is_split_until_it_fits() -> None:
+    """A batch refused as too large (413) is halved until the server takes it."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(200)])
+    recorder = _Recorder(MemoryBackend(ServerCore(MemoryStorage(), max_batch=30)))
+    summary = await SyncRunner(store, recorder, batch_size=200).run()
+    assert summary.pushed == 200
+    assert summary.ok
+    assert max(n for n in recorder.batches) == 200
+    assert len({op.op_id for op in recorder.sent}) == 200
+
+
+async def test_repeated_network_failures_stop_the_run() -> None:
+    """After the consecutive-failure limit the run stops and does not pull."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(50)])
+    faulty = FaultyBackend(MemoryBackend(), network_error=1.0)
+    summary = await SyncRunner(store, faulty, batch_size=10).run()
+    assert summary.stop_reason is StopReason.FAILURES
+    assert summary.failed == 30
+    assert faulty.calls == {"push": 3, "pull": 0}
+    assert store.queue.stats().pending == 50
+    assert store.queue.stats().leased == 0
+
+
+async def test_auth_failure_stops_the_run_at_once() -> None:
+    """Refused credentials nack the batch as AUTH and stop the run."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(20)])
+    faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.auth()])
+    summary = await SyncRunner(store, faulty, batch_size=10).run()
+    assert summary.stop_reason is StopReason.AUTH
+    assert faulty.calls["push"] == 1
+    assert {op.error_kind for op in store.queue.pending() if op.attempts} == {"auth"}
+
+
+# -- progress and events -------------------------------------------------------------------------
+
+
+async def test_progress_per_priority_and_one_event_per_run() -> None:
+    """Subscribers see done/total per priority grow to the totals, and one event per run."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(40):
+        store.save(Note(id=f"n{i}", text="x"), priority=SyncPriority(i % 2))
+    runner = SyncRunner(store, MemoryBackend(), batch_size=10)
+    progress = runner.progress.subscribe()
+    events = runner.events.subscribe()
+    called: list[SyncEvent] = []
+    runner.events.add_callback(called.append)
+    summary = await runner.run()
+    runner.streams.close()
+    seen: list[SyncProgress] = [p async for p in progress]
+    assert seen[0].done == 0
+    assert seen[0].total == 40
+    assert [p.done for p in seen if p.phase is SyncPhase.PUSH] == [0, 10, 20, 30, 40]
+    last = seen[-1]
+    assert last.phase is SyncPhase.DONE
+    assert last.per_priority[SyncPriority.CRITICAL].done == 20
+    assert last.per_priority[SyncPriority.HIGH].total == 20
+    got = [e async for e in events]
+    assert got == called
+    assert len(got) == 1
+    assert got[0].success
+    assert got[0].run_id == summary.run_id
+    assert got[0].task_id == "nexus-store.sync"
+    assert "pushed 40" in got[0].message
+
+
+# -- several collections, and no model -------------------------------------------------------------
+
+
+async def test_several_stores_on_one_file_are_served_in_one_priority_order() -> None:
+    """Two collections sharing a file: CRITICAL of both before NORMAL of either."""
+    clock = FakeClock()
+    db = Database(":memory:")
+    notes = _store(clock, db)
+    tasks: NexusStore[Task, int] = NexusStore(db, model=Task, clock=clock)
+    notes.save(Note(id="n", text="x"), priority=SyncPriority.NORMAL)
+    tasks.save(Task(id=1, title="t"), priority=SyncPriority.NORMAL)
+    tasks.save(Task(id=2, title="t"), priority=SyncPriority.CRITICAL)
+    notes.save(Note(id="c", text="x"), priority=SyncPriority.CRITICAL)
+    recorder = _Recorder(MemoryBackend())
+    summary = await SyncRunner([notes, tasks], recorder).run()
+    assert summary.pushed == 4
+    assert [(op.collection, op.item_id) for op in recorder.sent[:2]] in (
+        [("task", 2), ("note", "c")],
+        [("note", "c"), ("task", 2)],
+    )
+    assert tasks.stored_version(1)
+    with pytest.raises(ValueError, match="once"):
+        SyncRunner([notes, notes], recorder)
+
+
+async def test_a_file_syncs_without_its_model() -> None:
+    """RawCollection pushes a store file's queue and pulls rows the store reads back."""
+    clock = FakeClock()
+    core = ServerCore(MemoryStorage())
+    other = _store(clock)
+    other.save(Note(id="remote", text="from afar", tags=["a", "b"], done=True))
+    await SyncRunner(other, MemoryBackend(core)).run()
+
+    db = Database(":memory:")
+    store = _store(clock, db)
+    store.save(Note(id="local", text="here", tags=["x"]))
+    assert discover_collections(db) == ["note"]
+    raw = RawCollection(db, "note", clock=clock)
+    summary = await SyncRunner(raw, MemoryBackend(core)).run()
+    assert (summary.pushed, summary.pulled) == (1, 1)
+    assert store.get("remote") == Note(id="remote", text="from afar", tags=["a", "b"], done=True)
+    assert store.stored_version("local") == 2
+    assert raw.pull_cursor() == 2
+    other.delete("remote")
+    await SyncRunner(other, MemoryBackend(core)).run()
+    await SyncRunner(raw, MemoryBackend(core)).run()
+    assert store.get("remote") is None
+
+
+async def test_accepted_answer_for_an_unknown_op_acks_nothing() -> None:
+    """Results that do not answer the sent ops never ack them."""
+
+    class Liar(RemoteBackend):
+        async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+            return PushResult(results=[OpResult(op_id="nope", status=OpStatus.ACCEPTED, version=1)])
+
+        async def pull(
+            self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        ) -> Changes:
+            return Changes(changes=[], cursor=cursor)
+
+    clock = FakeClock()
+    store = _store(clock)
+    store.save(Note(id="a", text="x"))
+    summary = await SyncRunner(store, Liar()).run()
+    assert summary.pushed == 0
+    assert summary.failed == 1
+    assert store.queue.stats().count(state=OpState.PENDING) == 1
