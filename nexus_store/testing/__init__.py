@@ -4,22 +4,63 @@
 - :class:`~nexus_store.sync.SimulatedDevice`: a settable device state.
 - :class:`FaultProxy`: an HTTP fault proxy on 127.0.0.1 (drops, resets, stalls, 503/429).
 - :class:`ServerProcess`: a real ``nexus-store serve`` subprocess on 127.0.0.1.
+- :class:`FaultyBackend`: wraps any backend; drops answers after applying, raises
+  retryable/permanent errors, adds delay (scripted per call or seeded-random).
+- :class:`BackendContract`, :class:`MultiTenantBackendContract`: the backend contract
+  suite (loaded on first use: it needs pytest).
+- :class:`TemporaryPostgres`, :func:`shared_postgres`: a PostgreSQL from ``pgserver``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._clock import FakeClock
 from ..sync._device import SimulatedDevice
+from ._faults import Fault, FaultKind, FaultyBackend, InjectedFault
+from ._postgres import TemporaryPostgres, shared_postgres
 from ._proxy import FaultMode, FaultProxy, ProxyRecord, ProxyStats
 from ._server import ServerProcess, ServerStartError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ._contract import (
+        BackendContract,
+        BackendFactory,
+        MultiTenantBackendContract,
+        OpWriter,
+        pull_all,
+    )
+
 __all__ = [
+    "BackendContract",
+    "BackendFactory",
     "FakeClock",
+    "Fault",
+    "FaultKind",
     "FaultMode",
     "FaultProxy",
+    "FaultyBackend",
+    "InjectedFault",
+    "MultiTenantBackendContract",
+    "OpWriter",
     "ProxyRecord",
     "ProxyStats",
     "ServerProcess",
     "ServerStartError",
     "SimulatedDevice",
+    "TemporaryPostgres",
+    "pull_all",
+    "shared_postgres",
 ]
+
+# The contract suite imports pytest, so it loads only when asked for.
+_CONTRACT = frozenset({"BackendContract", "BackendFactory", "MultiTenantBackendContract"})
+_CONTRACT |= {"OpWriter", "pull_all"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _CONTRACT:
+        from . import _contract  # noqa: PLC0415
+
+        return getattr(_contract, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
