@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from .. import _codec
@@ -166,6 +167,36 @@ class _Run:
     stop: StopReason | None = None
     error: str | None = None
     phase: SyncPhase = SyncPhase.PUSH
+
+
+class _Settler:
+    """Settles result plans in order, each in a worker thread, behind the pushes."""
+
+    def __init__(self, runner: SyncRunner, run: _Run, group: anyio.abc.TaskGroup) -> None:
+        self._runner = runner
+        self._run = run
+        self._group = group
+        self._last: anyio.Event | None = None
+
+    def submit(self, plan: ResultPlan) -> None:
+        """Settle ``plan`` after every plan submitted before it."""
+        previous, done = self._last, anyio.Event()
+        self._last = done
+        self._group.start_soon(self._settle_after, previous, plan, done)
+
+    async def _settle_after(
+        self, previous: anyio.Event | None, plan: ResultPlan, done: anyio.Event
+    ) -> None:
+        if previous is not None:
+            await previous.wait()
+        await self._runner._settle(self._run, plan)
+        done.set()
+        self._runner._publish_progress(self._run)
+
+    async def wait(self) -> None:
+        """Wait until every submitted plan is settled."""
+        if self._last is not None:
+            await self._last.wait()
 
 
 class SyncRunner:
@@ -332,27 +363,53 @@ class SyncRunner:
     # -- push ---------------------------------------------------------------------------------
 
     async def _push(self, run: _Run) -> None:
-        while run.stop is None:
-            left = budget_left(run.started, self.clock.monotonic(), self.budget)
-            if left is not None and left <= 0:
-                run.stop = StopReason.BUDGET
-                return
-            with anyio.CancelScope(shield=True):
-                batch = await anyio.to_thread.run_sync(self._lease_batch, run.allowed)
-                for leased in batch:
-                    run.held[leased.op.op_id] = leased
-            if not batch:
-                run.stop = StopReason.DRAINED
-                return
+        """Push batch after batch, keeping the local work off the critical path.
+
+        Pushes go one at a time, in lease order (so the server sees priority order), but
+        while batch *k* is on the wire the next batch is leased and batch *k - 1*'s results
+        are settled, in worker threads. Per-item order does not depend on this: the queue
+        never hands out an op while an earlier op of its item is leased.
+        """
+        async with anyio.create_task_group() as group:
+            settler = _Settler(self, run, group)
+            batch = await self._lease(run)
+            while True:
+                left = budget_left(run.started, self.clock.monotonic(), self.budget)
+                if run.stop is None and left is not None and left <= 0:
+                    run.stop = StopReason.BUDGET
+                if run.stop is not None:
+                    await self._release(run, batch)
+                    break
+                if not batch:
+                    # Acks still being settled may unblock more ops: look once more.
+                    await settler.wait()
+                    batch = await self._lease(run)
+                    if not batch:
+                        run.stop = StopReason.DRAINED
+                        break
+                self._count_batch(run)
+                ahead: list[list[_Leased]] = []
+                async with anyio.create_task_group() as prefetch:
+                    prefetch.start_soon(self._lease_into, run, ahead)
+                    await self._push_batch(run, batch, settler)
+                batch = ahead[0]
+            await settler.wait()
+
+    async def _lease(self, run: _Run) -> list[_Leased]:
+        with anyio.CancelScope(shield=True):
+            batch = await anyio.to_thread.run_sync(self._lease_batch, run.allowed)
             for leased in batch:
-                priority = leased.op.priority
-                # Ops unblocked during the run (or raised in priority) join the total.
-                outstanding = run.done[priority] + sum(
-                    1 for x in run.held.values() if x.op.priority == priority
-                )
-                run.total[priority] = max(run.total.get(priority, 0), outstanding)
-            await self._push_batch(run, batch)
-            self._publish_progress(run)
+                run.held[leased.op.op_id] = leased
+        return batch
+
+    async def _lease_into(self, run: _Run, out: list[list[_Leased]]) -> None:
+        out.append(await self._lease(run))
+
+    def _count_batch(self, run: _Run) -> None:
+        # Ops unblocked during the run (or raised in priority) join the total.
+        held = Counter(x.op.priority for x in run.held.values())
+        for priority, count in held.items():
+            run.total[priority] = max(run.total.get(priority, 0), run.done[priority] + count)
 
     def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         """Lease the next batch (in a worker thread), trimmed to the byte budget."""
@@ -401,7 +458,7 @@ class SyncRunner:
     async def _release_held(self, run: _Run) -> None:
         await self._release(run, list(run.held.values()))
 
-    async def _push_batch(self, run: _Run, batch: list[_Leased]) -> None:
+    async def _push_batch(self, run: _Run, batch: list[_Leased], settler: _Settler) -> None:
         parts: list[list[_Leased]] = [batch]
         blocked: set[tuple[str, str]] = set()
         while parts:
@@ -409,11 +466,15 @@ class SyncRunner:
             await self._release(run, held_back)
             undecodable = [x for x in part if x.remote is None]
             if undecodable:
-                failures = [
-                    Failure(x.op.op_id, "the queued payload cannot be decoded", ErrorKind.PERMANENT)
-                    for x in undecodable
-                ]
-                await self._settle(run, ResultPlan((), tuple(failures)))
+                reason = "the queued payload cannot be decoded"
+                settler.submit(
+                    ResultPlan(
+                        (),
+                        tuple(
+                            Failure(x.op.op_id, reason, ErrorKind.PERMANENT) for x in undecodable
+                        ),
+                    )
+                )
                 part = [x for x in part if x.remote is not None]
             if not part:
                 continue
@@ -436,7 +497,7 @@ class SyncRunner:
                 whole = tuple(
                     Failure(x.op.op_id, plan.reason, plan.kind, plan.retry_after) for x in part
                 )
-                await self._settle(run, ResultPlan((), whole))
+                settler.submit(ResultPlan((), whole))
                 blocked.update(item_key(x) for x in part)
                 if plan.counts_as_failure:
                     run.consecutive_failures += 1
@@ -447,7 +508,7 @@ class SyncRunner:
                 continue
             run.consecutive_failures = 0
             decided = plan_results([x.op.op_id for x in part], result)
-            await self._settle(run, decided)
+            settler.submit(decided)
             failed_ids = {f.op_id for f in decided.failures}
             blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
 

@@ -26,6 +26,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -251,6 +252,7 @@ class FaultProxy:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._port = 0
         self._fault_changed = anyio.Event()
+        self._activity = anyio.Event()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -298,6 +300,18 @@ class FaultProxy:
     def clear(self) -> None:
         """Stop injecting faults (``PASS``)."""
         self.set_fault(FaultMode.PASS)
+
+    async def wait_until(self, predicate: Callable[[ProxyStats], bool]) -> None:
+        """Wait until ``predicate(stats)`` holds (checked whenever the proxy acts).
+
+        Bound it with a timeout (``anyio.fail_after``): it waits for as long as it takes.
+        """
+        while not predicate(self.stats):
+            await self._activity.wait()
+
+    def _acted(self) -> None:
+        self._activity.set()
+        self._activity = anyio.Event()
 
     def count(self, *, path_prefix: str = "", action: FaultMode | None = None) -> int:
         """Requests logged whose path starts with ``path_prefix`` (and with ``action``)."""
@@ -355,7 +369,10 @@ class FaultProxy:
                     request = await _read_request(reader)
                 except _IO_ERRORS:
                     return
-                keep_open = await self._serve_one(client, reader, upstream, request)
+                try:
+                    keep_open = await self._serve_one(client, reader, upstream, request)
+                finally:
+                    self._acted()
                 if not keep_open:
                     return
         finally:
@@ -410,6 +427,7 @@ class FaultProxy:
             return False
         # STALL: answer nothing until the client gives up, the fault changes or time is up.
         self.stats.stalled += 1
+        self._acted()
         changed = self._fault_changed
         with anyio.move_on_after(fault.stall_for if fault.stall_for is not None else 3600):
             async with anyio.create_task_group() as group:
