@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from pydantic import BaseModel
 
-from nexus_store.testing import FaultMode, FaultProxy
+from nexus_store import FakeClock, SyncPriority
+from nexus_store._store import NexusStore
+from nexus_store.backends import Change
+from nexus_store.backends._http import HttpBackend
+from nexus_store.sync._progress import StopReason, SyncSummary
+from nexus_store.sync._runner import SyncRunner
+from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +174,170 @@ async def test_fault_rate_and_path_filter_are_seeded() -> None:
     first, second = await run(7), await run(7)
     assert first == second
     assert 15 <= sum(first) <= 45
+
+
+# -- sync runs through the proxy, against a real server process --------------------------------
+
+_TOKENS = {f"tok{i}": f"tenant{i}" for i in range(32)}
+_next_token = itertools.count()
+
+
+class Note(BaseModel):
+    id: str
+    text: str
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server process (SQLite storage) with a small body limit, for the whole module."""
+    folder = tmp_path_factory.mktemp("server")
+    with ServerProcess(
+        f"sqlite:///{folder}/server.db", tokens=_TOKENS, max_body="256KiB"
+    ) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _client(
+    server: ServerProcess, *, seed: int = 0, request_timeout: float = 10.0
+) -> AsyncIterator[tuple[FaultProxy, HttpBackend, HttpBackend]]:
+    """A proxy in front of the server, a backend through it, and a direct one (to check)."""
+    token = f"tok{next(_next_token)}"
+    async with (
+        FaultProxy(server.base_url, seed=seed) as proxy,
+        HttpBackend(proxy.url, token=token, timeout=request_timeout) as through,
+        HttpBackend(server.base_url, token=token) as direct,
+    ):
+        yield proxy, through, direct
+
+
+async def _server_state(direct: HttpBackend) -> tuple[int, int]:
+    """(items, head) of the tenant: head counts accepted writes, so a replay shows."""
+    items: list[Change] = []
+    cursor = 0
+    for _ in range(100):
+        page = await direct.pull(cursor, 5000)
+        items += page.changes
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return len(items), max((c.version for c in items), default=0)
+
+
+async def _drain(
+    store: NexusStore[Note, str],
+    backend: HttpBackend,
+    clock: FakeClock,
+    *,
+    runs: int = 60,
+    **kw: Any,
+) -> list[SyncSummary]:
+    """Run until the queue has no live op, jumping the fake clock over backoffs."""
+    summaries = []
+    for _ in range(runs):
+        summaries.append(await SyncRunner(store, backend, **kw).run())
+        if store.queue.stats().live == 0:
+            return summaries
+        clock.set(max(op.next_attempt_at for op in store.queue.pending()) + 0.001)
+    raise AssertionError(f"the queue did not drain: {store.queue.stats()}")
+
+
+def _store(clock: FakeClock, count: int) -> NexusStore[Note, str]:
+    store: NexusStore[Note, str] = NexusStore(":memory:", model=Note, clock=clock)
+    store.save_many([Note(id=f"n{i}", text="x" * 80) for i in range(count)])
+    return store
+
+
+async def test_responses_dropped_after_commit_still_apply_every_op_once(
+    server: ServerProcess,
+) -> None:
+    """20% of push answers lost after the server committed: once each, and the queue empties."""
+    clock = FakeClock()
+    store = _store(clock, 3000)
+    async with _client(server, seed=11) as (proxy, through, direct):
+        proxy.set_fault(FaultMode.DROP_RESPONSE, rate=0.2, path_prefix="/v1/push")
+        summaries = await _drain(store, through, clock, batch_size=100, pull=False)
+        state = await _server_state(direct)
+    assert proxy.stats.dropped >= 3
+    assert sum(s.pushed for s in summaries) == 3000
+    assert state == (3000, 3000)
+    assert store.queue.stats().total == 0
+
+
+async def test_503_then_429_backs_off_and_honours_retry_after(server: ServerProcess) -> None:
+    """503s back off exponentially with jitter; after a 429 no request comes before Retry-After."""
+    clock = FakeClock()
+    store = _store(clock, 50)
+    async with _client(server) as (proxy, through, direct):
+        proxy.set_fault(FaultMode.UNAVAILABLE, path_prefix="/v1/push")
+        ceilings = []
+        for attempt in (1, 2, 3):
+            await SyncRunner(store, through, pull=False).run()
+            assert proxy.count(path_prefix="/v1/push") == attempt
+            times = [op.next_attempt_at - clock.now() for op in store.queue.pending()]
+            assert len(set(times)) > 1  # jitter: not all at once
+            ceilings.append(max(times))
+            # Before the earliest retry time nothing is sent.
+            await SyncRunner(store, through, pull=False).run()
+            assert proxy.count(path_prefix="/v1/push") == attempt
+            clock.advance(max(times) + 0.001)
+        assert ceilings[0] <= 1.0
+        assert ceilings[1] <= 2.0
+        assert ceilings[2] <= 4.0
+        proxy.set_fault(FaultMode.RATE_LIMITED, path_prefix="/v1/push", retry_after=60)
+        await SyncRunner(store, through, pull=False).run()
+        assert proxy.count(path_prefix="/v1/push") == 4
+        assert min(op.next_attempt_at for op in store.queue.pending()) >= clock.now() + 60
+        proxy.clear()
+        clock.advance(59)
+        await SyncRunner(store, through, pull=False).run()
+        assert proxy.count(path_prefix="/v1/push") == 4
+        clock.advance(2)
+        final = await SyncRunner(store, through, pull=False).run()
+        state = await _server_state(direct)
+    assert final.pushed == 50
+    assert state == (50, 50)
+
+
+@pytest.mark.parametrize("good", [2000, pytest.param(10_000, marks=pytest.mark.slow)])
+async def test_a_poison_op_is_dead_lettered_among_many_good_ones(
+    server: ServerProcess, good: int
+) -> None:
+    """An op the server always refuses (413: too big) is dead-lettered; all others arrive."""
+    clock = FakeClock()
+    store = _store(clock, good // 2)
+    store.save(Note(id="poison", text="y" * 300_000), priority=SyncPriority.HIGH)
+    store.save_many([Note(id=f"m{i}", text="x" * 80) for i in range(good - good // 2)])
+    async with _client(server) as (proxy, through, direct):
+        summary = await SyncRunner(store, through, batch_size=500, pull=False).run()
+        state = await _server_state(direct)
+    assert summary.pushed == good
+    assert summary.dead_lettered == 1
+    dead = store.queue.dead()
+    assert [op.item_id for op in dead] == ["poison"]
+    assert dead[0].last_error is not None
+    assert "PayloadTooLargeError" in dead[0].last_error
+    assert state == (good, good)
+    assert proxy.stats.requests <= good // 500 + 2 * 9 + 1  # bisecting costs 2 per halving
+
+
+@pytest.mark.parametrize("mode", [FaultMode.RESET, FaultMode.STALL, FaultMode.TRUNCATE])
+async def test_broken_connections_never_ack_and_the_queue_drains_after(
+    server: ServerProcess, mode: FaultMode
+) -> None:
+    """Resets, stalls and truncated answers ack nothing; once they stop, all arrive once."""
+    clock = FakeClock()
+    store = _store(clock, 400)
+    async with _client(server, request_timeout=0.5) as (proxy, through, direct):
+        proxy.set_fault(mode, path_prefix="/v1/push")
+        broken = await SyncRunner(store, through, batch_size=100, pull=False).run()
+        assert broken.pushed == 0
+        assert broken.stop_reason is StopReason.FAILURES
+        assert store.queue.stats().live == 400
+        assert all(store.stored_version(f"n{i}") == 0 for i in range(400))
+        proxy.clear()
+        clock.advance(3600)
+        await _drain(store, through, clock, batch_size=100, pull=False)
+        state = await _server_state(direct)
+    assert state == (400, 400)
+    assert store.queue.stats().total == 0
