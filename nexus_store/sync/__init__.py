@@ -18,6 +18,19 @@ from ._bgrequests import (
 )
 from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
 from ._device import DeviceState, DeviceStateProvider, NetworkType, SimulatedDevice
+from ._engine import EngineConfig
+from ._progress import (
+    PriorityProgress,
+    PrioritySummary,
+    SyncEvent,
+    SyncPhase,
+    SyncProgress,
+    SyncStopReason,
+    SyncStreams,
+    SyncSummary,
+)
+from ._rawtable import RawCollection, discover_collections
+from ._runner import SyncRunner, SyncTarget
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
 
 __all__ = [
@@ -32,18 +45,31 @@ __all__ = [
     "DeterministicLaunchPolicy",
     "DeviceState",
     "DeviceStateProvider",
+    "EngineConfig",
     "LaunchContext",
     "LaunchDecision",
     "LaunchPolicy",
     "LaunchRecord",
     "NetworkType",
     "OpportunisticLaunchPolicy",
+    "PriorityProgress",
+    "PrioritySummary",
     "ProcessingRequest",
+    "RawCollection",
     "RequestKind",
     "SimulatedDevice",
     "SubmissionStrategy",
+    "SyncEvent",
+    "SyncPhase",
+    "SyncProgress",
+    "SyncRunner",
+    "SyncStopReason",
+    "SyncStreams",
+    "SyncSummary",
+    "SyncTarget",
     "TaskContext",
     "TaskOutcome",
     "TaskResult",
+    "discover_collections",
     "handler_for_task",
 ]

@@ -27,7 +27,7 @@ from .._exceptions import AuthError, ErrorKind, PermanentError, RateLimitedError
 from .._priority import SyncPriority
 from ..backends._base import Change, OpResult, OpStatus, PushResult
 from ._device import DeviceState
-from ._progress import StopReason
+from ._progress import SyncStopReason
 
 __all__ = [
     "Ack",
@@ -285,7 +285,7 @@ class BatchErrorPlan:
     reason: str
     retry_after: float | None = None
     counts_as_failure: bool = True
-    stop: StopReason | None = None
+    stop: SyncStopReason | None = None
 
 
 def plan_batch_error(
@@ -315,14 +315,18 @@ def plan_batch_error(
         )
     if isinstance(error, AuthError) or error.kind is ErrorKind.AUTH:
         return BatchErrorPlan(
-            BatchErrorAction.NACK, ErrorKind.AUTH, reason, error.retry_after, stop=StopReason.AUTH
+            BatchErrorAction.NACK,
+            ErrorKind.AUTH,
+            reason,
+            error.retry_after,
+            stop=SyncStopReason.AUTH,
         )
-    stop: StopReason | None = None
+    stop: SyncStopReason | None = None
     if isinstance(error, RateLimitedError) or error.retry_after is not None:
         # The remote told us when to come back; sending other ops now would be rude.
-        stop = StopReason.RATE_LIMITED
+        stop = SyncStopReason.RATE_LIMITED
     elif consecutive_failures + 1 >= max_consecutive_failures:
-        stop = StopReason.FAILURES
+        stop = SyncStopReason.FAILURES
     return BatchErrorPlan(
         BatchErrorAction.NACK, ErrorKind.RETRYABLE, reason, error.retry_after, stop=stop
     )

@@ -24,17 +24,17 @@ __all__ = [
     "Broadcast",
     "PriorityProgress",
     "PrioritySummary",
-    "StopReason",
     "Subscription",
     "SyncEvent",
     "SyncPhase",
     "SyncProgress",
+    "SyncStopReason",
     "SyncStreams",
     "SyncSummary",
 ]
 
 
-class StopReason(StrEnum):
+class SyncStopReason(StrEnum):
     """Why a sync run stopped pushing."""
 
     DRAINED = "drained"
@@ -51,6 +51,8 @@ class StopReason(StrEnum):
     """The device reported no network; nothing was sent."""
     CANCELLED = "cancelled"
     """The run was cancelled (shutdown, expiration); leased ops went back untouched."""
+    ERROR = "error"
+    """The run failed locally (e.g. the database); leased ops went back untouched."""
 
 
 class SyncPhase(StrEnum):
@@ -97,7 +99,7 @@ class SyncSummary(_Frozen):
     requests: int = 0
     """Push and pull requests sent."""
     per_priority: dict[SyncPriority, PrioritySummary] = Field(default_factory=dict)
-    stop_reason: StopReason = StopReason.DRAINED
+    stop_reason: SyncStopReason = SyncStopReason.DRAINED
     error: str | None = None
     """The last batch-level error, if any (for humans; never holds credentials)."""
 
@@ -108,7 +110,7 @@ class SyncSummary(_Frozen):
             self.failed == 0
             and self.dead_lettered == 0
             and self.error is None
-            and self.stop_reason in (StopReason.DRAINED, StopReason.BUDGET)
+            and self.stop_reason in (SyncStopReason.DRAINED, SyncStopReason.BUDGET)
         )
 
     def message(self) -> str:

@@ -29,6 +29,7 @@ The runner needs no pydantic model: payloads travel as queued (already encoded),
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +44,7 @@ import anyio.to_thread
 from .. import _codec
 from .._clock import Clock, SystemClock
 from .._database import Database
-from .._exceptions import CodecError, ErrorKind, RemoteError
+from .._exceptions import CodecError, ErrorKind, RemoteError, StoreError
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ..backends._base import Change, RemoteBackend, RemoteOp
@@ -68,10 +69,10 @@ from ._progress import (
     Broadcast,
     PriorityProgress,
     PrioritySummary,
-    StopReason,
     SyncEvent,
     SyncPhase,
     SyncProgress,
+    SyncStopReason,
     SyncStreams,
     SyncSummary,
 )
@@ -80,7 +81,9 @@ __all__ = ["SyncRunner", "SyncTarget"]
 
 R = TypeVar("R")
 
-_NO_PULL_AFTER = frozenset({StopReason.OFFLINE, StopReason.AUTH, StopReason.FAILURES})
+logger = logging.getLogger("nexus_store.sync")
+
+_NO_PULL_AFTER = frozenset({SyncStopReason.OFFLINE, SyncStopReason.AUTH, SyncStopReason.FAILURES})
 """A run that stopped pushing for these reasons does not try to pull either."""
 
 
@@ -164,7 +167,7 @@ class _Run:
     released: int = 0
     requests: int = 0
     consecutive_failures: int = 0
-    stop: StopReason | None = None
+    stop: SyncStopReason | None = None
     error: str | None = None
     phase: SyncPhase = SyncPhase.PUSH
 
@@ -307,7 +310,7 @@ class SyncRunner:
             allowed=allowed_priorities(device),
         )
         if is_offline(device):
-            run.stop = StopReason.OFFLINE
+            run.stop = SyncStopReason.OFFLINE
             return self._finish(run)
         try:
             async with anyio.create_task_group() as group:
@@ -321,12 +324,23 @@ class SyncRunner:
                         await self._pull(run)
                 finally:
                     group.cancel_scope.cancel()  # the watchdog is done either way
-        except BaseException:
+        except BaseException as exc:
+            failures = [e for e in _leaves(exc) if not isinstance(e, _cancelled())]
             with anyio.CancelScope(shield=True):
-                await self._release_held(run)
-                if run.stop is None:
-                    run.stop = StopReason.CANCELLED
+                try:
+                    await self._release_held(run)
+                except StoreError:
+                    # Their leases run out on their own; the original error matters more.
+                    logger.warning("could not give back %d leased ops", len(run.held))
+                if failures:
+                    run.stop = SyncStopReason.ERROR
+                    run.error = f"{type(failures[0]).__name__}: {failures[0]}"
+                elif run.stop is None:
+                    run.stop = SyncStopReason.CANCELLED
                 self._finish(run, failed=True)
+            if len(failures) == 1 and failures[0] is not exc:
+                # Task groups wrap errors; callers expect the error itself.
+                raise failures[0] from None
             raise
         with anyio.CancelScope(shield=True):
             await self._release_held(run)
@@ -335,7 +349,7 @@ class SyncRunner:
     async def _watchdog(self, run: _Run, scope: anyio.CancelScope) -> None:
         assert self.budget is not None
         await self.clock.sleep(self.budget)
-        run.stop = StopReason.BUDGET
+        run.stop = SyncStopReason.BUDGET
         scope.cancel()
 
     # -- local work, off the event loop and never half-cancelled --------------------------------
@@ -376,7 +390,7 @@ class SyncRunner:
             while True:
                 left = budget_left(run.started, self.clock.monotonic(), self.budget)
                 if run.stop is None and left is not None and left <= 0:
-                    run.stop = StopReason.BUDGET
+                    run.stop = SyncStopReason.BUDGET
                 if run.stop is not None:
                     await self._release(run, batch)
                     break
@@ -385,7 +399,7 @@ class SyncRunner:
                     await settler.wait()
                     batch = await self._lease(run)
                     if not batch:
-                        run.stop = StopReason.DRAINED
+                        run.stop = SyncStopReason.DRAINED
                         break
                 self._count_batch(run)
                 ahead: list[list[_Leased]] = []
@@ -624,7 +638,7 @@ class SyncRunner:
             released=run.released,
             requests=run.requests,
             per_priority=per,
-            stop_reason=run.stop or StopReason.DRAINED,
+            stop_reason=run.stop or SyncStopReason.DRAINED,
             error=run.error,
         )
         self.last_summary = summary
@@ -642,6 +656,17 @@ class SyncRunner:
             )
         )
         return summary
+
+
+def _cancelled() -> type[BaseException]:
+    return anyio.get_cancelled_exc_class()
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _prepare(op: QueuedOp) -> _Leased:

@@ -24,7 +24,7 @@ from nexus_store._store import NexusStore
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.cli import app
-from nexus_store.sync._progress import StopReason
+from nexus_store.sync._progress import SyncStopReason
 from nexus_store.sync._runner import SyncRunner
 from nexus_store.testing import FaultMode, FaultProxy, ServerProcess, shared_postgres
 
@@ -113,7 +113,7 @@ async def test_offline_saves_then_sync_in_priority_order(server: ServerProcess, 
         store.save(Note(id=f"n{i:04d}", text="x" * 100, n=i), priority=priorities[(i * 7) % 4])
     async with HttpBackend(f"http://127.0.0.1:{_free_port()}", token=token, timeout=2) as down:
         offline = await SyncRunner(store, down, batch_size=200).run()
-    assert offline.stop_reason is StopReason.FAILURES
+    assert offline.stop_reason is SyncStopReason.FAILURES
     assert offline.pushed == 0
     assert store.queue.stats().live == 2000
     clock.advance(3600)  # past every backoff

@@ -33,7 +33,7 @@ from nexus_store.sync._engine import (
     plan_results,
     split_batch,
 )
-from nexus_store.sync._progress import StopReason
+from nexus_store.sync._progress import SyncStopReason
 
 ALL = frozenset(SyncPriority)
 NOT_LOW = ALL - {SyncPriority.LOW}
@@ -212,7 +212,7 @@ def test_retryable_batch_errors_nack_with_retry_after_and_stop_after_limit() -> 
     third = plan_batch_error(
         ProtocolError("truncated"), batch_len=5, consecutive_failures=2, max_consecutive_failures=3
     )
-    assert third.stop is StopReason.FAILURES
+    assert third.stop is SyncStopReason.FAILURES
     unavailable = plan_batch_error(
         ServerUnavailableError("503", retry_after=9),
         batch_len=5,
@@ -220,7 +220,7 @@ def test_retryable_batch_errors_nack_with_retry_after_and_stop_after_limit() -> 
         max_consecutive_failures=3,
     )
     assert unavailable.retry_after == 9
-    assert unavailable.stop is StopReason.RATE_LIMITED
+    assert unavailable.stop is SyncStopReason.RATE_LIMITED
 
 
 def test_rate_limit_and_auth_stop_the_run() -> None:
@@ -234,7 +234,7 @@ def test_rate_limit_and_auth_stop_the_run() -> None:
     assert (limited.action, limited.retry_after, limited.stop) == (
         BatchErrorAction.NACK,
         30,
-        StopReason.RATE_LIMITED,
+        SyncStopReason.RATE_LIMITED,
     )
     auth = plan_batch_error(
         AuthError("401"), batch_len=5, consecutive_failures=0, max_consecutive_failures=3
@@ -242,7 +242,7 @@ def test_rate_limit_and_auth_stop_the_run() -> None:
     assert (auth.action, auth.kind, auth.stop) == (
         BatchErrorAction.NACK,
         ErrorKind.AUTH,
-        StopReason.AUTH,
+        SyncStopReason.AUTH,
     )
 
 

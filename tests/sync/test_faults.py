@@ -18,7 +18,7 @@ from nexus_store import FakeClock, SyncPriority
 from nexus_store._store import NexusStore
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
-from nexus_store.sync._progress import StopReason, SyncSummary
+from nexus_store.sync._progress import SyncStopReason, SyncSummary
 from nexus_store.sync._runner import SyncRunner
 from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
 
@@ -332,7 +332,7 @@ async def test_broken_connections_never_ack_and_the_queue_drains_after(
         proxy.set_fault(mode, path_prefix="/v1/push")
         broken = await SyncRunner(store, through, batch_size=100, pull=False).run()
         assert broken.pushed == 0
-        assert broken.stop_reason is StopReason.FAILURES
+        assert broken.stop_reason is SyncStopReason.FAILURES
         assert store.queue.stats().live == 400
         assert all(store.stored_version(f"n{i}") == 0 for i in range(400))
         proxy.clear()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, SyncPriority
+from nexus_store import DatabaseError, FakeClock, SyncPriority
 from nexus_store._database import Database
 from nexus_store._queue import OpState
 from nexus_store._store import NexusStore
@@ -27,7 +27,7 @@ from nexus_store.server._core import ServerCore
 from nexus_store.server._storage_memory import MemoryStorage
 from nexus_store.sync._device import SimulatedDevice
 from nexus_store.sync._engine import EngineConfig
-from nexus_store.sync._progress import StopReason, SyncEvent, SyncPhase, SyncProgress
+from nexus_store.sync._progress import SyncEvent, SyncPhase, SyncProgress, SyncStopReason
 from nexus_store.sync._rawtable import RawCollection, discover_collections
 from nexus_store.sync._runner import SyncRunner, SyncTarget
 from nexus_store.testing._faults import Fault, FaultyBackend
@@ -129,7 +129,7 @@ async def test_offline_saves_then_sync_delivers_everything_once() -> None:
     summary = await SyncRunner(store, backend, batch_size=40).run()
     assert summary.pushed == 250
     assert summary.ok
-    assert summary.stop_reason is StopReason.DRAINED
+    assert summary.stop_reason is SyncStopReason.DRAINED
     assert store.queue.stats().total == 0
     assert await backend.core.head(TENANT) == 250
     server = {c.item_id: c for c in await _server_items(backend.core)}
@@ -326,7 +326,7 @@ async def test_cancelling_mid_push_releases_the_leased_ops_untouched() -> None:
     assert len(events) == 1
     assert not events[0].success
     assert runner.last_summary is not None
-    assert runner.last_summary.stop_reason is StopReason.CANCELLED
+    assert runner.last_summary.stop_reason is SyncStopReason.CANCELLED
     assert runner.last_summary.released == 20
     # The server had applied the batch; the resend is deduplicated by op id.
     again = await SyncRunner(store, inner).run()
@@ -353,7 +353,7 @@ async def test_budget_running_out_stops_the_run_and_gives_back_what_it_holds() -
             await gate.entered.wait()
             clock.advance(31)
     summary = result[0]
-    assert summary.stop_reason is StopReason.BUDGET
+    assert summary.stop_reason is SyncStopReason.BUDGET
     assert summary.released == 10
     assert summary.pushed == 0
     assert store.queue.stats().pending == 10
@@ -371,7 +371,7 @@ async def test_low_waits_on_a_metered_network_and_nothing_goes_offline() -> None
     device = SimulatedDevice(connected=False)
     backend = MemoryBackend()
     offline = await SyncRunner(store, backend, device=device).run()
-    assert offline.stop_reason is StopReason.OFFLINE
+    assert offline.stop_reason is SyncStopReason.OFFLINE
     assert offline.requests == 0
     device.set(connected=True, metered=True)
     metered = await SyncRunner(store, backend, device=device).run()
@@ -480,7 +480,7 @@ async def test_repeated_network_failures_stop_the_run() -> None:
     store.save_many([Note(id=f"n{i}", text="x") for i in range(50)])
     faulty = FaultyBackend(MemoryBackend(), network_error=1.0)
     summary = await SyncRunner(store, faulty, batch_size=10).run()
-    assert summary.stop_reason is StopReason.FAILURES
+    assert summary.stop_reason is SyncStopReason.FAILURES
     assert summary.failed == 30
     assert faulty.calls == {"push": 3, "pull": 0}
     assert store.queue.stats().pending == 50
@@ -494,7 +494,7 @@ async def test_auth_failure_stops_the_run_at_once() -> None:
     store.save_many([Note(id=f"n{i}", text="x") for i in range(20)])
     faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.auth()])
     summary = await SyncRunner(store, faulty, batch_size=10).run()
-    assert summary.stop_reason is StopReason.AUTH
+    assert summary.stop_reason is SyncStopReason.AUTH
     assert faulty.calls["push"] == 1
     assert {op.error_kind for op in store.queue.pending() if op.attempts} == {"auth"}
 
@@ -600,3 +600,47 @@ async def test_accepted_answer_for_an_unknown_op_acks_nothing() -> None:
     assert summary.pushed == 0
     assert summary.failed == 1
     assert store.queue.stats().count(state=OpState.PENDING) == 1
+
+
+class _BrokenAcks:
+    """A store whose acks fail in the database (everything else delegates)."""
+
+    def __init__(self, store: NexusStore[Note, str]) -> None:
+        self.store = store
+        self.collection = store.collection
+        self.queue = store.queue
+        self.database = store.database
+        self.clock = store.clock
+
+    def apply_ack(self, item_id: str | int, version: int) -> bool:
+        raise DatabaseError("disk I/O error (injected)")
+
+    def apply_remote_changes(
+        self, changes: Iterable[Change], *, overwrite_pending: bool = False
+    ) -> list[Change]:
+        return self.store.apply_remote_changes(changes, overwrite_pending=overwrite_pending)
+
+    def pull_cursor(self) -> int:
+        return self.store.pull_cursor()
+
+    def set_pull_cursor(self, cursor: int) -> None:
+        self.store.set_pull_cursor(cursor)
+
+
+async def test_a_local_failure_is_raised_as_itself_and_nothing_stays_leased() -> None:
+    """A database error while acking surfaces as that error; every leased op goes back."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(30)])
+    broken = _BrokenAcks(store)
+    assert isinstance(broken, SyncTarget)
+    events: list[SyncEvent] = []
+    runner = SyncRunner(broken, MemoryBackend(), batch_size=10)
+    runner.events.add_callback(events.append)
+    with pytest.raises(DatabaseError, match="injected"):
+        await runner.run()
+    stats = store.queue.stats()
+    assert (stats.leased, stats.pending) == (0, 30)
+    assert runner.last_summary is not None
+    assert runner.last_summary.stop_reason is SyncStopReason.ERROR
+    assert [e.success for e in events] == [False]
