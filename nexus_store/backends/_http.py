@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .. import _codec
 from .._exceptions import (
@@ -73,6 +73,7 @@ TokenProvider = Callable[[], str | Awaitable[str]]
 """A callable (sync or async) returning the current bearer token."""
 
 _M = TypeVar("_M", bound=BaseModel)
+_OPS = TypeAdapter(list[RemoteOp])
 _ERROR_BODY_BYTES = 8 * 1024
 _MAX_EVENT_BYTES = 64 * 1024
 _MAX_DETAIL_CHARS = 200
@@ -354,7 +355,7 @@ class HttpBackend(RemoteBackend):
         """
         if not ops:
             return PushResult(results=[])
-        body = {"ops": [op.model_dump(mode="json") for op in ops]}
+        body = {"ops": _OPS.dump_python(list(ops), mode="json")}  # one call, not one per op
         if self._wire_format == "msgpack":
             content = _codec.encode(body)
         else:

@@ -136,9 +136,11 @@ def _core_error(exc: NexusStoreError) -> _HttpError:
 
 
 def _render(model: BaseModel, fmt: BodyFormat) -> Response:
+    # Fields that are None are left out: every one of them defaults to None on the wire.
     if fmt == "msgpack":
-        return Response(_codec.encode(model.model_dump(mode="json")), media_type=MSGPACK)
-    return Response(model.model_dump_json(), media_type=JSON)
+        body = _codec.encode(model.model_dump(mode="json", exclude_none=True))
+        return Response(body, media_type=MSGPACK)
+    return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
 
 
 def _accepts_msgpack(request: Request) -> bool:

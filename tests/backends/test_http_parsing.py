@@ -7,6 +7,8 @@ malformed, truncated, oversized or wrongly typed response can be produced on dem
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -514,3 +516,15 @@ async def test_base_url_path_prefix_is_kept() -> None:
     async with HttpBackend("https://h.test/api", transport=httpx.MockTransport(handler)) as remote:
         await remote.pull(0)
     assert seen == ["/api/v1/pull"]
+
+
+def test_client_side_imports_stay_light() -> None:
+    """Importing the package, the backends and HttpBackend loads neither Starlette nor uvicorn."""
+    code = (
+        "import sys, nexus_store, nexus_store.backends\n"
+        "from nexus_store.backends import HttpBackend\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy = roots & {'starlette', 'uvicorn', 'psycopg'}\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,423 @@
+"""HTTP sync benchmark: ``HttpBackend`` -> ``nexus-store serve`` vs a bare pipeline.
+
+Run: ``python benchmarks/bench_http.py [--quick]`` (or import and call ``run(quick)``).
+
+Printed from one run, every server a subprocess on 127.0.0.1 under the same uvicorn
+settings (:func:`nexus_store.server._run.serve_app` on a socket from
+:func:`~nexus_store.server._run.bind_socket`):
+
+1. Push of 20,000 ops of about 200 bytes through :class:`HttpBackend` to
+   ``nexus-store serve`` on SQLite (WAL, ``synchronous=FULL``), in batches of 100 and of
+   500, against the **bare pipeline**: a minimal Starlette route that unpacks the msgpack
+   body and upserts the items in one SQLite transaction (WAL, ``synchronous=FULL``),
+   called by a plain ``httpx.AsyncClient`` with pre-built dicts. Target: ours/bare >= 0.8
+   at batch 500.
+2. The same on PostgreSQL storage (a ``pgserver`` PostgreSQL), against the bare
+   pipeline writing to the same PostgreSQL with psycopg (reported).
+3. Pull of 20,000 changes (pages of 500 and 5,000) through :class:`HttpBackend`, against a
+   bare route reading pages by rowid (reported).
+
+Ours and bare alternate in rounds (each on a fresh tenant or table) so that disk and CPU
+noise hits both alike; each figure is the median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import msgpack
+
+from nexus_store.backends import HttpBackend, RemoteOp
+from nexus_store.testing import ServerProcess, TemporaryPostgres
+
+OPS = 20_000
+TOKEN = "bench-token"
+_ANNOUNCE = "nexus-store serve: listening on "
+
+
+# -- workload ------------------------------------------------------------------------------
+
+
+def make_ops(n: int, run_id: str) -> list[RemoteOp]:
+    """``n`` upserts of distinct items, about 200 bytes each on the wire."""
+    return [
+        RemoteOp(
+            op_id=uuid.uuid4().hex,
+            collection="notes",
+            item_id=f"{run_id}-{i:08d}",
+            kind="upsert",
+            data={
+                "id": f"{run_id}-{i:08d}",
+                "title": f"note number {i}",
+                "body": "lorem ipsum dolor sit amet",
+                "rank": i % 100,
+                "done": i % 3 == 0,
+            },
+            hlc=f"{1_700_000_000_000 + i:013d}-00000-bench",
+        )
+        for i in range(n)
+    ]
+
+
+def op_size(op: RemoteOp) -> int:
+    """Bytes of one op in a msgpack body."""
+    return len(msgpack.packb(op.model_dump(mode="json")))
+
+
+# -- the bare pipeline (runs in its own process) ---------------------------------------------
+
+
+def bare_server_main(database: str) -> None:
+    """Serve the bare pipeline on a free port of 127.0.0.1 (announced on stdout)."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.requests import Request  # noqa: PLC0415
+    from starlette.responses import Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    from nexus_store.server._run import announce, bind_socket, run_loop, serve_app  # noqa: PLC0415
+
+    if database.startswith("postgresql"):
+        store: Any = _BarePostgres(database)
+    else:
+        store = _BareSqlite(database)
+
+    async def push(request: Request) -> Response:
+        ops = msgpack.unpackb(await request.body())["ops"]
+        await store.upsert(ops)
+        return Response(
+            msgpack.packb({"acked": [op["op_id"] for op in ops]}), media_type="application/msgpack"
+        )
+
+    async def pull(request: Request) -> Response:
+        after = int(request.query_params.get("cursor", "0"))
+        limit = int(request.query_params.get("limit", "500"))
+        rows = await store.page(after, limit)
+        body = {
+            "changes": [
+                {"item_id": r[1], "version": r[0], "data": msgpack.unpackb(r[2])} for r in rows
+            ],
+            "cursor": rows[-1][0] if rows else after,
+            "has_more": len(rows) == limit,
+        }
+        return Response(msgpack.packb(body), media_type="application/msgpack")
+
+    async def main() -> None:
+        await store.open()
+        app = Starlette(routes=[Route("/push", push, methods=["POST"]), Route("/pull", pull)])
+        sock = bind_socket("127.0.0.1", 0)
+        announce(sock)
+        await serve_app(app, sock)
+
+    run_loop(main())
+
+
+class _BareSqlite:
+    """One connection, WAL, synchronous=FULL; a batch is one transaction, on the loop."""
+
+    def __init__(self, path: str) -> None:
+        import sqlite3  # noqa: PLC0415
+
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS items (collection TEXT NOT NULL, item_id TEXT NOT NULL, "
+            "data BLOB NOT NULL, UNIQUE (collection, item_id))"
+        )
+
+    async def open(self) -> None:
+        pass
+
+    async def upsert(self, ops: list[dict[str, Any]]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany(
+            "INSERT INTO items (collection, item_id, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (collection, item_id) DO UPDATE SET data = excluded.data",
+            [(op["collection"], op["item_id"], msgpack.packb(op["data"])) for op in ops],
+        )
+        self.conn.execute("COMMIT")
+
+    async def page(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        return self.conn.execute(
+            "SELECT rowid, item_id, data FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+
+class _BarePostgres:
+    """One psycopg connection; a batch is one transaction with executemany."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: Any = None
+
+    async def open(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        await self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS bare_items (seq BIGSERIAL, collection TEXT NOT NULL, "
+            "item_id TEXT NOT NULL, data BYTEA NOT NULL, UNIQUE (collection, item_id))"
+        )
+
+    async def upsert(self, ops: list[dict[str, Any]]) -> None:
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO bare_items (collection, item_id, data) VALUES (%s, %s, %s) "
+                "ON CONFLICT (collection, item_id) DO UPDATE SET data = excluded.data",
+                [(op["collection"], op["item_id"], msgpack.packb(op["data"])) for op in ops],
+            )
+
+    async def page(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
+        cur = await self.conn.execute(
+            "SELECT seq, item_id, data FROM bare_items WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit),
+        )
+        return [(r[0], r[1], bytes(r[2])) for r in await cur.fetchall()]
+
+
+class BareProcess:
+    """The bare pipeline server in a subprocess."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> BareProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--bare-server", self.database],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith(_ANNOUNCE):
+            raise RuntimeError(f"the bare server did not start: {line!r}")
+        self.base_url = line[len(_ANNOUNCE) :].strip()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.base_url}/pull?limit=1", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.05)
+            else:
+                return self
+        raise RuntimeError("the bare server did not answer")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+async def push_ours(base_url: str, ops: list[RemoteOp], batch: int) -> float:
+    """Ops per second pushing ``ops`` through HttpBackend in batches of ``batch``."""
+    async with HttpBackend(base_url, token=TOKEN) as remote:
+        await remote.pull(0, 1)  # connect outside the timing
+        start = time.perf_counter()
+        for i in range(0, len(ops), batch):
+            result = await remote.push(ops[i : i + batch])
+            assert result.results[-1].status.value == "accepted"
+        return len(ops) / (time.perf_counter() - start)
+
+
+async def push_bare(base_url: str, ops: list[dict[str, Any]], batch: int) -> float:
+    """Ops per second posting pre-built op dicts as msgpack to the bare route."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        await client.get("/pull", params={"limit": 1})
+        start = time.perf_counter()
+        for i in range(0, len(ops), batch):
+            chunk = ops[i : i + batch]
+            response = await client.post(
+                "/push",
+                content=msgpack.packb({"ops": chunk}),
+                headers={"content-type": "application/msgpack"},
+            )
+            assert len(msgpack.unpackb(response.content)["acked"]) == len(chunk)
+        return len(ops) / (time.perf_counter() - start)
+
+
+async def pull_ours(base_url: str, limit: int, expected: int) -> float:
+    """Changes per second pulling everything through HttpBackend, ``limit`` per page."""
+    async with HttpBackend(base_url, token=TOKEN) as remote:
+        await remote.pull(0, 1)
+        start = time.perf_counter()
+        cursor, total = 0, 0
+        while True:
+            page = await remote.pull(cursor, limit)
+            total += len(page.changes)
+            cursor = page.cursor
+            if not page.has_more:
+                break
+        elapsed = time.perf_counter() - start
+    assert total == expected, (total, expected)
+    return total / elapsed
+
+
+async def pull_bare(base_url: str, limit: int, expected: int) -> float:
+    """Changes per second paging the bare route."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        start = time.perf_counter()
+        cursor, total = 0, 0
+        while True:
+            body = msgpack.unpackb(
+                (await client.get("/pull", params={"cursor": cursor, "limit": limit})).content
+            )
+            total += len(body["changes"])
+            cursor = body["cursor"]
+            if not body["has_more"]:
+                break
+        elapsed = time.perf_counter() - start
+    assert total >= expected, (total, expected)
+    return total / elapsed
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _alternate(
+    rounds: int, sides: dict[str, Callable[[int], Awaitable[float]]]
+) -> dict[str, float]:
+    """Run each side once per round, alternating, and keep the median of each."""
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name, measure in sides.items():
+            results[name].append(anyio.run(measure, r))
+    return {name: _median(values) for name, values in results.items()}
+
+
+def bench_push(ours_url: str, bare_url: str, *, ops: int, rounds: int, tag: str) -> dict[str, Any]:
+    """Push figures at batch 100 and 500 for one storage."""
+    out: dict[str, Any] = {}
+    for batch in (100, 500):
+        workloads = [make_ops(ops, f"{tag}{batch}r{r}") for r in range(rounds)]
+        dicts = [[op.model_dump(mode="json") for op in w] for w in workloads]
+
+        async def ours(
+            r: int, batch: int = batch, workloads: list[list[RemoteOp]] = workloads
+        ) -> float:
+            return await push_ours(ours_url, workloads[r], batch)
+
+        async def bare(
+            r: int, batch: int = batch, dicts: list[list[dict[str, Any]]] = dicts
+        ) -> float:
+            return await push_bare(bare_url, dicts[r], batch)
+
+        figures = _alternate(rounds, {"ours": ours, "bare": bare})
+        out[f"batch_{batch}"] = {
+            "ours_ops_per_s": round(figures["ours"]),
+            "bare_ops_per_s": round(figures["bare"]),
+            "ratio": round(figures["ours"] / figures["bare"], 3),
+        }
+    return out
+
+
+def bench_pull(ours_url: str, bare_url: str, *, total: int, rounds: int) -> dict[str, Any]:
+    """Pull figures (pages of 500 and 5,000) over everything pushed so far."""
+    out: dict[str, Any] = {}
+    for limit in (500, 5000):
+
+        async def ours(r: int, limit: int = limit) -> float:
+            return await pull_ours(ours_url, limit, total)
+
+        async def bare(r: int, limit: int = limit) -> float:
+            return await pull_bare(bare_url, limit, total)
+
+        figures = _alternate(rounds, {"ours": ours, "bare": bare})
+        out[f"page_{limit}"] = {
+            "ours_changes_per_s": round(figures["ours"]),
+            "bare_changes_per_s": round(figures["bare"]),
+            "ratio": round(figures["ours"] / figures["bare"], 3),
+        }
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run every figure and return them (``quick``: fewer ops and rounds, same shape)."""
+    ops = 4_000 if quick else OPS
+    rounds = 1 if quick else 3
+    results: dict[str, Any] = {"ops": ops, "op_bytes": op_size(make_ops(1, "size")[0])}
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-http-") as name:
+        tmp = Path(name)
+        with (
+            ServerProcess(
+                f"sqlite:///{tmp}/ours.db", tokens={TOKEN: "bench"}, max_batch=500
+            ) as ours,
+            BareProcess(str(tmp / "bare.db")) as bare,
+        ):
+            results["sqlite_push"] = bench_push(
+                ours.base_url, bare.base_url, ops=ops, rounds=rounds, tag="s"
+            )
+            pushed = ops * 2 * rounds
+            results["sqlite_pull"] = bench_pull(
+                ours.base_url, bare.base_url, total=pushed, rounds=rounds
+            )
+            results["sqlite_pull"]["changes"] = pushed
+        with TemporaryPostgres() as postgres:
+            ours_dsn = postgres.create_database("bench_ours")
+            bare_dsn = postgres.create_database("bench_bare")
+            with (
+                ServerProcess(ours_dsn, tokens={TOKEN: "bench"}, max_batch=500) as ours,
+                BareProcess(bare_dsn) as bare,
+            ):
+                results["postgres_push"] = bench_push(
+                    ours.base_url, bare.base_url, ops=ops, rounds=rounds, tag="p"
+                )
+    return results
+
+
+def _report(results: dict[str, Any]) -> None:
+    print(f"{results['ops']:,} ops per measurement, {results['op_bytes']} bytes each (msgpack)")
+    for storage in ("sqlite", "postgres"):
+        for batch, figure in results[f"{storage}_push"].items():
+            target = "  (target >= 0.8)" if storage == "sqlite" and batch == "batch_500" else ""
+            print(
+                f"push {storage:<8} {batch:<9}: ours {figure['ours_ops_per_s']:>7,} ops/s, "
+                f"bare {figure['bare_ops_per_s']:>7,} ops/s, ratio {figure['ratio']:.2f}{target}"
+            )
+    for page, figure in results["sqlite_pull"].items():
+        if page.startswith("page_"):
+            print(
+                f"pull sqlite   {page:<9}: ours {figure['ours_changes_per_s']:>7,} changes/s, "
+                f"bare {figure['bare_changes_per_s']:>7,} changes/s, ratio {figure['ratio']:.2f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--bare-server", metavar="DATABASE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server_main(args.bare_server)
+        return
+    print("nexus-store HTTP sync benchmark" + (" (quick)" if args.quick else ""))
+    results = run(args.quick)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _report(results)
+
+
+if __name__ == "__main__":
+    main()
