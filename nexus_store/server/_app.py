@@ -10,9 +10,11 @@ with ``Retry-After``), decoding and validation (400/415), the batch size (413), 
 core. Storage failures the core reports as retryable become 503 with ``Retry-After``.
 
 A push answers one :class:`~nexus_store.backends.PushResult` entry per op, in order. An
-op that does not validate but carries a usable ``op_id`` is answered ``rejected`` with
-the validation error while the rest of the batch is applied (one bad op never blocks the
-others); a body that is not a batch at all is refused whole (400).
+op that does not validate (or whose data nests deeper than 64 levels) but carries a
+usable ``op_id`` is answered ``rejected`` with the reason while the rest of the batch is
+applied (one bad op never blocks the others); a body that is not a batch at all is
+refused whole (400). The ``Idempotency-Key`` header is informational: the op ids are the
+idempotency keys.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ _log = logging.getLogger("nexus_store.server")
 
 BodyFormat = Literal["msgpack", "json"]
 _MAX_COLLECTIONS = 100
+_MAX_DEPTH = 64
+"""Deepest nesting of an item's data accepted: deeper data is rejected per op, before it
+can reach code that recurses over it (a poison op must not fail its whole batch)."""
 
 
 class CoreLike(Protocol):
@@ -174,16 +179,22 @@ def _parse_ops(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
         _HttpError: the body is not a batch, or an invalid op has no usable op id.
     """
     try:
-        return PushRequest.model_validate(body).ops, {}
+        ops = PushRequest.model_validate(body).ops
     except ValidationError:
-        pass  # find out which ops are bad, below
+        return _parse_ops_one_by_one(body)
+    if not any(_too_deep(op.data) for op in ops):
+        return ops, {}
+    return _parse_ops_one_by_one(body)
+
+
+def _parse_ops_one_by_one(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
     if not isinstance(body, dict) or set(body) != {"ops"} or not isinstance(body["ops"], list):
         raise _HttpError(400, "invalid_batch", 'the body must be {"ops": [...]}')
     ops: list[RemoteOp] = []
     rejected: dict[int, OpResult] = {}
     for position, raw in enumerate(body["ops"]):
         try:
-            ops.append(RemoteOp.model_validate(raw))
+            op = RemoteOp.model_validate(raw)
         except ValidationError as exc:
             op_id = raw.get("op_id") if isinstance(raw, dict) else None
             if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
@@ -193,7 +204,27 @@ def _parse_ops(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
             rejected[position] = OpResult(
                 op_id=op_id, status=OpStatus.REJECTED, reason=_short_errors(exc)
             )
+            continue
+        if _too_deep(op.data):
+            reason = f"invalid op: data nests deeper than {_MAX_DEPTH} levels"
+            rejected[position] = OpResult(op_id=op.op_id, status=OpStatus.REJECTED, reason=reason)
+        else:
+            ops.append(op)
     return ops, rejected
+
+
+def _too_deep(value: Any, limit: int = _MAX_DEPTH) -> bool:
+    """Whether dicts and lists nest deeper than ``limit`` in ``value`` (without recursing)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _merge(size: int, applied: list[OpResult], rejected: dict[int, OpResult]) -> list[OpResult]:

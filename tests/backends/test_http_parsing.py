@@ -528,3 +528,58 @@ def test_client_side_imports_stay_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_watch_reads_heads_and_refreshes_the_token() -> None:
+    """watch() refreshes a refused token once, then yields each head event's value."""
+    tokens = iter(["stale", "fresh"])
+    body = (
+        b"retry: 2000\n\n: keep-alive\n\n"
+        b'id: 3\nevent: head\ndata: {"head": 3}\n\n'
+        b'event: head\ndata: {"head": 5}\n\n'
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] != "Bearer fresh":
+            return httpx.Response(401)
+        assert request.headers["accept"] == "text/event-stream"
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    remote = HttpBackend(
+        "http://sync.test", token=lambda: next(tokens), transport=httpx.MockTransport(handler)
+    )
+    async with remote, remote.watch() as heads:
+        assert [await anext(heads), await anext(heads)] == [3, 5]
+        with pytest.raises(NetworkError):
+            await anext(heads)  # the stream ended
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (httpx.Response(200, json={"head": 1}), ProtocolError),
+        (
+            httpx.Response(
+                200,
+                content=b'event: head\ndata: {"head": -1}\n\n',
+                headers={"content-type": "text/event-stream"},
+            ),
+            ProtocolError,
+        ),
+        (
+            httpx.Response(
+                200,
+                content=b"event: head\ndata: nope\n\n",
+                headers={"content-type": "text/event-stream"},
+            ),
+            ProtocolError,
+        ),
+        (httpx.Response(429, headers={"retry-after": "4"}), RateLimitedError),
+    ],
+)
+async def test_watch_refuses_bad_streams(response: httpx.Response, error: type[Exception]) -> None:
+    """A non-event-stream answer, a malformed head event or an error status raises typed errors."""
+    async with backend(lambda request: response) as remote:
+        with pytest.raises(error):
+            async with remote.watch() as heads:
+                await anext(heads)

@@ -179,6 +179,24 @@ async def test_an_invalid_op_is_rejected_alone(client: httpx.AsyncClient) -> Non
 
 
 @pytest.mark.anyio
+async def test_too_deeply_nested_data_is_rejected_alone(client: httpx.AsyncClient) -> None:
+    """Data nested deeper than 64 levels is rejected per op instead of failing the batch."""
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(600):
+        deep = {"a": deep}
+    poison = {**op(251), "data": deep}
+    answer = await client.post(
+        "/v1/push",
+        content=msgpack.packb({"ops": [poison, op(252)]}),
+        headers={"content-type": "application/msgpack"},
+    )
+    assert answer.status_code == 200
+    results = msgpack.unpackb(answer.content)["results"]
+    assert [r["status"] for r in results] == ["rejected", "accepted"]
+    assert "64 levels" in results[0]["reason"]
+
+
+@pytest.mark.anyio
 async def test_batch_over_the_op_limit_is_413(client: httpx.AsyncClient) -> None:
     """A batch with more ops than --max-batch is refused whole with 413."""
     answer = await client.post(
