@@ -9,6 +9,7 @@
 - :class:`BackendContract`, :class:`MultiTenantBackendContract`: the backend contract
   suite (loaded on first use: it needs pytest).
 - :class:`TemporaryPostgres`, :func:`shared_postgres`: a PostgreSQL from ``pgserver``.
+- :class:`WorkDriver`: releases WorkManager work on demand (WM-23).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._faults import Fault, FaultKind, FaultyBackend, InjectedFault
 from ._postgres import TemporaryPostgres, shared_postgres
 from ._proxy import FaultMode, FaultProxy, ProxyRecord, ProxyStats
 from ._server import ServerProcess, ServerStartError
+from ._workdriver import WorkDriver
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._contract import (
@@ -49,6 +51,7 @@ __all__ = [
     "ServerStartError",
     "SimulatedDevice",
     "TemporaryPostgres",
+    "WorkDriver",
     "pull_all",
     "shared_postgres",
 ]
