@@ -28,6 +28,7 @@ The runner needs no pydantic model: payloads travel as queued (already encoded),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import uuid
@@ -252,14 +253,9 @@ class SyncRunner:
         if budget is not None and budget <= 0:
             raise ValueError("budget must be positive (or None for no limit)")
         base = config or EngineConfig()
-        if batch_size is not None:
-            base = EngineConfig(
-                batch_size=batch_size,
-                max_batch_bytes=base.max_batch_bytes,
-                max_consecutive_failures=base.max_consecutive_failures,
-                pull_page=base.pull_page,
-            )
-        self.config = base
+        self.config = (
+            base if batch_size is None else dataclasses.replace(base, batch_size=batch_size)
+        )
         self.targets = chosen
         self.backend = backend
         self.clock: Clock = clock or getattr(chosen[0], "clock", None) or SystemClock()

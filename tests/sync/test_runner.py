@@ -9,7 +9,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import DatabaseError, FakeClock, SyncPriority
+from nexus_store import DatabaseError, FakeClock, SchemaError, SyncPriority
 from nexus_store._database import Database
 from nexus_store._queue import OpState
 from nexus_store._store import NexusStore
@@ -644,3 +644,43 @@ async def test_a_local_failure_is_raised_as_itself_and_nothing_stays_leased() ->
     assert runner.last_summary is not None
     assert runner.last_summary.stop_reason is SyncStopReason.ERROR
     assert [e.success for e in events] == [False]
+
+
+class Sub(BaseModel):
+    kind: str
+    size: float
+
+
+class Record(BaseModel):
+    id: int
+    name: str
+    sub: Sub
+    scores: dict[str, int] = {}
+    flag: bool | None = None
+
+
+async def test_raw_collection_keeps_int_ids_nested_models_and_dicts() -> None:
+    """Rows pulled without the model read back through the model as they were written."""
+    clock = FakeClock()
+    core = ServerCore(MemoryStorage())
+    writer: NexusStore[Record, int] = NexusStore(":memory:", model=Record, clock=clock)
+    original = Record(id=7, name="r", sub=Sub(kind="k", size=1.5), scores={"a": 1}, flag=False)
+    writer.save(original)
+    await SyncRunner(writer, MemoryBackend(core)).run()
+    db = Database(":memory:")
+    reader: NexusStore[Record, int] = NexusStore(db, model=Record, clock=clock)
+    pulled = await SyncRunner(RawCollection(db, "record"), MemoryBackend(core)).run()
+    assert pulled.pulled == 1
+    assert reader.get(7) == original
+    assert reader.stored_version(7) == 1
+
+
+def test_raw_collection_refuses_tables_a_store_did_not_make() -> None:
+    """No such table, or a table without the store's bookkeeping columns: SchemaError."""
+    db = Database(":memory:")
+    db.execute("CREATE TABLE plain (id TEXT PRIMARY KEY, x)")
+    with pytest.raises(SchemaError, match="no collection"):
+        RawCollection(db, "missing")
+    with pytest.raises(SchemaError, match="not made by a store"):
+        RawCollection(db, "plain")
+    assert discover_collections(db) == []
