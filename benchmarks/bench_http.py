@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -43,8 +46,11 @@ from nexus_store.backends import HttpBackend, RemoteOp
 from nexus_store.testing import ServerProcess, TemporaryPostgres
 
 OPS = 20_000
+Server = tuple[str, int]
+"""A server's base URL and process id."""
 TOKEN = "bench-token"
 _ANNOUNCE = "nexus-store serve: listening on "
+_TLS = ssl.create_default_context()  # built once, so no client pays for loading CA files
 
 
 # -- workload ------------------------------------------------------------------------------
@@ -195,6 +201,7 @@ class BareProcess:
         self.database = database
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
+        self.pid = 0
 
     def __enter__(self) -> BareProcess:
         self.process = subprocess.Popen(
@@ -207,6 +214,7 @@ class BareProcess:
         if not line.startswith(_ANNOUNCE):
             raise RuntimeError(f"the bare server did not start: {line!r}")
         self.base_url = line[len(_ANNOUNCE) :].strip()
+        self.pid = self.process.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -230,7 +238,7 @@ class BareProcess:
 
 async def push_ours(base_url: str, ops: list[RemoteOp], batch: int) -> float:
     """Ops per second pushing ``ops`` through HttpBackend in batches of ``batch``."""
-    async with HttpBackend(base_url, token=TOKEN) as remote:
+    async with HttpBackend(base_url, token=TOKEN, verify=_TLS) as remote:
         await remote.pull(0, 1)  # connect outside the timing
         start = time.perf_counter()
         for i in range(0, len(ops), batch):
@@ -241,7 +249,7 @@ async def push_ours(base_url: str, ops: list[RemoteOp], batch: int) -> float:
 
 async def push_bare(base_url: str, ops: list[dict[str, Any]], batch: int) -> float:
     """Ops per second posting pre-built op dicts as msgpack to the bare route."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, verify=_TLS) as client:
         await client.get("/pull", params={"limit": 1})
         start = time.perf_counter()
         for i in range(0, len(ops), batch):
@@ -257,7 +265,7 @@ async def push_bare(base_url: str, ops: list[dict[str, Any]], batch: int) -> flo
 
 async def pull_ours(base_url: str, limit: int, expected: int) -> float:
     """Changes per second pulling everything through HttpBackend, ``limit`` per page."""
-    async with HttpBackend(base_url, token=TOKEN) as remote:
+    async with HttpBackend(base_url, token=TOKEN, verify=_TLS) as remote:
         await remote.pull(0, 1)
         start = time.perf_counter()
         cursor, total = 0, 0
@@ -274,7 +282,7 @@ async def pull_ours(base_url: str, limit: int, expected: int) -> float:
 
 async def pull_bare(base_url: str, limit: int, expected: int) -> float:
     """Changes per second paging the bare route."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, verify=_TLS) as client:
         start = time.perf_counter()
         cursor, total = 0, 0
         while True:
@@ -294,60 +302,101 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _alternate(
-    rounds: int, sides: dict[str, Callable[[int], Awaitable[float]]]
-) -> dict[str, float]:
-    """Run each side once per round, alternating, and keep the median of each."""
-    results: dict[str, list[float]] = {name: [] for name in sides}
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by process ``pid`` (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+Side = tuple[Callable[[int], Awaitable[float]], int]
+"""A measurement (round -> items per second) and the pid of the server it talks to."""
+
+
+def _alternate(rounds: int, items: int, sides: dict[str, Side]) -> dict[str, dict[str, float]]:
+    """Run each side once per round, alternating; keep the medians of rate and CPU per item.
+
+    CPU time is counted per process (the server's, and this client process's), so it
+    shows where the work is even when other load on the machine stretches wall time.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    server_cpu: dict[str, list[float]] = {name: [] for name in sides}
+    client_cpu: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
-        for name, measure in sides.items():
-            results[name].append(anyio.run(measure, r))
-    return {name: _median(values) for name, values in results.items()}
+        for name, (measure, pid) in sides.items():
+            server_before, client_before = _process_cpu(pid), _own_cpu()
+            rates[name].append(anyio.run(measure, r))
+            server_cpu[name].append((_process_cpu(pid) - server_before) / items * 1e6)
+            client_cpu[name].append((_own_cpu() - client_before) / items * 1e6)
+    return {
+        name: {
+            "rate": _median(rates[name]),
+            "server_cpu_us": _median(server_cpu[name]),
+            "client_cpu_us": _median(client_cpu[name]),
+        }
+        for name in sides
+    }
 
 
-def bench_push(ours_url: str, bare_url: str, *, ops: int, rounds: int, tag: str) -> dict[str, Any]:
+def _figures(measured: dict[str, dict[str, float]], unit: str) -> dict[str, Any]:
+    ours, bare = measured["ours"], measured["bare"]
+    return {
+        f"ours_{unit}_per_s": round(ours["rate"]),
+        f"bare_{unit}_per_s": round(bare["rate"]),
+        "ratio": round(ours["rate"] / bare["rate"], 3),
+        "ours_server_cpu_us_per_item": round(ours["server_cpu_us"], 1),
+        "bare_server_cpu_us_per_item": round(bare["server_cpu_us"], 1),
+        "ours_client_cpu_us_per_item": round(ours["client_cpu_us"], 1),
+        "bare_client_cpu_us_per_item": round(bare["client_cpu_us"], 1),
+    }
+
+
+def bench_push(ours: Server, bare: Server, *, ops: int, rounds: int, tag: str) -> dict[str, Any]:
     """Push figures at batch 100 and 500 for one storage."""
     out: dict[str, Any] = {}
     for batch in (100, 500):
         workloads = [make_ops(ops, f"{tag}{batch}r{r}") for r in range(rounds)]
         dicts = [[op.model_dump(mode="json") for op in w] for w in workloads]
 
-        async def ours(
+        async def push_with_ours(
             r: int, batch: int = batch, workloads: list[list[RemoteOp]] = workloads
         ) -> float:
-            return await push_ours(ours_url, workloads[r], batch)
+            return await push_ours(ours[0], workloads[r], batch)
 
-        async def bare(
+        async def push_with_bare(
             r: int, batch: int = batch, dicts: list[list[dict[str, Any]]] = dicts
         ) -> float:
-            return await push_bare(bare_url, dicts[r], batch)
+            return await push_bare(bare[0], dicts[r], batch)
 
-        figures = _alternate(rounds, {"ours": ours, "bare": bare})
-        out[f"batch_{batch}"] = {
-            "ours_ops_per_s": round(figures["ours"]),
-            "bare_ops_per_s": round(figures["bare"]),
-            "ratio": round(figures["ours"] / figures["bare"], 3),
-        }
+        measured = _alternate(
+            rounds, ops, {"ours": (push_with_ours, ours[1]), "bare": (push_with_bare, bare[1])}
+        )
+        out[f"batch_{batch}"] = _figures(measured, "ops")
     return out
 
 
-def bench_pull(ours_url: str, bare_url: str, *, total: int, rounds: int) -> dict[str, Any]:
+def bench_pull(ours: Server, bare: Server, *, total: int, rounds: int) -> dict[str, Any]:
     """Pull figures (pages of 500 and 5,000) over everything pushed so far."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"changes": total}
     for limit in (500, 5000):
 
-        async def ours(r: int, limit: int = limit) -> float:
-            return await pull_ours(ours_url, limit, total)
+        async def pull_with_ours(r: int, limit: int = limit) -> float:
+            return await pull_ours(ours[0], limit, total)
 
-        async def bare(r: int, limit: int = limit) -> float:
-            return await pull_bare(bare_url, limit, total)
+        async def pull_with_bare(r: int, limit: int = limit) -> float:
+            return await pull_bare(bare[0], limit, total)
 
-        figures = _alternate(rounds, {"ours": ours, "bare": bare})
-        out[f"page_{limit}"] = {
-            "ours_changes_per_s": round(figures["ours"]),
-            "bare_changes_per_s": round(figures["bare"]),
-            "ratio": round(figures["ours"] / figures["bare"], 3),
-        }
+        measured = _alternate(
+            rounds, total, {"ours": (pull_with_ours, ours[1]), "bare": (pull_with_bare, bare[1])}
+        )
+        out[f"page_{limit}"] = _figures(measured, "changes")
     return out
 
 
@@ -356,50 +405,54 @@ def run(quick: bool = False) -> dict[str, Any]:
     ops = 4_000 if quick else OPS
     rounds = 1 if quick else 3
     results: dict[str, Any] = {"ops": ops, "op_bytes": op_size(make_ops(1, "size")[0])}
+    tokens = {TOKEN: "bench"}
     with tempfile.TemporaryDirectory(prefix="nexus-bench-http-") as name:
         tmp = Path(name)
         with (
-            ServerProcess(
-                f"sqlite:///{tmp}/ours.db", tokens={TOKEN: "bench"}, max_batch=500
-            ) as ours,
+            ServerProcess(f"sqlite:///{tmp}/ours.db", tokens=tokens, max_batch=500) as ours,
             BareProcess(str(tmp / "bare.db")) as bare,
         ):
-            results["sqlite_push"] = bench_push(
-                ours.base_url, bare.base_url, ops=ops, rounds=rounds, tag="s"
-            )
+            servers = (ours.base_url, ours.pid), (bare.base_url, bare.pid)
+            results["sqlite_push"] = bench_push(*servers, ops=ops, rounds=rounds, tag="s")
             pushed = ops * 2 * rounds
-            results["sqlite_pull"] = bench_pull(
-                ours.base_url, bare.base_url, total=pushed, rounds=rounds
-            )
-            results["sqlite_pull"]["changes"] = pushed
+            results["sqlite_pull"] = bench_pull(*servers, total=pushed, rounds=rounds)
         with TemporaryPostgres() as postgres:
             ours_dsn = postgres.create_database("bench_ours")
             bare_dsn = postgres.create_database("bench_bare")
             with (
-                ServerProcess(ours_dsn, tokens={TOKEN: "bench"}, max_batch=500) as ours,
+                ServerProcess(ours_dsn, tokens=tokens, max_batch=500) as ours,
                 BareProcess(bare_dsn) as bare,
             ):
-                results["postgres_push"] = bench_push(
-                    ours.base_url, bare.base_url, ops=ops, rounds=rounds, tag="p"
-                )
+                servers = (ours.base_url, ours.pid), (bare.base_url, bare.pid)
+                results["postgres_push"] = bench_push(*servers, ops=ops, rounds=rounds, tag="p")
     return results
 
 
 def _report(results: dict[str, Any]) -> None:
     print(f"{results['ops']:,} ops per measurement, {results['op_bytes']} bytes each (msgpack)")
-    for storage in ("sqlite", "postgres"):
-        for batch, figure in results[f"{storage}_push"].items():
-            target = "  (target >= 0.8)" if storage == "sqlite" and batch == "batch_500" else ""
-            print(
-                f"push {storage:<8} {batch:<9}: ours {figure['ours_ops_per_s']:>7,} ops/s, "
-                f"bare {figure['bare_ops_per_s']:>7,} ops/s, ratio {figure['ratio']:.2f}{target}"
-            )
-    for page, figure in results["sqlite_pull"].items():
-        if page.startswith("page_"):
-            print(
-                f"pull sqlite   {page:<9}: ours {figure['ours_changes_per_s']:>7,} changes/s, "
-                f"bare {figure['bare_changes_per_s']:>7,} changes/s, ratio {figure['ratio']:.2f}"
-            )
+    print("CPU: microseconds per op (push) or change (pull), in the server and in the client")
+    rows = [
+        (f"push {storage} {batch}", figure, "ops")
+        for storage in ("sqlite", "postgres")
+        for batch, figure in results[f"{storage}_push"].items()
+    ]
+    rows += [
+        (f"pull sqlite {page}", figure, "changes")
+        for page, figure in results["sqlite_pull"].items()
+        if page.startswith("page_")
+    ]
+    for label, figure, unit in rows:
+        target = "  (target >= 0.8)" if label == "push sqlite batch_500" else ""
+        print(
+            f"{label:<24} ours {figure[f'ours_{unit}_per_s']:>7,}/s  "
+            f"bare {figure[f'bare_{unit}_per_s']:>7,}/s  ratio {figure['ratio']:.2f}{target}"
+        )
+        print(
+            f"{'':<24} CPU server ours {figure['ours_server_cpu_us_per_item']:>5.1f} "
+            f"bare {figure['bare_server_cpu_us_per_item']:>5.1f}; client ours "
+            f"{figure['ours_client_cpu_us_per_item']:>5.1f} "
+            f"bare {figure['bare_client_cpu_us_per_item']:>5.1f}"
+        )
 
 
 def main() -> None:
