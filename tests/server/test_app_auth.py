@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_store import FakeClock
@@ -81,7 +81,8 @@ async def test_signed_tokens_refuse_tampering_and_other_secrets() -> None:
         SignedTokenVerifier("short")
 
 
-@given(st.text(max_size=300))
+@settings(max_examples=60)
+@given(st.text(max_size=200))
 def test_signed_verifier_never_raises_on_garbage(token: str) -> None:
     """Any string is either a valid token or refused: verification never raises."""
     assert SignedTokenVerifier(SECRET).tenant_of(token) is None
