@@ -31,7 +31,7 @@ from datetime import timedelta
 from enum import IntEnum, StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from .._codec import encode
 from .._exceptions import InvalidWorkRequestError, WorkDataTooLargeError
@@ -326,11 +326,11 @@ class SchedulingPolicy(BaseModel):
         if floor <= 0:
             raise ValueError("min_periodic_interval must be positive")
         flex = min(MIN_PERIODIC_FLEX_SECONDS, floor / 3)
-        return cls(
-            min_periodic_interval=timedelta(seconds=floor),
-            min_periodic_flex=timedelta(seconds=flex),
-            **overrides,
-        )
+        settings: dict[str, Any] = {
+            "min_periodic_interval": timedelta(seconds=floor),
+            "min_periodic_flex": timedelta(seconds=flex),
+        }
+        return cls(**{**settings, **overrides})
 
     @property
     def lowers_periodic_floor(self) -> bool:
@@ -1012,6 +1012,10 @@ class WorkInfo(BaseModel):
     flex: float | None
     expedited: bool
     priority: SyncPriority
+
+    @field_serializer("tags")
+    def _sorted_tags(self, tags: frozenset[str]) -> list[str]:
+        return sorted(tags)  # stable output for logs, JSON and the CLI
 
     @classmethod
     def from_spec(cls, spec: WorkSpec) -> WorkInfo:

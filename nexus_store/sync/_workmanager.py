@@ -50,6 +50,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import (
+    CodecError,
     InvalidWorkRequestError,
     LifecycleError,
     NexusStoreError,
@@ -361,9 +362,11 @@ class WorkManager:
         self._watches: list[WorkWatch[Any]] = []
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._wake = anyio.Event()
-        self._pass_done = anyio.Event()
+        # Events are made in __aenter__: anyio needs a running event loop for them.
+        self._wake: anyio.Event
+        self._pass_done: anyio.Event
         self._passes = 0
+        self._settled_passes = 0
         self._closing = False
         self._unsubscribe: Callable[[], None] | None = None
         self._loop_thread: int | None = None
@@ -404,6 +407,8 @@ class WorkManager:
             )
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
+        self._wake = anyio.Event()
+        self._pass_done = anyio.Event()
         stack = AsyncExitStack()
         self._tg = await stack.enter_async_context(anyio.create_task_group())
         self._stack = stack
@@ -426,8 +431,8 @@ class WorkManager:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        assert self._tg is not None
-        assert self._stack is not None
+        if self._tg is None or self._stack is None:
+            raise LifecycleError("the WorkManager was not started")
         self._tg.cancel_scope.cancel()
         try:
             return await self._stack.__aexit__(*exc_info)
@@ -821,6 +826,8 @@ class WorkManager:
         await anyio.lowlevel.checkpoint()
         if spec.state is WorkState.RUNNING:
             return ""
+        if spec.state is WorkState.BLOCKED:
+            return "blocked: waiting for its prerequisite work to succeed"
         if spec.state is WorkState.ENQUEUED and spec.request.worker_name not in self._workers:
             return f"no worker registered under {spec.request.worker_name!r}"
         flags = self._driver.flags().get(work_id) if self._driver else None
@@ -900,7 +907,7 @@ class WorkManager:
         self._check_running()
         target = self._passes + 1
         self._wake_dispatcher()
-        while self._passes < target:
+        while self._settled_passes < target:
             await self._pass_done.wait()
 
     def _wake_dispatcher(self) -> None:
@@ -947,11 +954,18 @@ class WorkManager:
         task_status.started()
         while True:
             self._wake = anyio.Event()
-            wake_at = self._dispatch_pass()
+            try:
+                wake_at = self._dispatch_pass()
+            except NexusStoreError:
+                # A damaged row or a database hiccup must not end scheduling: look again later.
+                logger.exception("a dispatcher pass failed; retrying")
+                wake_at = self._clock.now() + self.policy.device_poll_interval.total_seconds()
+            self._passes += 1  # counted here: a pass never spans an await
             await self._sleep_until(wake_at)
 
     def _pass_completed(self) -> None:
-        self._passes += 1
+        # The loop is about to wait: everything the last pass started is in motion.
+        self._settled_passes = self._passes
         done, self._pass_done = self._pass_done, anyio.Event()
         done.set()
 
@@ -997,14 +1011,14 @@ class WorkManager:
             await anyio.lowlevel.checkpoint()
             return
 
-        async def timer() -> None:
-            # An absolute deadline: the clock may move before this task first runs.
+        async def timer(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            # An absolute deadline, in case the clock moved since the pass.
             await self._clock.sleep(deadline - self._clock.now())
             wake.set()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(timer)
-            await anyio.lowlevel.checkpoint()  # lets the timer register with the clock
+            await tg.start(timer)  # the timer is waiting on the clock once this returns
             self._pass_completed()
             await wake.wait()
             tg.cancel_scope.cancel()
@@ -1093,7 +1107,7 @@ class WorkManager:
             try:
                 check_data_size(result.output, "output")
                 output = dict(result.output)
-            except (WorkDataTooLargeError, InvalidWorkRequestError) as exc:
+            except (WorkDataTooLargeError, InvalidWorkRequestError, CodecError) as exc:
                 error_text = f"{type(exc).__name__}: {exc}"
                 result = TaskResult.failure()
         changed: list[WorkSpec] = []

@@ -403,6 +403,7 @@ async def test_wm06_one_time_delay_and_constraints(
     assert job.runs == 2
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_wm07_periodic_without_flex(clock: FakeClock, device: SimulatedDevice) -> None:
     """WM-7: first run at enqueue + initial delay; later at completion + interval; no catch-up."""
     job = Job("tick", blocking=True)
@@ -554,6 +555,7 @@ async def test_wm10_cancel_and_exceptions(clock: FakeClock, device: SimulatedDev
 # -- WM-11..WM-13: constraints, stops, time limit -----------------------------------------
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_wm11_constraint_loss_stops_the_worker(
     clock: FakeClock, device: SimulatedDevice
 ) -> None:
@@ -616,6 +618,7 @@ async def test_wm11_backoff_on_system_interruptions(
         assert stopped.next_schedule_time == clock.now() + 30
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_wm12_execution_time_limit(clock: FakeClock, device: SimulatedDevice) -> None:
     """WM-12: a run over 10 minutes is stopped with TIMEOUT (3) and re-enqueued."""
     job = Job(blocking=True)
@@ -1061,6 +1064,7 @@ async def test_wm18_tags_queries_and_cancel(clock: FakeClock, device: SimulatedD
         assert len(await wm.get_work_infos(cancelled)) == 4
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_wm19_work_info_and_subscriptions(clock: FakeClock, device: SimulatedDevice) -> None:
     """WM-19: WorkInfo fields follow the state; every persisted change reaches subscribers."""
     job = Job(blocking=True)
