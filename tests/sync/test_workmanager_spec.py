@@ -30,7 +30,14 @@ from nexus_store import (
     WorkDataTooLargeError,
 )
 from nexus_store._database import Database
-from nexus_store.sync import DeviceState, NetworkType, SimulatedDevice, TaskContext, TaskResult
+from nexus_store.sync import (
+    DeviceState,
+    NetworkType,
+    SimulatedDevice,
+    TaskContext,
+    TaskOutcome,
+    TaskResult,
+)
 from nexus_store.sync._work import (
     MAX_BACKOFF_DELAY_SECONDS,
     BackoffPolicy,
@@ -51,6 +58,8 @@ from nexus_store.sync._work import (
     WorkState,
     backoff_delay,
     clamp_periodic,
+    end_of_run,
+    initial_state,
     next_run_time,
     plan_dispatch,
 )
@@ -1380,3 +1389,65 @@ def test_next_run_time_matches_androidx_for_plain_inputs() -> None:
     )
     assert next_run_time(periodic) == 1000.0 + 50 + HOUR - 1200
     assert next_run_time(dataclasses.replace(periodic, period_count=4)) == 1000.0 + HOUR
+
+
+@pytest.mark.parametrize(
+    ("prerequisites", "expected"),
+    [
+        ([], WorkState.ENQUEUED),
+        ([WorkState.SUCCEEDED, None], WorkState.ENQUEUED),
+        ([WorkState.SUCCEEDED, WorkState.RUNNING], WorkState.BLOCKED),
+        ([WorkState.CANCELLED, WorkState.ENQUEUED], WorkState.CANCELLED),
+        ([WorkState.CANCELLED, WorkState.FAILED], WorkState.FAILED),
+    ],
+)
+def test_wm10_initial_state_from_prerequisites(
+    prerequisites: list[WorkState | None], expected: WorkState
+) -> None:
+    """WM-10/WM-16: new work is FAILED, CANCELLED, ENQUEUED or BLOCKED by its prerequisites."""
+    assert initial_state(prerequisites) is expected
+
+
+def test_end_of_run_ignores_results_of_finished_or_stopped_work() -> None:
+    """WM-11/WM-16: a stopped run or one whose work was cancelled meanwhile leaves no result."""
+    running = WorkSpec(
+        request=one_time().build(),
+        state=WorkState.RUNNING,
+        last_enqueue_time=T0,
+        run_attempt_count=1,
+    )
+    cancelled = dataclasses.replace(running, state=WorkState.CANCELLED)
+    assert end_of_run(cancelled, T0 + 5, stop=None, outcome=TaskOutcome.SUCCESS, output={}) == (
+        None,
+        RunOutcome.CANCELLED,
+        StopReason.CANCELLED_BY_APP,
+    )
+    spec, outcome, reason = end_of_run(
+        running, T0 + 5, stop=StopReason.TIMEOUT, outcome=TaskOutcome.SUCCESS, output={"x": 1}
+    )
+    assert spec is not None
+    assert (spec.state, spec.output, spec.last_enqueue_time) == (WorkState.ENQUEUED, {}, T0)
+    assert (outcome, reason) == (RunOutcome.STOPPED, StopReason.TIMEOUT)
+    spec, outcome, _ = end_of_run(running, T0 + 5, stop=None, outcome=None, output={})
+    assert spec is not None
+    assert (spec.state, outcome) == (WorkState.FAILED, RunOutcome.FAILURE)
+
+
+async def test_prune_keeps_what_unfinished_work_depends_on(
+    clock: FakeClock, device: SimulatedDevice
+) -> None:
+    """prune() drops old finished work and its history, but not prerequisites still needed."""
+    async with manager(clock, device, Job()) as wm:
+        done = await wm.enqueue(one_time().build())
+        assert done is not None
+        await wait_for(wm, done, state_is(WorkState.SUCCEEDED))
+        needed = await wm.enqueue(one_time().build())
+        assert needed is not None
+        await wait_for(wm, needed, state_is(WorkState.SUCCEEDED))
+        waiting = await wm.enqueue(one_time("idle").build(), depends_on=[needed])
+        assert waiting is not None
+        clock.advance(2 * HOUR)
+        assert await wm.prune(HOUR) == 1
+        assert await wm.get_work_info(done) is None
+        assert await wm.run_history(done) == []
+        assert (await info_of(wm, needed)).state is WorkState.SUCCEEDED
