@@ -17,8 +17,14 @@ from ._bgrequests import (
     SubmissionStrategy,
 )
 from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
+from ._bgtask_adapter import BGTaskSyncService
+from ._bridge import BackgroundSyncThread
+from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
+from ._constraints import SystemDevice
 from ._device import DeviceState, DeviceStateProvider, NetworkType, SimulatedDevice
 from ._engine import EngineConfig
+from ._factory import AdapterKind, BackgroundSyncServiceFactory, choose_adapter
+from ._noop import NoopSyncService
 from ._progress import (
     PriorityProgress,
     PrioritySummary,
@@ -31,6 +37,14 @@ from ._progress import (
 )
 from ._rawtable import RawCollection, discover_collections
 from ._runner import SyncRunner, SyncTarget
+from ._service import (
+    BackgroundSyncService,
+    ChangeSource,
+    CommitWatcher,
+    ServiceState,
+    StoreSyncTask,
+    TaskRun,
+)
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
 from ._work import (
     BackoffPolicy,
@@ -51,17 +65,28 @@ from ._work import (
     WorkRequest,
     WorkState,
 )
+from ._worker import SyncWorker, WorkerLease
 from ._workmanager import ManagerState, WorkManager, WorkWatch
+from ._workmanager_adapter import WorkManagerSyncService
 
 __all__ = [
+    "AdapterKind",
     "AppRefreshRequest",
     "AppUsage",
     "BGTaskHandle",
     "BGTaskHandler",
     "BGTaskRequest",
     "BGTaskScheduler",
+    "BGTaskSyncService",
+    "BackgroundSyncConfig",
+    "BackgroundSyncService",
+    "BackgroundSyncServiceFactory",
+    "BackgroundSyncStatus",
     "BackgroundSyncTask",
+    "BackgroundSyncThread",
     "BackoffPolicy",
+    "ChangeSource",
+    "CommitWatcher",
     "Constraints",
     "ContinuedProcessingRequest",
     "DeterministicLaunchPolicy",
@@ -77,6 +102,7 @@ __all__ = [
     "LaunchRecord",
     "ManagerState",
     "NetworkType",
+    "NoopSyncService",
     "OneTimeWorkRequestBuilder",
     "OpportunisticLaunchPolicy",
     "OutOfQuotaPolicy",
@@ -88,9 +114,12 @@ __all__ = [
     "RequestKind",
     "RunOutcome",
     "RunRecord",
+    "ScheduleResult",
     "SchedulingPolicy",
+    "ServiceState",
     "SimulatedDevice",
     "StopReason",
+    "StoreSyncTask",
     "SubmissionStrategy",
     "SyncEvent",
     "SyncPhase",
@@ -100,16 +129,22 @@ __all__ = [
     "SyncStreams",
     "SyncSummary",
     "SyncTarget",
+    "SyncWorker",
+    "SystemDevice",
     "TaskContext",
     "TaskOutcome",
     "TaskResult",
+    "TaskRun",
     "UpdateResult",
     "WorkInfo",
     "WorkManager",
+    "WorkManagerSyncService",
     "WorkQuery",
     "WorkRequest",
     "WorkState",
     "WorkWatch",
+    "WorkerLease",
+    "choose_adapter",
     "discover_collections",
     "handler_for_task",
 ]

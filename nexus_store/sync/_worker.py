@@ -1,0 +1,479 @@
+"""A sync worker: the background sync service as a daemon beside the app's process.
+
+``nexus-store worker --db PATH --remote URL`` runs :class:`SyncWorker`: the app process
+only saves (its commits go to the file), the worker drains the queue to the remote.
+
+- **One drainer at a time.** A lease row in the file (table ``nx_worker_lease``: holder,
+  expires_at, renewed every ``ttl / 3`` seconds) says who drains. A second worker waits
+  and takes over once the lease expires (the first one died); it then gives back the ops
+  the dead worker had leased (the server dedupes a batch it already applied by op id, so
+  every op takes effect once), and WorkManager work found RUNNING runs again (WM-22). A
+  worker that cannot renew in time (stalled, or its lease was taken) stops draining and
+  waits again. The decision is :func:`decide_lease`, a pure function of the row and the time.
+- **Prompt wake-up.** ``watchfiles`` watches the database's ``-wal`` file (SQLite appends
+  every commit there), so a commit in another process wakes the worker within
+  ``watch_step_ms`` milliseconds; it then looks at the queue: an eligible ``CRITICAL`` op
+  starts a run at once, ``HIGH`` ops after the debounce, the rest wait for the periodic
+  run. Collections created later are noticed by SQLite's schema version.
+- **Clean stop.** Cancelling :meth:`SyncWorker.run` (the command does on SIGTERM/SIGINT)
+  stops a run in progress (its leased ops go back untouched), then releases the lease.
+
+The app process must not run a background sync service of its own on the same file (one
+scheduler per file); saving, reading and ``sync_now`` from the app are fine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from .._clock import Clock, SystemClock
+from .._database import Database
+from .._queue import OpState, PrioritySyncQueue
+from ..backends._base import RemoteBackend
+from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
+from ._constraints import SystemDevice
+from ._device import DeviceStateProvider
+from ._rawtable import RawCollection, discover_collections
+from ._workmanager_adapter import WorkManagerSyncService
+
+__all__ = [
+    "LeaseAction",
+    "LeaseDecision",
+    "LeaseRow",
+    "SyncWorker",
+    "WalChangeSource",
+    "WorkerLease",
+    "decide_lease",
+    "worker_config",
+]
+
+logger = logging.getLogger("nexus_store.sync.worker")
+
+_LEASE_NAME = "drain"
+_SCHEMA = """CREATE TABLE IF NOT EXISTS nx_worker_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    renewed_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)"""
+
+
+# -- the lease (decision pure, storage in SQLite) ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseRow:
+    """The drain lease as stored."""
+
+    holder: str
+    pid: int
+    host: str
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+
+
+class LeaseAction(StrEnum):
+    """What a worker does about the lease."""
+
+    ACQUIRE = "acquire"
+    """Nobody holds it: take it."""
+    RENEW = "renew"
+    """We hold it: extend it."""
+    TAKE_OVER = "take_over"
+    """Its holder let it expire (died or stalled): take it, and clean up after the holder."""
+    WAIT = "wait"
+    """Someone else holds it: wait until it expires."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseDecision:
+    """The outcome of looking at the lease."""
+
+    action: LeaseAction
+    row: LeaseRow | None
+    """The lease as it was before the decision."""
+
+    @property
+    def acquired(self) -> bool:
+        """Whether the worker holds the lease now."""
+        return self.action is not LeaseAction.WAIT
+
+    @property
+    def retry_at(self) -> float | None:
+        """When to look again (the holder's expiry), for ``WAIT``."""
+        if self.action is LeaseAction.WAIT and self.row is not None:
+            return self.row.expires_at
+        return None
+
+
+def decide_lease(row: LeaseRow | None, holder: str, now: float) -> LeaseDecision:
+    """Decide about the drain lease: acquire, renew, take over, or wait.
+
+    Args:
+        row: the stored lease (``None``: no row).
+        holder: this worker's holder id.
+        now: the current time (wall clock, seconds since the epoch).
+    """
+    if row is None:
+        return LeaseDecision(LeaseAction.ACQUIRE, None)
+    if row.holder == holder:
+        return LeaseDecision(LeaseAction.RENEW, row)
+    if row.expires_at <= now:
+        return LeaseDecision(LeaseAction.TAKE_OVER, row)
+    return LeaseDecision(LeaseAction.WAIT, row)
+
+
+class WorkerLease:
+    """The drain lease in one database file (``nx_worker_lease``).
+
+    Args:
+        database: the store's database.
+        holder: this worker's id (unique per process).
+        ttl: seconds a lease lasts without renewal.
+        clock: wall-clock time (shared by every process on the machine).
+    """
+
+    def __init__(
+        self, database: Database, holder: str, *, ttl: float = 10.0, clock: Clock | None = None
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("the lease ttl must be positive")
+        self._database = database
+        self.holder = holder
+        self.ttl = float(ttl)
+        self._clock: Clock = clock or SystemClock()
+        with database.transaction() as conn:
+            conn.execute(_SCHEMA)
+
+    def current(self) -> LeaseRow | None:
+        """The stored lease, if any."""
+        with self._database.reading() as conn:
+            row = conn.execute(
+                "SELECT holder, pid, host, acquired_at, renewed_at, expires_at "
+                "FROM nx_worker_lease WHERE name = ?",
+                (_LEASE_NAME,),
+            ).fetchone()
+        return None if row is None else LeaseRow(*row)
+
+    def try_acquire(self) -> LeaseDecision:
+        """Acquire, renew or take over the lease if :func:`decide_lease` says so."""
+        with self._database.transaction() as conn:
+            row = conn.execute(
+                "SELECT holder, pid, host, acquired_at, renewed_at, expires_at "
+                "FROM nx_worker_lease WHERE name = ?",
+                (_LEASE_NAME,),
+            ).fetchone()
+            now = self._clock.now()
+            decision = decide_lease(None if row is None else LeaseRow(*row), self.holder, now)
+            if decision.action is LeaseAction.RENEW:
+                conn.execute(
+                    "UPDATE nx_worker_lease SET renewed_at = ?, expires_at = ? WHERE name = ?",
+                    (now, now + self.ttl, _LEASE_NAME),
+                )
+            elif decision.acquired:
+                conn.execute(
+                    "INSERT OR REPLACE INTO nx_worker_lease "
+                    "(name, holder, pid, host, acquired_at, renewed_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _LEASE_NAME,
+                        self.holder,
+                        os.getpid(),
+                        socket.gethostname(),
+                        now,
+                        now,
+                        now + self.ttl,
+                    ),
+                )
+        return decision
+
+    def renew(self) -> bool:
+        """Extend the lease; False if this worker no longer holds it."""
+        now = self._clock.now()
+        with self._database.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE nx_worker_lease SET renewed_at = ?, expires_at = ? "
+                "WHERE name = ? AND holder = ?",
+                (now, now + self.ttl, _LEASE_NAME, self.holder),
+            )
+            return cursor.rowcount == 1
+
+    def release(self) -> None:
+        """Give the lease up (if held), so another worker takes over at once."""
+        with self._database.transaction() as conn:
+            conn.execute(
+                "DELETE FROM nx_worker_lease WHERE name = ? AND holder = ?",
+                (_LEASE_NAME, self.holder),
+            )
+
+
+def release_stale_leases(queue: PrioritySyncQueue) -> int:
+    """Give back every leased op (after taking over from a dead worker: they were its)."""
+    ids = [op.op_id for op in queue.pending(states=[OpState.LEASED])]
+    return queue.release(ids) if ids else 0
+
+
+# -- waking on commits ------------------------------------------------------------------------
+
+
+class WalChangeSource:
+    """Wakes on commits of any process: ``watchfiles`` on the database and its ``-wal`` file.
+
+    Args:
+        path: the database file.
+        step_ms: how long the watcher waits for more changes after one (the wake-up latency;
+            smaller also costs more idle CPU: watchfiles polls its queue at this step).
+        debounce_ms: the longest it groups a stream of changes before yielding.
+    """
+
+    def __init__(self, path: str | Path, *, step_ms: int = 10, debounce_ms: int = 50) -> None:
+        self._path = Path(path).resolve()
+        self._names = {self._path.name, self._path.name + "-wal"}
+        self._step = step_ms
+        self._debounce = debounce_ms
+        self._stop = anyio.Event()
+
+    def _interesting(self, _change: object, path: str) -> bool:
+        return Path(path).name in self._names
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yield once per batch of changes to the database or its WAL."""
+        import watchfiles  # noqa: PLC0415 - optional to import nexus_store itself
+
+        async for _ in watchfiles.awatch(
+            self._path.parent,
+            watch_filter=self._interesting,
+            debounce=self._debounce,
+            step=self._step,
+            stop_event=self._stop,
+            rust_timeout=1000,
+            recursive=False,
+        ):
+            yield None
+
+    def close(self) -> None:
+        """Stop watching (the watcher thread notices within one step)."""
+        self._stop.set()
+
+
+class _SchemaWatch:
+    """Passes wake-ups on, and notices when the file's collections change."""
+
+    def __init__(self, inner: WalChangeSource, database: Database, known: list[str]) -> None:
+        self._inner = inner
+        self._database = database
+        self._known = known
+        self._version = _schema_version(database)
+        self.changed = anyio.Event()
+
+    async def changes(self) -> AsyncIterator[None]:
+        async for _ in self._inner.changes():
+            version = await anyio.to_thread.run_sync(_schema_version, self._database)
+            if version != self._version:
+                self._version = version
+                found = await anyio.to_thread.run_sync(discover_collections, self._database)
+                if found != self._known:
+                    self.changed.set()
+            yield None
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _schema_version(database: Database) -> int:
+    with database.reading() as conn:
+        return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+def worker_config(
+    interval: timedelta = timedelta(minutes=5),
+    *,
+    high_priority_debounce: timedelta = timedelta(milliseconds=500),
+    **options: object,
+) -> BackgroundSyncConfig:
+    """A config for a worker daemon: the periodic floor lowered to ``interval`` if it is
+    under 15 minutes (the documented desktop/server policy), a short ``HIGH`` debounce."""
+    floor = min(interval, MIN_PERIODIC_INTERVAL)
+    return BackgroundSyncConfig.model_validate(
+        {
+            "min_interval": interval,
+            "min_periodic_floor": floor,
+            "high_priority_debounce": high_priority_debounce,
+            **options,
+        }
+    )
+
+
+class SyncWorker:
+    """Drains one database file while it holds the drain lease (see the module docstring).
+
+    Args:
+        path: the store's database file.
+        backend: where ops go (the worker closes it when done).
+        config: the service config (default :func:`worker_config`).
+        holder: this worker's lease id (default: host, pid and a random part).
+        lease_ttl: seconds the drain lease lasts without renewal (takeover delay).
+        lease_for: seconds a pushed batch stays reserved (above the backend's timeout).
+        watch_step_ms: the commit watcher's step (wake-up latency vs idle CPU).
+        device: the device state (default: this machine, probing the backend's URL).
+        clock: wall-clock time for the lease and the schedule.
+        announce: called with a line of text at each step (waiting, draining, status...).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: RemoteBackend,
+        *,
+        config: BackgroundSyncConfig | None = None,
+        holder: str | None = None,
+        lease_ttl: float = 10.0,
+        lease_for: float = 60.0,
+        watch_step_ms: int = 10,
+        device: DeviceStateProvider | None = None,
+        clock: Clock | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.backend = backend
+        self.config = config or worker_config()
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = float(lease_ttl)
+        self.lease_for = float(lease_for)
+        self.watch_step_ms = watch_step_ms
+        self._device = device
+        self._clock: Clock = clock or SystemClock()
+        self._announce = announce or (lambda text: logger.info("%s", text))
+        self.service: WorkManagerSyncService | None = None
+        """The service while this worker drains."""
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Wait for the lease, drain while holding it, wait again if it is lost; until
+        cancelled. Signals readiness (``task_status``) once the database is open."""
+        database = await anyio.to_thread.run_sync(Database, self.path)
+        lease: WorkerLease | None = None
+        try:
+            lease = await anyio.to_thread.run_sync(
+                lambda: WorkerLease(database, self.holder, ttl=self.lease_ttl, clock=self._clock)
+            )
+            task_status.started()
+            while True:
+                decision = await self._wait_for_lease(lease)
+                await self._drain(database, lease, decision)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if lease is not None:
+                    await anyio.to_thread.run_sync(lease.release)
+                await anyio.to_thread.run_sync(database.close)
+                self._announce("stopped; the lease is released")
+
+    async def _wait_for_lease(self, lease: WorkerLease) -> LeaseDecision:
+        announced: str | None = None
+        while True:
+            decision = await anyio.to_thread.run_sync(lease.try_acquire)
+            if decision.acquired:
+                return decision
+            row = decision.row
+            assert row is not None
+            if announced != row.holder:
+                announced = row.holder
+                self._announce(f"waiting for the drain lease held by {row.holder} (pid {row.pid})")
+            retry_at = decision.retry_at or self._clock.now()
+            # Look again when it expires, and at least every ttl/2 (it may be released early).
+            delay = min(max(retry_at - self._clock.now(), 0.05), self.lease_ttl / 2)
+            await self._clock.sleep(delay)
+
+    async def _drain(self, database: Database, lease: WorkerLease, decision: LeaseDecision) -> None:
+        queue = PrioritySyncQueue(
+            database, clock=self._clock, max_attempts=self.config.max_attempts
+        )
+        if decision.action is LeaseAction.TAKE_OVER:
+            released = await anyio.to_thread.run_sync(release_stale_leases, queue)
+            previous = decision.row.holder if decision.row else "?"
+            self._announce(
+                f"took over the drain lease from {previous}; {released} ops it held went back"
+            )
+        lost = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_lease, lease, lost)
+            tg.start_soon(self._serve, database, queue)
+            await lost.wait()
+            tg.cancel_scope.cancel()
+        self._announce("lost the drain lease; stopped draining")
+
+    async def _keep_lease(self, lease: WorkerLease, lost: anyio.Event) -> None:
+        while True:
+            await self._clock.sleep(self.lease_ttl / 3)
+            if not await anyio.to_thread.run_sync(lease.renew):
+                lost.set()
+                return
+
+    async def _serve(self, database: Database, queue: PrioritySyncQueue) -> None:
+        while True:
+            names = await self._collections(database)
+            wal = WalChangeSource(self.path, step_ms=self.watch_step_ms)
+            source = _SchemaWatch(wal, database, names)
+            targets = [
+                RawCollection(database, name, queue=queue, clock=self._clock) for name in names
+            ]
+            device = self._device or SystemDevice(
+                getattr(self.backend, "base_url", None), storage_path=self.path.parent
+            )
+            service = WorkManagerSyncService(
+                targets,
+                self.backend,
+                config=self.config,
+                clock=self._clock,
+                device=device,
+                change_source=source,
+                lease_for=self.lease_for,
+            )
+            service.statuses.add_callback(self._on_status)
+            async with service:
+                self.service = service
+                await service.schedule_sync()
+                self._announce(f"draining {self.path} ({', '.join(names)}) as {self.holder}")
+                await source.changed.wait()
+                self._announce("the file's collections changed; restarting the service")
+            self.service = None
+
+    async def _collections(self, database: Database) -> list[str]:
+        """The file's collections; waits (watching the file) until there is one."""
+        names = await anyio.to_thread.run_sync(discover_collections, database)
+        if names:
+            return names
+        self._announce("no store collections in the file yet; waiting for one")
+        while True:
+            wal = WalChangeSource(self.path, step_ms=self.watch_step_ms)
+            try:
+                async for _ in wal.changes():
+                    names = await anyio.to_thread.run_sync(discover_collections, database)
+                    if names:
+                        return names
+            finally:
+                wal.close()
+            await self._clock.sleep(1.0)  # the watcher ended early: do not spin
+
+    def _on_status(self, status: BackgroundSyncStatus) -> None:
+        self._announce(f"status {status.value}")
