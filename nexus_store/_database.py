@@ -33,6 +33,18 @@ application crash but the last transactions may roll back after power loss or an
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _RESERVED_PREFIXES = ("sqlite_", "_nx_", "nx_")
 _CORRUPT_MARKERS = ("file is not a database", "malformed", "file is encrypted", "corrupt")
+_HEADER = b"SQLite format 3\x00"
+
+
+def _check_header(path: str) -> None:
+    """Refuse a non-empty file without the SQLite header (SQLite takes a 1-byte file as empty)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_HEADER))
+    except OSError:
+        return  # missing (created on open) or unreadable: sqlite3 reports it
+    if head and head != _HEADER:
+        raise CorruptDatabaseError(f"{path}: not an SQLite database (bad header)")
 
 
 def validate_identifier(name: str, *, what: str = "name") -> str:
@@ -94,6 +106,8 @@ class Database:
         self.lock = threading.RLock()
         self._depth = 0
         self._closed = False
+        if self.path != ":memory:":
+            _check_header(self.path)
         try:
             self.conn = sqlite3.connect(
                 self.path,
