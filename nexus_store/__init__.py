@@ -41,10 +41,15 @@ from ._exceptions import (
     WorkDataTooLargeError,
 )
 from ._priority import SyncPriority
+from ._store import NexusStore
 from ._version import __version__
+from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
 
 __all__ = [
     "AuthError",
+    "ChangeKind",
+    "ChangeOrigin",
+    "ChangeStream",
     "Clock",
     "CodecError",
     "CorruptDatabaseError",
@@ -55,8 +60,10 @@ __all__ = [
     "InvalidWorkRequestError",
     "ItemValidationError",
     "LifecycleError",
+    "LocalChange",
     "MigrationError",
     "NetworkError",
+    "NexusStore",
     "NexusStoreError",
     "NotPermittedError",
     "OpNotFoundError",

@@ -1,0 +1,684 @@
+"""Local tables: one SQLite table per collection, mapped from a pydantic model.
+
+A model's top-level fields become columns (see :func:`column_kind` for the type of each),
+the id field is the primary key, and four bookkeeping columns follow the item:
+
+- ``_nx_version``: the item's server version (0 until the server acknowledged a write);
+- ``_nx_deleted``: 1 for a tombstone (a deleted item that syncs its deletion);
+- ``_nx_hlc``: the hybrid logical clock stamp of the last write;
+- ``_nx_updated_at``: when the row was last written (seconds since the epoch).
+
+The schema is created and migrated with sqlite-utils (new model fields add columns, a
+changed scalar type retypes its column); reads and writes on the hot path use plain
+``sqlite3`` statements whose SQL is built once per table. Every name that reaches SQL comes
+from the model (never from data) and is checked by
+:func:`~nexus_store._database.validate_identifier`.
+
+What is stored of an item is its ``model_dump(mode="json")``: fields excluded from
+serialization and extra fields of ``extra="allow"`` models are not kept in the table
+(extras do travel in the queued payload).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import pathlib
+import re
+import sqlite3
+import types
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import (
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, PydanticUndefined
+
+from . import _codec
+from ._database import Database, quote_identifier, validate_identifier
+from ._exceptions import CodecError, ItemValidationError, SchemaError
+
+__all__ = [
+    "ColumnKind",
+    "ItemKey",
+    "LocalTable",
+    "MetaTable",
+    "Migration",
+    "PreparedItem",
+    "TableSpec",
+    "column_kind",
+    "order_by_sql",
+    "plan_migration",
+    "remote_change_action",
+    "snake_case",
+]
+
+T = TypeVar("T", bound=BaseModel)
+
+ItemKey = str | int
+"""An item id as stored and sent: the JSON form of the model's id field."""
+
+_TEXT_TYPES = (
+    str,
+    bytes,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+    pathlib.PurePath,
+)
+BOOKKEEPING = ("_nx_version", "_nx_deleted", "_nx_hlc", "_nx_updated_at")
+_BOOKKEEPING_TYPES = {
+    "_nx_version": "INTEGER",
+    "_nx_deleted": "INTEGER",
+    "_nx_hlc": "TEXT",
+    "_nx_updated_at": "REAL",
+}
+
+
+class ColumnKind(enum.StrEnum):
+    """How a field's JSON value is kept in its column."""
+
+    INTEGER = "integer"
+    """An integer, stored as is."""
+    BOOLEAN = "boolean"
+    """A bool, stored as INTEGER 0/1 and read back as a bool."""
+    REAL = "real"
+    """A float, stored as is."""
+    TEXT = "text"
+    """A value whose JSON form is a string (str, datetime, UUID, Decimal, enums of str...)."""
+    JSON = "json"
+    """Anything else (lists, dicts, nested models, mixed unions): JSON text."""
+
+    @property
+    def sql_type(self) -> str:
+        """The SQLite column type."""
+        return {"integer": "INTEGER", "boolean": "INTEGER", "real": "REAL"}.get(self, "TEXT")
+
+
+def _kind_of_values(values: Iterable[object]) -> ColumnKind:
+    vals = list(values)
+    if vals and all(isinstance(v, bool) for v in vals):
+        return ColumnKind.BOOLEAN
+    if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return ColumnKind.INTEGER
+    if vals and all(isinstance(v, str) for v in vals):
+        return ColumnKind.TEXT
+    return ColumnKind.JSON
+
+
+def column_kind(annotation: Any) -> ColumnKind:
+    """Choose how a field with this type annotation is stored.
+
+    ``X | None`` is stored like ``X`` (``None`` is NULL); unions of several types are JSON,
+    so that ``int | str`` keeps ``5`` and ``"5"`` apart.
+    """
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return column_kind(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        arms = [a for a in get_args(annotation) if a is not type(None)]
+        return column_kind(arms[0]) if len(arms) == 1 else ColumnKind.JSON
+    if origin is Literal:
+        return _kind_of_values(get_args(annotation))
+    if origin is not None:
+        return ColumnKind.JSON
+    supertype = getattr(annotation, "__supertype__", None)  # typing.NewType
+    if supertype is not None:
+        return column_kind(supertype)
+    if not isinstance(annotation, type):
+        return ColumnKind.JSON
+    if issubclass(annotation, enum.Enum):
+        return _kind_of_values(member.value for member in annotation)
+    if issubclass(annotation, bool):
+        return ColumnKind.BOOLEAN
+    if issubclass(annotation, int):
+        return ColumnKind.INTEGER
+    if issubclass(annotation, float):
+        return ColumnKind.REAL
+    if issubclass(annotation, _TEXT_TYPES):
+        return ColumnKind.TEXT
+    return ColumnKind.JSON
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def snake_case(name: str) -> str:
+    """``"FieldReport"`` -> ``"field_report"``, ``"HTTPLog"`` -> ``"http_log"``."""
+    return _CAMEL_BOUNDARY.sub("_", name).lower()
+
+
+_ORDER_TERM = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
+
+
+def order_by_sql(order_by: str | Sequence[str], fields: Collection[str]) -> str:
+    """Turn ``"name"``, ``"name desc"`` or ``"a, b desc"`` (or a list of terms) into SQL.
+
+    Only the model's field names are allowed, so an ``order_by`` never carries SQL.
+
+    Raises:
+        ValueError: a term that is not a field name with an optional ``asc``/``desc``.
+    """
+    terms = order_by.split(",") if isinstance(order_by, str) else list(order_by)
+    parts = []
+    for term in terms:
+        match = _ORDER_TERM.match(term)
+        if not match or match.group(1) not in fields:
+            raise ValueError(
+                f"order_by term {term!r} must be a field of the model, optionally followed by "
+                f"'asc' or 'desc' (fields: {', '.join(sorted(fields))})"
+            )
+        direction = (match.group(2) or "asc").upper()
+        parts.append(f"{quote_identifier(match.group(1))} {direction}")
+    if not parts:
+        raise ValueError("order_by names no field")
+    return ", ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """What opening a table must change: columns to add and columns to retype."""
+
+    add: dict[str, str]
+    retype: dict[str, str]
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.retype)
+
+
+def _normal_type(sql_type: str) -> str:
+    upper = sql_type.upper()
+    return "REAL" if upper in ("FLOAT", "DOUBLE", "REAL") else upper
+
+
+def plan_migration(existing: Mapping[str, str], wanted: Mapping[str, str]) -> Migration:
+    """Compare a table's columns (name -> SQL type) with the wanted ones.
+
+    Columns that are no longer wanted are kept untouched (their data stays readable with
+    plain SQL), so a field removed by mistake loses nothing.
+    """
+    add = {name: t for name, t in wanted.items() if name not in existing}
+    retype = {
+        name: t
+        for name, t in wanted.items()
+        if name in existing and _normal_type(existing[name]) != _normal_type(t)
+    }
+    return Migration(add=add, retype=retype)
+
+
+RemoteAction = Literal["apply", "skip_pending", "skip_stale"]
+
+
+def remote_change_action(
+    change_version: int, stored_version: int | None, *, has_pending_op: bool
+) -> RemoteAction:
+    """Decide whether a pulled change may overwrite the local row.
+
+    A local item with a queued op is never overwritten (the op is pushed first and the
+    conflict rule decides on the server); an older or repeated change is ignored.
+    """
+    if has_pending_op:
+        return "skip_pending"
+    if stored_version is not None and stored_version >= change_version:
+        return "skip_stale"
+    return "apply"
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """A model's table layout, derived from the model alone (no I/O).
+
+    Raises:
+        SchemaError: unsafe table or field names, or no such id field.
+    """
+
+    model: type[BaseModel]
+    table: str
+    id_field: str
+    kinds: dict[str, ColumnKind]
+
+    @classmethod
+    def from_model(cls, model: type[BaseModel], *, id_field: str, table: str) -> TableSpec:
+        """Build the spec, validating every name that will reach SQL."""
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise SchemaError(f"model must be a pydantic BaseModel subclass, not {model!r}")
+        validate_identifier(table, what="collection")
+        if id_field not in model.model_fields:
+            raise SchemaError(f"{model.__name__} has no field {id_field!r} to use as id")
+        kinds: dict[str, ColumnKind] = {}
+        for name, info in model.model_fields.items():
+            validate_identifier(name, what=f"{model.__name__} field")
+            kinds[name] = column_kind(info.annotation)
+        if kinds[id_field] not in (ColumnKind.TEXT, ColumnKind.INTEGER):
+            raise SchemaError(
+                f"{model.__name__}.{id_field} must be a string-like or integer type to be an id"
+            )
+        return cls(model=model, table=table, id_field=id_field, kinds=kinds)
+
+    @property
+    def fields(self) -> list[str]:
+        """The model's field names, in declaration order."""
+        return list(self.kinds)
+
+    def kinds_json(self) -> str:
+        """The column kind of every field, as a JSON object (``{"tags": "json", ...}``)."""
+        return json.dumps({name: kind.value for name, kind in self.kinds.items()})
+
+    @property
+    def column_types(self) -> dict[str, str]:
+        """Every column the table needs (fields then bookkeeping) with its SQL type."""
+        types_ = {name: kind.sql_type for name, kind in self.kinds.items()}
+        return types_ | _BOOKKEEPING_TYPES
+
+
+class PreparedItem(NamedTuple, Generic[T]):
+    """An item checked and converted, ready to write (built outside any transaction)."""
+
+    item: T
+    """The validated item, as it will be read back."""
+    key: ItemKey
+    """The id in its stored form."""
+    values: list[Any]
+    """The column values, in :attr:`TableSpec.fields` order."""
+    payload: bytes
+    """The encoded ``model_dump(mode="json")`` for the queue."""
+
+
+# One encoder, reused: json.dumps() with options builds a new encoder on every call.
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _default_json(model: type[BaseModel], name: str) -> tuple[bool, Any]:
+    """Return ``(has_default, json_value)`` for a field, for back-filling a new column."""
+    info = model.model_fields[name]
+    if info.default is PydanticUndefined and info.default_factory is None:
+        return False, None
+    value = info.get_default(call_default_factory=True, validated_data={})
+    annotation: Any = info.annotation
+    return True, TypeAdapter(annotation).dump_python(value, mode="json")
+
+
+class LocalTable(Generic[T]):
+    """One collection's table: convert items to rows and back, read and write them.
+
+    Methods that write take the connection of a transaction the caller opened with
+    :meth:`Database.transaction`, so the row commits together with its queue op.
+
+    Args:
+        database: the shared database.
+        spec: the table layout.
+    """
+
+    def __init__(self, database: Database, spec: TableSpec) -> None:
+        self.db = database
+        self.spec = spec
+        self.model: type[T] = spec.model  # type: ignore[assignment]
+        self._fields = spec.fields
+        self._kinds = [spec.kinds[name] for name in self._fields]
+        self._json_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.JSON]
+        self._bool_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.BOOLEAN]
+        self._id_pos = self._fields.index(spec.id_field)
+        self._by_name: bool | None = (
+            True
+            if any(f.alias or f.validation_alias for f in self.model.model_fields.values())
+            else None
+        )
+        id_annotation: Any = self.model.model_fields[spec.id_field].annotation
+        self._id_adapter: TypeAdapter[Any] = TypeAdapter(id_annotation)
+        table = quote_identifier(spec.table)
+        cols = [quote_identifier(n) for n in self._fields]
+        idq = quote_identifier(spec.id_field)
+        self._table_sql = table
+        self._id_sql = idq
+        self._select_cols = ", ".join(cols)
+        placeholders = ", ".join("?" for _ in cols)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != idq)
+        # One statement writes the row and returns the stored server version, which the
+        # queue op records as the version the write was based on.
+        self._upsert_sql = (
+            f"INSERT INTO {table} ({', '.join(cols)}, _nx_deleted, _nx_hlc, _nx_updated_at) "
+            f"VALUES ({placeholders}, 0, ?, ?) ON CONFLICT({idq}) DO UPDATE SET "
+            f"{updates + ', ' if updates else ''}_nx_deleted = 0, _nx_hlc = excluded._nx_hlc, "
+            "_nx_updated_at = excluded._nx_updated_at RETURNING _nx_version"
+        )
+        self._remote_upsert_sql = (
+            f"INSERT INTO {table} ({', '.join(cols)}, _nx_version, _nx_deleted, _nx_hlc, "
+            f"_nx_updated_at) VALUES ({placeholders}, ?, 0, ?, ?) ON CONFLICT({idq}) DO UPDATE "
+            f"SET {updates + ', ' if updates else ''}_nx_version = excluded._nx_version, "
+            "_nx_deleted = 0, _nx_hlc = excluded._nx_hlc, _nx_updated_at = excluded._nx_updated_at"
+        )
+        self._tombstone_sql = (
+            f"UPDATE {table} SET _nx_deleted = 1, _nx_hlc = ?, _nx_updated_at = ? "
+            f"WHERE {idq} = ? AND _nx_deleted = 0 RETURNING _nx_version"
+        )
+        self._remote_tombstone_sql = (
+            f"INSERT INTO {table} ({idq}, _nx_version, _nx_deleted, _nx_hlc, _nx_updated_at) "
+            f"VALUES (?, ?, 1, ?, ?) ON CONFLICT({idq}) DO UPDATE SET "
+            "_nx_version = excluded._nx_version, _nx_deleted = 1, _nx_hlc = excluded._nx_hlc, "
+            "_nx_updated_at = excluded._nx_updated_at"
+        )
+        self._get_sql = (
+            f"SELECT {self._select_cols} FROM {table} WHERE {idq} = ? AND _nx_deleted = 0"
+        )
+        self._version_sql = f"SELECT _nx_version FROM {table} WHERE {idq} = ?"
+        self._ack_sql = f"UPDATE {table} SET _nx_version = ? WHERE {idq} = ? AND _nx_version < ?"
+
+    # -- schema --------------------------------------------------------------------------
+
+    def ensure_schema(self, conn: sqlite3.Connection) -> Migration:
+        """Create the table, or add/retype columns for a changed model (inside a transaction).
+
+        Raises:
+            SchemaError: the table exists with another primary key, or a new required
+                field has no default while the table holds items.
+        """
+        spec = self.spec
+        table = self.db.utils.table(spec.table)
+        if not table.exists():
+            table.create(
+                spec.column_types,
+                pk=spec.id_field,
+                not_null={spec.id_field, "_nx_version", "_nx_deleted"},
+                defaults={"_nx_version": 0, "_nx_deleted": 0},
+            )
+            return Migration(add={}, retype={})
+        pks = table.pks
+        if pks != [spec.id_field]:
+            raise SchemaError(
+                f"table {spec.table!r} exists with primary key {pks!r}, "
+                f"but the model's id field is {spec.id_field!r}"
+            )
+        existing = {c.name: c.type for c in table.columns}
+        plan = plan_migration(existing, spec.column_types)
+        if not plan:
+            return plan
+        has_items = conn.execute(
+            f"SELECT EXISTS(SELECT 1 FROM {self._table_sql} WHERE _nx_deleted = 0)"
+            if "_nx_deleted" in existing
+            else f"SELECT EXISTS(SELECT 1 FROM {self._table_sql})"
+        ).fetchone()[0]
+        for name, sql_type in plan.add.items():
+            if name in _BOOKKEEPING_TYPES:
+                default = 0 if sql_type == "INTEGER" else None
+                table.add_column(name, sql_type, not_null_default=default)
+                continue
+            has_default, value = _default_json(self.model, name)
+            if has_items and not has_default:
+                raise SchemaError(
+                    f"{self.model.__name__}.{name} is a new required field but table "
+                    f"{spec.table!r} already holds items: give the field a default"
+                )
+            table.add_column(name, sql_type)
+            if has_items and value is not None:
+                stored = self._encode_value(spec.kinds[name], value)
+                conn.execute(
+                    f"UPDATE {self._table_sql} SET {quote_identifier(name)} = ?", (stored,)
+                )
+        if plan.retype:
+            table.transform(types=plan.retype)
+        return plan
+
+    # -- conversion ----------------------------------------------------------------------
+
+    @staticmethod
+    def _encode_value(kind: ColumnKind, value: Any) -> Any:
+        if value is None:
+            return None
+        if kind is ColumnKind.JSON:
+            return _json_encode(value)
+        return value
+
+    def prepare(self, item: object) -> PreparedItem[T]:
+        """Validate an item and convert it to column values and a queue payload.
+
+        Raises:
+            ItemValidationError: not an instance of the model, invalid values, an id that is
+                not a string or integer, or a value the codec cannot encode.
+        """
+        model = self.model
+        if not isinstance(item, model):
+            raise ItemValidationError(
+                f"expected a {model.__name__} item, got {type(item).__name__}"
+            )
+        try:
+            # Re-validate: a model instance can hold invalid values after plain
+            # attribute assignment or model_construct().
+            extra = item.__pydantic_extra__
+            source = {**item.__dict__, **extra} if extra else item.__dict__
+            validated = model.model_validate(source, by_name=self._by_name)
+            data = validated.model_dump(mode="json")
+        except ValidationError as exc:
+            raise ItemValidationError(f"invalid {model.__name__}: {exc}") from exc
+        except PydanticSerializationError as exc:
+            raise ItemValidationError(f"cannot serialize {model.__name__}: {exc}") from exc
+        values = [data[name] for name in self._fields]
+        for i in self._json_index:
+            if values[i] is not None:
+                values[i] = _json_encode(values[i])
+        key = values[self._id_pos]
+        if type(key) is not str and type(key) is not int:
+            raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
+        try:
+            payload = _codec.encode(data)
+        except CodecError as exc:
+            raise ItemValidationError(f"cannot encode {model.__name__}: {exc}") from exc
+        return PreparedItem(validated, key, values, payload)
+
+    def key_of(self, item_id: object) -> tuple[Any, ItemKey]:
+        """Validate an id against the id field's type; return it and its stored form.
+
+        Raises:
+            ItemValidationError: the id does not fit the id field.
+        """
+        try:
+            value = self._id_adapter.validate_python(item_id)
+            key = self._id_adapter.dump_python(value, mode="json")
+        except (ValidationError, PydanticSerializationError) as exc:
+            raise ItemValidationError(
+                f"{item_id!r} is not a valid {self.model.__name__}.{self.spec.id_field}: {exc}"
+            ) from exc
+        if type(key) is not str and type(key) is not int:
+            raise ItemValidationError(f"{item_id!r} is not a string or integer id")
+        return value, key
+
+    def decode_row(self, row: Sequence[Any]) -> T:
+        """Build the model from a row of :attr:`TableSpec.fields` columns.
+
+        Raises:
+            SchemaError: the stored row no longer fits the model.
+        """
+        data: dict[str, Any] = dict(zip(self._fields, row, strict=True))
+        for i in self._json_index:
+            name = self._fields[i]
+            if data[name] is not None:
+                data[name] = json.loads(data[name])
+        for i in self._bool_index:
+            name = self._fields[i]
+            if data[name] is not None:
+                data[name] = bool(data[name])
+        try:
+            # Stored values are the JSON form (ISO dates, strings for UUIDs...), which only
+            # lax validation accepts for strict models.
+            return self.model.model_validate(data, strict=False, by_name=self._by_name)
+        except ValidationError as exc:
+            raise SchemaError(
+                f"a stored {self.model.__name__} row no longer fits the model: {exc}"
+            ) from exc
+
+    # -- writes (inside the caller's transaction) ----------------------------------------
+
+    def write(
+        self, conn: sqlite3.Connection, prepared: PreparedItem[T], hlc: str, now: float
+    ) -> int:
+        """Upsert a local write; return the row's stored server version.
+
+        Raises:
+            ItemValidationError: an integer too large for SQLite (the caller's transaction
+                rolls back).
+        """
+        try:
+            row = conn.execute(self._upsert_sql, (*prepared.values, hlc, now)).fetchone()
+        except OverflowError as exc:
+            raise ItemValidationError(f"a {self.model.__name__} value is too large: {exc}") from exc
+        return int(row[0])
+
+    def tombstone(self, conn: sqlite3.Connection, key: ItemKey, hlc: str, now: float) -> int | None:
+        """Mark a live item deleted; return its server version, or None if there was none."""
+        row = conn.execute(self._tombstone_sql, (hlc, now, key)).fetchone()
+        return None if row is None else int(row[0])
+
+    def write_remote(
+        self,
+        conn: sqlite3.Connection,
+        prepared: PreparedItem[T],
+        version: int,
+        hlc: str,
+        now: float,
+    ) -> None:
+        """Upsert an item pulled from the server at ``version``."""
+        try:
+            conn.execute(self._remote_upsert_sql, (*prepared.values, version, hlc, now))
+        except OverflowError as exc:
+            raise ItemValidationError(f"a {self.model.__name__} value is too large: {exc}") from exc
+
+    def tombstone_remote(
+        self, conn: sqlite3.Connection, key: ItemKey, version: int, hlc: str, now: float
+    ) -> None:
+        """Record a deletion pulled from the server (a tombstone row even if unseen before)."""
+        conn.execute(self._remote_tombstone_sql, (key, version, hlc, now))
+
+    def stored_version(self, conn: sqlite3.Connection, key: ItemKey) -> int | None:
+        """The server version stored for ``key`` (tombstones included), None if no row."""
+        row = conn.execute(self._version_sql, (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_server_version(self, conn: sqlite3.Connection, key: ItemKey, version: int) -> bool:
+        """Raise the stored server version to ``version``; False if no row or already newer."""
+        return conn.execute(self._ack_sql, (version, key, version)).rowcount > 0
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, conn: sqlite3.Connection, key: ItemKey) -> T | None:
+        """The live item with this id, or None (absent or deleted)."""
+        row = conn.execute(self._get_sql, (key,)).fetchone()
+        return None if row is None else self.decode_row(row)
+
+    def get_rows(self, conn: sqlite3.Connection, keys: Sequence[ItemKey]) -> dict[ItemKey, T]:
+        """The live items among ``keys``, keyed by stored id."""
+        found: dict[ItemKey, T] = {}
+        chunk = 500  # well under SQLite's bound-parameter limit
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            sql = (
+                f"SELECT {self._select_cols} FROM {self._table_sql} WHERE _nx_deleted = 0 "
+                f"AND {self._id_sql} IN ({', '.join('?' for _ in part)})"
+            )
+            for row in conn.execute(sql, part):
+                found[row[self._id_pos]] = self.decode_row(row)
+        return found
+
+    def select_sql(
+        self,
+        what: str,
+        where: str | None,
+        order_by: str | Sequence[str] | None,
+        limit: int | None,
+        offset: int | None,
+    ) -> str:
+        """Build a SELECT over live rows with an optional caller's WHERE fragment."""
+        sql = f"SELECT {what} FROM {self._table_sql} WHERE _nx_deleted = 0"
+        if where is not None and where.strip():
+            sql += f" AND ({where})"
+        if order_by is not None:
+            sql += f" ORDER BY {order_by_sql(order_by, self._fields)}"
+        elif what != "count(*)":
+            sql += f" ORDER BY {self._id_sql}"
+        if limit is not None or offset is not None:
+            for name, value in (("limit", limit), ("offset", offset)):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 0
+                ):
+                    raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+            sql += f" LIMIT {-1 if limit is None else limit}"
+            if offset is not None:
+                sql += f" OFFSET {offset}"
+        return sql
+
+    def query(
+        self,
+        conn: sqlite3.Connection,
+        where: str | None,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        *,
+        order_by: str | Sequence[str] | None,
+        limit: int | None,
+        offset: int | None,
+    ) -> list[T]:
+        """Live items matching ``where`` (an SQL fragment with placeholders)."""
+        sql = self.select_sql(self._select_cols, where, order_by, limit, offset)
+        rows = conn.execute(sql, params if params is not None else ()).fetchall()
+        return [self.decode_row(row) for row in rows]
+
+    def count(
+        self,
+        conn: sqlite3.Connection,
+        where: str | None,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+    ) -> int:
+        """How many live items match ``where``."""
+        sql = self.select_sql("count(*)", where, None, None, None)
+        return int(conn.execute(sql, params if params is not None else ()).fetchone()[0])
+
+    def keys(self, conn: sqlite3.Connection, *, deleted: bool = False) -> list[ItemKey]:
+        """Every stored id (live ones, or tombstones with ``deleted=True``)."""
+        sql = f"SELECT {self._id_sql} FROM {self._table_sql} WHERE _nx_deleted = ?"
+        return [row[0] for row in conn.execute(sql, (1 if deleted else 0,))]
+
+
+class MetaTable:
+    """A small key/value table (``nx_meta``) for per-file and per-collection settings."""
+
+    DDL = "CREATE TABLE IF NOT EXISTS nx_meta (key TEXT PRIMARY KEY NOT NULL, value) WITHOUT ROWID"
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def ensure_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the table if needed (inside a transaction)."""
+        conn.execute(self.DDL)
+
+    @staticmethod
+    def get(conn: sqlite3.Connection, key: str, default: Any = None) -> Any:
+        """Read one value."""
+        row = conn.execute("SELECT value FROM nx_meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    @staticmethod
+    def set(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        """Write one value."""
+        conn.execute(
+            "INSERT INTO nx_meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @staticmethod
+    def setdefault(conn: sqlite3.Connection, key: str, value: Any) -> Any:
+        """Write ``value`` unless the key exists; return the stored value."""
+        conn.execute("INSERT OR IGNORE INTO nx_meta (key, value) VALUES (?, ?)", (key, value))
+        return MetaTable.get(conn, key)
