@@ -68,7 +68,9 @@ def _check_tenant(tenant: str) -> str:
 
 
 def _usable_tenant(tenant: object) -> bool:
-    return isinstance(tenant, str) and 0 < len(tenant) <= _MAX_TENANT_LENGTH and "\x00" not in tenant
+    return (
+        isinstance(tenant, str) and 0 < len(tenant) <= _MAX_TENANT_LENGTH and "\x00" not in tenant
+    )
 
 
 def _digest(token: str) -> bytes:
