@@ -262,6 +262,10 @@ class EventStreamDecoder:
         return fields
 
 
+class _OversizedResponseError(ProtocolError):
+    """A response body over ``max_response_bytes`` (a pull retries with a smaller page)."""
+
+
 def _decode(body: bytes, content_type: str | None) -> Any:
     fmt = media_type_of(content_type)
     if fmt == "msgpack":
@@ -372,6 +376,9 @@ class HttpBackend(RemoteBackend):
     ) -> Changes:
         """Fetch the changes after ``cursor`` (validated against what was asked).
 
+        A page larger than ``max_response_bytes`` is asked for again with half the
+        ``limit`` (down to one change), so big items slow a pull down but never stall it.
+
         Raises:
             RemoteError: the pull failed; the cursor must not move.
         """
@@ -379,13 +386,22 @@ class HttpBackend(RemoteBackend):
             raise ValueError("cursor must be >= 0 and limit >= 1")
         if collections is not None and not collections:
             return Changes(changes=[], cursor=cursor, has_more=False)
-        params = httpx.QueryParams(
-            [("cursor", cursor), ("limit", limit)]
-            + [("collections", name) for name in collections or ()]
-        )
-        response_headers, payload = await self._call("GET", PULL_PATH, params=params)
-        changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
-        return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
+        while True:
+            params = httpx.QueryParams(
+                [("cursor", cursor), ("limit", limit)]
+                + [("collections", name) for name in collections or ()]
+            )
+            try:
+                response_headers, payload = await self._call("GET", PULL_PATH, params=params)
+            except _OversizedResponseError:
+                # A page of big items: ask for fewer rather than fail on every retry
+                # (at most log2(limit) times; a single change too big still raises).
+                if limit == 1:
+                    raise
+                limit //= 2
+                continue
+            changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
+            return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""
@@ -519,7 +535,9 @@ class HttpBackend(RemoteBackend):
         try:
             declared = response.headers.get("content-length", "")
             if not truncate and declared.isdigit() and int(declared) > cap:
-                raise ProtocolError(f"the response ({declared} bytes) exceeds the limit of {cap}")
+                raise _OversizedResponseError(
+                    f"the response ({declared} bytes) exceeds the limit of {cap}"
+                )
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
@@ -528,7 +546,7 @@ class HttpBackend(RemoteBackend):
                 if size > cap:
                     if truncate:
                         break
-                    raise ProtocolError(f"the response exceeds the limit of {cap} bytes")
+                    raise _OversizedResponseError(f"the response exceeds the limit of {cap} bytes")
             return b"".join(chunks)[:cap]
         except httpx.RemoteProtocolError as exc:
             raise ProtocolError(f"the response was cut short or malformed: {exc}") from exc
