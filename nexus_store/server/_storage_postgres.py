@@ -51,12 +51,18 @@ _LOCK_HEAD = (
     "INSERT INTO nx_tenants (tenant, head) VALUES (%s, 0) "
     "ON CONFLICT (tenant) DO UPDATE SET head = nx_tenants.head RETURNING head"
 )
+# LATERAL ... LIMIT 1 makes one primary-key probe per requested key (LIMIT keeps the planner
+# from flattening it): with "= ANY(array)" or "IN (SELECT unnest(...))" it may prefer to
+# scan and hash the whole table, which grows with every op ever pushed.
 _SELECT_RECORDS = (
-    "SELECT op_id, fingerprint, result FROM nx_ops WHERE tenant = %s AND op_id = ANY(%s)"
+    "SELECT r.* FROM unnest(%s::text[]) AS k(op_id) CROSS JOIN LATERAL "
+    "(SELECT op_id, fingerprint, version, result FROM nx_ops "
+    "WHERE tenant = %s AND op_id = k.op_id LIMIT 1) AS r"
 )
 _SELECT_ITEMS = (
-    f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = %s AND (collection, item_key) IN "
-    "(SELECT * FROM unnest(%s::text[], %s::text[]))"
+    "SELECT i.* FROM unnest(%s::text[], %s::text[]) AS k(collection, item_key) "
+    f"CROSS JOIN LATERAL (SELECT {_ITEM_COLUMNS} FROM nx_items "
+    "WHERE tenant = %s AND collection = k.collection AND item_key = k.item_key LIMIT 1) AS i"
 )
 _UPSERT_ITEMS = (
     f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) SELECT %s, * FROM unnest("
@@ -66,8 +72,9 @@ _UPSERT_ITEMS = (
     "schema_version = EXCLUDED.schema_version"
 )
 _INSERT_RECORDS = (
-    "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) "
-    "SELECT %s, o, f, r, %s FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) AS t(o, f, r)"
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, result, created_at) "
+    "SELECT %s, o, f, v, r, %s FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[]) "
+    "AS t(o, f, v, r)"
 )
 _SET_HEAD = "UPDATE nx_tenants SET head = %s WHERE tenant = %s"
 _SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = %s"
@@ -168,12 +175,13 @@ class PostgresStorage(Storage):
                 cur = await conn.execute(_LOCK_HEAD, (tenant,))
                 row = await cur.fetchone()
                 head = int(row[0]) if row is not None else 0
-                cur = await conn.execute(_SELECT_RECORDS, (tenant, list(op_ids)))
+                cur = await conn.execute(_SELECT_RECORDS, (list(op_ids), tenant))
                 records = {
-                    r[0]: OpRecord(r[0], bytes(r[1]), bytes(r[2])) for r in await cur.fetchall()
+                    r[0]: OpRecord(r[0], bytes(r[1]), r[2], None if r[3] is None else bytes(r[3]))
+                    for r in await cur.fetchall()
                 }
                 cur = await conn.execute(
-                    _SELECT_ITEMS, (tenant, [k[0] for k in keys], [k[1] for k in keys])
+                    _SELECT_ITEMS, ([k[0] for k in keys], [k[1] for k in keys], tenant)
                 )
                 items = {(r[0], r[1]): _item(r) for r in await cur.fetchall()}
                 result = plan(BatchState(head=head, items=items, records=records))
@@ -207,6 +215,7 @@ class PostgresStorage(Storage):
                     time.time(),
                     [r.op_id for r in records],
                     [r.fingerprint for r in records],
+                    [r.version for r in records],
                     [r.result for r in records],
                 ),
             )

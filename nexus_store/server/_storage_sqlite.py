@@ -35,7 +35,7 @@ __all__ = ["SqliteStorage"]
 _ITEM_COLUMNS = "collection, item_key, version, deleted, data, hlc, schema_version"
 _SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = ?"
 _SELECT_RECORDS = (
-    "SELECT op_id, fingerprint, result FROM nx_ops "
+    "SELECT op_id, fingerprint, version, result FROM nx_ops "
     "WHERE tenant = ? AND op_id IN (SELECT value FROM json_each(?))"
 )
 _SELECT_ITEMS = (
@@ -49,7 +49,8 @@ _UPSERT_ITEM = (
     "schema_version = excluded.schema_version"
 )
 _INSERT_RECORD = (
-    "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, result, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SET_HEAD = (
     "INSERT INTO nx_tenants (tenant, head) VALUES (?, ?) "
@@ -121,7 +122,7 @@ class SqliteStorage(Storage):
             row = conn.execute(_SELECT_HEAD, (tenant,)).fetchone()
             head = 0 if row is None else int(row[0])
             records = {
-                r[0]: OpRecord(r[0], r[1], r[2])
+                r[0]: OpRecord(r[0], r[1], r[2], r[3])
                 for r in conn.execute(_SELECT_RECORDS, (tenant, json.dumps(list(op_ids))))
             }
             items = {
@@ -150,7 +151,10 @@ class SqliteStorage(Storage):
                 now = time.time()
                 conn.executemany(
                     _INSERT_RECORD,
-                    [(tenant, r.op_id, r.fingerprint, r.result, now) for r in result.records],
+                    [
+                        (tenant, r.op_id, r.fingerprint, r.version, r.result, now)
+                        for r in result.records
+                    ],
                 )
             if result.head != head:
                 conn.execute(_SET_HEAD, (tenant, result.head))

@@ -9,19 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_store._codec import decode
-from nexus_store.backends import Change, OpResult, OpStatus, RemoteOp
+from nexus_store.backends import Change, OpResult, OpStatus, PushResult, RemoteOp
 from nexus_store.server._core import (
     ConflictPolicy,
+    answer_of,
     canonical,
     decide,
-    decode_result,
-    encode_result,
     item_id_of,
     item_key_of,
     plan_batch,
     prepare,
+    record_of,
 )
-from nexus_store.server._storage import BatchState, OpRecord, StoredItem
+from nexus_store.server._storage import BatchPlan, BatchState, OpRecord, StoredItem
 
 
 def op(
@@ -64,6 +64,11 @@ def stored(
 
 def tombstone(version: int, hlc: str = "0000000002000-00000-s") -> StoredItem:
     return StoredItem("notes", item_key_of("a"), version, True, None, hlc, 1)
+
+
+def answers(plan: BatchPlan) -> list[OpResult]:
+    """A plan's answers as the OpResults the core sends."""
+    return PushResult.model_validate({"results": plan.results}).results
 
 
 def run_decide(o: RemoteOp, current: StoredItem | None, policy: ConflictPolicy = "lww") -> Any:
@@ -124,7 +129,7 @@ def test_invalid_ops_are_refused_before_any_storage(bad: RemoteOp, reason: str) 
     assert prepared.invalid is not None
     assert reason in prepared.invalid
     plan = plan_batch([prepared], BatchState(0, {}, {}), policy="lww")
-    assert plan.results[0].status is OpStatus.REJECTED
+    assert answers(plan)[0].status is OpStatus.REJECTED
     assert (plan.writes, plan.records, plan.head) == ([], [], 0)
 
 
@@ -255,7 +260,7 @@ def test_batch_applies_in_order_with_consecutive_versions() -> None:
     """Accepted changes take head+1, head+2...; an item's final state is its last write."""
     ops = [prepare(op(f"o{i}", "a" if i % 2 else "b", data={"i": i})) for i in range(5)]
     plan = plan_batch(ops, BatchState(10, {}, {}), policy="server_wins")
-    assert [r.version for r in plan.results] == [11, 12, 13, 14, 15]
+    assert [r.version for r in answers(plan)] == [11, 12, 13, 14, 15]
     assert plan.head == 15
     assert sorted((w.item_key, w.version) for w in plan.writes) == [('"a"', 14), ('"b"', 15)]
     assert len(plan.records) == 5
@@ -266,13 +271,14 @@ def test_ops_of_one_batch_form_a_chain() -> None:
     current = stored(5)
     ops = [prepare(op("o1", base=5)), prepare(op("o2", base=5)), prepare(op("o3", base=2))]
     plan = plan_batch(ops, BatchState(5, {current.key: current}, {}), policy="server_wins")
-    assert [r.status for r in plan.results] == [
+    assert [r.status for r in answers(plan)] == [
         OpStatus.ACCEPTED,
         OpStatus.ACCEPTED,
         OpStatus.CONFLICT,
     ]
-    assert plan.results[2].item is not None
-    assert plan.results[2].item.version == 7
+    conflict = answers(plan)[2].item
+    assert conflict is not None
+    assert conflict.version == 7
 
 
 def test_recorded_op_is_answered_from_its_record() -> None:
@@ -281,13 +287,13 @@ def test_recorded_op_is_answered_from_its_record() -> None:
     plan = plan_batch([first], BatchState(0, {}, {}), policy="lww")
     records = {r.op_id: r for r in plan.records}
     replay = plan_batch([first], BatchState(1, {}, records), policy="lww")
-    assert replay.results == plan.results
+    assert answers(replay) == answers(plan)
     assert (replay.writes, replay.records, replay.head) == ([], [], 1)
     forged = plan_batch(
         [prepare(op("o1", data={"v": 2}))], BatchState(1, {}, records), policy="lww"
     )
-    assert forged.results[0].status is OpStatus.REJECTED
-    assert forged.results[0].reason == "op id already used with a different payload"
+    assert answers(forged)[0].status is OpStatus.REJECTED
+    assert answers(forged)[0].reason == "op id already used with a different payload"
     assert forged.writes == []
 
 
@@ -296,12 +302,12 @@ def test_op_repeated_within_a_batch_applies_once() -> None:
     o = prepare(op("o1"))
     other = prepare(op("o1", data={"other": 1}))
     plan = plan_batch([o, o, other], BatchState(0, {}, {}), policy="lww")
-    assert [r.status for r in plan.results] == [
+    assert [r.status for r in answers(plan)] == [
         OpStatus.ACCEPTED,
         OpStatus.ACCEPTED,
         OpStatus.REJECTED,
     ]
-    assert plan.results[0].version == plan.results[1].version == 1
+    assert answers(plan)[0].version == answers(plan)[1].version == 1
     assert (plan.head, len(plan.records)) == (1, 1)
 
 
@@ -315,7 +321,7 @@ def test_retry_answers_are_not_recorded() -> None:
     plan = plan_batch(
         [prepare(op(base=1))], BatchState(5, {current.key: current}, {}), policy=broken
     )
-    assert plan.results[0].status is OpStatus.RETRY
+    assert answers(plan)[0].status is OpStatus.RETRY
     assert (plan.records, plan.writes, plan.head) == ([], [], 5)
 
 
@@ -339,7 +345,8 @@ def test_retry_answers_are_not_recorded() -> None:
 )
 def test_results_round_trip_through_records(result: OpResult) -> None:
     """What is recorded for an op id decodes to the same answer."""
-    assert decode_result("x", encode_result(result)) == result
+    answer = result.model_dump(exclude_none=True)
+    assert OpResult.model_validate(answer_of(record_of("x", b"f", answer))) == result
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -386,7 +393,7 @@ def test_plans_keep_the_sequence_and_replays_are_inert(
     for batch in (first, second):
         plan, after = apply_plan(state, batch, policy)
         new_versions = sorted(
-            {r.version for r in plan.results if r.version is not None and r.version > state.head}
+            {r.version for r in answers(plan) if r.version is not None and r.version > state.head}
         )
         assert new_versions == list(range(state.head + 1, plan.head + 1))
         assert len({w.key for w in plan.writes}) == len(plan.writes)
@@ -397,4 +404,4 @@ def test_plans_keep_the_sequence_and_replays_are_inert(
         assert replay.writes == []
         assert replay.records == []
         assert again.head == state.head
-        assert all(r.status is not OpStatus.ACCEPTED or r.version for r in replay.results)
+        assert all(r.status is not OpStatus.ACCEPTED or r.version for r in answers(replay))
