@@ -10,6 +10,8 @@
                 created_at
 
 Items hold only each item's latest state; a pull reads them by ``(tenant, version)``.
+In SQLite ``nx_items`` keeps its rowid (its rows, a few hundred bytes, are too big for a
+``WITHOUT ROWID`` table to pay off: measured 25% slower), the small ``nx_*`` tables do not.
 ``nx_ops`` keeps every answered op id (the idempotency record); its primary key is what
 makes a second effect of one op impossible even if two writers raced.
 """
@@ -60,7 +62,7 @@ _DDL = (
         hlc TEXT NOT NULL,
         schema_version {int} NOT NULL,
         PRIMARY KEY (tenant, collection, item_key)
-    ){tail}""",
+    )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS nx_items_by_version ON nx_items (tenant, version)",
     """CREATE TABLE IF NOT EXISTS nx_ops (
         tenant {key} NOT NULL,
