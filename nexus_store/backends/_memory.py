@@ -21,6 +21,9 @@ class MemoryBackend(RemoteBackend):
         laptop = MemoryBackend(phone.core)
         shop = MemoryBackend(phone.core, tenant="shop")  # another tenant: sees nothing of these
 
+    Any core works, whatever its storage (``MemoryBackend(await open_core("sqlite:///x.db"))``
+    is a client of an in-process server on SQLite).
+
     Args:
         core: the server to talk to; a new one over :class:`MemoryStorage` by default
             (owned by this backend and closed with it).

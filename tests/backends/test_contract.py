@@ -17,6 +17,11 @@ from nexus_store.testing import BackendFactory, MultiTenantBackendContract
 class TestMemoryBackendContract(MultiTenantBackendContract):
     """MemoryBackend: clients of one in-process core over memory storage."""
 
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        """The in-process backends need no asyncio-only library: check trio too."""
+        return str(request.param)
+
     @pytest.fixture
     def backend_factory(self) -> BackendFactory:
         """Clients of one shared in-memory server."""
@@ -26,6 +31,11 @@ class TestMemoryBackendContract(MultiTenantBackendContract):
 
 class TestSqliteCoreContract(MultiTenantBackendContract):
     """The core straight over SQLite storage (what `nexus-store serve` runs by default)."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        """SQLite storage runs on worker threads through anyio: check trio too."""
+        return str(request.param)
 
     @pytest.fixture
     async def backend_factory(self, tmp_path: Path) -> AsyncIterator[BackendFactory]:
