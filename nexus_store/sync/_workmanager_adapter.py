@@ -59,6 +59,7 @@ from ._work import (
     PeriodicWorkRequestBuilder,
     RunRecord,
     SchedulingPolicy,
+    StopReason,
     WorkInfo,
     WorkQuery,
     WorkRequest,
@@ -178,6 +179,15 @@ def task_request(
     _with_backoff(builder, config, constraints)
     builder.set_initial_delay(registered.initial_delay)
     return builder.build()
+
+
+def _interrupted(info: WorkInfo, now: float) -> bool:
+    """Waiting because the system stopped its last run (not because the run asked to retry)."""
+    return (
+        info.state is WorkState.ENQUEUED
+        and info.stop_reason is not StopReason.NOT_STOPPED
+        and info.next_schedule_time > now
+    )
 
 
 def _run_to_task_run(record: RunRecord) -> TaskRun:
@@ -316,15 +326,22 @@ class WorkManagerSyncService(BackgroundSyncService):
 
     async def _request_run(self, priority: SyncPriority) -> ScheduleResult:
         name = CRITICAL_WORK if priority is SyncPriority.CRITICAL else HIGH_WORK
-        # Asked for already, or running (its end makes the service look again): no write.
-        if await self._unique_infos(name, _UNFINISHED):
-            return ScheduleResult.ACCEPTED
+        policy = ExistingWorkPolicy.KEEP
+        existing = await self._unique_infos(name, _UNFINISHED)
+        if existing:
+            # Asked for already, or running (its end makes the service look again): no
+            # write. Except work the system stopped (shutdown, crash): androidx counts it
+            # as backed off from its old enqueue time, which after a short run means a
+            # wait of a whole backoff delay; a fresh request runs now instead.
+            if not any(_interrupted(info, self._clock.now()) for info in existing):
+                return ScheduleResult.ACCEPTED
+            policy = ExistingWorkPolicy.REPLACE
         request = (
             critical_request(self.config)
             if priority is SyncPriority.CRITICAL
             else high_request(self.config)
         )
-        await self.manager.enqueue_unique(name, ExistingWorkPolicy.KEEP, request)
+        await self.manager.enqueue_unique(name, policy, request)
         return ScheduleResult.ACCEPTED
 
     async def _cancel(self) -> None:

@@ -534,3 +534,32 @@ class _Named:
 
     async def execute(self, context: TaskContext) -> bool:
         return True
+
+
+async def test_a_run_cut_short_by_shutdown_runs_again_at_once(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """Stopping the service mid-run gives the ops back; after a restart the CRITICAL ops go
+    at once, not after a backoff delay counted from the stopped run's old enqueue time."""
+    path = tmp_path / "app.db"
+    server = MemoryBackend()
+    gate = Gate(server)
+    with make_store(clock, path, gate) as store:
+        service = make_service(store, clock)
+        async with service:
+            store.save_many([Note(id=f"n{i}") for i in range(5)], priority=SyncPriority.CRITICAL)
+            with anyio.fail_after(5):
+                await gate.entered.wait()
+        assert store.queue.stats().leased == 0
+    clock.advance(1)
+    with make_store(clock, path, server) as store:
+        service = make_service(store, clock)
+        recorder = Recorder(service)
+        async with service:
+            await recorder.runs(1)
+            assert store.queue.stats().live == 0
+            infos = await settled_work(service, CRITICAL_WORK, WorkState.SUCCEEDED)
+            assert len(infos) == 1
+            history = await service.run_history(SYNC_TASK_ID)
+            assert [r.outcome for r in history] == ["success", "stopped"]
+    assert await server.core.head("default") == 5
