@@ -69,6 +69,7 @@ __all__ = [
     "answer_of",
     "canonical",
     "change_fields",
+    "check_tenant",
     "decide",
     "item_id_of",
     "item_key_of",
