@@ -92,6 +92,9 @@ logger = logging.getLogger("nexus_store.sync.service")
 SYNC_TASK_ID = "nexus-store.sync"
 """The task id (worker name, tag) of the store's sync."""
 
+_PROBE_FRESH = 5.0
+"""Seconds a reachability probe is trusted before a run probes again."""
+
 _TRIGGERED = (SyncPriority.CRITICAL, SyncPriority.HIGH)
 """Priorities that ask for a run of their own; NORMAL and LOW wait for the periodic run."""
 
@@ -493,6 +496,7 @@ class BackgroundSyncService(abc.ABC):
         self._token: Any = None
         self._unsubscribe_device: Callable[[], None] | None = None
         self._last_summary: SyncSummary | None = None
+        self._probed_at: float | None = None
 
     # -- what every adapter answers ------------------------------------------------------------
 
@@ -919,9 +923,13 @@ class BackgroundSyncService(abc.ABC):
     ) -> SyncSummary:
         commits_before = self._commits
         probe = getattr(self._device, "probe_network", None)
-        if callable(probe):
+        now = self._clock.monotonic()
+        if callable(probe) and (self._probed_at is None or now - self._probed_at > _PROBE_FRESH):
+            # Reachability is only known by trying; a recent answer is good enough (the
+            # run itself finds out if the remote went away since).
             with anyio.CancelScope(shield=True):
-                await probe()  # reachability is only known by trying
+                await probe()
+            self._probed_at = now
         self._set_status(BackgroundSyncStatus.RUNNING)
         logger.debug("sync run starting (%s)", trigger)
         runner = SyncRunner(
@@ -1071,6 +1079,7 @@ class BackgroundSyncService(abc.ABC):
         offline_delay = 2.0
         while True:
             connected = bool(await probe())
+            self._probed_at = self._clock.monotonic()
             if last is not None and connected != last:
                 self._device_reachability_changed()
             last = connected

@@ -371,7 +371,10 @@ class SyncWorker:
     ) -> None:
         """Wait for the lease, drain while holding it, wait again if it is lost; until
         cancelled. Signals readiness (``task_status``) once the database is open."""
-        database = await anyio.to_thread.run_sync(Database, self.path)
+        # The worker's own writes (acks, pulled pages, schedule) are all safe to redo: an
+        # ack lost to a power cut resends an op the server dedupes. So they need not wait
+        # for fsync; the app's saves keep their own durability on their own connection.
+        database = await anyio.to_thread.run_sync(lambda: Database(self.path, durability="normal"))
         lease: WorkerLease | None = None
         try:
             lease = await anyio.to_thread.run_sync(

@@ -1,0 +1,233 @@
+"""Worker benchmark: CRITICAL save to server ack through ``nexus-store worker``; idle CPU.
+
+Run: ``python benchmarks/bench_worker.py [--quick] [--json]`` (or import and call
+``run(quick)``).
+
+Three processes on 127.0.0.1: this one is the app, ``nexus-store serve`` (SQLite storage)
+the server, ``nexus-store worker`` the daemon draining the app's file.
+
+1. **Latency.** The app saves one ``CRITICAL`` item (durability full) and measures from the
+   return of ``save()`` (the commit) until the op has left the queue, which the worker
+   does in the transaction that records the server's acceptance; the app polls its file
+   every 0.5 ms. 200 saves (``--quick``: 50), 50 ms apart so each finds the worker idle;
+   median and p99. Target: median <= 50 ms. Baseline, in the same run: the same save and
+   an in-process ``SyncRunner.run()`` (no pull) to the same server, timed to its return
+   (lease, push, ack: what remains without a second process, its wake-up and scheduler).
+2. **Idle CPU.** ``psutil`` CPU times of the worker over 60 s (``--quick``: 10 s) with
+   nothing to do, as a share of one core. Target: <= 1 %. Reference in the same window:
+   the idle server process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+from pydantic import BaseModel
+
+from nexus_store import NexusStore, SyncPriority
+from nexus_store.backends import HttpBackend
+from nexus_store.sync import SyncRunner
+from nexus_store.testing import ServerProcess
+
+TOKENS = {"bench-worker": "worker", "bench-direct": "direct"}
+_LAUNCHER = "from nexus_store.cli import main; main()"
+
+
+class Note(BaseModel):
+    id: str
+    text: str
+    n: int
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+class _Worker:
+    """The worker subprocess; its output is read by a thread (a full pipe would block it)."""
+
+    def __init__(self, db: Path, server: ServerProcess) -> None:
+        options = ("--remote", server.base_url, "--interval", "300")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, "worker", "--db", str(db), *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "NEXUS_STORE_TOKEN": "bench-worker"},
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        with stdout:
+            for line in stdout:
+                self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in self.lines.get(timeout=0.5):
+                    return
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+        raise RuntimeError(f"the worker did not print {text!r}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self._reader.join(20)
+
+
+def _wait_acked(store: NexusStore[Note, str], item_id: str, timeout: float = 10.0) -> float:
+    """Poll until the item's op left the queue; return the time it was seen gone."""
+    deadline = time.perf_counter() + timeout
+    while store.is_pending(item_id):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{item_id} was not acknowledged within {timeout} s")
+        time.sleep(0.0005)
+    return time.perf_counter()
+
+
+def _measure_worker(store: NexusStore[Note, str], saves: int) -> list[float]:
+    latencies = []
+    for i in range(saves + 5):
+        note = Note(id=f"w{i:05d}", text="x" * 100, n=i)
+        store.save(note, priority=SyncPriority.CRITICAL)
+        committed = time.perf_counter()
+        acked = _wait_acked(store, note.id)
+        if i >= 5:  # the first few warm the worker's connection and caches
+            latencies.append((acked - committed) * 1000)
+        time.sleep(0.05)
+    return latencies
+
+
+def _measure_direct(folder: Path, server: ServerProcess, saves: int) -> list[float]:
+    async def main() -> list[float]:
+        latencies = []
+        store: NexusStore[Note, str] = NexusStore(folder / "direct.db", model=Note)
+        async with HttpBackend(server.base_url, token="bench-direct", timeout=10) as backend:
+            for i in range(saves + 5):
+                note = Note(id=f"d{i:05d}", text="x" * 100, n=i)
+                store.save(note, priority=SyncPriority.CRITICAL)
+                committed = time.perf_counter()
+                await SyncRunner(store, backend, pull=False).run()
+                if i >= 5:
+                    latencies.append((time.perf_counter() - committed) * 1000)
+        store.close()
+        return latencies
+
+    return anyio.run(main)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure and return the figures (see the module docstring)."""
+    saves = 50 if quick else 200
+    idle_window = 10.0 if quick else 60.0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with ServerProcess(f"sqlite:///{folder}/server.db", tokens=TOKENS) as server:
+            store: NexusStore[Note, str] = NexusStore(folder / "app.db", model=Note)
+            store.save(Note(id="seed", text="", n=0))
+            worker = _Worker(folder / "app.db", server)
+            try:
+                worker.wait_for("draining")
+                _wait_acked(store, "seed", timeout=30)
+                direct = _measure_direct(folder, server, saves)
+                latencies = _measure_worker(store, saves)
+                time.sleep(2.0)  # let the last run end before the idle window
+                worker_process = psutil.Process(worker.proc.pid)
+                server_process = psutil.Process(server.pid)
+                start = time.monotonic()
+                worker_before = _cpu_seconds(worker_process)
+                server_before = _cpu_seconds(server_process)
+                time.sleep(idle_window)
+                elapsed = time.monotonic() - start
+                worker_cpu = (_cpu_seconds(worker_process) - worker_before) / elapsed * 100
+                server_cpu = (_cpu_seconds(server_process) - server_before) / elapsed * 100
+            finally:
+                worker.stop()
+                store.close()
+    median = statistics.median(latencies)
+    direct_median = statistics.median(direct)
+    return {
+        "saves": saves,
+        "latency_ms": {
+            "median": round(median, 2),
+            "p99": round(_percentile(latencies, 0.99), 2),
+            "min": round(min(latencies), 2),
+            "max": round(max(latencies), 2),
+        },
+        "direct_latency_ms": {
+            "median": round(direct_median, 2),
+            "p99": round(_percentile(direct, 0.99), 2),
+        },
+        "worker_over_direct": round(median / direct_median, 2),
+        "idle_window_s": round(elapsed, 1),
+        "idle_worker_cpu_percent": round(worker_cpu, 3),
+        "idle_server_cpu_percent": round(server_cpu, 3),
+        "median_target_met": median <= 50.0,
+        "idle_cpu_target_met": worker_cpu <= 1.0,
+    }
+
+
+def _report(results: dict[str, Any]) -> None:
+    latency, direct = results["latency_ms"], results["direct_latency_ms"]
+    print(f"CRITICAL save -> server ack through the worker process, {results['saves']} saves:")
+    print(
+        f"  median {latency['median']:.1f} ms, p99 {latency['p99']:.1f} ms "
+        f"(min {latency['min']:.1f}, max {latency['max']:.1f}); target median <= 50 ms: "
+        f"{'met' if results['median_target_met'] else 'NOT met'}"
+    )
+    print(
+        f"  baseline, in-process sync run after the save: median {direct['median']:.1f} ms, "
+        f"p99 {direct['p99']:.1f} ms; worker/in-process = {results['worker_over_direct']:.2f}x"
+    )
+    print(f"idle CPU over {results['idle_window_s']:.0f} s (share of one core):")
+    print(
+        f"  worker {results['idle_worker_cpu_percent']:.3f} % (target <= 1 %: "
+        f"{'met' if results['idle_cpu_target_met'] else 'NOT met'}); "
+        f"idle server {results['idle_server_cpu_percent']:.3f} % for reference"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    print("nexus-store worker benchmark" + (" (quick)" if args.quick else ""))
+    results = run(args.quick)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _report(results)
+
+
+if __name__ == "__main__":
+    main()
