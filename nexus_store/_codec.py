@@ -7,6 +7,7 @@ produces, plus ``bytes``) into msgpack and back.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -15,7 +16,16 @@ from ._exceptions import CodecError
 
 __all__ = ["decode", "encode"]
 
-_packer_options: dict[str, Any] = {"use_bin_type": True, "datetime": False}
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # A Packer is not thread-safe, and building one per call costs more than packing a
+    # small item; so each thread keeps its own.
+    packer: msgpack.Packer | None = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+    return packer
 
 
 def encode(value: Any) -> bytes:
@@ -25,8 +35,9 @@ def encode(value: Any) -> bytes:
         CodecError: if the value holds something msgpack cannot represent.
     """
     try:
-        return msgpack.packb(value, **_packer_options)  # type: ignore[no-any-return]
+        return _packer().pack(value)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
+        _local.packer = None  # a failed pack may leave the packer's buffer dirty
         raise CodecError(f"cannot encode value: {exc}") from exc
 
 
