@@ -5,6 +5,8 @@ network; every write lands, in the same transaction, in a priority sync queue th
 background sync service drains to a remote backend.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._clock import Clock, FakeClock, SystemClock
 from ._exceptions import (
     AuthError,
@@ -45,8 +47,29 @@ from ._store import NexusStore
 from ._version import __version__
 from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .sync._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
+    from .sync._factory import BackgroundSyncServiceFactory
+    from .sync._service import BackgroundSyncService
+    from .sync._task import BackgroundSyncTask
+
+# The background sync service loads on first use: `import nexus_store` stays quick.
+_LAZY_SYNC = {
+    "BackgroundSyncConfig": "._config",
+    "BackgroundSyncService": "._service",
+    "BackgroundSyncServiceFactory": "._factory",
+    "BackgroundSyncStatus": "._config",
+    "BackgroundSyncTask": "._task",
+    "ScheduleResult": "._config",
+}
+
 __all__ = [
     "AuthError",
+    "BackgroundSyncConfig",
+    "BackgroundSyncService",
+    "BackgroundSyncServiceFactory",
+    "BackgroundSyncStatus",
+    "BackgroundSyncTask",
     "ChangeKind",
     "ChangeOrigin",
     "ChangeStream",
@@ -74,6 +97,7 @@ __all__ = [
     "RateLimitedError",
     "RemoteError",
     "RetryableError",
+    "ScheduleResult",
     "SchedulingError",
     "SchemaError",
     "ServerUnavailableError",
@@ -89,3 +113,12 @@ __all__ = [
     "WorkDataTooLargeError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_SYNC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(module, "nexus_store.sync"), name)
