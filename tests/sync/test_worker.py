@@ -27,8 +27,14 @@ from nexus_store._database import Database
 from nexus_store._queue import OpState
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
+from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
-from nexus_store.sync import WorkerLease
+from nexus_store.sync import (
+    BGTaskSyncService,
+    DeterministicLaunchPolicy,
+    SimulatedDevice,
+    WorkerLease,
+)
 from nexus_store.sync._worker import LeaseAction, LeaseRow, decide_lease
 from nexus_store.testing import ServerProcess
 
@@ -315,3 +321,29 @@ def test_worker_refuses_bad_input(tmp_path: Path) -> None:
     jobs = runner.invoke(app, ["jobs", "--db", str(db)])
     assert jobs.exit_code == 0
     assert "no background work was ever scheduled" in jobs.output
+
+
+def test_jobs_lists_bgtask_requests_and_launches(tmp_path: Path) -> None:
+    """`nexus-store jobs` also shows pending BGTask-like requests and the launch history."""
+    db = tmp_path / "app.db"
+
+    async def schedule_and_launch() -> None:
+        store: NexusStore[Note, str] = NexusStore(db, model=Note, backend=MemoryBackend())
+        service = BGTaskSyncService(
+            store, device=SimulatedDevice(), launch_policy=DeterministicLaunchPolicy()
+        )
+        async with service:
+            await service.schedule_sync()
+            store.save(Note(id="n1"))
+            handle = service.simulate_launch()
+            with anyio.fail_after(10):
+                await handle.wait_finished()
+        store.close()
+
+    anyio.run(schedule_and_launch)
+    result = CliRunner().invoke(app, ["jobs", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "pending requests (BGTask-like)" in result.output
+    assert "nexus-store.sync.refresh" in result.output
+    assert "launches (newest first)" in result.output
+    assert "success" in result.output
