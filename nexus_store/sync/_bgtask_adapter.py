@@ -104,7 +104,9 @@ def launch_budget(budget: float | None, lead: float) -> float | None:
 
 def _record_to_task_run(record: LaunchRecord) -> TaskRun:
     if record.success is None:
-        outcome = "running" if record.ended_at is None and not record.message else "interrupted"
+        outcome = "running"
+    elif record.message.startswith("interrupted"):
+        outcome = "interrupted"  # the process ended during the launch (found at restart)
     else:
         outcome = "success" if record.success else "failure"
     task_id = SYNC_TASK_ID if record.identifier in _SYNC_IDENTIFIERS else record.identifier

@@ -436,6 +436,10 @@ class BackgroundSyncService(abc.ABC):
             through :meth:`request_sync`).
         lease_for: seconds a pushed batch stays reserved (above the backend's timeout).
 
+    Its methods belong to the event loop that runs it (call them from that loop's
+    tasks); a synchronous app drives it from other threads through
+    :class:`~nexus_store.sync.BackgroundSyncThread`. Saves may come from any thread.
+
     Raises:
         ValueError: no store given.
     """
@@ -696,6 +700,9 @@ class BackgroundSyncService(abc.ABC):
 
     async def initialize(self, config: BackgroundSyncConfig) -> None:
         """Use ``config`` from now on; a scheduled periodic run is rescheduled with it.
+
+        ``enabled=False`` cancels the sync's schedule. A scheduler's policy (the
+        WorkManager-like periodic floor) is read when the service starts.
 
         Raises:
             LifecycleError: the service is stopped.
