@@ -238,7 +238,9 @@ class WalChangeSource:
     Args:
         path: the database file.
         step_ms: how long the watcher waits for more changes after one (the wake-up latency;
-            smaller also costs more idle CPU: watchfiles polls its queue at this step).
+            smaller also costs more idle CPU: watchfiles polls its queue at this step;
+            measured on 2 shared cores: 10 ms ~0.7 % of a core idle, 20 ms ~0.45 %,
+            50 ms ~0.25 %, for the whole worker).
         debounce_ms: the longest it groups a stream of changes before yielding.
     """
 
@@ -262,6 +264,8 @@ class WalChangeSource:
             debounce=self._debounce,
             step=self._step,
             stop_event=self._stop,
+            # A cancellation waits for the watcher thread: without close() first, this
+            # bounds the wait (the thread returns once a second when nothing changes).
             rust_timeout=1000,
             recursive=False,
         ):
