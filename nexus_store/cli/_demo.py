@@ -1,0 +1,23 @@
+"""``nexus-store demo``: the offline-first story end to end, on this machine."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from ._app import app
+
+
+@app.command("demo")
+def demo(
+    items: int = typer.Option(3000, min=100, max=100_000, help="Items saved while offline."),
+) -> None:
+    """Save offline, start a real sync server, sync by priority, pull an edit back.
+
+    Runs a `nexus-store serve` subprocess on 127.0.0.1 with SQLite storage in a temporary
+    folder, and removes everything when done. Exit code 1 if any check fails.
+    """
+    from .._demo import run_demo  # noqa: PLC0415 - keeps `nexus-store --help` fast
+
+    result = run_demo(Console(), items=items)
+    raise typer.Exit(0 if result.ok else 1)
