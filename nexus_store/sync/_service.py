@@ -957,7 +957,9 @@ class BackgroundSyncService(abc.ABC):
             with scope:
                 summary = await runner.run()
         except BaseException:
-            self._set_status(BackgroundSyncStatus.FAILED)
+            # A run cut short by the service stopping gave its ops back: not a failure.
+            stopping = self._state is ServiceState.STOPPED
+            self._set_status(BackgroundSyncStatus.IDLE if stopping else BackgroundSyncStatus.FAILED)
             raise
         finally:
             self._run_scopes.discard(scope)
