@@ -262,8 +262,12 @@ class TableSpec:
             raise SchemaError(f"{model.__name__} has no field {id_field!r} to use as id")
         kinds: dict[str, ColumnKind] = {}
         for name, info in model.model_fields.items():
+            if info.exclude is True:
+                continue  # never in model_dump(), so never stored
             validate_identifier(name, what=f"{model.__name__} field")
             kinds[name] = column_kind(info.annotation)
+        if id_field not in kinds:
+            raise SchemaError(f"{model.__name__}.{id_field} is excluded from serialization")
         if kinds[id_field] not in (ColumnKind.TEXT, ColumnKind.INTEGER):
             raise SchemaError(
                 f"{model.__name__}.{id_field} must be a string-like or integer type to be an id"
@@ -461,7 +465,8 @@ class LocalTable(Generic[T]):
             extra = item.__pydantic_extra__
             source = {**item.__dict__, **extra} if extra else item.__dict__
             validated = model.model_validate(source, by_name=self._by_name)
-            data = validated.model_dump(mode="json")
+            # Field names, not aliases, whatever the model's serialization settings.
+            data = validated.model_dump(mode="json", by_alias=False)
         except ValidationError as exc:
             raise ItemValidationError(f"invalid {model.__name__}: {exc}") from exc
         except PydanticSerializationError as exc:
@@ -547,7 +552,7 @@ class LocalTable(Generic[T]):
         conn: sqlite3.Connection,
         prepared: PreparedItem[T],
         version: int,
-        hlc: str,
+        hlc: str | None,
         now: float,
     ) -> None:
         """Upsert an item pulled from the server at ``version``."""
@@ -557,7 +562,7 @@ class LocalTable(Generic[T]):
             raise ItemValidationError(f"a {self.model.__name__} value is too large: {exc}") from exc
 
     def tombstone_remote(
-        self, conn: sqlite3.Connection, key: ItemKey, version: int, hlc: str, now: float
+        self, conn: sqlite3.Connection, key: ItemKey, version: int, hlc: str | None, now: float
     ) -> None:
         """Record a deletion pulled from the server (a tombstone row even if unseen before)."""
         conn.execute(self._remote_tombstone_sql, (key, version, hlc, now))

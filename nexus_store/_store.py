@@ -14,13 +14,15 @@ enqueues its op and appends to the change log; it returns only after ``COMMIT``.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability
@@ -43,7 +45,8 @@ from .backends._base import Change, RemoteBackend
 __all__ = ["NexusStore"]
 
 T = TypeVar("T", bound=BaseModel)
-ID = TypeVar("ID")
+# A default (PEP 696) lets NexusStore("app.db", model=Note) type-check without naming ID.
+ID = TypeVar("ID", default=Any)
 
 logger = logging.getLogger("nexus_store")
 
@@ -110,6 +113,7 @@ class NexusStore(Generic[T, ID]):
         self._db = path if isinstance(path, Database) else Database(path, durability=durability)
         self._closed = False
         self._streams: list[ChangeStream] = []
+        self._streams_lock = threading.Lock()
         try:
             self._table: LocalTable[T] = LocalTable(self._db, spec)
             self._meta = MetaTable(self._db)
@@ -423,8 +427,9 @@ class NexusStore(Generic[T, ID]):
         """
         self._check_open()
         stream = ChangeStream(self._db, self.collection, since=since, poll_interval=poll_interval)
-        self._streams = [s for s in self._streams if not s.closed]
-        self._streams.append(stream)
+        with self._streams_lock:
+            self._streams = [s for s in self._streams if not s.closed]
+            self._streams.append(stream)
         return stream
 
     # -- for the sync engine -------------------------------------------------------------
@@ -494,10 +499,10 @@ class NexusStore(Generic[T, ID]):
                     except ValueError:
                         hlc = None
                 if prepared is None:
-                    self._table.tombstone_remote(conn, key, change.version, hlc or "", now)
+                    self._table.tombstone_remote(conn, key, change.version, hlc, now)
                     kind = ChangeKind.DELETE
                 else:
-                    self._table.write_remote(conn, prepared, change.version, hlc or "", now)
+                    self._table.write_remote(conn, prepared, change.version, hlc, now)
                     kind = ChangeKind.UPSERT
                 self._log.append(
                     conn, self.collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now
@@ -528,9 +533,10 @@ class NexusStore(Generic[T, ID]):
         if self._closed:
             return
         self._closed = True
-        for stream in self._streams:
+        with self._streams_lock:
+            streams, self._streams = self._streams, []
+        for stream in streams:
             stream.close()
-        self._streams.clear()
         self._queue.close()
         if self._owns_db:
             self._db.close()

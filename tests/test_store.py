@@ -728,3 +728,22 @@ def test_column_kinds_are_recorded_for_tools_without_the_model() -> None:
         "done": "boolean",
         "tags": "json",
     }
+
+
+def test_excluded_fields_are_not_stored_and_aliases_never_name_columns() -> None:
+    """A field excluded from serialization is not kept; alias serialization changes nothing."""
+
+    class Secretive(BaseModel):
+        model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+        id: str
+        display: str = Field(alias="displayName")
+        token: str = Field(default="none", exclude=True)
+
+    store = NexusStore[Secretive, str](":memory:", model=Secretive)
+    store.save(Secretive(id="s", displayName="Ann", token="hunter2"))
+    assert store.get("s") == Secretive(id="s", displayName="Ann")
+    columns = [row[1] for row in store.database.execute('PRAGMA table_info("secretive")')]
+    assert "token" not in columns
+    assert "display" in columns
+    [op] = store.pending()
+    assert decode(op.payload or b"") == {"id": "s", "display": "Ann"}

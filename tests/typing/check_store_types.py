@@ -44,6 +44,12 @@ def check_store() -> None:
     counters.get("1")  # type: ignore[arg-type]
 
 
+def check_unsubscripted() -> None:
+    store = NexusStore("app.db", model=Note)
+    assert_type(store.get("a"), Note | None)
+    assert_type(store.all(), list[Note])
+
+
 def check_watch() -> None:
     store = NexusStore[Note, str]("app.db", model=Note)
     stream = store.watch()
