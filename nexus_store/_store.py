@@ -437,11 +437,18 @@ class NexusStore(Generic[T, ID]):
     def apply_ack(self, item_id: ItemKey, version: int) -> bool:
         """Record that the server stored the item at ``version`` (after its op was acked).
 
+        Args:
+            item_id: the id as queued (``QueuedOp.item_id``); other id values are converted.
+            version: the server version from the ack.
+
         Returns:
             True if the stored server version moved forward.
         """
         self._check_open()
-        _, key = self._table.key_of(item_id)
+        # Acks arrive by the thousand with ids already in stored form: skip re-validation.
+        key = item_id if type(item_id) is str or type(item_id) is int else None
+        if key is None:
+            key = self._table.key_of(item_id)[1]
         with self._db.transaction() as conn:
             return self._table.set_server_version(conn, key, version)
 

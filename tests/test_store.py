@@ -427,6 +427,9 @@ def test_integer_and_uuid_ids() -> None:
     assert things.get(str(key)) == Thing(id=key, name="x")  # type: ignore[arg-type]
     assert things.pending()[0].item_id == str(key)
     assert list(things.get_many([key])) == [key]
+    assert things.apply_ack(key, 3)
+    assert things.apply_ack(str(key), 4)
+    assert things.stored_version(key) == 4
 
 
 def test_custom_id_field() -> None:
