@@ -681,9 +681,3 @@ class MetaTable:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
-
-    @staticmethod
-    def setdefault(conn: sqlite3.Connection, key: str, value: Any) -> Any:
-        """Write ``value`` unless the key exists; return the stored value."""
-        conn.execute("INSERT OR IGNORE INTO nx_meta (key, value) VALUES (?, ?)", (key, value))
-        return MetaTable.get(conn, key)

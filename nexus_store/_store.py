@@ -124,8 +124,9 @@ class NexusStore(Generic[T, ID]):
                 # Tools that sync the file without the model read how each field is stored.
                 MetaTable.set(conn, f"columns:{name}", spec.kinds_json())
                 ChangeLog.ensure_schema(conn)
-                node = MetaTable.setdefault(conn, "hlc_node", uuid.uuid4().hex[:12])
-            self._hlc = HybridLogicalClock(str(node), clock=self.clock)
+            # One node id per store object: two processes writing one file never issue the
+            # same stamp.
+            self._hlc = HybridLogicalClock(uuid.uuid4().hex[:12], clock=self.clock)
             self._queue = PrioritySyncQueue(self._db, clock=self.clock, max_attempts=max_attempts)
             self._queue.set_schema_version(name, schema_version)
         except BaseException:
