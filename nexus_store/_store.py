@@ -13,20 +13,24 @@ enqueues its op and appends to the change log; it returns only after ``COMMIT``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic, Self
 
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
 
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability
-from ._exceptions import ItemValidationError, StoreClosedError
+from ._exceptions import ItemValidationError, StoreClosedError, SyncError
 from ._hlc import HybridLogicalClock
 from ._local import (
     ItemKey,
@@ -41,6 +45,10 @@ from ._priority import SyncPriority
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
 from .backends._base import Change, RemoteBackend
+
+if TYPE_CHECKING:
+    from .sync._device import DeviceStateProvider
+    from .sync._progress import SyncSummary
 
 __all__ = ["NexusStore"]
 
@@ -114,6 +122,9 @@ class NexusStore(Generic[T, ID]):
         self._closed = False
         self._streams: list[ChangeStream] = []
         self._streams_lock = threading.Lock()
+        self._portal_lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         try:
             self._table: LocalTable[T] = LocalTable(self._db, spec)
             self._meta = MetaTable(self._db)
@@ -536,11 +547,95 @@ class NexusStore(Generic[T, ID]):
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    # -- sync ----------------------------------------------------------------------------
+
+    async def async_sync(
+        self,
+        *,
+        backend: RemoteBackend | None = None,
+        device: DeviceStateProvider | None = None,
+        budget: float | None = None,
+    ) -> SyncSummary:
+        """Run one sync run now: push queued ops by priority, then pull remote changes.
+
+        Args:
+            backend: where to sync (default: the store's ``backend``).
+            device: the device state (``LOW`` waits on a metered network or low battery;
+                nothing is sent while disconnected); default: assume a good network.
+            budget: the most seconds the run may take; leased ops go back when it ends.
+
+        Returns:
+            What the run did (pushed, failed, dead-lettered, pulled, per priority).
+
+        Raises:
+            SyncError: no backend was given and the store has none.
+            StoreClosedError: the store is closed.
+        """
+        from .sync._runner import SyncRunner  # noqa: PLC0415 - the engine loads on first sync
+
+        self._check_open()
+        chosen = backend if backend is not None else self.backend
+        if chosen is None:
+            raise SyncError(f"the {self.collection!r} store has no backend: pass backend=")
+        runner = SyncRunner(self, chosen, clock=self.clock, device=device, budget=budget)
+        return await runner.run()
+
+    def sync(
+        self,
+        *,
+        backend: RemoteBackend | None = None,
+        device: DeviceStateProvider | None = None,
+        budget: float | None = None,
+    ) -> SyncSummary:
+        """Blocking form of :meth:`async_sync`, for synchronous apps.
+
+        The run executes in this store's own event-loop thread (started on first use and
+        kept until :meth:`close`), so a backend's connections stay bound to one loop. From
+        async code, await :meth:`async_sync` instead.
+        """
+        self._check_open()
+        with self._portal_lock:
+            if self._portal is None:
+                self._portal_cm = start_blocking_portal(name=f"nexus-store sync {self.collection}")
+                self._portal = self._portal_cm.__enter__()
+            portal = self._portal
+        return portal.call(
+            functools.partial(self.async_sync, backend=backend, device=device, budget=budget)
+        )
+
+    def wait_synced(self, item_id: ID, timeout: float = 30.0) -> bool:
+        """Wait until a write of ``item_id`` is no longer queued.
+
+        Returns:
+            True once the server acknowledged it (no op of the item is queued), False if
+            its op failed permanently (dead-lettered).
+
+        Raises:
+            TimeoutError: the item still has live queued ops after ``timeout`` seconds.
+        """
+        self._check_open()
+        _, key = self._table.key_of(item_id)
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            ops = self._queue.pending(self.collection, key, states=tuple(OpState))
+            if not any(op.state is not OpState.DEAD for op in ops):
+                return not ops
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{item_id!r} still has queued ops after {timeout} s")
+            # Acks come from another thread or process; back off up to 50 ms between looks.
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.05)
+
     def close(self) -> None:
         """Close the store, its change streams and its queue. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        with self._portal_lock:
+            portal_cm, self._portal_cm, self._portal = self._portal_cm, None, None
+        if portal_cm is not None:
+            portal_cm.__exit__(None, None, None)
         with self._streams_lock:
             streams, self._streams = self._streams, []
         for stream in streams:
