@@ -1,0 +1,211 @@
+"""The public API: exactly these names are exported, each one importable."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+EXPORTED = {
+    "nexus_store": [
+        "AuthError",
+        "BackgroundSyncConfig",
+        "BackgroundSyncService",
+        "BackgroundSyncServiceFactory",
+        "BackgroundSyncStatus",
+        "BackgroundSyncTask",
+        "ChangeKind",
+        "ChangeOrigin",
+        "ChangeStream",
+        "Clock",
+        "CodecError",
+        "CorruptDatabaseError",
+        "DatabaseError",
+        "ErrorKind",
+        "FakeClock",
+        "ImmediateRunIneligibleError",
+        "InvalidWorkRequestError",
+        "ItemValidationError",
+        "LifecycleError",
+        "LocalChange",
+        "MigrationError",
+        "NetworkError",
+        "NexusStore",
+        "NexusStoreError",
+        "NotPermittedError",
+        "OpNotFoundError",
+        "PayloadTooLargeError",
+        "PermanentError",
+        "ProtocolError",
+        "QueueError",
+        "RateLimitedError",
+        "RemoteError",
+        "RetryableError",
+        "ScheduleResult",
+        "SchedulingError",
+        "SchemaError",
+        "ServerUnavailableError",
+        "StoreClosedError",
+        "StoreError",
+        "SyncCancelledError",
+        "SyncError",
+        "SyncPriority",
+        "SystemClock",
+        "TooManyPendingTaskRequestsError",
+        "UnavailableError",
+        "UnknownWorkError",
+        "WorkDataTooLargeError",
+        "__version__",
+    ],
+    "nexus_store.backends": [
+        "Change",
+        "Changes",
+        "HttpBackend",
+        "MemoryBackend",
+        "OpResult",
+        "OpStatus",
+        "PostgresBackend",
+        "PushResult",
+        "RemoteBackend",
+        "RemoteOp",
+    ],
+    "nexus_store.server": [
+        "ConflictPolicy",
+        "Resolver",
+        "ServerCore",
+        "Storage",
+        "open_core",
+        "open_storage",
+    ],
+    "nexus_store.sync": [
+        "AdapterKind",
+        "AppRefreshRequest",
+        "AppUsage",
+        "BGTaskHandle",
+        "BGTaskHandler",
+        "BGTaskRequest",
+        "BGTaskScheduler",
+        "BGTaskSyncService",
+        "BackgroundSyncConfig",
+        "BackgroundSyncService",
+        "BackgroundSyncServiceFactory",
+        "BackgroundSyncStatus",
+        "BackgroundSyncTask",
+        "BackgroundSyncThread",
+        "BackoffPolicy",
+        "ChangeSource",
+        "CommitWatcher",
+        "Constraints",
+        "ContinuedProcessingRequest",
+        "DeterministicLaunchPolicy",
+        "DeviceState",
+        "DeviceStateProvider",
+        "DispatchOrder",
+        "EngineConfig",
+        "ExistingPeriodicWorkPolicy",
+        "ExistingWorkPolicy",
+        "LaunchContext",
+        "LaunchDecision",
+        "LaunchPolicy",
+        "LaunchRecord",
+        "ManagerState",
+        "NetworkType",
+        "NoopSyncService",
+        "OneTimeWorkRequestBuilder",
+        "OpportunisticLaunchPolicy",
+        "OutOfQuotaPolicy",
+        "PeriodicWorkRequestBuilder",
+        "PriorityProgress",
+        "PrioritySummary",
+        "ProcessingRequest",
+        "RawCollection",
+        "RequestKind",
+        "RunOutcome",
+        "RunRecord",
+        "ScheduleResult",
+        "SchedulingPolicy",
+        "ServiceState",
+        "SimulatedDevice",
+        "StopReason",
+        "StoreSyncTask",
+        "SubmissionStrategy",
+        "SyncEvent",
+        "SyncPhase",
+        "SyncProgress",
+        "SyncRunner",
+        "SyncStopReason",
+        "SyncStreams",
+        "SyncSummary",
+        "SyncTarget",
+        "SyncWorker",
+        "SystemDevice",
+        "TaskContext",
+        "TaskOutcome",
+        "TaskResult",
+        "TaskRun",
+        "UpdateResult",
+        "WorkInfo",
+        "WorkManager",
+        "WorkManagerSyncService",
+        "WorkQuery",
+        "WorkRequest",
+        "WorkState",
+        "WorkWatch",
+        "WorkerLease",
+        "choose_adapter",
+        "discover_collections",
+        "handler_for_task",
+    ],
+    "nexus_store.testing": [
+        "BackendContract",
+        "BackendFactory",
+        "FakeClock",
+        "Fault",
+        "FaultKind",
+        "FaultMode",
+        "FaultProxy",
+        "FaultyBackend",
+        "InjectedFault",
+        "MultiTenantBackendContract",
+        "OpWriter",
+        "ProxyRecord",
+        "ProxyStats",
+        "ServerProcess",
+        "ServerStartError",
+        "SimulatedDevice",
+        "TemporaryPostgres",
+        "WorkDriver",
+        "pull_all",
+        "shared_postgres",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPORTED))
+def test_exported_members(module_name: str) -> None:
+    """__all__ is sorted, lists exactly the curated names, and each one resolves."""
+    module = importlib.import_module(module_name)
+    assert list(module.__all__) == sorted(module.__all__)
+    assert list(module.__all__) == EXPORTED[module_name]
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+
+
+def test_import_stays_light() -> None:
+    """import nexus_store loads no server, database driver, file watcher or sync engine."""
+    code = (
+        "import sys, nexus_store;"
+        "heavy = ['psycopg', 'starlette', 'uvicorn', 'watchfiles', 'nexus_store.sync._runner'];"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_is_exported() -> None:
+    """The package exposes its version string."""
+    nexus_store = importlib.import_module("nexus_store")
+    assert isinstance(nexus_store.__version__, str)
+    assert nexus_store.__version__.count(".") >= 2
