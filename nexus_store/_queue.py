@@ -52,12 +52,13 @@ from pydantic import BaseModel, ConfigDict
 from . import _codec
 from ._backoff import BackoffPolicy, plan_failure
 from ._clock import Clock, SystemClock
-from ._database import Database, Durability
+from ._database import Database, Durability, translate_sqlite_error
 from ._exceptions import (
     CodecError,
     ErrorKind,
     MigrationError,
     OpNotFoundError,
+    QueueError,
     SchemaError,
     StoreClosedError,
 )
@@ -201,7 +202,13 @@ _SCHEMA = (
     # The eligible set: what lease() reads, in serving order.
     """CREATE INDEX IF NOT EXISTS nx_queue_ready ON nx_queue (priority, seq)
         WHERE state = 'pending' AND blocked = 0 AND delayed = 0""",
-    "CREATE INDEX IF NOT EXISTS nx_queue_item ON nx_queue (collection, item_id, seq)",
+    # One head (oldest live op) per item: a plain INSERT OR IGNORE of an unblocked op is how
+    # enqueue learns, without a lookup, whether the item already has a live op.
+    """CREATE UNIQUE INDEX IF NOT EXISTS nx_queue_head ON nx_queue (collection, item_id)
+        WHERE blocked = 0 AND state != 'dead'""",
+    # The ops waiting behind their item's head (few: coalescing keeps chains short).
+    """CREATE INDEX IF NOT EXISTS nx_queue_waiting ON nx_queue (collection, item_id)
+        WHERE blocked = 1""",
     "CREATE INDEX IF NOT EXISTS nx_queue_delayed ON nx_queue (next_attempt_at) WHERE delayed = 1",
     """CREATE INDEX IF NOT EXISTS nx_queue_leased ON nx_queue (leased_until)
         WHERE state = 'leased'""",
@@ -214,25 +221,38 @@ _COLUMNS = (
 )
 _REQUIRED_COLUMNS = frozenset(c.strip() for c in _COLUMNS.split(",")) | {"delayed"}
 
+# Dead ops are never blocked, so the live ops of an item are its head plus its waiting ops;
+# the newest of them (coalescing target, or the op to queue behind), in one statement.
+_TAIL_COLUMNS = (
+    "seq, op_id, state, attempts, lease_count, priority, base_version, tag, blocked, "
+    "next_attempt_at, created_at, last_error, error_kind"
+)
 _TAIL = (
-    "SELECT seq, state, attempts, lease_count, priority FROM nx_queue "
-    "WHERE collection = ? AND item_id = ? AND state != 'dead' ORDER BY seq DESC LIMIT 1"
+    "SELECT " + _TAIL_COLUMNS + " FROM nx_queue WHERE collection = ?1 AND item_id = ?2 "
+    "AND blocked = 1 UNION ALL SELECT " + _TAIL_COLUMNS + " FROM nx_queue "
+    "WHERE collection = ?1 AND item_id = ?2 AND blocked = 0 AND state != 'dead' "
+    "ORDER BY 1 DESC LIMIT 1"
 )
 _INSERT = (
-    "INSERT INTO nx_queue (op_id, collection, item_id, kind, priority, payload, "
+    "INSERT OR IGNORE INTO nx_queue (op_id, collection, item_id, kind, priority, payload, "
     "schema_version, base_version, hlc, state, blocked, delayed, attempts, next_attempt_at, "
     "leased_until, last_error, error_kind, tag, lease_count, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, 0, ?, NULL, NULL, NULL, ?, 0, ?, ?)"
 )
+# Touches no indexed column (a priority raise is done apart), so no index is rewritten.
 _COALESCE = (
-    "UPDATE nx_queue SET kind = ?, payload = ?, hlc = ?, schema_version = ?, "
-    "priority = min(priority, ?), base_version = max(base_version, ?), "
-    "tag = coalesce(?, tag), updated_at = ? WHERE seq = ? RETURNING " + _COLUMNS
+    "UPDATE nx_queue SET kind = ?, payload = ?, hlc = ?, schema_version = ?, base_version = ?, "
+    "tag = ?, updated_at = ? WHERE seq = ?"
 )
-# Raise the item's earlier live ops to the urgency of a later one (never lower them).
-_RAISE = (
+# Raise the item's earlier live ops to the urgency of a later one (never lower them). The
+# head comes before every waiting op.
+_RAISE_HEAD = (
     "UPDATE nx_queue SET priority = ?1, updated_at = ?2 WHERE collection = ?3 AND item_id = ?4 "
-    "AND seq <= ?5 AND state != 'dead' AND priority > ?1"
+    "AND blocked = 0 AND state != 'dead' AND priority > ?1"
+)
+_RAISE_WAITING = (
+    "UPDATE nx_queue SET priority = ?1, updated_at = ?2 WHERE collection = ?3 AND item_id = ?4 "
+    "AND blocked = 1 AND seq <= ?5 AND priority > ?1"
 )
 _PROMOTE = "UPDATE nx_queue SET delayed = 0 WHERE delayed = 1 AND next_attempt_at <= ?"
 _EXPIRE = (
@@ -261,16 +281,15 @@ _RETRY_LATER = (
     "UPDATE nx_queue SET state = 'pending', delayed = ?, leased_until = NULL, attempts = ?, "
     "next_attempt_at = ?, last_error = ?, error_kind = ?, updated_at = ? WHERE seq = ?"
 )
-# The item's oldest live op becomes eligible (when the op ahead of it left or died).
+# After the head left or died, the item's oldest waiting op becomes its head.
 _UNBLOCK_NEXT = (
     "UPDATE nx_queue SET blocked = 0, updated_at = ?1 WHERE seq = (SELECT seq FROM nx_queue "
-    "WHERE collection = ?2 AND item_id = ?3 AND state != 'dead' ORDER BY seq LIMIT 1) "
-    "AND blocked = 1"
+    "WHERE collection = ?2 AND item_id = ?3 AND blocked = 1 ORDER BY seq LIMIT 1)"
 )
 _UNBLOCK_NEXT_VERSION = (
     "UPDATE nx_queue SET blocked = 0, base_version = ?4, updated_at = ?1 WHERE seq = ("
-    "SELECT seq FROM nx_queue WHERE collection = ?2 AND item_id = ?3 AND state != 'dead' "
-    "ORDER BY seq LIMIT 1) AND blocked = 1"
+    "SELECT seq FROM nx_queue WHERE collection = ?2 AND item_id = ?3 AND blocked = 1 "
+    "ORDER BY seq LIMIT 1)"
 )
 _DELETE = "DELETE FROM nx_queue WHERE op_id = ? RETURNING collection, item_id, state, blocked"
 _BY_OP_ID = "SELECT " + _COLUMNS + " FROM nx_queue WHERE op_id = ?"
@@ -286,7 +305,26 @@ _DEAD_IN = (
     "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'dead' AND collection = ? ORDER BY seq"
 )
 _HAS_LIVE = (
-    "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND state != 'dead' LIMIT 1"
+    "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND blocked = 0 "
+    "AND state != 'dead'"
+)
+_ITEM_HEAD = (
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? "
+    "AND blocked = 0 AND state != 'dead'"
+)
+_ITEM_WAITING = (
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND blocked = 1"
+)
+_ITEM_DEAD = (
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'dead' AND collection = ? AND item_id = ?"
+)
+_PENDING_ALL = (
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state IN (SELECT value FROM json_each(?)) "
+    "ORDER BY priority, seq LIMIT ?"
+)
+_PENDING_IN = (
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state IN (SELECT value FROM json_each(?)) "
+    "AND collection = ? ORDER BY priority, seq LIMIT ?"
 )
 _REVIVE = (
     "UPDATE nx_queue SET seq = (SELECT max(seq) + 1 FROM nx_queue), state = 'pending', "
@@ -318,6 +356,8 @@ _KINDS = {k.value: k for k in OpKind}
 _STATES = {s.value: s for s in OpState}
 _ERROR_KINDS = {k.value: k for k in ErrorKind}
 _PRIORITIES = {int(p): p for p in SyncPriority}
+_KIND_VALUES = {k: str(k.value) for k in OpKind}
+_PRIORITY_VALUES = {p: int(p) for p in SyncPriority}
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 """A step that upgrades one payload (a decoded dict) from version ``n`` to ``n + 1``."""
@@ -339,26 +379,30 @@ def _new_op_id(now: float) -> str:
 
 _MAX_MILLIS = (1 << 48) - 1
 _OP_FIELDS = frozenset(QueuedOp.model_fields)
+_new = object.__new__
+_set = object.__setattr__
 
 
-def _validated_op(values: dict[str, Any]) -> QueuedOp:
-    return QueuedOp(**values)
-
-
-def _trusted_op(values: dict[str, Any]) -> QueuedOp:
-    # Every enqueue and every leased row builds a QueuedOp from values that are already
-    # typed (our own table, checked arguments). Validation costs as much as the INSERT and
-    # pydantic's model_construct twice that, so fill the instance the way model_construct
-    # does. _pick_builder() falls back to validation if pydantic's internals ever differ.
-    op = object.__new__(QueuedOp)
-    object.__setattr__(op, "__dict__", values)
-    object.__setattr__(op, "__pydantic_fields_set__", set(_OP_FIELDS))
-    object.__setattr__(op, "__pydantic_extra__", None)
-    object.__setattr__(op, "__pydantic_private__", None)
+def _trusted_finish(op: QueuedOp) -> QueuedOp:
+    # Every enqueue and every leased row makes a QueuedOp of values that are already typed
+    # (our own table, checked arguments). Validation costs as much as the INSERT, and
+    # pydantic's model_construct twice that, so the instance is filled the way
+    # model_construct fills it. The fields-set is shared: a frozen model never changes it
+    # (model_copy copies it). _pick_finisher() checks this against pydantic at import time.
+    _set(op, "__pydantic_fields_set__", _SHARED_FIELDS_SET)
+    _set(op, "__pydantic_extra__", None)
+    _set(op, "__pydantic_private__", None)
     return op
 
 
-def _pick_builder() -> Callable[[dict[str, Any]], QueuedOp]:
+def _validated_finish(op: QueuedOp) -> QueuedOp:
+    return QueuedOp(**op.__dict__)
+
+
+_SHARED_FIELDS_SET = set(_OP_FIELDS)
+
+
+def _pick_finisher() -> Callable[[QueuedOp], QueuedOp]:
     sample: dict[str, Any] = {
         "op_id": "00000000-0000-4000-8000-000000000000",
         "seq": 1,
@@ -383,20 +427,33 @@ def _pick_builder() -> Callable[[dict[str, Any]], QueuedOp]:
         "lease_count": 0,
     }
     try:
-        trusted = _trusted_op(dict(sample))
-        validated = _validated_op(dict(sample))
+        trusted = _new(QueuedOp)
+        _set(trusted, "__dict__", dict(sample))
+        trusted = _trusted_finish(trusted)
+        validated = QueuedOp(**sample)
+        copied = trusted.model_copy(update={"seq": 2})
         same = (
             trusted == validated
             and trusted.model_dump() == validated.model_dump()
+            and trusted.model_fields_set == validated.model_fields_set
             and hash(trusted) == hash(validated)
-            and trusted.model_copy(update={"seq": 2}).seq == 2
+            and repr(trusted) == repr(validated)
+            and copied.seq == 2
+            and trusted.seq == 1
+            and _SHARED_FIELDS_SET == _OP_FIELDS
         )
     except Exception:  # any mismatch with pydantic's internals: use the public path
         same = False
-    return _trusted_op if same else _validated_op
+    return _trusted_finish if same else _validated_finish
 
 
-_build_op = _pick_builder()
+_finish_op = _pick_finisher()
+
+
+def _build_op(values: dict[str, Any]) -> QueuedOp:
+    op = _new(QueuedOp)
+    _set(op, "__dict__", values)
+    return _finish_op(op)
 
 
 def _to_op(row: Sequence[Any]) -> QueuedOp:
@@ -587,7 +644,7 @@ class PrioritySyncQueue:
 
     # -- producing ---------------------------------------------------------------------------
 
-    def enqueue(
+    def enqueue(  # noqa: PLR0912 - flat checks keep the path of every save short
         self,
         collection: str,
         item_id: str | int,
@@ -625,86 +682,178 @@ class PrioritySyncQueue:
             ValueError: for a bad argument.
             StoreClosedError: the queue is closed.
         """
-        self._check_open()
+        # Every save goes through here: plain type checks first, slow paths only on a miss.
+        if self._closed:
+            self._check_open()
         if type(collection) is not str or collection not in self._collections:
             self._check_collection(collection)
-        _check_item_id(item_id)
-        kind = kind if type(kind) is OpKind else OpKind(kind)
-        if kind is OpKind.UPSERT and payload is None:
-            raise ValueError("an upsert needs a payload")
-        if payload is not None and not isinstance(payload, bytes):
+        if type(item_id) is not str and type(item_id) is not int:
+            _check_item_id(item_id)
+        if type(kind) is not OpKind:
+            kind = OpKind(kind)
+        if payload is None:
+            if kind is OpKind.UPSERT:
+                raise ValueError("an upsert needs a payload")
+        elif not isinstance(payload, bytes):
             raise ValueError(f"payload must be bytes or None, not {type(payload).__name__}")
-        prio = priority if type(priority) is SyncPriority else SyncPriority.coerce(priority)
+        if type(priority) is not SyncPriority:
+            priority = SyncPriority.coerce(priority)
         if type(schema_version) is not int or schema_version < 1:
             raise ValueError(f"schema_version must be an int >= 1, not {schema_version!r}")
         if type(base_version) is not int or base_version < 0:
             raise ValueError(f"base_version must be an int >= 0, not {base_version!r}")
         if hlc is None:
             hlc = self._hlc.now()
-        elif not isinstance(hlc, str) or not hlc:
+        elif type(hlc) is not str or not hlc:
             raise ValueError("hlc must be a non-empty string")
         if tag is not None and not isinstance(tag, str):
             raise ValueError(f"tag must be a string or None, not {type(tag).__name__}")
         now = self._clock.now()
-        with self.database.transaction() as conn:
-            tail = conn.execute(_TAIL, (collection, item_id)).fetchone()
-            if tail is not None:
-                tail_seq, tail_state, tail_attempts, tail_leases, tail_priority = tail
-                if tail_priority > prio:
-                    # Nothing may wait behind a less urgent op of the same item.
-                    conn.execute(_RAISE, (int(prio), now, collection, item_id, tail_seq))
-                if coalesce and tail_state == "pending" and tail_attempts == 0 == tail_leases:
-                    args = (kind.value, payload, hlc, schema_version, int(prio), base_version)
-                    row = conn.execute(_COALESCE, (*args, tag, now, tail_seq)).fetchone()
-                    return _to_op(row)
-            op_id = _new_op_id(now)
-            blocked = tail is not None
-            cursor = conn.execute(
-                _INSERT,
-                (
-                    op_id,
-                    collection,
-                    item_id,
-                    kind.value,
-                    int(prio),
-                    payload,
-                    schema_version,
-                    base_version,
-                    hlc,
-                    blocked,
-                    now,
-                    tag,
-                    now,
-                    now,
-                ),
+        # Plain str/int parameters: sqlite3 binds them without looking for an adapter.
+        params = (
+            _new_op_id(now),
+            collection,
+            item_id,
+            _KIND_VALUES[kind],
+            _PRIORITY_VALUES[priority],
+            payload,
+            schema_version,
+            base_version,
+            hlc,
+            0,
+            now,
+            tag,
+            now,
+            now,
+        )
+        database = self.database
+        with database.lock:
+            database.check_open()
+            conn = database.conn
+            if conn.in_transaction:
+                # The caller's transaction (a store's save): join it without the cost of
+                # another transaction() block on every save's path.
+                try:
+                    return self._write_op(conn, params, kind, priority, coalesce)
+                except sqlite3.Error as exc:
+                    raise translate_sqlite_error(exc, database.path) from exc
+        with database.transaction() as conn:
+            return self._write_op(conn, params, kind, priority, coalesce)
+
+    def _write_op(
+        self,
+        conn: sqlite3.Connection,
+        params: tuple[Any, ...],
+        kind: OpKind,
+        priority: SyncPriority,
+        coalesce: bool,
+    ) -> QueuedOp:
+        """Insert (or coalesce) one op; ``params`` are _INSERT's, as an unblocked op."""
+        cursor = conn.execute(_INSERT, params)
+        blocked = cursor.rowcount != 1
+        if blocked:
+            behind = self._write_behind(conn, params, coalesce)
+            if isinstance(behind, QueuedOp):
+                return behind  # coalesced into an earlier op
+            cursor = behind
+        op = _new(QueuedOp)
+        _set(
+            op,
+            "__dict__",
+            {
+                "op_id": params[0],
+                "seq": cursor.lastrowid,
+                "collection": params[1],
+                "item_id": params[2],
+                "kind": kind,
+                "priority": priority,
+                "payload": params[5],
+                "schema_version": params[6],
+                "base_version": params[7],
+                "hlc": params[8],
+                "state": OpState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": params[10],
+                "leased_until": None,
+                "last_error": None,
+                "error_kind": None,
+                "tag": params[11],
+                "created_at": params[10],
+                "updated_at": params[10],
+                "blocked": blocked,
+                "lease_count": 0,
+            },
+        )
+        return _finish_op(op)
+
+    def _write_behind(
+        self, conn: sqlite3.Connection, params: tuple[Any, ...], coalesce: bool
+    ) -> sqlite3.Cursor | QueuedOp:
+        """The item has a live op: coalesce into its newest op, or queue behind it."""
+        _, collection, item_id, kind, priority, payload, schema_version = params[:7]
+        base_version, hlc, _, now, tag = params[7:12]
+        tail = conn.execute(_TAIL, (collection, item_id)).fetchone()
+        if tail is None:  # pragma: no cover - only an op id collision gets here
+            raise QueueError(f"could not queue an op for {collection}/{item_id!r}")
+        seq, op_id, state, attempts, leases, tail_priority, tail_base, tail_tag = tail[:8]
+        if tail_priority > priority:
+            # Nothing may wait behind a less urgent op of the same item.
+            self._raise_before(
+                conn,
+                collection=collection,
+                item_id=item_id,
+                seq=seq,
+                priority=priority,
+                now=now,
             )
-        seq = cursor.lastrowid
-        assert seq is not None  # always set after an INSERT
+        if not (coalesce and state == "pending" and attempts == 0 == leases):
+            cursor = conn.execute(_INSERT, (*params[:9], 1, *params[10:]))
+            if cursor.rowcount != 1:  # pragma: no cover - an op id collision
+                raise QueueError(f"could not queue an op for {collection}/{item_id!r}")
+            return cursor
+        base_version = max(base_version, tail_base)
+        tag = tail_tag if tag is None else tag
+        conn.execute(_COALESCE, (kind, payload, hlc, schema_version, base_version, tag, now, seq))
+        error_kind = tail[12]
         return _build_op(
             {
                 "op_id": op_id,
                 "seq": seq,
                 "collection": collection,
                 "item_id": item_id,
-                "kind": kind,
-                "priority": prio,
+                "kind": _KINDS[kind],
+                "priority": _PRIORITIES[min(priority, tail_priority)],
                 "payload": payload,
                 "schema_version": schema_version,
                 "base_version": base_version,
                 "hlc": hlc,
                 "state": OpState.PENDING,
                 "attempts": 0,
-                "next_attempt_at": now,
+                "next_attempt_at": tail[9],
                 "leased_until": None,
-                "last_error": None,
-                "error_kind": None,
+                "last_error": tail[11],
+                "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
                 "tag": tag,
-                "created_at": now,
+                "created_at": tail[10],
                 "updated_at": now,
-                "blocked": blocked,
+                "blocked": bool(tail[8]),
                 "lease_count": 0,
             }
         )
+
+    @staticmethod
+    def _raise_before(
+        conn: sqlite3.Connection,
+        *,
+        collection: str,
+        item_id: str | int,
+        seq: int,
+        priority: int,
+        now: float,
+    ) -> None:
+        """Raise the item's live ops up to ``seq`` to ``priority`` (never lower them)."""
+        conn.execute(_RAISE_HEAD, (priority, now, collection, item_id))
+        conn.execute(_RAISE_WAITING, (priority, now, collection, item_id, seq))
 
     def _check_collection(self, collection: object) -> None:
         if not isinstance(collection, str) or not 0 < len(collection) <= _MAX_COLLECTION:
@@ -816,6 +965,7 @@ class PrioritySyncQueue:
                         attempts=row[12],
                         reason=str(exc),
                         now=now,
+                        head=not row[11],
                     )
                     continue
             conn.execute(_UPGRADED, (payload, target, row[0]))
@@ -832,10 +982,13 @@ class PrioritySyncQueue:
         attempts: int,
         reason: str,
         now: float,
+        head: bool,
         kind: ErrorKind = ErrorKind.PERMANENT,
     ) -> None:
+        """Dead-letter an op; if it was its item's head, the next op takes its place."""
         conn.execute(_KILL, (attempts, reason, kind.value, now, seq))
-        conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
+        if head:
+            conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
 
     def ack(self, op_ids: str | Iterable[str], *, versions: Mapping[str, int] | None = None) -> int:
         """Remove ops the remote accepted.
@@ -919,7 +1072,7 @@ class PrioritySyncQueue:
                 row = conn.execute(_FOR_NACK, (op_id,)).fetchone()
                 if row is None or row[3] == "dead":
                     continue
-                seq, collection, item_id, _, attempts, _ = row
+                seq, collection, item_id, _, attempts, blocked = row
                 plan = plan_failure(
                     attempts=attempts,
                     max_attempts=self.max_attempts,
@@ -938,6 +1091,7 @@ class PrioritySyncQueue:
                         attempts=plan.attempts,
                         reason=error,
                         now=now,
+                        head=not blocked,
                         kind=kind,
                     )
                 else:
@@ -1010,7 +1164,14 @@ class PrioritySyncQueue:
                     _REVIVE, (int(blocked), now, now, row[0])
                 ).fetchone()
                 if blocked:
-                    conn.execute(_RAISE, (priority, now, collection, item_id, new_seq))
+                    self._raise_before(
+                        conn,
+                        collection=collection,
+                        item_id=item_id,
+                        seq=new_seq,
+                        priority=priority,
+                        now=now,
+                    )
         return len(rows)
 
     def discard(self, op_ids: str | Iterable[str]) -> int:
@@ -1081,22 +1242,27 @@ class PrioritySyncQueue:
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise ValueError(f"limit must be an int >= 0, not {limit!r}")
-        clauses = ["state IN (SELECT value FROM json_each(?))"]
-        params: list[Any] = [json.dumps([s.value for s in chosen])]
-        if collection is not None:
-            clauses.append("collection = ?")
-            params.append(collection)
-        if item_id is not None:
-            clauses.append("item_id = ?")
-            params.append(item_id)
-        sql = (
-            f"SELECT {_COLUMNS} FROM nx_queue WHERE {' AND '.join(clauses)} ORDER BY priority, seq"
-        )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        wanted = json.dumps([s.value for s in chosen])
         with self.database.reading() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            if item_id is not None:
+                # An item's ops sit in three partial indexes: its head, its waiting ops and
+                # (found through the dead-letter index) its dead ops.
+                key = (collection, item_id)
+                rows = [
+                    *conn.execute(_ITEM_HEAD, key),
+                    *conn.execute(_ITEM_WAITING, key),
+                    *conn.execute(_ITEM_DEAD, key),
+                ]
+                states_wanted = {s.value for s in chosen}
+                rows = sorted(
+                    (row for row in rows if row[10] in states_wanted), key=lambda r: (r[5], r[0])
+                )[:limit]
+            elif collection is not None:
+                cap = -1 if limit is None else limit
+                rows = conn.execute(_PENDING_IN, (wanted, collection, cap)).fetchall()
+            else:
+                cap = -1 if limit is None else limit
+                rows = conn.execute(_PENDING_ALL, (wanted, cap)).fetchall()
         return [_to_op(row) for row in rows]
 
     def is_pending(self, collection: str, item_id: str | int) -> bool:
