@@ -95,7 +95,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit also accepts "²" and other digits
         return float(text)
     try:
         seconds = float(text)
