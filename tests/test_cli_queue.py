@@ -1,0 +1,67 @@
+"""``nexus-store queue``: counts per priority and state, dead letters, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from nexus_store import ErrorKind, NexusStore, SyncPriority
+from nexus_store.cli import app
+
+runner = CliRunner()
+
+
+class Task(BaseModel):
+    """A small record."""
+
+    id: str
+
+
+def make_store(path: Path) -> None:
+    """Three ops of different priorities, one of them dead-lettered with a reason."""
+    with NexusStore[Task, str](path, model=Task) as store:
+        store.save(Task(id="a"), priority=SyncPriority.CRITICAL)
+        store.save(Task(id="b"), priority=SyncPriority.LOW)
+        store.save(Task(id="c"), priority=SyncPriority.LOW)
+        dead = [op.op_id for op in store.queue.lease(10) if op.item_id == "b"]
+        store.queue.nack(dead, "rejected: title too long", kind=ErrorKind.PERMANENT)
+
+
+def test_tables_show_counts_and_dead_letter_reasons(tmp_path: Path) -> None:
+    """The table lists each priority's counts and every dead letter with its reason."""
+    path = tmp_path / "app.db"
+    make_store(path)
+    result = runner.invoke(app, ["queue", "--db", str(path)], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    assert "CRITICAL" in result.output
+    assert "rejected: title too long" in result.output
+    assert "oldest pending op" in result.output
+
+
+def test_json_output(tmp_path: Path) -> None:
+    """--json gives the same facts in a machine-readable form."""
+    path = tmp_path / "app.db"
+    make_store(path)
+    result = runner.invoke(app, ["queue", "--db", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["total"] == 3
+    assert data["counts"]["LOW"]["dead"] == 1
+    assert data["counts"]["CRITICAL"]["leased"] + data["counts"]["CRITICAL"]["pending"] == 1
+    assert [d["item_id"] for d in data["dead"]] == ["b"]
+    assert data["dead"][0]["reason"] == "rejected: title too long"
+
+
+def test_missing_and_corrupt_files_exit_2(tmp_path: Path) -> None:
+    """A missing file or a file that is not SQLite gives exit code 2 and a message."""
+    missing = runner.invoke(app, ["queue", "--db", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2
+    assert "no database file" in missing.output
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"definitely not sqlite" * 50)
+    corrupt = runner.invoke(app, ["queue", "--db", str(bad)])
+    assert corrupt.exit_code == 2
+    assert "not an SQLite database" in corrupt.output
