@@ -171,6 +171,12 @@ class QueueStats(BaseModel):
 
 # -- SQL ------------------------------------------------------------------------------------
 # Constant statements, so sqlite3's statement cache prepares each once per connection.
+#
+# ``chain`` places an op in its item's sequence: 0 the head (the item's oldest live op, the
+# only one that may be sent), 1 waiting behind the head, 2 out of it (dead). The item
+# indexes depend on ``chain`` alone, so leasing, releasing and nacking never rewrite them.
+
+_HEAD, _WAITING, _OUT = 0, 1, 2
 
 # item_id has no declared type on purpose: no affinity, so 1 and "1" stay distinct ids.
 # No CHECK constraints: only this module writes the table, and they cost a third of an INSERT.
@@ -187,7 +193,7 @@ _SCHEMA = (
         base_version INTEGER NOT NULL,
         hlc TEXT NOT NULL,
         state TEXT NOT NULL,
-        blocked INTEGER NOT NULL,
+        chain INTEGER NOT NULL,
         delayed INTEGER NOT NULL,
         attempts INTEGER NOT NULL,
         next_attempt_at REAL NOT NULL,
@@ -199,43 +205,40 @@ _SCHEMA = (
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
     )""",
-    # The eligible set: what lease() reads, in serving order.
-    """CREATE INDEX IF NOT EXISTS nx_queue_ready ON nx_queue (priority, seq)
-        WHERE state = 'pending' AND blocked = 0 AND delayed = 0""",
-    # One head (oldest live op) per item: a plain INSERT OR IGNORE of an unblocked op is how
-    # enqueue learns, without a lookup, whether the item already has a live op.
+    # Heads not backing off, in serving order: what lease() reads. Leased heads stay in it
+    # (skipped until their lease ends), so leasing rewrites no index and an expired lease
+    # is eligible again with no extra step.
+    """CREATE INDEX IF NOT EXISTS nx_queue_eligible ON nx_queue (priority, seq)
+        WHERE chain = 0 AND delayed = 0""",
+    # One head per item: a plain INSERT OR IGNORE of a head is how enqueue learns, without
+    # a lookup, whether the item already has a live op.
     """CREATE UNIQUE INDEX IF NOT EXISTS nx_queue_head ON nx_queue (collection, item_id)
-        WHERE blocked = 0 AND state != 'dead'""",
+        WHERE chain = 0""",
     # The ops waiting behind their item's head (few: coalescing keeps chains short).
-    """CREATE INDEX IF NOT EXISTS nx_queue_waiting ON nx_queue (collection, item_id)
-        WHERE blocked = 1""",
+    "CREATE INDEX IF NOT EXISTS nx_queue_waiting ON nx_queue (collection, item_id) WHERE chain = 1",
     "CREATE INDEX IF NOT EXISTS nx_queue_delayed ON nx_queue (next_attempt_at) WHERE delayed = 1",
-    """CREATE INDEX IF NOT EXISTS nx_queue_leased ON nx_queue (leased_until)
-        WHERE state = 'leased'""",
-    "CREATE INDEX IF NOT EXISTS nx_queue_dead ON nx_queue (seq) WHERE state = 'dead'",
+    "CREATE INDEX IF NOT EXISTS nx_queue_dead ON nx_queue (seq) WHERE chain = 2",
 )
 _COLUMNS = (
     "seq, op_id, collection, item_id, kind, priority, payload, schema_version, base_version, "
-    "hlc, state, blocked, attempts, next_attempt_at, leased_until, last_error, error_kind, tag, "
+    "hlc, state, chain, attempts, next_attempt_at, leased_until, last_error, error_kind, tag, "
     "lease_count, created_at, updated_at"
 )
 _REQUIRED_COLUMNS = frozenset(c.strip() for c in _COLUMNS.split(",")) | {"delayed"}
 
-# Dead ops are never blocked, so the live ops of an item are its head plus its waiting ops;
-# the newest of them (coalescing target, or the op to queue behind), in one statement.
+# The item's newest live op (coalescing target, or the op to queue behind), in one statement.
 _TAIL_COLUMNS = (
-    "seq, op_id, state, attempts, lease_count, priority, base_version, tag, blocked, "
+    "seq, op_id, state, attempts, lease_count, priority, base_version, tag, chain, "
     "next_attempt_at, created_at, last_error, error_kind"
 )
 _TAIL = (
     "SELECT " + _TAIL_COLUMNS + " FROM nx_queue WHERE collection = ?1 AND item_id = ?2 "
-    "AND blocked = 1 UNION ALL SELECT " + _TAIL_COLUMNS + " FROM nx_queue "
-    "WHERE collection = ?1 AND item_id = ?2 AND blocked = 0 AND state != 'dead' "
-    "ORDER BY 1 DESC LIMIT 1"
+    "AND chain = 1 UNION ALL SELECT " + _TAIL_COLUMNS + " FROM nx_queue "
+    "WHERE collection = ?1 AND item_id = ?2 AND chain = 0 ORDER BY 1 DESC LIMIT 1"
 )
 _INSERT = (
     "INSERT OR IGNORE INTO nx_queue (op_id, collection, item_id, kind, priority, payload, "
-    "schema_version, base_version, hlc, state, blocked, delayed, attempts, next_attempt_at, "
+    "schema_version, base_version, hlc, state, chain, delayed, attempts, next_attempt_at, "
     "leased_until, last_error, error_kind, tag, lease_count, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, 0, ?, NULL, NULL, NULL, ?, 0, ?, ?)"
 )
@@ -248,33 +251,30 @@ _COALESCE = (
 # head comes before every waiting op.
 _RAISE_HEAD = (
     "UPDATE nx_queue SET priority = ?1, updated_at = ?2 WHERE collection = ?3 AND item_id = ?4 "
-    "AND blocked = 0 AND state != 'dead' AND priority > ?1"
+    "AND chain = 0 AND priority > ?1"
 )
 _RAISE_WAITING = (
     "UPDATE nx_queue SET priority = ?1, updated_at = ?2 WHERE collection = ?3 AND item_id = ?4 "
-    "AND blocked = 1 AND seq <= ?5 AND priority > ?1"
+    "AND chain = 1 AND seq <= ?5 AND priority > ?1"
 )
 _PROMOTE = "UPDATE nx_queue SET delayed = 0 WHERE delayed = 1 AND next_attempt_at <= ?"
-_EXPIRE = (
-    "UPDATE nx_queue SET state = 'pending', leased_until = NULL, updated_at = ?1 "
-    "WHERE state = 'leased' AND leased_until <= ?1"
+# One statement per priority picks the next heads in order, leases them and returns them.
+_LEASE = (
+    "UPDATE nx_queue SET state = 'leased', leased_until = ?1, lease_count = lease_count + 1, "
+    "updated_at = ?2 WHERE seq IN (SELECT seq FROM nx_queue WHERE chain = 0 AND delayed = 0 "
+    "AND priority = ?3 AND next_attempt_at <= ?2 AND (state = 'pending' OR leased_until <= ?2) "
+    "ORDER BY seq LIMIT ?4) RETURNING " + _COLUMNS
 )
-_READY = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'pending' AND blocked = 0 "
-    "AND delayed = 0 AND priority = ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?"
-)
-_READY_IN = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'pending' AND blocked = 0 "
-    "AND delayed = 0 AND priority = ? AND next_attempt_at <= ? "
-    "AND collection IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?"
-)
-_MARK_LEASED = (
-    "UPDATE nx_queue SET state = 'leased', leased_until = ?, lease_count = lease_count + 1, "
-    "updated_at = ? WHERE seq = ?"
+_LEASE_IN = (
+    "UPDATE nx_queue SET state = 'leased', leased_until = ?1, lease_count = lease_count + 1, "
+    "updated_at = ?2 WHERE seq IN (SELECT seq FROM nx_queue WHERE chain = 0 AND delayed = 0 "
+    "AND priority = ?3 AND next_attempt_at <= ?2 AND (state = 'pending' OR leased_until <= ?2) "
+    "AND collection IN (SELECT value FROM json_each(?5)) ORDER BY seq LIMIT ?4) RETURNING "
+    + _COLUMNS
 )
 _UPGRADED = "UPDATE nx_queue SET payload = ?, schema_version = ? WHERE seq = ?"
 _KILL = (
-    "UPDATE nx_queue SET state = 'dead', blocked = 0, delayed = 0, leased_until = NULL, "
+    "UPDATE nx_queue SET state = 'dead', chain = 2, delayed = 0, leased_until = NULL, "
     "attempts = ?, last_error = ?, error_kind = ?, updated_at = ? WHERE seq = ?"
 )
 _RETRY_LATER = (
@@ -282,41 +282,38 @@ _RETRY_LATER = (
     "next_attempt_at = ?, last_error = ?, error_kind = ?, updated_at = ? WHERE seq = ?"
 )
 # After the head left or died, the item's oldest waiting op becomes its head.
+_ANY_WAITING = "SELECT 1 FROM nx_queue WHERE chain = 1 LIMIT 1"
 _UNBLOCK_NEXT = (
-    "UPDATE nx_queue SET blocked = 0, updated_at = ?1 WHERE seq = (SELECT seq FROM nx_queue "
-    "WHERE collection = ?2 AND item_id = ?3 AND blocked = 1 ORDER BY seq LIMIT 1)"
+    "UPDATE nx_queue SET chain = 0, updated_at = ?1 WHERE seq = (SELECT seq FROM nx_queue "
+    "WHERE collection = ?2 AND item_id = ?3 AND chain = 1 ORDER BY seq LIMIT 1)"
 )
 _UNBLOCK_NEXT_VERSION = (
-    "UPDATE nx_queue SET blocked = 0, base_version = ?4, updated_at = ?1 WHERE seq = ("
-    "SELECT seq FROM nx_queue WHERE collection = ?2 AND item_id = ?3 AND blocked = 1 "
+    "UPDATE nx_queue SET chain = 0, base_version = ?4, updated_at = ?1 WHERE seq = ("
+    "SELECT seq FROM nx_queue WHERE collection = ?2 AND item_id = ?3 AND chain = 1 "
     "ORDER BY seq LIMIT 1)"
 )
-_DELETE = "DELETE FROM nx_queue WHERE op_id = ? RETURNING collection, item_id, state, blocked"
-_BY_OP_ID = "SELECT " + _COLUMNS + " FROM nx_queue WHERE op_id = ?"
-_FOR_NACK = (
-    "SELECT seq, collection, item_id, state, attempts, blocked FROM nx_queue WHERE op_id = ?"
+_DELETE_MANY = (
+    "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?)) "
+    "RETURNING op_id, collection, item_id, chain"
 )
+_DELETE_MANY_QUIETLY = "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?))"
+_BY_OP_ID = "SELECT " + _COLUMNS + " FROM nx_queue WHERE op_id = ?"
+_FOR_NACK = "SELECT seq, collection, item_id, state, attempts, chain FROM nx_queue WHERE op_id = ?"
 _RELEASE = (
     "UPDATE nx_queue SET state = 'pending', leased_until = NULL, updated_at = ? "
-    "WHERE op_id = ? AND state = 'leased'"
+    "WHERE op_id IN (SELECT value FROM json_each(?)) AND state = 'leased'"
 )
-_DEAD_ALL = "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'dead' ORDER BY seq"
-_DEAD_IN = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'dead' AND collection = ? ORDER BY seq"
-)
-_HAS_LIVE = (
-    "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND blocked = 0 "
-    "AND state != 'dead'"
-)
+_DEAD_ALL = "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 ORDER BY seq"
+_DEAD_IN = "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 AND collection = ? ORDER BY seq"
+_HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
 _ITEM_HEAD = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? "
-    "AND blocked = 0 AND state != 'dead'"
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
 )
 _ITEM_WAITING = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND blocked = 1"
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 1"
 )
 _ITEM_DEAD = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state = 'dead' AND collection = ? AND item_id = ?"
+    "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 AND collection = ? AND item_id = ?"
 )
 _PENDING_ALL = (
     "SELECT " + _COLUMNS + " FROM nx_queue WHERE state IN (SELECT value FROM json_each(?)) "
@@ -328,26 +325,27 @@ _PENDING_IN = (
 )
 _REVIVE = (
     "UPDATE nx_queue SET seq = (SELECT max(seq) + 1 FROM nx_queue), state = 'pending', "
-    "blocked = ?, delayed = 0, attempts = 0, next_attempt_at = ?, leased_until = NULL, "
+    "chain = ?, delayed = 0, attempts = 0, next_attempt_at = ?, leased_until = NULL, "
     "updated_at = ? WHERE seq = ? RETURNING seq, priority"
 )
 _STATS = (
-    "SELECT priority, state, count(*), sum(blocked), "
-    "sum(state = 'pending' AND blocked = 0 AND next_attempt_at > ?1), "
-    "min(CASE WHEN state != 'dead' THEN created_at END) FROM nx_queue "
+    "SELECT priority, state, count(*), sum(chain = 1), "
+    "sum(state = 'pending' AND chain = 0 AND next_attempt_at > ?1), "
+    "min(CASE WHEN chain != 2 THEN created_at END) FROM nx_queue "
     "WHERE ?2 IS NULL OR collection = ?2 GROUP BY priority, state"
 )
-_NEXT_READY = (
-    "SELECT next_attempt_at FROM nx_queue WHERE state = 'pending' AND blocked = 0 "
-    "AND delayed = 0 AND priority = ? ORDER BY seq LIMIT 1"
+_NEXT_PENDING = (
+    "SELECT next_attempt_at FROM nx_queue WHERE chain = 0 AND delayed = 0 AND priority = ? "
+    "AND state = 'pending' ORDER BY seq LIMIT 1"
 )
 _NEXT_DELAYED = (
-    "SELECT next_attempt_at FROM nx_queue WHERE delayed = 1 AND blocked = 0 "
+    "SELECT next_attempt_at FROM nx_queue WHERE delayed = 1 AND chain = 0 "
     "AND priority IN (SELECT value FROM json_each(?)) ORDER BY next_attempt_at LIMIT 1"
 )
+# Asked only when no head is pending: then the eligible index holds leased heads alone.
 _NEXT_LEASE_END = (
-    "SELECT leased_until FROM nx_queue WHERE state = 'leased' "
-    "AND priority IN (SELECT value FROM json_each(?)) ORDER BY leased_until LIMIT 1"
+    "SELECT min(leased_until) FROM nx_queue WHERE chain = 0 AND delayed = 0 "
+    "AND priority IN (SELECT value FROM json_each(?))"
 )
 
 _ALL_PRIORITIES: tuple[SyncPriority, ...] = tuple(sorted(SyncPriority))
@@ -456,33 +454,26 @@ def _build_op(values: dict[str, Any]) -> QueuedOp:
     return _finish_op(op)
 
 
+# The record's field for each column of _COLUMNS ("chain" becomes the "blocked" flag).
+_ROW_KEYS = tuple(
+    "blocked" if name == "chain" else name for name in (c.strip() for c in _COLUMNS.split(","))
+)
+
+
+def _row_values(row: Sequence[Any]) -> dict[str, Any]:
+    values = dict(zip(_ROW_KEYS, row, strict=True))
+    values["kind"] = _KINDS[values["kind"]]
+    values["priority"] = _PRIORITIES[values["priority"]]
+    values["state"] = _STATES[values["state"]]
+    values["blocked"] = values["blocked"] == _WAITING
+    error_kind = values["error_kind"]
+    if error_kind is not None:
+        values["error_kind"] = _ERROR_KINDS[error_kind]
+    return values
+
+
 def _to_op(row: Sequence[Any]) -> QueuedOp:
-    error_kind = row[16]
-    return _build_op(
-        {
-            "op_id": row[1],
-            "seq": row[0],
-            "collection": row[2],
-            "item_id": row[3],
-            "kind": _KINDS[row[4]],
-            "priority": _PRIORITIES[row[5]],
-            "payload": row[6],
-            "schema_version": row[7],
-            "base_version": row[8],
-            "hlc": row[9],
-            "state": _STATES[row[10]],
-            "attempts": row[12],
-            "next_attempt_at": row[13],
-            "leased_until": row[14],
-            "last_error": row[15],
-            "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
-            "tag": row[17],
-            "created_at": row[19],
-            "updated_at": row[20],
-            "blocked": bool(row[11]),
-            "lease_count": row[18],
-        }
-    )
+    return _build_op(_row_values(row))
 
 
 def upgrade_payload(
@@ -836,7 +827,7 @@ class PrioritySyncQueue:
                 "tag": tag,
                 "created_at": tail[10],
                 "updated_at": now,
-                "blocked": bool(tail[8]),
+                "blocked": tail[8] == _WAITING,
                 "lease_count": 0,
             }
         )
@@ -914,20 +905,20 @@ class PrioritySyncQueue:
         leased: list[QueuedOp] = []
         with self.database.transaction() as conn:
             conn.execute(_PROMOTE, (now,))
-            conn.execute(_EXPIRE, (now,))
             for priority in allowed:
                 # Bounded: each round leases rows or dead-letters at least one op.
                 while len(leased) < max_ops:
                     want = max_ops - len(leased)
                     if names is None:
-                        rows = conn.execute(_READY, (int(priority), now, want)).fetchall()
+                        rows = conn.execute(_LEASE, (until, now, int(priority), want)).fetchall()
                     else:
-                        rows = conn.execute(_READY_IN, (int(priority), now, names, want)).fetchall()
+                        params = (until, now, int(priority), want, names)
+                        rows = conn.execute(_LEASE_IN, params).fetchall()
                     if not rows:
                         break
+                    rows.sort()  # RETURNING order is unspecified; seq is the first column
                     good, failed = self._upgrade_rows(conn, rows, now)
-                    conn.executemany(_MARK_LEASED, [(until, now, row[0]) for row in good])
-                    leased.extend(_leased_op(row, until, now) for row in good)
+                    leased.extend(_to_op(row) for row in good)
                     if not failed and len(rows) < want:
                         break
         return leased
@@ -965,7 +956,7 @@ class PrioritySyncQueue:
                         attempts=row[12],
                         reason=str(exc),
                         now=now,
-                        head=not row[11],
+                        head=row[11] == _HEAD,
                     )
                     continue
             conn.execute(_UPGRADED, (payload, target, row[0]))
@@ -1012,22 +1003,27 @@ class PrioritySyncQueue:
                 if isinstance(given, bool) or not isinstance(given, int) or given < 0:
                     raise ValueError(f"version of {op_id!r} must be an int >= 0, not {given!r}")
         now = self._clock.now()
-        removed = 0
         with self.database.transaction() as conn:
-            for op_id in ids:
-                row = conn.execute(_DELETE, (op_id,)).fetchone()
-                if row is None:
-                    continue
-                removed += 1
-                collection, item_id, state, blocked = row
-                if state == "dead" or blocked:
-                    continue  # it was not the item's head: nothing waits for it
-                version: int | None = versions.get(op_id) if versions else None
+            return self._remove(conn, ids, versions or {}, now)
+
+    @staticmethod
+    def _remove(
+        conn: sqlite3.Connection, ids: list[str], versions: Mapping[str, int], now: float
+    ) -> int:
+        """Delete ops; each removed head hands its place to its item's next op."""
+        # Most of the time no op waits behind another at all: then nothing needs to know
+        # which ops were heads, and the rows need not come back to Python.
+        if conn.execute(_ANY_WAITING).fetchone() is None:
+            return conn.execute(_DELETE_MANY_QUIETLY, (json.dumps(ids),)).rowcount
+        rows = conn.execute(_DELETE_MANY, (json.dumps(ids),)).fetchall()
+        for op_id, collection, item_id, chain in rows:
+            if chain == _HEAD:
+                version = versions.get(op_id)
                 if version is None:
                     conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
                 else:
                     conn.execute(_UNBLOCK_NEXT_VERSION, (now, collection, item_id, version))
-        return removed
+        return len(rows)
 
     def nack(
         self,
@@ -1072,7 +1068,7 @@ class PrioritySyncQueue:
                 row = conn.execute(_FOR_NACK, (op_id,)).fetchone()
                 if row is None or row[3] == "dead":
                     continue
-                seq, collection, item_id, _, attempts, blocked = row
+                seq, collection, item_id, _, attempts, chain = row
                 plan = plan_failure(
                     attempts=attempts,
                     max_attempts=self.max_attempts,
@@ -1091,7 +1087,7 @@ class PrioritySyncQueue:
                         attempts=plan.attempts,
                         reason=error,
                         now=now,
-                        head=not blocked,
+                        head=chain == _HEAD,
                         kind=kind,
                     )
                 else:
@@ -1119,7 +1115,7 @@ class PrioritySyncQueue:
         ids = _op_ids(op_ids)
         now = self._clock.now()
         with self.database.transaction() as conn:
-            return conn.executemany(_RELEASE, [(now, op_id) for op_id in ids]).rowcount
+            return conn.execute(_RELEASE, (now, json.dumps(ids))).rowcount
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -1161,7 +1157,7 @@ class PrioritySyncQueue:
                 collection, item_id = row[2], row[3]
                 blocked = conn.execute(_HAS_LIVE, (collection, item_id)).fetchone() is not None
                 new_seq, priority = conn.execute(
-                    _REVIVE, (int(blocked), now, now, row[0])
+                    _REVIVE, (_WAITING if blocked else _HEAD, now, now, row[0])
                 ).fetchone()
                 if blocked:
                     self._raise_before(
@@ -1183,16 +1179,8 @@ class PrioritySyncQueue:
         self._check_open()
         ids = _op_ids(op_ids)
         now = self._clock.now()
-        removed = 0
         with self.database.transaction() as conn:
-            for op_id in ids:
-                row = conn.execute(_DELETE, (op_id,)).fetchone()
-                if row is None:
-                    continue
-                removed += 1
-                if row[2] != "dead" and not row[3]:
-                    conn.execute(_UNBLOCK_NEXT, (now, row[0], row[1]))
-        return removed
+            return self._remove(conn, ids, {}, now)
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -1331,17 +1319,18 @@ class PrioritySyncQueue:
         if not allowed:
             return None
         names = json.dumps([int(p) for p in allowed])
-        candidates: list[float] = []
+        now = self._clock.now()
         with self.database.reading() as conn:
             for priority in allowed:
-                row = conn.execute(_NEXT_READY, (int(priority),)).fetchone()
+                row = conn.execute(_NEXT_PENDING, (int(priority),)).fetchone()
                 if row is not None:
-                    candidates.append(min(row[0], self._clock.now()))
-                    break
-            for sql in (_NEXT_DELAYED, _NEXT_LEASE_END):
-                row = conn.execute(sql, (names,)).fetchone()
-                if row is not None:
-                    candidates.append(row[0])
+                    return min(float(row[0]), now)
+            candidates = [
+                row[0]
+                for sql in (_NEXT_DELAYED, _NEXT_LEASE_END)
+                if (row := conn.execute(sql, (names,)).fetchone()) is not None
+                and row[0] is not None
+            ]
         return min(candidates) if candidates else None
 
     # -- schema versions ---------------------------------------------------------------------
@@ -1380,13 +1369,6 @@ class PrioritySyncQueue:
     def schema_version(self, collection: str) -> int | None:
         """The declared current schema version of ``collection``, if any."""
         return self._versions.get(collection)
-
-
-def _leased_op(row: Sequence[Any], until: float, now: float) -> QueuedOp:
-    # The row as _MARK_LEASED left it, without reading it back.
-    leased = list(row)
-    leased[10], leased[14], leased[18], leased[20] = "leased", until, row[18] + 1, now
-    return _to_op(leased)
 
 
 def _without_age(stats: QueueStats) -> tuple[Any, ...]:

@@ -27,6 +27,9 @@ from nexus_store._backoff import BackoffPolicy
 from nexus_store._codec import decode, encode
 from nexus_store._database import Database
 from nexus_store._queue import (
+    _DELETE_MANY,
+    _LEASE,
+    _PROMOTE,
     OpKind,
     OpState,
     PrioritySyncQueue,
@@ -740,24 +743,17 @@ def test_lease_reads_the_eligible_index_not_the_table(queue: PrioritySyncQueue) 
     db = queue.database
     plans = []
     for statement, params in [
-        (
-            "SELECT seq FROM nx_queue WHERE state = 'pending' AND blocked = 0 AND delayed = 0 "
-            "AND priority = ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (2, 0.0, 100),
-        ),
-        ("UPDATE nx_queue SET delayed = 0 WHERE delayed = 1 AND next_attempt_at <= ?", (0.0,)),
-        (
-            "UPDATE nx_queue SET state = 'pending' WHERE state = 'leased' AND leased_until <= ?",
-            (0.0,),
-        ),
+        (_LEASE, (1.0, 0.0, 2, 100)),
+        (_PROMOTE, (0.0,)),
+        (_DELETE_MANY, ('["a", "b"]',)),
     ]:
         plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement, params))
         plans.append(plan)
-    assert "USING INDEX nx_queue_ready (priority=?)" in plans[0]
+    assert "USING INDEX nx_queue_eligible (priority=?)" in plans[0]
     assert "TEMP B-TREE" not in plans[0]  # the index yields rows in serving order
     assert "USING INDEX nx_queue_delayed" in plans[1]
-    assert "USING INDEX nx_queue_leased" in plans[2]
-    assert not any(plan.startswith("SCAN nx_queue") for plan in plans)
+    assert "INDEX sqlite_autoindex_nx_queue_1 (op_id=?)" in plans[2]
+    assert not any(part.startswith("SCAN nx_queue ") for p in plans for part in p.split(" | "))
 
 
 def _lease_steps(queue: PrioritySyncQueue) -> int:

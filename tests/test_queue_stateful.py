@@ -80,14 +80,17 @@ class Model:
         return op_id
 
     def lease(self, max_ops: int, lease_for: float, allowed: set[int], now: float) -> list[str]:
-        for op in self.ops.values():
-            if op.state == "leased" and op.leased_until is not None and op.leased_until <= now:
-                op.state, op.leased_until = "pending", None
+        def available(op: ModelOp) -> bool:
+            # Pending, or leased by a run whose lease has run out (it crashed).
+            return op.state == "pending" or (
+                op.state == "leased" and op.leased_until is not None and op.leased_until <= now
+            )
+
         eligible = sorted(
             (
                 op
                 for op in self.ops.values()
-                if op.state == "pending"
+                if available(op)
                 and self.is_head(op)
                 and op.next_attempt_at <= now
                 and op.priority in allowed
