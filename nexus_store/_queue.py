@@ -550,10 +550,13 @@ class PrioritySyncQueue:
         max_attempts: failures after which an op is dead-lettered.
         backoff: the retry delay policy (exponential with full jitter by default).
         durability: for a database opened here: ``"full"`` (default) or ``"normal"``.
+        create: make the queue's table if the database has none (``False``: only open an
+            existing queue, e.g. to inspect a file without changing it).
 
     Raises:
         CorruptDatabaseError: the file is not an SQLite database or is damaged.
         SchemaError: the file has an ``nx_queue`` table of another layout.
+        QueueError: ``create=False`` and the database holds no sync queue.
         ValueError: for a bad argument.
     """
 
@@ -565,6 +568,7 @@ class PrioritySyncQueue:
         max_attempts: int = 10,
         backoff: BackoffPolicy | None = None,
         durability: Durability = "full",
+        create: bool = True,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive int, not {max_attempts!r}")
@@ -583,24 +587,27 @@ class PrioritySyncQueue:
             self._owns_database = True
             self.database = Database(database, durability=durability)
         try:
-            self._create_schema()
+            self._create_schema(create)
         except BaseException:
             if self._owns_database:
                 self.database.close()
             raise
 
-    def _create_schema(self) -> None:
-        with self.database.transaction() as conn:
-            conn.execute(_SCHEMA[0])
+    def _create_schema(self, create: bool) -> None:
+        with self.database.reading() as conn:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(nx_queue)")}
-            missing = _REQUIRED_COLUMNS - columns
-            if missing:
-                raise SchemaError(
-                    f"{self.database.path}: table nx_queue lacks columns {sorted(missing)}; "
-                    "it was not made by this version of nexus-store"
-                )
-            for statement in _SCHEMA[1:]:
-                conn.execute(statement)
+        if not columns and not create:
+            raise QueueError(f"{self.database.path}: no sync queue in this database")
+        missing = _REQUIRED_COLUMNS - columns
+        if columns and missing:
+            raise SchemaError(
+                f"{self.database.path}: table nx_queue lacks columns {sorted(missing)}; "
+                "it was not made by this version of nexus-store"
+            )
+        if create:
+            with self.database.transaction() as conn:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -65,3 +66,37 @@ def test_missing_and_corrupt_files_exit_2(tmp_path: Path) -> None:
     corrupt = runner.invoke(app, ["queue", "--db", str(bad)])
     assert corrupt.exit_code == 2
     assert "not an SQLite database" in corrupt.output
+
+
+def test_sqlite_file_without_a_queue_exits_2_and_is_left_alone(tmp_path: Path) -> None:
+    """Another program's SQLite file is reported (exit 2) and gets no queue table."""
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.commit()
+    conn.close()
+    result = runner.invoke(app, ["queue", "--db", str(other)])
+    assert result.exit_code == 2
+    assert "no sync queue" in result.output
+    conn = sqlite3.connect(other)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+    conn.close()
+
+
+def test_collection_filter_and_empty_dead_letters(tmp_path: Path) -> None:
+    """--collection counts one collection; a queue without dead letters says so."""
+    path = tmp_path / "app.db"
+    with NexusStore[Task, str](path, model=Task) as store:
+        store.save(Task(id="a"), priority=SyncPriority.HIGH)
+    result = runner.invoke(app, ["queue", "--db", str(path), "--collection", "task"])
+    assert result.exit_code == 0, result.output
+    assert "dead letters: none" in result.output
+    only = json.loads(
+        runner.invoke(app, ["queue", "--db", str(path), "--collection", "task", "--json"]).output
+    )
+    assert only["counts"]["HIGH"]["pending"] == 1
+    data = json.loads(
+        runner.invoke(app, ["queue", "--db", str(path), "--collection", "nothing", "--json"]).output
+    )
+    assert data["total"] == 0
+    assert data["oldest_pending_age"] is None

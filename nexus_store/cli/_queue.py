@@ -89,7 +89,8 @@ def queue(
         err.print(f"[red]error:[/] no database file at {db}")
         raise typer.Exit(2)
     try:
-        with PrioritySyncQueue(db, durability="normal") as sync_queue:
+        # create=False: inspecting a file must not add a queue table to it.
+        with PrioritySyncQueue(db, durability="normal", create=False) as sync_queue:
             stats = sync_queue.stats(collection)
             dead = sync_queue.dead(collection)
     except NexusStoreError as exc:
