@@ -417,6 +417,17 @@ def test_retried_dead_op_waits_behind_newer_ops_of_its_item(queue: PrioritySyncQ
     assert [op.op_id for op in queue.lease(10)] == [first.op_id]
 
 
+def test_repeated_ids_count_once(queue: PrioritySyncQueue) -> None:
+    """An id given twice is one op: one attempt, one revival, one removal."""
+    op = queue.enqueue("notes", "a", b"x")
+    queue.lease(10)
+    assert queue.nack([op.op_id, op.op_id], "503") == 1
+    assert queue.get(op.op_id).attempts == 1
+    queue.nack(op.op_id, "bad", kind=ErrorKind.PERMANENT)
+    assert queue.retry_dead([op.op_id, op.op_id]) == 1
+    assert queue.ack([op.op_id, op.op_id]) == 1
+
+
 def test_discard_removes_dead_letters(queue: PrioritySyncQueue) -> None:
     """Discarded dead ops are gone for good."""
     op = queue.enqueue("notes", "a", b"x")
