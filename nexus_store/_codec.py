@@ -14,7 +14,7 @@ import msgpack
 
 from ._exceptions import CodecError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "encode_array", "with_entry"]
 
 _local = threading.local()
 
@@ -59,3 +59,33 @@ def decode(data: bytes, *, max_size: int | None = None) -> Any:
         raise CodecError(f"cannot decode payload: {exc}") from exc
     except Exception as exc:  # msgpack raises bare exceptions on some truncated inputs
         raise CodecError(f"cannot decode payload: {exc!r}") from exc
+
+
+def encode_array(encoded: list[bytes]) -> bytes:
+    """A msgpack array of values that are already encoded (joined, not re-encoded)."""
+    packer = _packer()
+    return packer.pack_array_header(len(encoded)) + b"".join(encoded)  # type: ignore[no-any-return]
+
+
+def with_entry(encoded_map: bytes, key: str, encoded_value: bytes) -> bytes:
+    """An encoded map with one more entry whose value is already encoded.
+
+    This lets stored msgpack (an item's data) be sent as it is, without decoding and
+    encoding it again. ``encoded_map`` must come from :func:`encode` of a ``dict`` without
+    ``key``.
+
+    Raises:
+        CodecError: ``encoded_map`` is not an encoded map.
+    """
+    head = encoded_map[0] if encoded_map else 0
+    if 0x80 <= head < 0x8F:  # fixmap with room for one more entry
+        key_bytes: bytes = _packer().pack(key)
+        return bytes((head + 1,)) + encoded_map[1:] + key_bytes + encoded_value
+    if head in (0x8F, 0xDE, 0xDF):  # a fixmap that is full, map 16, map 32
+        reader = msgpack.Unpacker(max_buffer_size=len(encoded_map))
+        reader.feed(encoded_map)
+        size = reader.read_map_header()
+        rest = encoded_map[reader.tell() :]
+        packer = _packer()
+        return packer.pack_map_header(size + 1) + rest + packer.pack(key) + encoded_value  # type: ignore[no-any-return]
+    raise CodecError("not an encoded map")
