@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -56,11 +55,23 @@ _TLS = ssl.create_default_context()  # built once, so no client pays for loading
 # -- workload ------------------------------------------------------------------------------
 
 
+def op_id(millis: int) -> str:
+    """A time-ordered op id, as a store's queue makes them (uuid version 7 layout)."""
+    ms = f"{millis:012x}"
+    rand = os.urandom(10).hex()
+    return f"{ms[:8]}-{ms[8:]}-7{rand[:3]}-{'89ab'[int(rand[3], 16) & 3]}{rand[4:7]}-{rand[7:19]}"
+
+
 def make_ops(n: int, run_id: str) -> list[RemoteOp]:
-    """``n`` upserts of distinct items, about 200 bytes each on the wire."""
+    """``n`` upserts of distinct items, about 200 bytes each on the wire.
+
+    Op ids are time-ordered like the ones a store's queue makes (several per
+    millisecond, as when a burst of saves is queued).
+    """
+    start = int(time.time() * 1000)
     return [
         RemoteOp(
-            op_id=uuid.uuid4().hex,
+            op_id=op_id(start + i // 16),
             collection="notes",
             item_id=f"{run_id}-{i:08d}",
             kind="upsert",

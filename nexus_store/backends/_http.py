@@ -64,6 +64,7 @@ __all__ = [
     "TokenProvider",
     "check_changes",
     "check_push_result",
+    "encode_ops",
     "error_for_status",
     "idempotency_key",
     "parse_retry_after",
@@ -163,6 +164,34 @@ def idempotency_key(ops: Sequence[RemoteOp]) -> str:
         digest.update(op.op_id.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"]) -> bytes:
+    """The body of a push: ``{"ops": [...]}`` in the wire format.
+
+    Ops are sent as their fields, data as given, when the codec takes every value as it
+    is (JSON-like data, what a store queues); otherwise (dates, sets, ...) through the
+    model's JSON serialisation, as one call for the batch.
+
+    Raises:
+        CodecError: the ops cannot be encoded at all.
+    """
+    # A RemoteOp keeps its field values in __dict__ (and nothing else: extra fields are
+    # forbidden), which is exactly the op's wire form: no copy per op. A subclass may
+    # hold more, so it goes through the model's serialisation.
+    fields = [op.__dict__ for op in ops if type(op) is RemoteOp]
+    if len(fields) == len(ops):
+        try:
+            return _encode_body({"ops": fields}, wire_format)
+        except (CodecError, TypeError, ValueError):
+            pass
+    return _encode_body({"ops": _OPS.dump_python(list(ops), mode="json")}, wire_format)
+
+
+def _encode_body(body: dict[str, Any], wire_format: Literal["msgpack", "json"]) -> bytes:
+    if wire_format == "msgpack":
+        return _codec.encode(body)
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult:
@@ -359,11 +388,7 @@ class HttpBackend(RemoteBackend):
         """
         if not ops:
             return PushResult(results=[])
-        body = {"ops": _OPS.dump_python(list(ops), mode="json")}  # one call, not one per op
-        if self._wire_format == "msgpack":
-            content = _codec.encode(body)
-        else:
-            content = json.dumps(body, separators=(",", ":")).encode()
+        content = encode_ops(ops, self._wire_format)
         headers = {"content-type": self._media_type, "idempotency-key": idempotency_key(ops)}
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -44,7 +44,7 @@ from .._exceptions import (
     RetryableError,
 )
 from .._version import __version__
-from ..backends._base import Changes, OpResult, OpStatus, PushResult, RemoteOp
+from ..backends._base import Changes, PushResult, RemoteOp
 from ..backends._http_api import (
     EVENTS_PATH,
     HEALTH_PATH,
@@ -62,6 +62,16 @@ from ..backends._http_api import (
     media_type_of,
 )
 from ._auth import TokenVerifier, bearer_token
+from ._core import (
+    Answer,
+    Page,
+    PreparedOp,
+    change_fields,
+    item_id_of,
+    prepare,
+    prepare_wire,
+    refused,
+)
 from ._events import ChangeNotifier, EventStreamResponse
 from ._limits import BodyLimitMiddleware, Limits, RateLimiter, retry_after_header
 
@@ -71,27 +81,24 @@ _log = logging.getLogger("nexus_store.server")
 
 BodyFormat = Literal["msgpack", "json"]
 _MAX_COLLECTIONS = 100
-_MAX_DEPTH = 64
-"""Deepest nesting of an item's data accepted: deeper data is rejected per op, before it
-can reach code that recurses over it (a poison op must not fail its whole batch)."""
 
 
 class CoreLike(Protocol):
     """What the app needs from a server core (:class:`~nexus_store.server._core.ServerCore`)."""
 
-    async def push(self, tenant: str, ops: Sequence[RemoteOp]) -> PushResult:
-        """Apply a batch for ``tenant``; one result per op, in order."""
+    async def apply(self, tenant: str, ops: Sequence[PreparedOp]) -> list[Answer]:
+        """Apply a batch of prepared ops for ``tenant``; one plain answer per op, in order."""
         ...
 
-    async def pull(
+    async def page(
         self,
         tenant: str,
         cursor: int = 0,
         limit: int = 500,
         *,
         collections: Sequence[str] | None = None,
-    ) -> Changes:
-        """Changes of ``tenant`` after ``cursor``."""
+    ) -> Page:
+        """Stored changes of ``tenant`` after ``cursor``."""
         ...
 
     async def head(self, tenant: str) -> int:
@@ -140,12 +147,45 @@ def _core_error(exc: NexusStoreError) -> _HttpError:
     return _HttpError(500, "internal", "the server failed to handle the request")
 
 
-def _render(model: BaseModel, fmt: BodyFormat) -> Response:
-    # Fields that are None are left out: every one of them defaults to None on the wire.
+def _render_results(answers: list[Answer], fmt: BodyFormat) -> Response:
+    # Answers hold no None fields (each defaults to None on the wire), so msgpack takes
+    # them as they are, in one call; JSON goes through the model for its conversions.
     if fmt == "msgpack":
-        body = _codec.encode(model.model_dump(mode="json", exclude_none=True))
-        return Response(body, media_type=MSGPACK)
-    return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
+        return Response(_codec.encode({"results": answers}), media_type=MSGPACK)
+    result = PushResult.model_validate({"results": answers})
+    return Response(result.model_dump_json(exclude_none=True), media_type=JSON)
+
+
+def _render_page(page: Page, fmt: BodyFormat) -> Response:
+    if fmt == "msgpack":
+        return Response(_encode_page(page), media_type=MSGPACK)
+    changes = Changes.model_validate(
+        {
+            "changes": [change_fields(item) for item in page.items],
+            "cursor": page.cursor,
+            "has_more": page.has_more,
+        }
+    )
+    return Response(changes.model_dump_json(exclude_none=True), media_type=JSON)
+
+
+def _encode_page(page: Page) -> bytes:
+    """A page as msgpack :class:`Changes`, each item's stored data spliced in as it is."""
+    encode, with_entry = _codec.encode, _codec.with_entry
+    changes = []
+    for item in page.items:
+        change = encode(
+            {
+                "collection": item.collection,
+                "item_id": item_id_of(item.item_key),
+                "version": item.version,
+                "deleted": item.deleted,
+                "hlc": item.hlc,
+            }
+        )
+        changes.append(change if item.data is None else with_entry(change, "data", item.data))
+    tail = encode({"cursor": page.cursor, "has_more": page.has_more})
+    return with_entry(tail, "changes", _codec.encode_array(changes))
 
 
 def _accepts_msgpack(request: Request) -> bool:
@@ -172,67 +212,36 @@ def _short_errors(exc: ValidationError) -> str:
     return "invalid op: " + "; ".join(parts)
 
 
-def _parse_ops(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
-    """Validate a push body into ops, and rejections for invalid ops (by batch position).
+def _parse_ops(body: Any, fmt: BodyFormat) -> list[PreparedOp]:
+    """Validate and prepare a push body's ops, in order.
+
+    An op of exactly the wire types is prepared straight from its fields (msgpack only:
+    see :func:`prepare_wire`); any other goes through :class:`RemoteOp` validation, and
+    one that fails it is answered ``rejected`` with the model's reasons.
 
     Raises:
         _HttpError: the body is not a batch, or an invalid op has no usable op id.
     """
-    try:
-        ops = PushRequest.model_validate(body).ops
-    except ValidationError:
-        return _parse_ops_one_by_one(body)
-    if not any(_too_deep(op.data) for op in ops):
-        return ops, {}
-    return _parse_ops_one_by_one(body)
-
-
-def _parse_ops_one_by_one(body: Any) -> tuple[list[RemoteOp], dict[int, OpResult]]:
-    if not isinstance(body, dict) or set(body) != {"ops"} or not isinstance(body["ops"], list):
+    if type(body) is not dict or len(body) != 1 or type(raw_ops := body.get("ops")) is not list:
         raise _HttpError(400, "invalid_batch", 'the body must be {"ops": [...]}')
-    ops: list[RemoteOp] = []
-    rejected: dict[int, OpResult] = {}
-    for position, raw in enumerate(body["ops"]):
-        try:
-            op = RemoteOp.model_validate(raw)
-        except ValidationError as exc:
-            op_id = raw.get("op_id") if isinstance(raw, dict) else None
-            if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
-                raise _HttpError(
-                    400, "invalid_batch", f"op {position} is invalid and has no usable op_id"
-                ) from exc
-            rejected[position] = OpResult(
-                op_id=op_id, status=OpStatus.REJECTED, reason=_short_errors(exc)
-            )
-            continue
-        if _too_deep(op.data):
-            reason = f"invalid op: data nests deeper than {_MAX_DEPTH} levels"
-            rejected[position] = OpResult(op_id=op.op_id, status=OpStatus.REJECTED, reason=reason)
-        else:
-            ops.append(op)
-    return ops, rejected
+    prepared: list[PreparedOp] = []
+    fast = fmt == "msgpack"
+    for position, raw in enumerate(raw_ops):
+        op = prepare_wire(raw) if fast else None
+        prepared.append(op if op is not None else _validated(raw, position))
+    return prepared
 
 
-def _too_deep(value: Any, limit: int = _MAX_DEPTH) -> bool:
-    """Whether dicts and lists nest deeper than ``limit`` in ``value`` (without recursing)."""
-    if not isinstance(value, dict | list):
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
-
-
-def _merge(size: int, applied: list[OpResult], rejected: dict[int, OpResult]) -> list[OpResult]:
-    """Interleave the core's results with the rejections, back in batch order."""
-    if not rejected:
-        return applied
-    results = iter(applied)
-    return [rejected[i] if i in rejected else next(results) for i in range(size)]
+def _validated(raw: Any, position: int) -> PreparedOp:
+    try:
+        return prepare(RemoteOp.model_validate(raw))
+    except ValidationError as exc:
+        op_id = raw.get("op_id") if isinstance(raw, dict) else None
+        if not isinstance(op_id, str) or not 1 <= len(op_id) <= 64:
+            raise _HttpError(
+                400, "invalid_batch", f"op {position} is invalid and has no usable op_id"
+            ) from exc
+        return refused(op_id, _short_errors(exc))
 
 
 def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:
@@ -449,20 +458,19 @@ class _Endpoints:
             and len(body["ops"]) > max_ops
         ):
             raise _HttpError(413, "batch_too_large", f"a batch may hold at most {max_ops} ops")
-        ops, rejected = _parse_ops(body)
+        ops = _parse_ops(body, fmt)
         try:
-            applied = await self.core.push(tenant, ops) if ops else PushResult(results=[])
+            answers = await self.core.apply(tenant, ops) if ops else []
         except NexusStoreError as exc:
             raise _core_error(exc) from exc
-        if len(applied.results) != len(ops):
-            _log.error("server core answered %d results for %d ops", len(applied.results), len(ops))
+        if len(answers) != len(ops):
+            _log.error("server core answered %d results for %d ops", len(answers), len(ops))
             raise _HttpError(500, "internal", "the server failed to handle the request")
-        if any(r.status is OpStatus.ACCEPTED for r in applied.results):
-            self.notifier.poke(tenant)
-        if not rejected:
-            return _render(applied, fmt)
-        size = len(ops) + len(rejected)
-        return _render(PushResult(results=_merge(size, applied.results, rejected)), fmt)
+        for answer in answers:
+            if answer["status"] == "accepted":
+                self.notifier.poke(tenant)
+                break
+        return _render_results(answers, fmt)
 
     async def pull(self, request: Request) -> Response:
         """``GET /v1/pull``."""
@@ -471,10 +479,10 @@ class _Endpoints:
         limit = min(_int_param(request, "limit", 500, minimum=1), self.limits.max_pull_limit)
         collections = _collections_param(request)
         try:
-            changes = await self.core.pull(tenant, cursor, limit, collections=collections)
+            page = await self.core.page(tenant, cursor, limit, collections=collections)
         except NexusStoreError as exc:
             raise _core_error(exc) from exc
-        return _render(changes, "msgpack" if _accepts_msgpack(request) else "json")
+        return _render_page(page, "msgpack" if _accepts_msgpack(request) else "json")
 
     async def events(self, request: Request) -> Response:
         """``GET /v1/events``."""

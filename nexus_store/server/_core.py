@@ -41,7 +41,12 @@ What the rules promise:
 - **Tenants** share nothing: the tenant is part of every key, op ids included.
 
 Item data is stored as msgpack with its map keys sorted, so two payloads that are equal
-as values have one fingerprint whatever their key order.
+as values have one fingerprint whatever their key order. Data nested deeper than 64
+levels is refused (``REJECTED``, not recorded) before anything recurses over it.
+
+The hot path deals in plain values: :func:`prepare_wire` takes an op as decoded from a
+msgpack body (falling back to full validation only for what is not already of the wire
+types), and answers are plain dicts that the HTTP layer encodes once per batch.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ __all__ = [
     "Answer",
     "ConflictPolicy",
     "Outcome",
+    "Page",
     "PreparedOp",
     "Resolver",
     "ServerCore",
@@ -76,7 +82,9 @@ __all__ = [
     "open_core",
     "plan_batch",
     "prepare",
+    "prepare_wire",
     "record_of",
+    "refused",
     "to_change",
 ]
 
@@ -107,6 +115,12 @@ def item_key_of(item_id: ItemId) -> str:
 
 def item_id_of(item_key: str) -> ItemId:
     """The item id a stored key was made from (inverse of :func:`item_key_of`)."""
+    # Keys made by item_key_of: a string without escapes, or a plain integer, is read
+    # without the JSON parser (this runs for every change pulled).
+    if len(item_key) >= 2 and item_key[0] == '"' == item_key[-1] and "\\" not in item_key:
+        return item_key[1:-1]
+    if item_key.isascii() and item_key.lstrip("-").isdigit() and item_key[1:2] != "-":
+        return int(item_key)
     value = json.loads(item_key)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TypeError(f"not an item key: {item_key!r}")
@@ -114,19 +128,47 @@ def item_id_of(item_key: str) -> ItemId:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_MAX_DEPTH = 64
+_TOO_DEEP = f"the item's data nests deeper than {_MAX_DEPTH} levels"
+_OP_FIELDS = frozenset(RemoteOp.model_fields)
+
+
+class _TooDeepError(Exception):
+    """Raised by :func:`_canonical` past ``_MAX_DEPTH`` levels."""
 
 
 def canonical(value: Any) -> Any:
-    """``value`` with every map's keys in sorted order (tuples become lists)."""
-    # Scalars are tested inline rather than recursed into: this runs for every op.
+    """``value`` with every map's keys in sorted order (tuples become lists).
+
+    Raises:
+        ValueError: maps and lists nest deeper than 64 levels.
+    """
+    try:
+        return _canonical(value, 1)
+    except _TooDeepError:
+        raise ValueError(_TOO_DEEP) from None
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    # This runs for every op: scalars are tested inline rather than recursed into, and a
+    # plain loop builds the map (cheaper than a comprehension). The depth bound keeps a
+    # poison op from reaching the recursion limit.
     if isinstance(value, dict):
+        if depth > _MAX_DEPTH:
+            raise _TooDeepError
         try:
             keys = sorted(value)
         except TypeError:  # mixed key types have no order: keep the one given
             keys = list(value)
-        return {k: v if type(v := value[k]) in _SCALARS else canonical(v) for k in keys}
+        out = {}
+        for k in keys:
+            v = value[k]
+            out[k] = v if type(v) in _SCALARS else _canonical(v, depth + 1)
+        return out
     if isinstance(value, list | tuple):
-        return [v if type(v) in _SCALARS else canonical(v) for v in value]
+        if depth > _MAX_DEPTH:
+            raise _TooDeepError
+        return [v if type(v) in _SCALARS else _canonical(v, depth + 1) for v in value]
     return value
 
 
@@ -134,51 +176,172 @@ def canonical(value: Any) -> Any:
 class PreparedOp:
     """An op with what the rules need precomputed, outside any transaction."""
 
-    op: RemoteOp
+    op_id: str
     key: ItemKey
+    kind: str
+    """``"upsert"`` or ``"delete"``."""
+    base_version: int
+    hlc: str
+    schema_version: int
     blob: bytes | None
     """The data to store, encoded (``None`` for a delete)."""
     fingerprint: bytes
     invalid: str | None = None
     """Why the op is refused whatever the server holds, if it is."""
+    origin: RemoteOp | dict[str, Any] | None = None
+    """The op as received (a model, or its wire fields): what a resolver is shown."""
+
+    @property
+    def op(self) -> RemoteOp:
+        """The op as a :class:`RemoteOp` (built on demand from wire fields)."""
+        origin = self.origin
+        if isinstance(origin, RemoteOp):
+            return origin
+        op = RemoteOp.model_validate(origin)
+        self.origin = op
+        return op
 
 
 def prepare(op: RemoteOp) -> PreparedOp:
-    """Validate ``op``, encode its data and fingerprint its payload."""
-    key = (op.collection, item_key_of(op.item_id))
+    """Check ``op`` against the rules, encode its data and fingerprint its payload."""
+    return _prepare(
+        op.op_id,
+        op.collection,
+        op.item_id,
+        op.kind,
+        op.data,
+        op.base_version,
+        op.hlc,
+        op.schema_version,
+        op,
+    )
+
+
+def prepare_wire(raw: Any) -> PreparedOp | None:
+    """Prepare an op decoded from a msgpack body, if it is exactly of the wire types.
+
+    This is :func:`prepare` without building a :class:`RemoteOp`: the checks are the
+    model's for values that need no conversion. ``None`` means "validate it in full"
+    (a value of another type, which the model may convert or refuse with its reason).
+    Strings decoded from msgpack are valid UTF-8 already; JSON input may hold lone
+    surrogates, which the model refuses, so it should take the full path.
+    """
+    if type(raw) is not dict or not _OP_FIELDS.issuperset(raw):
+        return None
+    try:
+        op_id = raw["op_id"]
+        collection = raw["collection"]
+        item_id = raw["item_id"]
+        kind = raw["kind"]
+        hlc = raw["hlc"]
+    except KeyError:
+        return None
+    data = raw.get("data")
+    base_version = raw.get("base_version", 0)
+    schema_version = raw.get("schema_version", 1)
+    if (
+        type(op_id) is not str
+        or not 0 < len(op_id) <= 64  # RemoteOp's bounds
+        or type(collection) is not str
+        or not 0 < len(collection) <= 63
+        or type(hlc) is not str
+        or not 0 < len(hlc) <= 64
+        or (kind != "upsert" and kind != "delete")  # noqa: PLR1714 - any type compares
+        or (type(item_id) is not str and type(item_id) is not int)
+        or type(base_version) is not int
+        or base_version < 0
+        or type(schema_version) is not int
+        or schema_version < 1
+        or (data is not None and (type(data) is not dict or not _str_keys(data)))
+    ):
+        return None
+    return _prepare(op_id, collection, item_id, kind, data, base_version, hlc, schema_version, raw)
+
+
+def _str_keys(data: dict[Any, Any]) -> bool:
+    for key in data:  # noqa: SIM110 - a plain loop is twice as fast as all() on a generator
+        if type(key) is not str:
+            return False
+    return True
+
+
+def refused(op_id: str, reason: str) -> PreparedOp:
+    """An op refused before preparing (it failed validation): answered ``REJECTED``."""
+    return PreparedOp(op_id, ("", ""), "", 0, "", 1, None, b"", reason)
+
+
+def _prepare(  # noqa: PLR0917 - the fields of an op, positional for speed
+    op_id: str,
+    collection: str,
+    item_id: ItemId,
+    kind: str,
+    data: dict[str, Any] | None,
+    base_version: int,
+    hlc: str,
+    schema_version: int,
+    origin: RemoteOp | dict[str, Any],
+) -> PreparedOp:
+    # item_key_of, inline: this runs for every op.
+    item_key = encode_basestring(item_id) if type(item_id) is str else item_key_of(item_id)
     invalid: str | None = None
-    blob: bytes | None = None
-    if "\x00" in op.op_id or "\x00" in op.collection or "\x00" in op.hlc:
-        invalid = "op_id, collection and hlc must not contain NUL characters"
-    elif op.kind == "upsert" and op.data is None:
-        invalid = "an upsert must carry the item's data"
     payload = b""
-    if invalid is None and op.data is not None:
+    if "\x00" in op_id or "\x00" in collection or "\x00" in hlc:
+        invalid = "op_id, collection and hlc must not contain NUL characters"
+    elif data is not None:
         try:
-            payload = encode(canonical(op.data))
+            payload = encode(_canonical(data, 1))
+        except _TooDeepError:
+            invalid = _TOO_DEEP
         except CodecError as exc:
             invalid = f"the item's data cannot be encoded: {exc}"
-    if op.kind == "upsert":
-        blob = payload
+    elif kind == "upsert":
+        invalid = "an upsert must carry the item's data"
+    if invalid is not None:
+        return PreparedOp(
+            op_id,
+            (collection, item_key),
+            kind,
+            base_version,
+            hlc,
+            schema_version,
+            None,
+            b"",
+            invalid,
+            origin,
+        )
     header = (
-        f"{op.collection}\x00{key[1]}\x00{op.kind}\x00{op.base_version}\x00"
-        f"{op.hlc}\x00{op.schema_version}\x00"
+        f"{collection}\x00{item_key}\x00{kind}\x00{base_version}\x00{hlc}\x00{schema_version}\x00"
     )
-    digest = hashlib.blake2b(header.encode(), digest_size=16)
-    digest.update(payload)
-    return PreparedOp(op, key, blob, digest.digest(), invalid)
+    fingerprint = hashlib.blake2b(header.encode() + payload, digest_size=16).digest()
+    return PreparedOp(
+        op_id,
+        (collection, item_key),
+        kind,
+        base_version,
+        hlc,
+        schema_version,
+        payload if kind == "upsert" else None,
+        fingerprint,
+        None,
+        origin,
+    )
 
 
 def change_fields(item: StoredItem) -> dict[str, Any]:
-    """The fields of the :class:`~nexus_store.backends.Change` a stored state is sent as."""
-    return {
+    """The fields of the :class:`~nexus_store.backends.Change` a stored state is sent as.
+
+    ``data`` is left out for a tombstone (``None`` on the wire is its default).
+    """
+    fields: dict[str, Any] = {
         "collection": item.collection,
         "item_id": item_id_of(item.item_key),
         "version": item.version,
         "deleted": item.deleted,
-        "data": None if item.data is None else decode(item.data),
         "hlc": item.hlc,
     }
+    if item.data is not None:
+        fields["data"] = decode(item.data)
+    return fields
 
 
 def to_change(item: StoredItem) -> Change:
@@ -192,7 +355,9 @@ def record_of(op_id: str, fingerprint: bytes, answer: Answer) -> OpRecord:
         return OpRecord(op_id, fingerprint, answer["version"], None)  # the common case: no blob
     fields = {k: v for k, v in answer.items() if k != "op_id"}
     if isinstance(item := fields.get("item"), Change):
-        fields["item"] = item.model_dump(mode="json")
+        fields["item"] = item.model_dump(exclude_none=True)
+    if isinstance(status := fields["status"], OpStatus):
+        fields["status"] = status.value
     return OpRecord(op_id, fingerprint, None, encode(fields))
 
 
@@ -200,7 +365,7 @@ def answer_of(record: OpRecord) -> Answer:
     """The answer a record keeps (inverse of :func:`record_of`)."""
     if record.result is None:
         return {"op_id": record.op_id, "status": "accepted", "version": record.version}
-    return {**decode(record.result), "op_id": record.op_id}
+    return {"op_id": record.op_id, **decode(record.result)}
 
 
 @dataclass(slots=True)
@@ -215,12 +380,12 @@ class Outcome:
     reason: str | None = None
 
     def result(self, op_id: str) -> Answer:
-        """The answer sent back for this op (the fields of an :class:`OpResult`)."""
-        answer: Answer = {"op_id": op_id, "status": self.status}
+        """The answer sent back for this op (the fields of an :class:`OpResult`, plain)."""
+        answer: Answer = {"op_id": op_id, "status": self.status.value}
         if self.version is not None:
             answer["version"] = self.version
         if self.item is not None:
-            answer["item"] = self.item
+            answer["item"] = self.item.model_dump(exclude_none=True)
         if self.reason is not None:
             answer["reason"] = self.reason
         return answer
@@ -228,13 +393,13 @@ class Outcome:
 
 def _written(op: PreparedOp, version: int) -> StoredItem:
     return StoredItem(
-        collection=op.key[0],
-        item_key=op.key[1],
-        version=version,
-        deleted=op.op.kind == "delete",
-        data=op.blob,
-        hlc=op.op.hlc,
-        schema_version=op.op.schema_version,
+        op.key[0],
+        op.key[1],
+        version,
+        op.kind == "delete",
+        op.blob,
+        op.hlc,
+        op.schema_version,
     )
 
 
@@ -267,16 +432,16 @@ def decide(
     """
     if current is None:
         return _accept(_written(op, next_version))
-    if op.op.kind == "delete" and current.deleted:
+    if op.kind == "delete" and current.deleted:
         return Outcome(OpStatus.ACCEPTED, version=current.version)
-    if op.op.base_version >= known_version:
+    if op.base_version >= known_version:
         return _accept(_written(op, next_version))
     conflict = Outcome(OpStatus.CONFLICT, item=to_change(current))
     if policy == "server_wins":
         return conflict
-    if callable(policy) and op.op.kind == "upsert" and not current.deleted:
+    if callable(policy) and op.kind == "upsert" and not current.deleted:
         return _resolve(op, current, policy, next_version, conflict)
-    if op.op.hlc > current.hlc:
+    if op.hlc > current.hlc:
         return _accept(_written(op, next_version))
     return conflict
 
@@ -289,7 +454,7 @@ def _resolve(
         merged = resolver(op.op, conflict.item)
         if merged is None:
             return conflict
-        blob = encode(canonical(dict(merged)))
+        blob = encode(_canonical(dict(merged), 1))
     except Exception as exc:  # a failing resolver must not fail the whole batch
         return Outcome(OpStatus.RETRY, reason=f"conflict resolver failed: {exc!r}")
     write = StoredItem(
@@ -298,8 +463,8 @@ def _resolve(
         version=next_version,
         deleted=False,
         data=blob,
-        hlc=max(op.op.hlc, current.hlc),
-        schema_version=op.op.schema_version,
+        hlc=max(op.hlc, current.hlc),
+        schema_version=op.schema_version,
     )
     return _accept(write, merged=True)
 
@@ -314,6 +479,7 @@ def plan_batch(
         newly answered op ids, and the tenant's new head.
     """
     items: dict[ItemKey, StoredItem] = dict(state.items)
+    stored_records = state.records
     before_batch: dict[ItemKey, int] = {}
     answered: dict[str, tuple[bytes, Answer]] = {}
     writes: dict[ItemKey, StoredItem] = {}
@@ -321,34 +487,69 @@ def plan_batch(
     results: list[Answer] = []
     head = state.head
     for prepared in ops:
-        op_id = prepared.op.op_id
+        op_id = prepared.op_id
         if prepared.invalid is not None:
-            results.append(Outcome(OpStatus.REJECTED, reason=prepared.invalid).result(op_id))
+            results.append({"op_id": op_id, "status": "rejected", "reason": prepared.invalid})
             continue
-        prior = answered.get(op_id)
-        if prior is None and (record := state.records.get(op_id)) is not None:
-            prior = (record.fingerprint, answer_of(record))
-        if prior is not None:
-            same = prior[0] == prepared.fingerprint
-            results.append(
-                prior[1] if same else Outcome(OpStatus.REJECTED, reason=_REUSED).result(op_id)
+        if op_id in answered or op_id in stored_records:
+            results.append(_replay(prepared, answered, stored_records))
+            continue
+        key = prepared.key
+        current = items.get(key)
+        if current is None:
+            # The common case, inline: an item the tenant never had is simply written.
+            head += 1
+            before_batch[key] = 0
+            items[key] = writes[key] = StoredItem(
+                key[0],
+                key[1],
+                head,
+                prepared.kind == "delete",
+                prepared.blob,
+                prepared.hlc,
+                prepared.schema_version,
             )
+            result: Answer = {"op_id": op_id, "status": "accepted", "version": head}
+            results.append(result)
+            answered[op_id] = (prepared.fingerprint, result)
+            records.append(OpRecord(op_id, prepared.fingerprint, head, None))
             continue
-        current = items.get(prepared.key)
-        known = before_batch.get(prepared.key, current.version if current else 0)
+        known = before_batch.get(key, current.version)
         outcome = decide(
             prepared, current, known_version=known, policy=policy, next_version=head + 1
         )
         if outcome.write is not None:
             head = outcome.write.version
-            before_batch.setdefault(prepared.key, current.version if current else 0)
-            items[prepared.key] = writes[prepared.key] = outcome.write
+            before_batch.setdefault(key, current.version)
+            items[key] = writes[key] = outcome.write
         result = outcome.result(op_id)
         results.append(result)
         if outcome.status is not OpStatus.RETRY:
             answered[op_id] = (prepared.fingerprint, result)
             records.append(record_of(op_id, prepared.fingerprint, result))
     return BatchPlan(results=results, writes=list(writes.values()), records=records, head=head)
+
+
+def _replay(
+    op: PreparedOp, answered: Mapping[str, tuple[bytes, Answer]], stored: Mapping[str, OpRecord]
+) -> Answer:
+    """The answer to an op id answered before (earlier in the batch, or in the records)."""
+    prior = answered.get(op.op_id)
+    if prior is None:
+        record = stored[op.op_id]
+        prior = (record.fingerprint, answer_of(record))
+    if prior[0] == op.fingerprint:
+        return prior[1]
+    return {"op_id": op.op_id, "status": "rejected", "reason": _REUSED}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of changes as stored: the items, the next cursor, and whether more follow."""
+
+    items: list[StoredItem]
+    cursor: int
+    has_more: bool
 
 
 def check_tenant(tenant: str) -> str:
@@ -421,24 +622,38 @@ class ServerCore:
             RemoteError: the storage failed (nothing of the batch was applied).
             LifecycleError: the core was closed.
         """
-        check_tenant(tenant)
-        if len(ops) > self.max_batch:
-            raise PayloadTooLargeError(
-                f"a batch of {len(ops)} ops exceeds the limit of {self.max_batch}"
-            )
+        self._check_batch(tenant, len(ops))
+        answers = await self.apply(tenant, [prepare(op) for op in ops])
+        return PushResult.model_validate({"results": answers})
+
+    async def apply(self, tenant: str, ops: Sequence[PreparedOp]) -> list[Answer]:
+        """:meth:`push` for prepared ops, answering plain dicts (what the server sends).
+
+        Raises:
+            PayloadTooLargeError: more than ``max_batch`` ops.
+            RemoteError: the storage failed (nothing of the batch was applied).
+            LifecycleError: the core was closed.
+        """
+        self._check_batch(tenant, len(ops))
         await self.open()
         if not ops:
-            return PushResult(results=[])
-        prepared = [prepare(op) for op in ops]
-        keys = list(dict.fromkeys(p.key for p in prepared if p.invalid is None))
-        op_ids = list(dict.fromkeys(p.op.op_id for p in prepared if p.invalid is None))
+            return []
+        keys = list(dict.fromkeys([p.key for p in ops if p.invalid is None]))
+        op_ids = list(dict.fromkeys([p.op_id for p in ops if p.invalid is None]))
         policy = self.conflict_policy
 
         def planner(state: BatchState) -> BatchPlan:
-            return plan_batch(prepared, state, policy=policy)
+            return plan_batch(ops, state, policy=policy)
 
         plan = await self._storage.apply(tenant, keys, op_ids, planner)
-        return PushResult.model_validate({"results": plan.results})
+        return plan.results
+
+    def _check_batch(self, tenant: str, size: int) -> None:
+        check_tenant(tenant)
+        if size > self.max_batch:
+            raise PayloadTooLargeError(
+                f"a batch of {size} ops exceeds the limit of {self.max_batch}"
+            )
 
     async def pull(
         self,
@@ -455,6 +670,30 @@ class ServerCore:
             RemoteError: the storage failed.
             LifecycleError: the core was closed.
         """
+        page = await self.page(tenant, cursor, limit, collections=collections)
+        return Changes.model_validate(
+            {
+                "changes": [change_fields(item) for item in page.items],
+                "cursor": page.cursor,
+                "has_more": page.has_more,
+            }
+        )
+
+    async def page(
+        self,
+        tenant: str,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+    ) -> Page:
+        """:meth:`pull` as stored states (data still encoded): what the server sends.
+
+        Raises:
+            PermanentError: a negative cursor or a limit below 1.
+            RemoteError: the storage failed.
+            LifecycleError: the core was closed.
+        """
         check_tenant(tenant)
         if cursor < 0 or limit < 1:
             raise PermanentError(f"cursor must be >= 0 and limit >= 1 (got {cursor}, {limit})")
@@ -462,16 +701,10 @@ class ServerCore:
         limit = min(limit, self.max_pull)
         wanted = None if collections is None else list(dict.fromkeys(collections))
         if wanted == []:
-            return Changes(changes=[], cursor=cursor, has_more=False)
+            return Page([], cursor, has_more=False)
         rows = await self._storage.changes(tenant, cursor, limit + 1, wanted)
-        page = rows[:limit]
-        return Changes.model_validate(
-            {
-                "changes": [change_fields(row) for row in page],
-                "cursor": page[-1].version if page else cursor,
-                "has_more": len(rows) > limit,
-            }
-        )
+        items = rows[:limit]
+        return Page(items, items[-1].version if items else cursor, has_more=len(rows) > limit)
 
     async def head(self, tenant: str) -> int:
         """The tenant's latest change sequence (0 if none): what an SSE poke announces."""

@@ -2,9 +2,9 @@
 
 A batch is one ``BEGIN IMMEDIATE`` transaction on the writer connection, run in a worker
 thread (one at a time: SQLite has one writer), with a fixed number of statements
-whatever the batch size: one read each for the head, the op records and the items
-(``json_each`` lists, so the statements stay cached), the planner, then
-``executemany`` writes. Pulls run on separate reader connections, which WAL lets
+whatever the batch size: one read each for the head, the op records and the items of
+each collection (``IN`` lists of a few padded sizes, so the statements stay cached), the
+planner, then ``executemany`` writes. Pulls run on separate reader connections, which WAL lets
 proceed beside a write. Because the head is read inside ``BEGIN IMMEDIATE``, several
 processes on one file also stay consistent (they queue on SQLite's write lock).
 
@@ -34,23 +34,30 @@ __all__ = ["SqliteStorage"]
 
 _ITEM_COLUMNS = "collection, item_key, version, deleted, data, hlc, schema_version"
 _SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = ?"
+# Reads bind their keys as parameters of an IN list (cheaper for SQLite than a json_each
+# list), padded to a power of two so that few distinct statements cover every batch size
+# and stay in the statement cache; the padding repeats a key, which changes nothing.
 _SELECT_RECORDS = (
-    "SELECT op_id, fingerprint, version, result FROM nx_ops "
-    "WHERE tenant = ? AND op_id IN (SELECT value FROM json_each(?))"
+    "SELECT op_id, fingerprint, version, result FROM nx_ops WHERE tenant = ? AND op_id IN ({})"
 )
 _SELECT_ITEMS = (
-    f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = ? AND (collection, item_key) IN "
-    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+    f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = ? AND collection = ? "
+    "AND item_key IN ({})"
 )
+_MAX_PARAMS = 4096
+"""Most keys bound in one read (SQLite allows 32766 parameters); more take several reads."""
 _UPSERT_ITEM = (
     f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = excluded.version, "
     "deleted = excluded.deleted, data = excluded.data, hlc = excluded.hlc, "
     "schema_version = excluded.schema_version"
 )
-_INSERT_RECORD = (
-    "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, result, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+# Plain acceptances (most records) and other answers apart: fewer values to bind per row.
+_INSERT_ACCEPTED = (
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_ANSWER = (
+    "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) VALUES (?, ?, ?, ?, ?)"
 )
 _SET_HEAD = (
     "INSERT INTO nx_tenants (tenant, head) VALUES (?, ?) "
@@ -123,14 +130,19 @@ class SqliteStorage(Storage):
             head = 0 if row is None else int(row[0])
             records = {
                 r[0]: OpRecord(r[0], r[1], r[2], r[3])
-                for r in conn.execute(_SELECT_RECORDS, (tenant, json.dumps(list(op_ids))))
+                for r in _select_in(conn, _SELECT_RECORDS, (tenant,), op_ids)
             }
+            by_collection: dict[str, list[str]] = {}
+            for collection, item_key in keys:
+                by_collection.setdefault(collection, []).append(item_key)
             items = {
                 (r[0], r[1]): _item(r)
-                for r in conn.execute(_SELECT_ITEMS, (tenant, json.dumps(list(keys))))
+                for collection, item_keys in by_collection.items()
+                for r in _select_in(conn, _SELECT_ITEMS, (tenant, collection), item_keys)
             }
             result = plan(BatchState(head=head, items=items, records=records))
             if result.writes:
+                # deleted as 0/1: sqlite3 looks for an adapter for every bool it binds.
                 conn.executemany(
                     _UPSERT_ITEM,
                     [
@@ -139,7 +151,7 @@ class SqliteStorage(Storage):
                             w.collection,
                             w.item_key,
                             w.version,
-                            w.deleted,
+                            1 if w.deleted else 0,
                             w.data,
                             w.hlc,
                             w.schema_version,
@@ -149,13 +161,22 @@ class SqliteStorage(Storage):
                 )
             if result.records:
                 now = time.time()
-                conn.executemany(
-                    _INSERT_RECORD,
-                    [
-                        (tenant, r.op_id, r.fingerprint, r.version, r.result, now)
-                        for r in result.records
-                    ],
-                )
+                plain = [
+                    (tenant, r.op_id, r.fingerprint, r.version, now)
+                    for r in result.records
+                    if r.result is None
+                ]
+                if plain:
+                    conn.executemany(_INSERT_ACCEPTED, plain)
+                if len(plain) < len(result.records):
+                    conn.executemany(
+                        _INSERT_ANSWER,
+                        [
+                            (tenant, r.op_id, r.fingerprint, r.result, now)
+                            for r in result.records
+                            if r.result is not None
+                        ],
+                    )
             if result.head != head:
                 conn.execute(_SET_HEAD, (tenant, result.head))
         return result
@@ -214,6 +235,19 @@ class SqliteStorage(Storage):
             db.close()
         # Closing waits for a batch in progress, so do it off the event loop.
         await anyio.to_thread.run_sync(self._writer.close)
+
+
+def _select_in(
+    conn: sqlite3.Connection, template: str, fixed: tuple[str, ...], values: Sequence[str]
+) -> list[Any]:
+    """Rows of ``template`` (one ``IN ({})`` list) for every value, a few statements at most."""
+    rows: list[Any] = []
+    for start in range(0, len(values), _MAX_PARAMS):
+        chunk = list(values[start : start + _MAX_PARAMS])
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += chunk[-1:] * (size - len(chunk))
+        rows += conn.execute(template.format(",".join("?" * size)), (*fixed, *chunk)).fetchall()
+    return rows
 
 
 @contextlib.contextmanager
