@@ -32,10 +32,9 @@ from typing import Any
 
 from persistqueue import SQLiteAckQueue
 
-from nexus_store import SyncPriority
+from nexus_store import PrioritySyncQueue, SyncPriority
 from nexus_store._codec import encode
 from nexus_store._database import Database, Durability
-from nexus_store._queue import PrioritySyncQueue
 
 BATCH = 100
 

@@ -7,6 +7,7 @@ background sync service drains to a remote backend.
 
 from typing import TYPE_CHECKING, Any
 
+from ._backoff import RetryBackoff
 from ._clock import Clock, FakeClock, SystemClock
 from ._exceptions import (
     AuthError,
@@ -43,6 +44,7 @@ from ._exceptions import (
     WorkDataTooLargeError,
 )
 from ._priority import SyncPriority
+from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
 from ._version import __version__
 from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
@@ -89,13 +91,19 @@ __all__ = [
     "NexusStore",
     "NexusStoreError",
     "NotPermittedError",
+    "OpKind",
     "OpNotFoundError",
+    "OpState",
     "PayloadTooLargeError",
     "PermanentError",
+    "PrioritySyncQueue",
     "ProtocolError",
     "QueueError",
+    "QueueStats",
+    "QueuedOp",
     "RateLimitedError",
     "RemoteError",
+    "RetryBackoff",
     "RetryableError",
     "ScheduleResult",
     "SchedulingError",

@@ -1,6 +1,6 @@
 """What the queue does with a failed op: pure decisions of attempts, error kind and time.
 
-:class:`BackoffPolicy` computes retry delays (exponential, capped, with full jitter drawn
+:class:`RetryBackoff` computes retry delays (exponential, capped, with full jitter drawn
 from an injectable random source); :func:`plan_failure` turns one failure into a
 :class:`FailurePlan` (dead-letter it, or retry it at a given time). Nothing here reads a
 clock or touches storage, so every rule is tested with plain inputs.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from ._exceptions import ErrorKind
 
-__all__ = ["BackoffPolicy", "FailurePlan", "plan_failure"]
+__all__ = ["RetryBackoff", "FailurePlan", "plan_failure"]
 
 
-class BackoffPolicy:
+class RetryBackoff:
     """Exponential backoff with full jitter.
 
     Attempt ``n`` (1 for the first failure) waits a random time in
@@ -83,7 +83,7 @@ class BackoffPolicy:
 
     def __repr__(self) -> str:
         return (
-            f"BackoffPolicy(base={self.base!r}, factor={self.factor!r}, "
+            f"RetryBackoff(base={self.base!r}, factor={self.factor!r}, "
             f"max_delay={self.max_delay!r}, jitter={self.jitter!r})"
         )
 
@@ -107,7 +107,7 @@ def plan_failure(
     kind: ErrorKind,
     now: float,
     retry_after: float | None,
-    policy: BackoffPolicy,
+    policy: RetryBackoff,
 ) -> FailurePlan:
     """Decide the fate of an op that just failed.
 

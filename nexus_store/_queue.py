@@ -52,7 +52,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
 from . import _codec
-from ._backoff import BackoffPolicy, plan_failure
+from ._backoff import RetryBackoff, plan_failure
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability, translate_sqlite_error
 from ._exceptions import (
@@ -577,7 +577,7 @@ class PrioritySyncQueue:
         *,
         clock: Clock | None = None,
         max_attempts: int = 10,
-        backoff: BackoffPolicy | None = None,
+        backoff: RetryBackoff | None = None,
         durability: Durability = "full",
         create: bool = True,
     ) -> None:
@@ -585,7 +585,7 @@ class PrioritySyncQueue:
             raise ValueError(f"max_attempts must be a positive int, not {max_attempts!r}")
         self._clock: Clock = clock or SystemClock()
         self.max_attempts = max_attempts
-        self.backoff = backoff or BackoffPolicy()
+        self.backoff = backoff or RetryBackoff()
         self._hlc = HybridLogicalClock(clock=self._clock)
         self._steps: dict[tuple[str, int], Migration] = {}
         self._versions: dict[str, int] = {}

@@ -23,7 +23,7 @@ from nexus_store import (
     StoreClosedError,
     SyncPriority,
 )
-from nexus_store._backoff import BackoffPolicy
+from nexus_store._backoff import RetryBackoff
 from nexus_store._codec import decode, encode
 from nexus_store._database import Database
 from nexus_store._queue import (
@@ -53,7 +53,7 @@ def queue(clock: FakeClock) -> Iterator[PrioritySyncQueue]:
     q = PrioritySyncQueue(
         clock=clock,
         max_attempts=3,
-        backoff=BackoffPolicy(base=10.0, factor=2.0, max_delay=1000.0, random=lambda: 0.5),
+        backoff=RetryBackoff(base=10.0, factor=2.0, max_delay=1000.0, random=lambda: 0.5),
     )
     yield q
     q.close()
@@ -330,7 +330,7 @@ def test_nack_honours_retry_after_when_longer(queue: PrioritySyncQueue, clock: F
 @pytest.mark.parametrize("draw", [0.0, 0.25, 0.999999])
 def test_jittered_wait_stays_within_zero_and_the_ceiling(clock: FakeClock, draw: float) -> None:
     """With full jitter the wait lies in [0, ceiling]; a zero draw retries at once."""
-    policy = BackoffPolicy(base=8.0, factor=2.0, max_delay=100.0, random=lambda: draw)
+    policy = RetryBackoff(base=8.0, factor=2.0, max_delay=100.0, random=lambda: draw)
     with PrioritySyncQueue(clock=clock, backoff=policy) as queue:
         op = queue.enqueue("notes", "a", b"x")
         for attempt in range(1, 6):

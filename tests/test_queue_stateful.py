@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from nexus_store import ErrorKind, FakeClock, SyncPriority
-from nexus_store._backoff import BackoffPolicy
+from nexus_store._backoff import RetryBackoff
 from nexus_store._queue import OpState, PrioritySyncQueue
 
 ITEMS = ["a", "b", "c"]
@@ -188,7 +188,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.queue = PrioritySyncQueue(
             clock=self.clock,
             max_attempts=MAX_ATTEMPTS,
-            backoff=BackoffPolicy(BASE, FACTOR, MAX_DELAY, random=lambda: draw),
+            backoff=RetryBackoff(BASE, FACTOR, MAX_DELAY, random=lambda: draw),
         )
 
     @property
