@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ._exceptions import ErrorKind
 
-__all__ = ["RetryBackoff", "FailurePlan", "plan_failure"]
+__all__ = ["FailurePlan", "RetryBackoff", "plan_failure"]
 
 
 class RetryBackoff:

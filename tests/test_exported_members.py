@@ -78,12 +78,20 @@ EXPORTED = {
         "RemoteOp",
     ],
     "nexus_store.server": [
+        "ChainVerifier",
         "ConflictPolicy",
+        "Limits",
         "Resolver",
+        "ServeOptions",
         "ServerCore",
+        "SignedTokenVerifier",
+        "StaticTokenVerifier",
         "Storage",
+        "TokenVerifier",
+        "create_app",
         "open_core",
         "open_storage",
+        "run",
     ],
     "nexus_store.sync": [
         "AdapterKind",
@@ -208,6 +216,18 @@ def test_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_server_loads_asgi_parts_on_first_use() -> None:
+    """import nexus_store.server stays free of Starlette and uvicorn until create_app is used."""
+    code = (
+        "import sys, nexus_store.server as s;"
+        "before = [m for m in ('starlette', 'uvicorn') if m in sys.modules];"
+        "s.create_app; s.run;"
+        "print(before, [m for m in ('starlette', 'uvicorn') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] ['starlette', 'uvicorn']"
 
 
 def test_version_is_exported() -> None:

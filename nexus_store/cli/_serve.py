@@ -66,6 +66,15 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     events_interval: Annotated[
         float, typer.Option(help="Seconds between checks for news for event-stream listeners.")
     ] = 1.0,
+    conflict_policy: Annotated[
+        str,
+        typer.Option(
+            help="How a write based on an old version is resolved: lww (last writer wins "
+            "by hybrid logical clock), server_wins, or module:function naming a resolver "
+            "(called with the op and the server's copy; returns the data to keep, or None "
+            "to keep the server's copy).",
+        ),
+    ] = "lww",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -96,6 +105,7 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
             events_interval=events_interval,
             log_level=log_level.lower(),
             access_log=access_log,
+            conflict_policy=conflict_policy,
         )
         run(options)
     except (ValueError, OSError) as exc:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -30,11 +30,15 @@ from starlette.types import ASGIApp
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
 from ._limits import Limits
 
+if TYPE_CHECKING:
+    from ._core import ConflictPolicy
+
 __all__ = [
     "ANNOUNCE_PREFIX",
     "ServeOptions",
     "announce",
     "bind_socket",
+    "load_conflict_policy",
     "make_verifier",
     "run",
     "run_loop",
@@ -60,6 +64,8 @@ class ServeOptions:
         events_interval: seconds between head checks for tenants with event listeners.
         log_level: uvicorn's and the server's log level.
         access_log: log every request (uvicorn's access log; tokens are never logged).
+        conflict_policy: ``"lww"`` (default), ``"server_wins"``, or ``"module:function"``
+            naming an importable :data:`~nexus_store.server.Resolver`.
     """
 
     database: str = "sqlite:///nexus-server.db"
@@ -71,6 +77,37 @@ class ServeOptions:
     events_interval: float = 1.0
     log_level: str = "warning"
     access_log: bool = False
+    conflict_policy: str = "lww"
+
+
+def load_conflict_policy(name: str) -> ConflictPolicy:
+    """The policy ``name`` stands for: ``"lww"``, ``"server_wins"`` or a resolver.
+
+    A resolver is named ``"package.module:function"`` and imported here, so the server
+    refuses to start (rather than fail on the first conflict) when it cannot be found.
+
+    Raises:
+        ValueError: an unknown name, a module that cannot be imported, or a name that is
+            not a callable in it.
+    """
+    if name in ("lww", "server_wins"):
+        return name  # type: ignore[return-value]
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute.isidentifier():
+        raise ValueError(f"conflict policy is lww, server_wins or module:function, not {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"conflict resolver {name!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    resolver = getattr(module, attribute, None)
+    if not callable(resolver):
+        # ValueError, not TypeError: it is a bad option value, reported as such.
+        raise ValueError(  # noqa: TRY004
+            f"conflict resolver {name!r}: {module_name} has no function {attribute!r}"
+        )
+    return resolver  # type: ignore[no-any-return]
 
 
 def make_verifier(tokens: Mapping[str, str], secret: str | None) -> TokenVerifier:
@@ -169,12 +206,15 @@ def announce(sock: socket.socket) -> None:
     sys.stdout.flush()
 
 
-async def _serve(options: ServeOptions, verifier: TokenVerifier, sock: socket.socket) -> None:
+async def _serve(
+    options: ServeOptions, verifier: TokenVerifier, policy: ConflictPolicy, sock: socket.socket
+) -> None:
     from ._app import create_app  # noqa: PLC0415 - keeps `import nexus_store.server._run` light
     from ._core import open_core  # noqa: PLC0415
 
     core = await open_core(
         options.database,
+        conflict_policy=policy,
         max_batch=options.limits.max_batch_ops,
         max_pull=options.limits.max_pull_limit,
     )
@@ -206,11 +246,12 @@ def run(options: ServeOptions) -> None:
         OSError: the address cannot be bound.
     """
     verifier = make_verifier(options.tokens, options.secret)
+    policy = load_conflict_policy(options.conflict_policy)
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sock = bind_socket(options.host, options.port)
-    run_loop(_serve(options, verifier, sock))
+    run_loop(_serve(options, verifier, policy, sock))
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -46,6 +46,8 @@ class ServerProcess:
         rate: the per-tenant rate limit, e.g. ``"5/s"``.
         burst: the rate limit's burst.
         events_interval: seconds between head checks for event streams.
+        conflict_policy: ``"lww"``, ``"server_wins"`` or ``"module:function"`` (a resolver
+            the server process can import; see ``env`` for its ``PYTHONPATH``).
         args: more command-line arguments for ``nexus-store serve``.
         env: more environment variables for the process.
         startup_timeout: seconds to wait for the server to answer ``/health``.
@@ -64,6 +66,7 @@ class ServerProcess:
         rate: str | None = None,
         burst: int | None = None,
         events_interval: float | None = None,
+        conflict_policy: str | None = None,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
@@ -78,6 +81,7 @@ class ServerProcess:
             ("--rate", rate),
             ("--burst", burst),
             ("--events-interval", events_interval),
+            ("--conflict-policy", conflict_policy),
         ):
             if value is not None:
                 self._args += [flag, str(value)]
