@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 _MAX_COLLECTION = 63
+_MAX_HLC = 64
+"""The longest stamp the wire carries (``RemoteOp.hlc``)."""
 
 
 class OpKind(StrEnum):
@@ -713,8 +715,8 @@ class PrioritySyncQueue:
             raise ValueError(f"base_version must be an int >= 0, not {base_version!r}")
         if hlc is None:
             hlc = self._hlc.now()
-        elif type(hlc) is not str or not hlc:
-            raise ValueError("hlc must be a non-empty string")
+        elif type(hlc) is not str or not 0 < len(hlc) <= _MAX_HLC:
+            raise ValueError(f"hlc must be a string of 1 to {_MAX_HLC} characters")
         if tag is not None and not isinstance(tag, str):
             raise ValueError(f"tag must be a string or None, not {type(tag).__name__}")
         now = self._clock.now()

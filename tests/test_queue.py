@@ -711,6 +711,7 @@ def test_bad_arguments_raise_typed_errors(queue: PrioritySyncQueue) -> None:
         lambda: queue.enqueue("notes", "a", b"x", schema_version=0),
         lambda: queue.enqueue("notes", "a", b"x", base_version=-1),
         lambda: queue.enqueue("notes", "a", b"x", hlc=""),
+        lambda: queue.enqueue("notes", "a", b"x", hlc="h" * 65),  # longer than the wire takes
         lambda: queue.lease(0),
         lambda: queue.lease(10, lease_for=0),
         lambda: queue.lease(10, lease_for=float("inf")),

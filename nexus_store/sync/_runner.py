@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import anyio
 import anyio.abc
 import anyio.to_thread
+from pydantic import ValidationError
 
 from .. import _codec
 from .._clock import Clock, SystemClock
@@ -136,8 +137,10 @@ class _Leased:
 
     op: QueuedOp
     remote: RemoteOp | None
-    """``None`` when the payload could not be decoded (the op is dead-lettered)."""
+    """``None`` when the op cannot be sent (it is dead-lettered with ``problem``)."""
     size: int
+    problem: str = ""
+    """Why the op cannot be sent, when ``remote`` is ``None``."""
 
     @property
     def collection(self) -> str:
@@ -474,14 +477,13 @@ class SyncRunner:
         while parts:
             part, held_back = hold_back(parts.pop(0), blocked)
             await self._release(run, held_back)
-            undecodable = [x for x in part if x.remote is None]
-            if undecodable:
-                reason = "the queued payload cannot be decoded"
+            unsendable = [x for x in part if x.remote is None]
+            if unsendable:
                 settler.submit(
                     ResultPlan(
                         (),
                         tuple(
-                            Failure(x.op.op_id, reason, ErrorKind.PERMANENT) for x in undecodable
+                            Failure(x.op.op_id, x.problem, ErrorKind.PERMANENT) for x in unsendable
                         ),
                     )
                 )
@@ -667,26 +669,34 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def _prepare(op: QueuedOp) -> _Leased:
     """Build the wire op of a queued op (in the lease thread: decoding is CPU work)."""
+    size = len(op.payload or b"")
     data: dict[str, Any] | None = None
     if op.kind is OpKind.UPSERT:
         try:
             decoded = _codec.decode(op.payload or b"")
         except CodecError:
-            return _Leased(op, None, len(op.payload or b""))
+            return _Leased(op, None, size, "the queued payload cannot be decoded")
         if not isinstance(decoded, dict):
-            return _Leased(op, None, len(op.payload or b""))
+            return _Leased(op, None, size, "the queued payload is not a record (a map)")
         data = decoded
-    remote = RemoteOp(
-        op_id=op.op_id,
-        collection=op.collection,
-        item_id=op.item_id,
-        kind=op.kind.value,
-        data=data,
-        base_version=op.base_version,
-        hlc=op.hlc,
-        schema_version=op.schema_version,
-    )
-    return _Leased(op, remote, len(op.payload or b""))
+    try:
+        remote = RemoteOp(
+            op_id=op.op_id,
+            collection=op.collection,
+            item_id=op.item_id,
+            kind=op.kind.value,
+            data=data,
+            base_version=op.base_version,
+            hlc=op.hlc,
+            schema_version=op.schema_version,
+        )
+    except ValidationError as exc:
+        # Written by another producer with values the wire cannot carry: a poison op.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        return _Leased(op, None, size, f"the op cannot be sent: {problems}")
+    return _Leased(op, remote, size)
 
 
 def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> int:

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import DatabaseError, FakeClock, SchemaError, SyncPriority
+from nexus_store import DatabaseError, FakeClock, SchemaError, SyncPriority, _codec
 from nexus_store._database import Database
 from nexus_store._queue import OpState
 from nexus_store._store import NexusStore
@@ -458,6 +458,34 @@ async def test_a_poison_op_is_dead_lettered_and_the_rest_delivered() -> None:
     assert dead[0].last_error is not None
     assert "NUL" in dead[0].last_error
     assert await backend.core.head(TENANT) == 600
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (_codec.encode({1: "an int key"}), "cannot be sent"),
+        (_codec.encode(["a", "list"]), "not a record"),
+        (b"\xc1", "cannot be decoded"),
+    ],
+)
+async def test_an_op_the_wire_cannot_carry_is_dead_lettered_locally(
+    payload: bytes, problem: str
+) -> None:
+    """Another producer queued what no server could accept: it dies here, the rest arrive."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(150)])
+    store.queue.enqueue("note", "poison", payload)
+    store.save_many([Note(id=f"m{i}", text="x") for i in range(150)])
+    backend = MemoryBackend()
+    summary = await SyncRunner(store, backend, batch_size=100).run()
+    assert (summary.pushed, summary.dead_lettered) == (300, 1)
+    [dead] = store.queue.dead()
+    assert dead.item_id == "poison"
+    assert problem in (dead.last_error or "")
+    stats = store.queue.stats()
+    assert (stats.pending, stats.leased, stats.dead) == (0, 0, 1)
+    assert await backend.core.head(TENANT) == 300
 
 
 async def test_a_batch_over_the_server_limit_is_split_until_it_fits() -> None:
