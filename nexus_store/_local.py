@@ -576,6 +576,12 @@ class LocalTable(Generic[T]):
         """Raise the stored server version to ``version``; False if no row or already newer."""
         return conn.execute(self._ack_sql, (version, key, version)).rowcount > 0
 
+    def set_server_versions(
+        self, conn: sqlite3.Connection, rows: Sequence[tuple[int, ItemKey, int]]
+    ) -> int:
+        """:meth:`set_server_version` for ``(version, key, version)`` rows; how many moved."""
+        return conn.executemany(self._ack_sql, rows).rowcount
+
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, conn: sqlite3.Connection, key: ItemKey) -> T | None:

@@ -464,6 +464,32 @@ class NexusStore(Generic[T, ID]):
         with self._db.transaction() as conn:
             return self._table.set_server_version(conn, key, version)
 
+    def apply_acks(self, acks: Iterable[tuple[ItemKey, int]]) -> int:
+        """:meth:`apply_ack` for many items at once (one statement, one transaction).
+
+        Args:
+            acks: ``(item_id, version)`` pairs, ids as queued.
+
+        Returns:
+            How many stored server versions moved forward.
+        """
+        self._check_open()
+        table = self._table
+        rows = [
+            (
+                version,
+                item_id
+                if type(item_id) is str or type(item_id) is int
+                else table.key_of(item_id)[1],
+                version,
+            )
+            for item_id, version in acks
+        ]
+        if not rows:
+            return 0
+        with self._db.transaction() as conn:
+            return table.set_server_versions(conn, rows)
+
     def stored_version(self, item_id: ItemKey) -> int | None:
         """The server version stored for an item (tombstones too); None if never stored."""
         self._check_open()

@@ -553,6 +553,16 @@ def test_apply_ack_records_the_server_version() -> None:
     assert store.pending("a")[0].base_version == 3
 
 
+def test_apply_acks_records_many_versions_at_once() -> None:
+    """apply_acks is apply_ack for many items: only forward moves count, unknown ids do not."""
+    store = note_store()
+    store.save_many([Note(id="a", text="1"), Note(id="b", text="2")])
+    assert store.apply_acks([("a", 4), ("b", 5), ("missing", 9)]) == 2
+    assert store.apply_acks([("a", 3), ("b", 6)]) == 1  # a never goes back
+    assert store.apply_acks([]) == 0
+    assert (store.stored_version("a"), store.stored_version("b")) == (4, 6)
+
+
 def test_apply_remote_changes_upserts_and_tombstones() -> None:
     """Pulled changes update or delete items and record their versions."""
     store = note_store()

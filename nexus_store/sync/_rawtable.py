@@ -140,6 +140,14 @@ class RawCollection:
         with self._db.transaction() as conn:
             return conn.execute(self._ack_sql, (version, item_id, version)).rowcount > 0
 
+    def apply_acks(self, acks: Iterable[tuple[str | int, int]]) -> int:
+        """:meth:`apply_ack` for many items, in one statement."""
+        rows = [(version, item_id, version) for item_id, version in acks]
+        if not rows:
+            return 0
+        with self._db.transaction() as conn:
+            return conn.executemany(self._ack_sql, rows).rowcount
+
     def apply_remote_changes(
         self, changes: Iterable[Change], *, overwrite_pending: bool = False
     ) -> list[Change]:

@@ -116,6 +116,10 @@ class SyncTarget(Protocol):
         """Record the server version of an item whose op was acknowledged."""
         ...
 
+    def apply_acks(self, acks: Iterable[tuple[str | int, int]]) -> int:
+        """:meth:`apply_ack` for many ``(item_id, version)`` pairs at once."""
+        ...
+
     def apply_remote_changes(
         self, changes: Iterable[Change], *, overwrite_pending: bool = False
     ) -> list[Change]:
@@ -563,11 +567,14 @@ class SyncRunner:
             }
             with target.database.transaction():
                 target.queue.ack([a.op_id for _, a in items], versions=versions)
-                for leased, ack in items:
-                    if ack.adopt is not None:
-                        target.apply_remote_changes([ack.adopt])
-                    if ack.version is not None and not ack.conflict:
-                        target.apply_ack(leased.op.item_id, ack.version)
+                adopted = [ack.adopt for _, ack in items if ack.adopt is not None]
+                if adopted:
+                    target.apply_remote_changes(adopted)
+                target.apply_acks(
+                    (leased.op.item_id, ack.version)
+                    for leased, ack in items
+                    if ack.version is not None and not ack.conflict
+                )
         grouped: dict[tuple[str, ErrorKind, str, float | None], list[str]] = defaultdict(list)
         for leased, failure in failures:
             key = (leased.op.collection, failure.kind, failure.reason, failure.retry_after)

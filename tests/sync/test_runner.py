@@ -643,6 +643,9 @@ class _BrokenAcks:
     def apply_ack(self, item_id: str | int, version: int) -> bool:
         raise DatabaseError("disk I/O error (injected)")
 
+    def apply_acks(self, acks: Iterable[tuple[str | int, int]]) -> int:
+        raise DatabaseError("disk I/O error (injected)")
+
     def apply_remote_changes(
         self, changes: Iterable[Change], *, overwrite_pending: bool = False
     ) -> list[Change]:
