@@ -11,11 +11,13 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
 from nexus_store import FakeClock, LifecycleError, NetworkError, NexusStore, SyncPriority
 from nexus_store._queue import OpState
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
+from nexus_store.cli import app
 from nexus_store.sync import (
     BackgroundSyncConfig,
     BackgroundSyncService,
@@ -526,6 +528,10 @@ async def test_app_tasks_run_under_the_scheduler_with_a_persisted_history(
             history = await service.run_history("app.cleanup")
             assert [r.outcome for r in history] == ["success", "success"]
             assert all(r.task_id == "app.cleanup" for r in history)
+    listed = CliRunner().invoke(app, ["jobs", "--db", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert "app.cleanup" in listed.output  # the job and its runs, as `nexus-store jobs` shows them
+    assert "success" in listed.output
 
 
 class _Named:

@@ -140,9 +140,9 @@ class Worker:
             if text in line:
                 return line
 
-    def stop(self) -> int:
+    def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signum)
         code = self.proc.wait(20)
         self._reader.join(20)
         return code
@@ -276,11 +276,12 @@ def test_a_second_worker_waits_and_takes_over_from_a_killed_one(
     store.close()
 
 
-def test_sigterm_stops_cleanly_and_gives_the_ops_back(
-    tmp_path: Path, server: ServerProcess, token: str, workers: list[Worker]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_cleanly_and_gives_the_ops_back(
+    tmp_path: Path, server: ServerProcess, token: str, workers: list[Worker], signum: int
 ) -> None:
-    """SIGTERM mid-drain: exit code 0, no op left leased, the lease released; the next
-    worker acquires it at once and finishes, each op once."""
+    """SIGTERM or SIGINT mid-drain: exit code 0, no op left leased, the lease released; the
+    next worker acquires it at once and finishes, each op once."""
     db = tmp_path / "app.db"
     store: NexusStore[Note, str] = NexusStore(db, model=Note)
     store.save(Note(id="seed"))
@@ -291,7 +292,7 @@ def test_sigterm_stops_cleanly_and_gives_the_ops_back(
     notes = [Note(id=f"t{i}", text="z" * 100) for i in range(800)]
     store.save_many(notes, priority=SyncPriority.CRITICAL)
     eventually(lambda: store.queue.stats().live < 700)
-    assert worker.stop() == 0
+    assert worker.stop(signum) == 0
     worker.expect("stopped; the lease is released")
     assert store.queue.stats().count(state=OpState.LEASED) == 0
     with store.database.reading() as conn:
