@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .._exceptions import LifecycleError
-from ..server._core import ConflictPolicy, ServerCore, check_tenant
+from ..server._core import ConflictPolicy, ServerCore
 from ..server._storage_memory import MemoryStorage
-from ._base import Changes, PushResult, RemoteBackend, RemoteOp
+from ._in_process import InProcessBackend
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(RemoteBackend):
+class MemoryBackend(InProcessBackend):
     """A client of an in-process server: the same core (and rules) as the sync server.
 
     Two backends sharing one ``core`` are two clients of one server, e.g. two devices::
@@ -40,38 +37,16 @@ class MemoryBackend(RemoteBackend):
     ) -> None:
         if core is not None and conflict_policy is not None:
             raise ValueError("conflict_policy configures a new core: pass it to that core instead")
-        self.tenant = check_tenant(tenant)
-        self._owns_core = core is None
-        self._core = core or ServerCore(MemoryStorage(), conflict_policy=conflict_policy or "lww")
-        self._closed = False
+        super().__init__(
+            core or ServerCore(MemoryStorage(), conflict_policy=conflict_policy or "lww"),
+            tenant=tenant,
+            owns_core=core is None,
+        )
 
     @property
     def core(self) -> ServerCore:
         """The server this client talks to (share it to make another client)."""
         return self._core
-
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
-        """Apply ``ops`` on the in-process server; see :meth:`RemoteBackend.push`."""
-        self._check_open()
-        return await self._core.push(self.tenant, ops)
-
-    async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
-    ) -> Changes:
-        """Changes after ``cursor``; see :meth:`RemoteBackend.pull`."""
-        self._check_open()
-        return await self._core.pull(self.tenant, cursor, limit, collections=collections)
-
-    async def aclose(self) -> None:
-        """Close this client (and the core, if this backend made it). Idempotent."""
-        if not self._closed:
-            self._closed = True
-            if self._owns_core:
-                await self._core.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LifecycleError("the backend is closed")
 
     def __repr__(self) -> str:
         return f"MemoryBackend(tenant={self.tenant!r})"

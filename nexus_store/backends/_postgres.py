@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .._exceptions import LifecycleError
-from ..server._core import ConflictPolicy, ServerCore, check_tenant
-from ._base import Changes, PushResult, RemoteBackend, RemoteOp
+from ..server._core import ConflictPolicy, ServerCore
+from ._in_process import InProcessBackend
 
 __all__ = ["PostgresBackend"]
 
 
-class PostgresBackend(RemoteBackend):
+class PostgresBackend(InProcessBackend):
     """A backend that writes to PostgreSQL itself instead of through the sync server.
 
     It runs the server core in process over the same tables as ``nexus-store serve
@@ -40,35 +37,12 @@ class PostgresBackend(RemoteBackend):
     ) -> None:
         from ..server._storage_postgres import PostgresStorage  # noqa: PLC0415 - psycopg is optional
 
-        self.tenant = check_tenant(tenant)
-        self._core = ServerCore(
+        core = ServerCore(
             PostgresStorage(dsn, max_connections=max_connections, max_idle=max_connections),
             conflict_policy=conflict_policy,
             max_batch=max_batch,
         )
-        self._closed = False
-
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
-        """Apply ``ops`` in one PostgreSQL transaction; see :meth:`RemoteBackend.push`."""
-        self._check_open()
-        return await self._core.push(self.tenant, ops)
-
-    async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
-    ) -> Changes:
-        """Changes after ``cursor``; see :meth:`RemoteBackend.pull`."""
-        self._check_open()
-        return await self._core.pull(self.tenant, cursor, limit, collections=collections)
-
-    async def aclose(self) -> None:
-        """Close the connections. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            await self._core.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise LifecycleError("the backend is closed")
+        super().__init__(core, tenant=tenant, owns_core=True)
 
     def __repr__(self) -> str:
         return f"PostgresBackend(<dsn hidden>, tenant={self.tenant!r})"
