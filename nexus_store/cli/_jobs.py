@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,6 +20,7 @@ from rich.table import Table
 from .._database import Database
 from .._exceptions import NexusStoreError
 from ._app import app
+from ._options import DbOption
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..sync._service import TaskRun
@@ -55,7 +55,7 @@ def _duration(seconds: float | None) -> str:
 
 @app.command("jobs")
 def jobs(
-    db: Annotated[Path, typer.Option(help="The store's database file.")],
+    db: DbOption,
     limit: Annotated[int, typer.Option(min=1, help="Most history rows to show.")] = 20,
 ) -> None:
     """Show the scheduled background work and the persisted run history."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,6 +13,7 @@ from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
 from .._queue import OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._app import app
+from ._options import DbOption
 
 _STATES = (OpState.PENDING, OpState.LEASED, OpState.DEAD)
 
@@ -77,7 +77,7 @@ def _as_json(stats: QueueStats, dead: list[QueuedOp]) -> str:
 
 @app.command("queue")
 def queue(
-    db: Annotated[Path, typer.Option("--db", help="The store's database file.")],
+    db: DbOption,
     collection: Annotated[
         str | None, typer.Option("--collection", help="Only this collection's ops.")
     ] = None,

@@ -28,23 +28,16 @@ from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
 from .._queue import OpState, PrioritySyncQueue
 from ._app import app
+from ._options import DbOption, RemoteOption, TokenOption
 
 _PRIORITIES = tuple(sorted(SyncPriority))
 
 
 @app.command("sync")
 def sync(  # noqa: PLR0917 - typer reads each option from a parameter
-    db: Annotated[Path, typer.Option(help="The store's database file.")],
-    remote: Annotated[str, typer.Option(help="The sync server's base URL.")],
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Bearer token (prefer the environment variable: it keeps the token out of "
-            "the process list).",
-            envvar="NEXUS_STORE_TOKEN",
-            show_default=False,
-        ),
-    ] = None,
+    db: DbOption,
+    remote: RemoteOption,
+    token: TokenOption = None,
     collection: Annotated[
         list[str] | None,
         typer.Option(help="A collection to sync (repeatable; default: every one in the file)."),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import signal
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -23,6 +22,7 @@ import anyio.abc
 import typer
 
 from ._app import app
+from ._options import DbOption, RemoteOption, TokenOption
 
 _PREFIX = "nexus-store worker: "
 
@@ -33,17 +33,9 @@ def _say(text: str) -> None:
 
 @app.command("worker")
 def worker(  # noqa: PLR0917 - typer reads each option from a parameter
-    db: Annotated[Path, typer.Option(help="The store's database file.")],
-    remote: Annotated[str, typer.Option(help="The sync server's base URL.")],
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Bearer token (prefer the environment variable: it keeps the token out of "
-            "the process list).",
-            envvar="NEXUS_STORE_TOKEN",
-            show_default=False,
-        ),
-    ] = None,
+    db: DbOption,
+    remote: RemoteOption,
+    token: TokenOption = None,
     interval: Annotated[
         float, typer.Option(min=1.0, help="Seconds between periodic runs (NORMAL and LOW ops).")
     ] = 300.0,
