@@ -13,28 +13,33 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Broadcast", "Subscription"]
+__all__ = ["Broadcast", "BufferedStream", "Subscription"]
 
 T = TypeVar("T")
 
 
-class Subscription(Generic[T]):
-    """One reader of a :class:`Broadcast`: an async iterator; ``close()`` to stop reading."""
+class BufferedStream(Generic[T]):
+    """An async iterator over the items handed to it, buffered without bound.
 
-    def __init__(self, owner: Broadcast[T]) -> None:
-        self._owner = owner
-        self._items: collections.deque[T] = collections.deque()
+    After :meth:`close` (or the source ending it) the buffered items are still read, then
+    iteration stops. Subclasses say how to stop receiving in :meth:`_detach`.
+    """
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._items: collections.deque[T] = collections.deque(items)
         self._ended = False
         self._waiter: anyio.Event | None = None
 
     def _put(self, item: T) -> None:
+        if self._ended:
+            return
         self._items.append(item)
         self._wake()
 
@@ -46,6 +51,9 @@ class Subscription(Generic[T]):
         if self._waiter is not None:
             self._waiter.set()
             self._waiter = None
+
+    def _detach(self) -> None:
+        """Stop the source from handing over more items."""
 
     def __aiter__(self) -> Self:
         return self
@@ -65,7 +73,7 @@ class Subscription(Generic[T]):
 
     def close(self) -> None:
         """Stop receiving; items already buffered can still be read."""
-        self._owner._remove(self)
+        self._detach()
         self._end()
 
     async def aclose(self) -> None:
@@ -82,6 +90,17 @@ class Subscription(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Subscription(BufferedStream[T]):
+    """One reader of a :class:`Broadcast`: an async iterator; ``close()`` to stop reading."""
+
+    def __init__(self, owner: Broadcast[T]) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def _detach(self) -> None:
+        self._owner._remove(self)
 
 
 class Broadcast(Generic[T]):

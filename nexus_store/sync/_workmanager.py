@@ -36,17 +36,17 @@ import dataclasses
 import logging
 import threading
 import types
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from enum import StrEnum
-from typing import Any, Generic, Protocol, Self, TypeVar, overload, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, overload, runtime_checkable
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._broadcast import BufferedStream
 from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import (
@@ -149,7 +149,7 @@ class ReleaseControl(Protocol):
         ...
 
 
-class WorkWatch(Generic[T]):
+class WorkWatch(BufferedStream[T]):
     """Snapshots of work as they change: an async iterator (WM-19).
 
     The first item is the state at subscription time; then one item per persisted change.
@@ -157,55 +157,14 @@ class WorkWatch(Generic[T]):
     """
 
     def __init__(self, first: T, remove: Callable[[WorkWatch[Any]], None]) -> None:
-        self._items: deque[T] = deque([first])
+        super().__init__([first])
         self._remove = remove
-        self._ended = False
-        self._waiter: anyio.Event | None = None
 
-    def _push(self, item: T) -> None:
-        if self._ended:
-            return
-        self._items.append(item)
-        self._wake()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+    def _detach(self) -> None:
+        self._remove(self)
 
     def _offer(self, infos: Mapping[str, WorkInfo], manager: WorkManager) -> None:
         raise NotImplementedError
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
-        while not self._items:
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = anyio.Event()
-            await self._waiter.wait()
-        await anyio.lowlevel.checkpoint()
-        return self._items.popleft()
-
-    def close(self) -> None:
-        """Stop receiving; buffered snapshots can still be read."""
-        self._remove(self)
-        self._end()
-
-    async def aclose(self) -> None:
-        """Async form of :meth:`close`."""
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class _IdWatch(WorkWatch[WorkInfo]):
@@ -218,7 +177,7 @@ class _IdWatch(WorkWatch[WorkInfo]):
     def _offer(self, infos: Mapping[str, WorkInfo], manager: WorkManager) -> None:
         info = infos.get(self._work_id)
         if info is not None:
-            self._push(info)
+            self._put(info)
 
 
 class _QueryWatch(WorkWatch[list[WorkInfo]]):
@@ -233,7 +192,7 @@ class _QueryWatch(WorkWatch[list[WorkInfo]]):
         if any(self._query.matches(info) or info.id in self._ids for info in infos.values()):
             current = manager._infos(self._query)
             self._ids = {info.id for info in current}
-            self._push(current)
+            self._put(current)
 
 
 @dataclasses.dataclass(eq=False)
