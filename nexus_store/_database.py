@@ -149,12 +149,18 @@ class Database:
             raise StoreClosedError(f"{self.path}: the store is closed")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """Run the block in one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
 
-        Re-entrant: a nested ``transaction()`` joins the outer one. On an exception the
-        whole transaction rolls back and the exception propagates (sqlite3 errors
-        translated).
+        Re-entrant: a nested ``transaction()`` joins the outer one (whose ``durable``
+        applies). On an exception the whole transaction rolls back and the exception
+        propagates (sqlite3 errors translated).
+
+        Args:
+            durable: ``False`` commits without waiting for the disk even with
+                ``durability="full"`` (``synchronous=NORMAL`` for this commit): still atomic,
+                but a power loss may roll it back, until the next durable commit (WAL
+                syncs every earlier commit with it). For bookkeeping whose loss is harmless.
         """
         with self.lock:
             self.check_open()
@@ -165,9 +171,13 @@ class Database:
                 finally:
                     self._depth -= 1
                 return
+            relaxed = not durable and self.durability == "full"
             try:
+                if relaxed:
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._end_relaxed(relaxed)
                 raise translate_sqlite_error(exc, self.path) from exc
             self._depth = 1
             try:
@@ -176,6 +186,7 @@ class Database:
                 self._depth = 0
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
+                self._end_relaxed(relaxed)
                 if isinstance(exc, sqlite3.Error):
                     raise translate_sqlite_error(exc, self.path) from exc
                 raise
@@ -186,6 +197,14 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
                 raise translate_sqlite_error(exc, self.path) from exc
+            finally:
+                self._end_relaxed(relaxed)
+
+    def _end_relaxed(self, relaxed: bool) -> None:
+        """Restore ``synchronous=FULL`` after a non-durable transaction."""
+        if relaxed:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA synchronous=FULL")
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -120,7 +121,8 @@ class NexusStore(Generic[T, ID]):
         self._owns_db = not isinstance(path, Database)
         self._db = path if isinstance(path, Database) else Database(path, durability=durability)
         self._closed = False
-        self._streams: list[ChangeStream] = []
+        # Weak: a stream its user dropped is collected (and unregisters itself).
+        self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
         self._portal_lock = threading.Lock()
         self._portal: BlockingPortal | None = None
@@ -240,6 +242,7 @@ class NexusStore(Generic[T, ID]):
         now = self.clock.now()
         table, queue, log, collection = self._table, self._queue, self._log, self.collection
         with self._db.transaction() as conn:
+            record = log.recording(conn)
             for index, p in enumerate(prepared):
                 hlc = self._hlc.now()
                 try:
@@ -248,27 +251,29 @@ class NexusStore(Generic[T, ID]):
                     if numbered:
                         raise ItemValidationError(f"item {index}: {exc}") from exc
                     raise
-                queue.enqueue(
+                queue._enqueue(
                     collection,
                     p.key,
                     p.payload,
-                    kind=OpKind.UPSERT,
-                    priority=priority,
-                    schema_version=self.schema_version,
-                    base_version=base_version,
-                    hlc=hlc,
-                    tag=tag,
-                    coalesce=self.coalesce,
+                    OpKind.UPSERT,
+                    priority,
+                    self.schema_version,
+                    base_version,
+                    hlc,
+                    tag,
+                    self.coalesce,
+                    build=False,
                 )
-                log.append(
-                    conn,
-                    collection,
-                    p.key,
-                    ChangeKind.UPSERT,
-                    origin=ChangeOrigin.LOCAL,
-                    hlc=hlc,
-                    at=now,
-                )
+                if record:
+                    log.append(
+                        conn,
+                        collection,
+                        p.key,
+                        ChangeKind.UPSERT,
+                        origin=ChangeOrigin.LOCAL,
+                        hlc=hlc,
+                        at=now,
+                    )
         self._signal.notify()
 
     def delete(
@@ -307,15 +312,16 @@ class NexusStore(Generic[T, ID]):
                 tag=tag,
                 coalesce=self.coalesce,
             )
-            self._log.append(
-                conn,
-                self.collection,
-                key,
-                ChangeKind.DELETE,
-                origin=ChangeOrigin.LOCAL,
-                hlc=hlc,
-                at=now,
-            )
+            if self._log.recording(conn):
+                self._log.append(
+                    conn,
+                    self.collection,
+                    key,
+                    ChangeKind.DELETE,
+                    origin=ChangeOrigin.LOCAL,
+                    hlc=hlc,
+                    at=now,
+                )
         self._signal.notify()
         return True
 
@@ -440,8 +446,7 @@ class NexusStore(Generic[T, ID]):
         self._check_open()
         stream = ChangeStream(self._db, self.collection, since=since, poll_interval=poll_interval)
         with self._streams_lock:
-            self._streams = [s for s in self._streams if not s.closed]
-            self._streams.append(stream)
+            self._streams.add(stream)
         return stream
 
     # -- for the sync engine -------------------------------------------------------------
@@ -532,30 +537,43 @@ class NexusStore(Generic[T, ID]):
             return applied
         now = self.clock.now()
         with self._db.transaction() as conn:
+            record = self._log.recording(conn)
             for change, key, prepared in candidates:
                 pending = not overwrite_pending and self._queue.is_pending(self.collection, key)
                 stored = self._table.stored_version(conn, key)
                 if remote_change_action(change.version, stored, has_pending_op=pending) != "apply":
                     continue
-                hlc = change.hlc or None
-                if hlc:
-                    try:
-                        self._hlc.observe(hlc)
-                    except ValueError:
-                        hlc = None
+                hlc = self._observed(change.hlc)
                 if prepared is None:
                     self._table.tombstone_remote(conn, key, change.version, hlc, now)
                     kind = ChangeKind.DELETE
                 else:
                     self._table.write_remote(conn, prepared, change.version, hlc, now)
                     kind = ChangeKind.UPSERT
-                self._log.append(
-                    conn, self.collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now
-                )
+                if record:
+                    self._log.append(
+                        conn,
+                        self.collection,
+                        key,
+                        kind,
+                        origin=ChangeOrigin.REMOTE,
+                        hlc=hlc,
+                        at=now,
+                    )
                 applied.append(change)
         if applied:
             self._signal.notify()
         return applied
+
+    def _observed(self, hlc: str) -> str | None:
+        """A pulled stamp after this store's clock has seen it (``None``: empty or malformed)."""
+        if not hlc:
+            return None
+        try:
+            self._hlc.observe(hlc)
+        except ValueError:
+            return None
+        return hlc
 
     def pull_cursor(self) -> int:
         """The cursor after the last pulled change of this collection (0: none yet)."""
@@ -663,7 +681,7 @@ class NexusStore(Generic[T, ID]):
         if portal_cm is not None:
             portal_cm.__exit__(None, None, None)
         with self._streams_lock:
-            streams, self._streams = self._streams, []
+            streams, self._streams = list(self._streams), weakref.WeakSet()
         for stream in streams:
             stream.close()
         self._queue.close()

@@ -1,8 +1,17 @@
 """Watching local changes: a change log in the database and streams that follow it.
 
-Every local write (and every remote change applied by a sync run) appends a row to
-``nx_changes`` in the same transaction as the write. A :class:`ChangeStream` reads the rows
-after the last one it returned. It learns of new rows in two ways:
+While at least one :class:`ChangeStream` is open on a database file (in any process),
+every local write (and every remote change applied by a sync run) appends a row to
+``nx_changes`` in the same transaction as the write. A stream registers itself in
+``nx_watchers`` when it opens, inside a write transaction, so every commit after that
+sees it and is logged; it removes itself when closed. With no stream open, writes skip
+the log (one cheap read of the small ``nx_watchers`` table decides): a save then writes
+one B-tree page fewer. Rows left by a process that died without closing its streams
+are removed when the next stream or store opens on the file (their process id no
+longer runs); until then they only make writes log as if someone watched.
+
+A :class:`ChangeStream` reads the rows after the last one it returned. It learns of new
+rows in two ways:
 
 - writes through the same :class:`~nexus_store._database.Database` object wake it at once
   (a :class:`ChangeSignal` shared per database object);
@@ -12,7 +21,8 @@ after the last one it returned. It learns of new rows in two ways:
 
 The log is bounded: it keeps the last :data:`CHANGE_LOG_KEEP` rows. A stream that falls
 further behind than that skips what was pruned and counts it in
-:attr:`ChangeStream.skipped`.
+:attr:`ChangeStream.skipped`. ``since=`` resumes after a seq of an earlier stream; changes
+committed while no stream was open anywhere were not logged and are not replayed.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -33,7 +44,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
 from ._database import Database
-from ._exceptions import StoreClosedError
+from ._exceptions import DatabaseError, StoreClosedError
 
 __all__ = [
     "CHANGE_LOG_KEEP",
@@ -85,12 +96,20 @@ class LocalChange(BaseModel):
 
 
 class ChangeLog:
-    """The ``nx_changes`` table: append inside a write transaction, read after a seq."""
+    """The ``nx_changes`` table: append inside a write transaction, read after a seq.
+
+    Writers ask :meth:`recording` once per transaction and append only if it says so;
+    streams :meth:`register` and :meth:`unregister` themselves in ``nx_watchers``.
+    """
 
     DDL = (
         "CREATE TABLE IF NOT EXISTS nx_changes ("
         "seq INTEGER PRIMARY KEY, collection TEXT NOT NULL, item_id NOT NULL, "
         "kind TEXT NOT NULL, origin TEXT NOT NULL, hlc TEXT, at REAL NOT NULL)"
+    )
+    WATCHERS_DDL = (
+        "CREATE TABLE IF NOT EXISTS nx_watchers ("
+        "id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, at REAL NOT NULL)"
     )
     _INSERT = (
         "INSERT INTO nx_changes (collection, item_id, kind, origin, hlc, at) "
@@ -103,8 +122,41 @@ class ChangeLog:
 
     @classmethod
     def ensure_schema(cls, conn: sqlite3.Connection) -> None:
-        """Create the table if needed."""
+        """Create the tables if needed and drop registrations of processes that are gone."""
         conn.execute(cls.DDL)
+        conn.execute(cls.WATCHERS_DDL)
+        cls.reap(conn)
+
+    @staticmethod
+    def recording(conn: sqlite3.Connection) -> bool:
+        """Whether a stream is open on the file (the caller holds the write transaction)."""
+        return conn.execute("SELECT 1 FROM nx_watchers LIMIT 1").fetchone() is not None
+
+    @classmethod
+    def register(cls, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Register a stream of this process; return its id and the newest seq now.
+
+        Inside the caller's write transaction: every later commit sees the registration.
+        """
+        cls.reap(conn)
+        cursor = conn.execute(
+            "INSERT INTO nx_watchers (pid, at) VALUES (?, ?)", (os.getpid(), time.time())
+        )
+        return int(cursor.lastrowid or 0), cls.last_seq(conn)
+
+    @staticmethod
+    def unregister(conn: sqlite3.Connection, watcher_id: int) -> None:
+        """Remove a stream's registration."""
+        conn.execute("DELETE FROM nx_watchers WHERE id = ?", (watcher_id,))
+
+    @staticmethod
+    def reap(conn: sqlite3.Connection) -> None:
+        """Remove the registrations of processes that no longer run."""
+        own = os.getpid()
+        rows = conn.execute("SELECT id, pid FROM nx_watchers WHERE pid != ?", (own,)).fetchall()
+        gone = [(watcher_id,) for watcher_id, pid in rows if not _alive(pid)]
+        if gone:
+            conn.executemany("DELETE FROM nx_watchers WHERE id = ?", gone)
 
     def append(
         self,
@@ -164,6 +216,21 @@ class ChangeLog:
         return changes, int(first or 0)
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine, as WAL mode requires)."""
+    if pid <= 0:  # not a process id (0 and below name process groups)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OSError:  # pragma: no cover - an id the OS refuses outright
+        return False
+    return True
+
+
 class ChangeSignal:
     """Wakes streams when a write through one database object commits."""
 
@@ -207,6 +274,17 @@ def signal_for(database: Database) -> ChangeSignal:
         return signal
 
 
+def _unregister(database: Database, watcher_id: int) -> None:
+    """Remove a stream's registration, if its database is still open."""
+    if database.closed:
+        return  # the registration goes with the process (reaped by the next opener)
+    try:
+        with database.transaction() as conn:
+            ChangeLog.unregister(conn, watcher_id)
+    except (StoreClosedError, DatabaseError):  # closed meanwhile: nothing to undo
+        pass
+
+
 class ChangeStream:
     """Committed changes of a collection, as an iterator and as an async iterator.
 
@@ -244,8 +322,11 @@ class ChangeStream:
         """Changes this stream missed because the log pruned them before they were read."""
         self._seen_signal = -1
         self._seen_version = -1
-        with database.reading() as conn:
-            self._last = ChangeLog.last_seq(conn) if since is None else since
+        with database.transaction() as conn:
+            watcher_id, newest = ChangeLog.register(conn)
+        self._last = newest if since is None else since
+        # Unregistered on close, or when the stream is collected without being closed.
+        self._unregister = weakref.finalize(self, _unregister, database, watcher_id)
 
     @property
     def closed(self) -> bool:
@@ -260,6 +341,7 @@ class ChangeStream:
     def close(self) -> None:
         """Stop the stream; waiting readers return. Idempotent."""
         self._closed = True
+        self._unregister()
         self._signal.notify()
 
     # -- reading -------------------------------------------------------------------------

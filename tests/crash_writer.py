@@ -31,6 +31,7 @@ def main() -> None:
     path, prefix, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(seed)
     store = NexusStore[Record, str](path, model=Record)
+    stream = store.watch()  # as an app showing its data would: saves are then logged too
     out = sys.stdout
     out.write("ready\n")
     out.flush()
@@ -60,6 +61,7 @@ def main() -> None:
             out.write("ack " + " ".join(item.id for item in items) + "\n")
             n += 1
         out.flush()
+        stream.get(timeout=0)  # keep reading, as a watcher does
 
 
 if __name__ == "__main__":

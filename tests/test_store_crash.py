@@ -67,6 +67,8 @@ def _check_file(path: Path, acked: set[str]) -> int:
     """Every acked record is stored with exactly one op; rows and ops match one to one."""
     with NexusStore[Record, str](path, model=Record) as store:
         assert store.database.integrity_check() == ["ok"]
+        # The killed writers' stream registrations went when this store opened.
+        assert store.database.execute("SELECT count(*) FROM nx_watchers")[0][0] == 0
         items = {record.id: record for record in store.all()}
         ops = store.pending()
         missing = acked - items.keys()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -76,10 +77,92 @@ def test_watch_starts_now_unless_given_a_seq_to_resume_from() -> None:
     store.save(Note(id="after"))
     assert [c.item_id for c in drain(live)] == ["after"]
     everything = store.watch(since=0)
-    assert [c.item_id for c in drain(everything)] == ["before", "after"]
+    # "before" was committed while no stream was open: it was never logged.
+    assert [c.item_id for c in drain(everything)] == ["after"]
     store.save(Note(id="later"))
     resumed = store.watch(since=live.last_seq)
     assert [c.item_id for c in drain(resumed)] == ["later"]
+
+
+def _logged(db: Database) -> int:
+    return int(db.execute("SELECT count(*) FROM nx_changes")[0][0])
+
+
+def _watchers(db: Database) -> int:
+    return int(db.execute("SELECT count(*) FROM nx_watchers")[0][0])
+
+
+def test_the_log_is_written_only_while_a_stream_is_open() -> None:
+    """With no stream open a save writes no log row; each open stream is registered."""
+    store = note_store()
+    db = store.database
+    store.save(Note(id="unwatched"))
+    store.delete("unwatched")
+    assert (_logged(db), _watchers(db)) == (0, 0)
+    first, second = store.watch(), store.watch()
+    assert _watchers(db) == 2
+    store.save_many([Note(id="a"), Note(id="b")])
+    store.delete("a")
+    assert _logged(db) == 3
+    first.close()
+    first.close()  # idempotent
+    store.save(Note(id="c"))
+    assert _logged(db) == 4
+    assert [c.item_id for c in drain(second)] == ["a", "b", "a", "c"]
+    second.close()
+    assert _watchers(db) == 0
+    store.save(Note(id="d"))
+    assert _logged(db) == 4
+
+
+def test_a_stream_dropped_without_close_unregisters() -> None:
+    """A stream that is garbage-collected removes its registration."""
+    store = note_store()
+    stream = store.watch()
+    assert _watchers(store.database) == 1
+    del stream
+    gc.collect()
+    assert _watchers(store.database) == 0
+
+
+def test_closing_the_store_unregisters_its_streams(tmp_path: Path) -> None:
+    """Streams closed with their store leave no registration in the file."""
+    path = tmp_path / "closing.db"
+    store = note_store(path)
+    store.watch()
+    store.close()
+    other = note_store(path)
+    assert _watchers(other.database) == 0
+    other.close()
+
+
+def test_a_dead_process_registration_is_reaped(tmp_path: Path) -> None:
+    """A process killed while watching leaves a row that the next opener removes."""
+    path = tmp_path / "dead.db"
+    child = textwrap.dedent(
+        f"""
+        import os
+        from pydantic import BaseModel
+        from nexus_store import NexusStore
+
+        class Note(BaseModel):
+            id: str
+            text: str = ""
+
+        store = NexusStore[Note, str]({str(path)!r}, model=Note)
+        stream = store.watch()
+        os._exit(0)  # no close, no finalizers: as if killed
+        """
+    )
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+    raw = Database(path)
+    assert _watchers(raw) == 1
+    raw.close()
+    store = note_store(path)
+    assert _watchers(store.database) == 0
+    store.save(Note(id="x"))
+    assert _logged(store.database) == 0
+    store.close()
 
 
 def test_watch_follows_only_its_collection(tmp_path: Path) -> None:

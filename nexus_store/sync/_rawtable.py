@@ -84,6 +84,8 @@ class RawCollection:
         self.clock: Clock = clock or SystemClock()
         self._queue = queue or PrioritySyncQueue(database, clock=self.clock)
         self._log = ChangeLog()
+        with database.transaction() as conn:
+            ChangeLog.ensure_schema(conn)  # a file from an older version may lack nx_watchers
         with database.reading() as conn:
             info = conn.execute(f"PRAGMA table_info({quote_identifier(collection)})").fetchall()
             kinds_json = _meta(conn, f"columns:{collection}")
@@ -159,6 +161,7 @@ class RawCollection:
         applied: list[Change] = []
         now = self.clock.now()
         with self._db.transaction() as conn:
+            record = self._log.recording(conn)
             for change in changes:
                 if change.collection != self._collection:
                     continue
@@ -175,15 +178,16 @@ class RawCollection:
                     values = self._row_values(key, change.data or {})
                     conn.execute(self._upsert_sql, (*values, change.version, change.hlc, now))
                     kind = ChangeKind.UPSERT
-                self._log.append(
-                    conn,
-                    self._collection,
-                    key,
-                    kind,
-                    origin=ChangeOrigin.REMOTE,
-                    hlc=change.hlc or None,
-                    at=now,
-                )
+                if record:
+                    self._log.append(
+                        conn,
+                        self._collection,
+                        key,
+                        kind,
+                        origin=ChangeOrigin.REMOTE,
+                        hlc=change.hlc or None,
+                        at=now,
+                    )
                 applied.append(change)
         if applied:
             signal_for(self._db).notify()

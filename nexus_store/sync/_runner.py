@@ -565,7 +565,9 @@ class SyncRunner:
             versions = {
                 a.op_id: a.version for _, a in items if a.version is not None and not a.conflict
             }
-            with target.database.transaction():
+            # Not durable: a power loss can only undo acks, and a re-sent op is answered
+            # again by op id (see PrioritySyncQueue.ack).
+            with target.database.transaction(durable=False):
                 target.queue.ack([a.op_id for _, a in items], versions=versions)
                 adopted = [ack.adopt for _, ack in items if ack.adopt is not None]
                 if adopted:
