@@ -239,6 +239,9 @@ class ChangeSignal:
         self._waiting = 0
         self._count_lock = threading.Lock()
         self.counter = 0
+        self.orphans: collections.deque[int] = collections.deque()
+        """Registrations of streams collected while the database was busy (removed by the
+        next stream that opens on the database object)."""
 
     def notify(self) -> None:
         """Tell every waiting stream that something committed."""
@@ -285,6 +288,21 @@ def _unregister(database: Database, watcher_id: int) -> None:
         pass
 
 
+def _collected(database: Database, signal: ChangeSignal, watcher_id: int) -> None:
+    """A stream was garbage-collected unclosed: unregister it without ever blocking.
+
+    The collector may run in any thread, at any allocation, even one made while a lock
+    is held that the database's holder waits for: so the database lock is only tried.
+    """
+    if database.lock.acquire(blocking=False):
+        try:
+            _unregister(database, watcher_id)
+        finally:
+            database.lock.release()
+    else:
+        signal.orphans.append(watcher_id)
+
+
 class ChangeStream:
     """Committed changes of a collection, as an iterator and as an async iterator.
 
@@ -323,10 +341,13 @@ class ChangeStream:
         self._seen_signal = -1
         self._seen_version = -1
         with database.transaction() as conn:
+            while self._signal.orphans:
+                ChangeLog.unregister(conn, self._signal.orphans.popleft())
             watcher_id, newest = ChangeLog.register(conn)
+        self._watcher_id = watcher_id
         self._last = newest if since is None else since
         # Unregistered on close, or when the stream is collected without being closed.
-        self._unregister = weakref.finalize(self, _unregister, database, watcher_id)
+        self._finalizer = weakref.finalize(self, _collected, database, self._signal, watcher_id)
 
     @property
     def closed(self) -> bool:
@@ -341,7 +362,8 @@ class ChangeStream:
     def close(self) -> None:
         """Stop the stream; waiting readers return. Idempotent."""
         self._closed = True
-        self._unregister()
+        if self._finalizer.detach() is not None:  # the first close
+            _unregister(self._db, self._watcher_id)
         self._signal.notify()
 
     # -- reading -------------------------------------------------------------------------

@@ -123,6 +123,25 @@ def test_a_stream_dropped_without_close_unregisters() -> None:
     del stream
     gc.collect()
     assert _watchers(store.database) == 0
+    # Collected while another thread holds the database: left for the next stream to remove.
+    stream = store.watch()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.database.transaction():
+            holding.set()
+            release.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(WAIT)
+    del stream
+    gc.collect()  # must not block on the held lock
+    release.set()
+    holder.join(WAIT)
+    assert _watchers(store.database) == 1
+    store.watch().close()
+    assert _watchers(store.database) == 0
 
 
 def test_closing_the_store_unregisters_its_streams(tmp_path: Path) -> None:
