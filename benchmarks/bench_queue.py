@@ -10,8 +10,9 @@ Printed from one run, on files in a temporary directory:
    ``synchronous``). Both queues hold the same payloads (about 200 bytes), filled before
    the clock starts. Target: ratio >= 20.
    The ratio depends on how long a synced commit takes on the disk (persist-queue makes
-   two per item, we make two per batch), so the run also prints that latency and the
-   ratio with no sync on either side (``synchronous=NORMAL``): the CPU cost alone.
+   two per item, we make one per batch: the lease; acks do not wait for the disk), so
+   the run also prints that latency and the ratio with no sync on either side
+   (``synchronous=NORMAL``): the CPU cost alone.
 4. Lease latency: one ``lease(100)`` followed by the ``release`` of that batch (and, as a
    second figure, ``lease(100)`` + ``ack``) with 10,000 vs 1,000,000 ops queued (100,000
    with ``--quick``), mixed priorities, each op its own item. Measured with

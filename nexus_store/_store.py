@@ -438,9 +438,13 @@ class NexusStore(Generic[T, ID]):
         of other connections and processes within ``poll_interval`` seconds. It ends when
         closed (``close()``, ``with``/``async with``) or when the store is closed.
 
+        The change log is written only while at least one stream is open on the file (in
+        any process); saves with nobody watching skip it.
+
         Args:
             since: start after this change seq (``stream.last_seq`` of an earlier stream);
-                by default only changes committed from now on.
+                by default only changes committed from now on. Changes committed while no
+                stream was open anywhere were not logged and are not replayed.
             poll_interval: seconds between checks for commits by other connections.
         """
         self._check_open()
