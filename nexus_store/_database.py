@@ -172,39 +172,39 @@ class Database:
                     self._depth -= 1
                 return
             relaxed = not durable and self.durability == "full"
+            if relaxed:
+                self._set_synchronous("NORMAL")
             try:
-                if relaxed:
-                    self.conn.execute("PRAGMA synchronous=NORMAL")
-                self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                self._end_relaxed(relaxed)
-                raise translate_sqlite_error(exc, self.path) from exc
-            self._depth = 1
-            try:
-                yield self.conn
-            except BaseException as exc:
-                self._depth = 0
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                self._end_relaxed(relaxed)
-                if isinstance(exc, sqlite3.Error):
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
                     raise translate_sqlite_error(exc, self.path) from exc
-                raise
-            self._depth = 0
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-                raise translate_sqlite_error(exc, self.path) from exc
+                self._depth = 1
+                try:
+                    yield self.conn
+                except BaseException as exc:
+                    self._depth = 0
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):
+                        raise translate_sqlite_error(exc, self.path) from exc
+                    raise
+                self._depth = 0
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                    raise translate_sqlite_error(exc, self.path) from exc
             finally:
-                self._end_relaxed(relaxed)
+                if relaxed:
+                    self._set_synchronous("FULL")
 
-    def _end_relaxed(self, relaxed: bool) -> None:
-        """Restore ``synchronous=FULL`` after a non-durable transaction."""
-        if relaxed:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("PRAGMA synchronous=FULL")
+    def _set_synchronous(self, level: str) -> None:
+        try:
+            self.conn.execute(f"PRAGMA synchronous={level}")
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, self.path) from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

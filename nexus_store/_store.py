@@ -242,7 +242,7 @@ class NexusStore(Generic[T, ID]):
         now = self.clock.now()
         table, queue, log, collection = self._table, self._queue, self._log, self.collection
         with self._db.transaction() as conn:
-            record = log.recording(conn)
+            record = log.recorder(conn)
             for index, p in enumerate(prepared):
                 hlc = self._hlc.now()
                 try:
@@ -264,16 +264,9 @@ class NexusStore(Generic[T, ID]):
                     self.coalesce,
                     build=False,
                 )
-                if record:
-                    log.append(
-                        conn,
-                        collection,
-                        p.key,
-                        ChangeKind.UPSERT,
-                        origin=ChangeOrigin.LOCAL,
-                        hlc=hlc,
-                        at=now,
-                    )
+                record(
+                    collection, p.key, ChangeKind.UPSERT, origin=ChangeOrigin.LOCAL, hlc=hlc, at=now
+                )
         self._signal.notify()
 
     def delete(
@@ -312,16 +305,10 @@ class NexusStore(Generic[T, ID]):
                 tag=tag,
                 coalesce=self.coalesce,
             )
-            if self._log.recording(conn):
-                self._log.append(
-                    conn,
-                    self.collection,
-                    key,
-                    ChangeKind.DELETE,
-                    origin=ChangeOrigin.LOCAL,
-                    hlc=hlc,
-                    at=now,
-                )
+            record = self._log.recorder(conn)
+            record(
+                self.collection, key, ChangeKind.DELETE, origin=ChangeOrigin.LOCAL, hlc=hlc, at=now
+            )
         self._signal.notify()
         return True
 
@@ -541,7 +528,7 @@ class NexusStore(Generic[T, ID]):
             return applied
         now = self.clock.now()
         with self._db.transaction() as conn:
-            record = self._log.recording(conn)
+            record = self._log.recorder(conn)
             for change, key, prepared in candidates:
                 pending = not overwrite_pending and self._queue.is_pending(self.collection, key)
                 stored = self._table.stored_version(conn, key)
@@ -554,16 +541,7 @@ class NexusStore(Generic[T, ID]):
                 else:
                     self._table.write_remote(conn, prepared, change.version, hlc, now)
                     kind = ChangeKind.UPSERT
-                if record:
-                    self._log.append(
-                        conn,
-                        self.collection,
-                        key,
-                        kind,
-                        origin=ChangeOrigin.REMOTE,
-                        hlc=hlc,
-                        at=now,
-                    )
+                record(self.collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now)
                 applied.append(change)
         if applied:
             self._signal.notify()

@@ -37,7 +37,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import anyio
 import anyio.to_thread
@@ -51,6 +51,7 @@ __all__ = [
     "ChangeKind",
     "ChangeLog",
     "ChangeOrigin",
+    "ChangeRecorder",
     "ChangeSignal",
     "ChangeStream",
     "LocalChange",
@@ -95,10 +96,37 @@ class LocalChange(BaseModel):
     """When it was written (seconds since the epoch, from the store's clock)."""
 
 
+class ChangeRecorder(Protocol):
+    """Records one change in the current write transaction (see :meth:`ChangeLog.recorder`)."""
+
+    def __call__(
+        self,
+        collection: str,
+        item_id: str | int,
+        kind: ChangeKind,
+        *,
+        origin: ChangeOrigin,
+        hlc: str | None,
+        at: float,
+    ) -> None: ...
+
+
+def _skip(
+    collection: str,
+    item_id: str | int,
+    kind: ChangeKind,
+    *,
+    origin: ChangeOrigin,
+    hlc: str | None,
+    at: float,
+) -> None:
+    """The recorder while nobody watches."""
+
+
 class ChangeLog:
     """The ``nx_changes`` table: append inside a write transaction, read after a seq.
 
-    Writers ask :meth:`recording` once per transaction and append only if it says so;
+    Writers take a :meth:`recorder` once per transaction and call it for each change;
     streams :meth:`register` and :meth:`unregister` themselves in ``nx_watchers``.
     """
 
@@ -131,6 +159,26 @@ class ChangeLog:
     def recording(conn: sqlite3.Connection) -> bool:
         """Whether a stream is open on the file (the caller holds the write transaction)."""
         return conn.execute("SELECT 1 FROM nx_watchers LIMIT 1").fetchone() is not None
+
+    def recorder(self, conn: sqlite3.Connection) -> ChangeRecorder:
+        """What records this transaction's changes: :meth:`append` while a stream is open
+        on the file, otherwise nothing. Ask once per transaction (it reads ``nx_watchers``).
+        """
+        if not self.recording(conn):
+            return _skip
+
+        def record(
+            collection: str,
+            item_id: str | int,
+            kind: ChangeKind,
+            *,
+            origin: ChangeOrigin,
+            hlc: str | None,
+            at: float,
+        ) -> None:
+            self.append(conn, collection, item_id, kind, origin=origin, hlc=hlc, at=at)
+
+        return record
 
     @classmethod
     def register(cls, conn: sqlite3.Connection) -> tuple[int, int]:
@@ -279,13 +327,11 @@ def signal_for(database: Database) -> ChangeSignal:
 
 def _unregister(database: Database, watcher_id: int) -> None:
     """Remove a stream's registration, if its database is still open."""
-    if database.closed:
-        return  # the registration goes with the process (reaped by the next opener)
     try:
         with database.transaction() as conn:
             ChangeLog.unregister(conn, watcher_id)
-    except (StoreClosedError, DatabaseError):  # closed meanwhile: nothing to undo
-        pass
+    except (StoreClosedError, DatabaseError):
+        pass  # closed: the registration goes with the process (reaped by the next opener)
 
 
 def _collected(database: Database, signal: ChangeSignal, watcher_id: int) -> None:

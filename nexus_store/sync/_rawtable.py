@@ -161,7 +161,7 @@ class RawCollection:
         applied: list[Change] = []
         now = self.clock.now()
         with self._db.transaction() as conn:
-            record = self._log.recording(conn)
+            record = self._log.recorder(conn)
             for change in changes:
                 if change.collection != self._collection:
                     continue
@@ -178,16 +178,8 @@ class RawCollection:
                     values = self._row_values(key, change.data or {})
                     conn.execute(self._upsert_sql, (*values, change.version, change.hlc, now))
                     kind = ChangeKind.UPSERT
-                if record:
-                    self._log.append(
-                        conn,
-                        self._collection,
-                        key,
-                        kind,
-                        origin=ChangeOrigin.REMOTE,
-                        hlc=change.hlc or None,
-                        at=now,
-                    )
+                hlc = change.hlc or None
+                record(self._collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now)
                 applied.append(change)
         if applied:
             signal_for(self._db).notify()
