@@ -27,7 +27,12 @@ Rules:
 - **Leases**: a leased op carries ``leased_until``; once that passes (the worker
   crashed) the op is eligible again and the next :meth:`PrioritySyncQueue.lease` hands it
   out anew (at-least-once delivery; the server dedupes by op id). Until then it still
-  shows as ``LEASED``.
+  shows as ``LEASED``. Lease state (``leased_until``, ``lease_count``) is kept in a small
+  table ``nx_leases`` beside the op, keyed by its ``seq``, so a lease writes a page or two
+  instead of rewriting its ops' rows (payloads included) on every page they sit on.
+- **Acks in order**: acking several ops of one item at once is acking them one by one in
+  the order given; each removed head hands its place, and the version it was acked
+  with, to the item's next op.
 - **Durability**: enqueues (with the save they belong to), leases, nacks and dead-letter
   changes commit as the database's durability says. Acks and releases commit without
   waiting for the disk (atomic still): a power loss can only undo the last of them, until
@@ -230,23 +235,64 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS nx_queue_waiting ON nx_queue (collection, item_id) WHERE chain = 1",
     "CREATE INDEX IF NOT EXISTS nx_queue_delayed ON nx_queue (next_attempt_at) WHERE delayed = 1",
     "CREATE INDEX IF NOT EXISTS nx_queue_dead ON nx_queue (seq) WHERE chain = 2",
+    # Lease state lives beside the op, keyed by its seq: a lease writes these small rows
+    # (a page or two per batch) instead of rewriting the ops' own rows, which hold the
+    # payloads and spread over many pages. A row stays while its op lives: leased_until
+    # is NULL once the op is released, nacked or dead, and lease_count keeps counting
+    # (an op handed out once may have reached the server, so nothing coalesces into it).
+    """CREATE TABLE IF NOT EXISTS nx_leases (
+        seq INTEGER PRIMARY KEY,
+        leased_until REAL,
+        lease_count INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    # Whatever removes an op (ack, discard) removes its lease state with it.
+    """CREATE TRIGGER IF NOT EXISTS nx_queue_forget_lease AFTER DELETE ON nx_queue
+        BEGIN DELETE FROM nx_leases WHERE seq = old.seq; END""",
 )
-_COLUMNS = (
+# A queue made before lease state moved to nx_leases keeps it in nx_queue's own columns
+# (state 'leased', leased_until, lease_count): moved over once, when nx_leases is created.
+_NO_LEASES = (
+    "CREATE TEMP TABLE IF NOT EXISTS nx_leases (seq INTEGER PRIMARY KEY, leased_until REAL, "
+    "lease_count INTEGER NOT NULL, updated_at REAL NOT NULL)"
+)
+_HAS_LEASE_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_leases'"
+_ADOPT_OLD_LEASES = (
+    "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at) "
+    "SELECT seq, CASE WHEN state = 'leased' THEN leased_until END, "
+    "max(lease_count, state = 'leased'), updated_at FROM nx_queue "
+    "WHERE lease_count > 0 OR state = 'leased'",
+    "UPDATE nx_queue SET state = 'pending', leased_until = NULL, lease_count = 0 "
+    "WHERE lease_count > 0 OR state = 'leased'",
+)
+_TABLE_COLUMNS = (
     "seq, op_id, collection, item_id, kind, priority, payload, schema_version, base_version, "
     "hlc, state, chain, attempts, next_attempt_at, leased_until, last_error, error_kind, tag, "
     "lease_count, created_at, updated_at"
 )
-_REQUIRED_COLUMNS = frozenset(c.strip() for c in _COLUMNS.split(",")) | {"delayed"}
+_REQUIRED_COLUMNS = frozenset(c.strip() for c in _TABLE_COLUMNS.split(",")) | {"delayed"}
+# An op as read (what _to_op takes): nx_queue's columns with the lease state of nx_leases.
+# In nx_queue itself state is only 'pending' or 'dead', leased_until NULL, lease_count 0,
+# except in a file of the older layout opened only to inspect it (nx_leases then empty).
+_STATE = "CASE WHEN l.leased_until IS NULL THEN q.state ELSE 'leased' END"
+_COLUMNS = (
+    "q.seq, q.op_id, q.collection, q.item_id, q.kind, q.priority, q.payload, "
+    "q.schema_version, q.base_version, q.hlc, " + _STATE + ", q.chain, q.attempts, "
+    "q.next_attempt_at, coalesce(l.leased_until, q.leased_until), q.last_error, q.error_kind, "
+    "q.tag, coalesce(l.lease_count, q.lease_count), q.created_at, "
+    "max(q.updated_at, coalesce(l.updated_at, 0))"
+)
+_OPS = " FROM nx_queue q LEFT JOIN nx_leases l ON l.seq = q.seq "
 
 # The item's newest live op (coalescing target, or the op to queue behind), in one statement.
 _TAIL_COLUMNS = (
-    "seq, op_id, state, attempts, lease_count, priority, base_version, tag, chain, "
-    "next_attempt_at, created_at, last_error, error_kind"
+    "q.seq, q.op_id, q.state, q.attempts, coalesce(l.lease_count, q.lease_count), q.priority, "
+    "q.base_version, q.tag, q.chain, q.next_attempt_at, q.created_at, q.last_error, q.error_kind"
 )
 _TAIL = (
-    "SELECT " + _TAIL_COLUMNS + " FROM nx_queue WHERE collection = ?1 AND item_id = ?2 "
-    "AND chain = 1 UNION ALL SELECT " + _TAIL_COLUMNS + " FROM nx_queue "
-    "WHERE collection = ?1 AND item_id = ?2 AND chain = 0 ORDER BY 1 DESC LIMIT 1"
+    "SELECT " + _TAIL_COLUMNS + _OPS + "WHERE q.collection = ?1 AND q.item_id = ?2 "
+    "AND q.chain = 1 UNION ALL SELECT " + _TAIL_COLUMNS + _OPS + "WHERE q.collection = ?1 "
+    "AND q.item_id = ?2 AND q.chain = 0 ORDER BY 1 DESC LIMIT 1"
 )
 _INSERT = (
     "INSERT OR IGNORE INTO nx_queue (op_id, collection, item_id, kind, priority, payload, "
@@ -270,27 +316,33 @@ _RAISE_WAITING = (
     "AND chain = 1 AND seq <= ?5 AND priority > ?1"
 )
 _PROMOTE = "UPDATE nx_queue SET delayed = 0 WHERE delayed = 1 AND next_attempt_at <= ?"
-# One statement per priority picks the next heads in order, leases them and returns them.
-_LEASE = (
-    "UPDATE nx_queue SET state = 'leased', leased_until = ?1, lease_count = lease_count + 1, "
-    "updated_at = ?2 WHERE seq IN (SELECT seq FROM nx_queue WHERE chain = 0 AND delayed = 0 "
-    "AND priority = ?3 AND next_attempt_at <= ?2 AND (state = 'pending' OR leased_until <= ?2) "
-    "ORDER BY seq LIMIT ?4) RETURNING " + _COLUMNS
+# Per priority, one statement picks the next heads in order (with their state after the
+# lease: seq first, then _COLUMNS' fields) and one records their leases.
+_LEASE_PICK = (
+    "SELECT q.seq, q.op_id, q.collection, q.item_id, q.kind, q.priority, q.payload, "
+    "q.schema_version, q.base_version, q.hlc, 'leased', q.chain, q.attempts, "
+    "q.next_attempt_at, ?1, q.last_error, q.error_kind, q.tag, "
+    "coalesce(l.lease_count, 0) + 1, q.created_at, ?2" + _OPS + "WHERE q.chain = 0 "
+    "AND q.delayed = 0 AND q.priority = ?3 AND q.next_attempt_at <= ?2 "
+    "AND (l.leased_until IS NULL OR l.leased_until <= ?2)"
 )
+_LEASE = _LEASE_PICK + " ORDER BY q.seq LIMIT ?4"
 _LEASE_IN = (
-    "UPDATE nx_queue SET state = 'leased', leased_until = ?1, lease_count = lease_count + 1, "
-    "updated_at = ?2 WHERE seq IN (SELECT seq FROM nx_queue WHERE chain = 0 AND delayed = 0 "
-    "AND priority = ?3 AND next_attempt_at <= ?2 AND (state = 'pending' OR leased_until <= ?2) "
-    "AND collection IN (SELECT value FROM json_each(?5)) ORDER BY seq LIMIT ?4) RETURNING "
-    + _COLUMNS
+    _LEASE_PICK + " AND q.collection IN (SELECT value FROM json_each(?5)) ORDER BY q.seq LIMIT ?4"
 )
+_LEASE_RECORD = (
+    "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at) VALUES (?1, ?2, 1, ?3) "
+    "ON CONFLICT (seq) DO UPDATE SET leased_until = ?2, lease_count = lease_count + 1, "
+    "updated_at = ?3"
+)
+_LEASE_END = "UPDATE nx_leases SET leased_until = NULL, updated_at = ?1 WHERE seq = ?2"
 _UPGRADED = "UPDATE nx_queue SET payload = ?, schema_version = ? WHERE seq = ?"
 _KILL = (
-    "UPDATE nx_queue SET state = 'dead', chain = 2, delayed = 0, leased_until = NULL, "
+    "UPDATE nx_queue SET state = 'dead', chain = 2, delayed = 0, "
     "attempts = ?, last_error = ?, error_kind = ?, updated_at = ? WHERE seq = ?"
 )
 _RETRY_LATER = (
-    "UPDATE nx_queue SET state = 'pending', delayed = ?, leased_until = NULL, attempts = ?, "
+    "UPDATE nx_queue SET delayed = ?, attempts = ?, "
     "next_attempt_at = ?, last_error = ?, error_kind = ?, updated_at = ? WHERE seq = ?"
 )
 # After the head left or died, the item's oldest waiting op becomes its head.
@@ -306,49 +358,59 @@ _UNBLOCK_NEXT_VERSION = (
 )
 _DELETE_MANY = (
     "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?)) "
-    "RETURNING op_id, collection, item_id, chain"
+    "RETURNING seq, op_id, collection, item_id, chain"
 )
+_FIRST_WAITING = "SELECT min(seq) FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 1"
 _DELETE_MANY_QUIETLY = "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?))"
-_BY_OP_ID = "SELECT " + _COLUMNS + " FROM nx_queue WHERE op_id = ?"
+_BY_OP_ID = "SELECT " + _COLUMNS + _OPS + "WHERE q.op_id = ?"
 _FOR_NACK = "SELECT seq, collection, item_id, state, attempts, chain FROM nx_queue WHERE op_id = ?"
 _RELEASE = (
-    "UPDATE nx_queue SET state = 'pending', leased_until = NULL, updated_at = ? "
-    "WHERE op_id IN (SELECT value FROM json_each(?)) AND state = 'leased'"
+    "UPDATE nx_leases SET leased_until = NULL, updated_at = ?1 WHERE seq IN (SELECT seq "
+    "FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?2))) "
+    "AND leased_until IS NOT NULL"
 )
-_DEAD_ALL = "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 ORDER BY seq"
-_DEAD_IN = "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 AND collection = ? ORDER BY seq"
+_DEAD_ALL = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 ORDER BY q.seq"
+_DEAD_IN = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 AND q.collection = ? ORDER BY q.seq"
 _HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
 _ITEM_HEAD = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
+    "SELECT " + _COLUMNS + _OPS + "WHERE q.collection = ? AND q.item_id = ? AND q.chain = 0"
 )
 _ITEM_WAITING = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 1"
+    "SELECT " + _COLUMNS + _OPS + "WHERE q.collection = ? AND q.item_id = ? AND q.chain = 1"
 )
 _ITEM_DEAD = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE chain = 2 AND collection = ? AND item_id = ?"
+    "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 AND q.collection = ? AND q.item_id = ?"
 )
 _PENDING_ALL = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state IN (SELECT value FROM json_each(?)) "
-    "ORDER BY priority, seq LIMIT ?"
+    "SELECT " + _COLUMNS + _OPS + "WHERE " + _STATE + " IN (SELECT value FROM json_each(?)) "
+    "ORDER BY q.priority, q.seq LIMIT ?"
 )
 _PENDING_IN = (
-    "SELECT " + _COLUMNS + " FROM nx_queue WHERE state IN (SELECT value FROM json_each(?)) "
-    "AND collection = ? ORDER BY priority, seq LIMIT ?"
+    "SELECT " + _COLUMNS + _OPS + "WHERE " + _STATE + " IN (SELECT value FROM json_each(?)) "
+    "AND q.collection = ? ORDER BY q.priority, q.seq LIMIT ?"
 )
 _REVIVE = (
     "UPDATE nx_queue SET seq = (SELECT max(seq) + 1 FROM nx_queue), state = 'pending', "
-    "chain = ?, delayed = 0, attempts = 0, next_attempt_at = ?, leased_until = NULL, "
+    "chain = ?, delayed = 0, attempts = 0, next_attempt_at = ?, "
     "updated_at = ? WHERE seq = ? RETURNING seq, priority"
 )
+_MOVE_LEASE = "UPDATE nx_leases SET seq = ? WHERE seq = ?"
+# Counts by nx_queue's own state (pending or dead), then the leased ops among the pending
+# ones, counted apart (few: a lease's worth), so counting a big queue reads nx_queue alone.
 _STATS = (
     "SELECT priority, state, count(*), sum(chain = 1), "
     "sum(state = 'pending' AND chain = 0 AND next_attempt_at > ?1), "
     "min(CASE WHEN chain != 2 THEN created_at END) FROM nx_queue "
     "WHERE ?2 IS NULL OR collection = ?2 GROUP BY priority, state"
 )
+_STATS_LEASED = (
+    "SELECT q.priority, count(*), sum(q.chain = 0 AND q.next_attempt_at > ?1) "
+    "FROM nx_leases l JOIN nx_queue q ON q.seq = l.seq "
+    "WHERE l.leased_until IS NOT NULL AND (?2 IS NULL OR q.collection = ?2) GROUP BY q.priority"
+)
 _NEXT_PENDING = (
-    "SELECT next_attempt_at FROM nx_queue WHERE chain = 0 AND delayed = 0 AND priority = ? "
-    "AND state = 'pending' ORDER BY seq LIMIT 1"
+    "SELECT q.next_attempt_at" + _OPS + "WHERE q.chain = 0 AND q.delayed = 0 "
+    "AND q.priority = ? AND l.leased_until IS NULL ORDER BY q.seq LIMIT 1"
 )
 _NEXT_DELAYED = (
     "SELECT next_attempt_at FROM nx_queue WHERE delayed = 1 AND chain = 0 "
@@ -356,8 +418,8 @@ _NEXT_DELAYED = (
 )
 # Asked only when no head is pending: then the eligible index holds leased heads alone.
 _NEXT_LEASE_END = (
-    "SELECT min(leased_until) FROM nx_queue WHERE chain = 0 AND delayed = 0 "
-    "AND priority IN (SELECT value FROM json_each(?))"
+    "SELECT min(l.leased_until) FROM nx_leases l JOIN nx_queue q ON q.seq = l.seq "
+    "WHERE q.chain = 0 AND q.delayed = 0 AND q.priority IN (SELECT value FROM json_each(?))"
 )
 
 _ALL_PRIORITIES: tuple[SyncPriority, ...] = tuple(sorted(SyncPriority))
@@ -566,6 +628,30 @@ def _check_item_id(item_id: object) -> str | int:
     return item_id
 
 
+def _handover(
+    removed: Sequence[tuple[int, str, int]], versions: Mapping[str, int], first: int
+) -> tuple[bool, int | None]:
+    """Replay one item's removals in the order given (``(seq, op_id, chain)`` each).
+
+    The item's head is its oldest live op; removing it makes the next live op the head,
+    based on the version the removed head was acked with, if given. ``first`` is the
+    item's oldest waiting op that stays. Returns whether ``first`` becomes the head, and
+    the version it is then based on (``None``: it keeps its own).
+    """
+    live = sorted({seq for seq, _, chain in removed if chain != _OUT} | {first})
+    version: int | None = None
+    for seq, op_id, chain in removed:
+        if chain == _OUT:
+            continue
+        was_head = seq == live[0]
+        live.remove(seq)
+        if was_head:
+            version = versions.get(op_id)
+            if live[0] == first:
+                return True, version
+    return False, None
+
+
 class PrioritySyncQueue:
     """The persisted priority sync queue (table ``nx_queue``).
 
@@ -634,10 +720,20 @@ class PrioritySyncQueue:
                 f"{self.database.path}: table nx_queue lacks columns {sorted(missing)}; "
                 "it was not made by this version of nexus-store"
             )
+        with self.database.reading() as conn:
+            has_leases = conn.execute(_HAS_LEASE_TABLE).fetchone() is not None
         if create:
             with self.database.transaction() as conn:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                if columns and not has_leases:
+                    for statement in _ADOPT_OLD_LEASES:
+                        conn.execute(statement)
+        elif not has_leases:
+            # A queue of the older layout, only inspected: the file stays as it is, and its
+            # lease state is read where that layout keeps it (see _COLUMNS).
+            with self.database.reading() as conn:
+                conn.execute(_NO_LEASES)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -989,8 +1085,8 @@ class PrioritySyncQueue:
                         rows = conn.execute(_LEASE_IN, params).fetchall()
                     if not rows:
                         break
-                    rows.sort()  # RETURNING order is unspecified; seq is the first column
                     good, failed = self._upgrade_rows(conn, rows, now)
+                    conn.executemany(_LEASE_RECORD, [(row[0], until, now) for row in good])
                     leased += map(_to_op, good)
                     if not failed and len(rows) < want:
                         break
@@ -1051,6 +1147,7 @@ class PrioritySyncQueue:
     ) -> None:
         """Dead-letter an op; if it was its item's head, the next op takes its place."""
         conn.execute(_KILL, (attempts, reason, kind.value, now, seq))
+        conn.execute(_LEASE_END, (now, seq))
         if head:
             conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
 
@@ -1086,19 +1183,30 @@ class PrioritySyncQueue:
     def _remove(
         conn: sqlite3.Connection, ids: list[str], versions: Mapping[str, int], now: float
     ) -> int:
-        """Delete ops; each removed head hands its place to its item's next op."""
+        """Delete ops, in the order given; each removed head hands its place to its item's
+        next op (with the version it was acked with, if any)."""
         # Most of the time no op waits behind another at all: then nothing needs to know
         # which ops were heads, and the rows need not come back to Python.
         if conn.execute(_ANY_WAITING).fetchone() is None:
             return conn.execute(_DELETE_MANY_QUIETLY, (json.dumps(ids),)).rowcount
         rows = conn.execute(_DELETE_MANY, (json.dumps(ids),)).fetchall()
-        for op_id, collection, item_id, chain in rows:
-            if chain == _HEAD:
-                version = versions.get(op_id)
-                if version is None:
-                    conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
-                else:
-                    conn.execute(_UNBLOCK_NEXT_VERSION, (now, collection, item_id, version))
+        position = {op_id: n for n, op_id in enumerate(ids)}
+        by_item: dict[tuple[str, str | int], list[tuple[int, str, int]]] = {}
+        for seq, op_id, collection, item_id, chain in sorted(rows, key=lambda r: position[r[1]]):
+            by_item.setdefault((collection, item_id), []).append((seq, op_id, chain))
+        for (collection, item_id), removed in by_item.items():
+            if all(chain != _HEAD for _, _, chain in removed):
+                continue  # the item's head stays: nothing moves up
+            first = conn.execute(_FIRST_WAITING, (collection, item_id)).fetchone()[0]
+            if first is None:
+                continue  # nothing left behind the removed ops
+            moves, version = _handover(removed, versions, first)
+            if not moves:  # pragma: no cover - a removed head always hands over
+                continue
+            if version is None:
+                conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
+            else:
+                conn.execute(_UNBLOCK_NEXT_VERSION, (now, collection, item_id, version))
         return len(rows)
 
     def nack(
@@ -1179,6 +1287,7 @@ class PrioritySyncQueue:
                             seq,
                         ),
                     )
+                    conn.execute(_LEASE_END, (now, seq))
         return updated
 
     def release(self, op_ids: str | Iterable[str]) -> int:
@@ -1235,6 +1344,7 @@ class PrioritySyncQueue:
                 new_seq, priority = conn.execute(
                     _REVIVE, (_WAITING if blocked else _HEAD, now, now, row[0])
                 ).fetchone()
+                conn.execute(_MOVE_LEASE, (new_seq, row[0]))
                 if blocked:
                     self._raise_before(
                         conn,
@@ -1347,7 +1457,8 @@ class PrioritySyncQueue:
         now = self._clock.now()
         with self.database.reading() as conn:
             rows = conn.execute(_STATS, (now, collection)).fetchall()
-        return _make_stats(collection, rows, now)
+            leased = conn.execute(_STATS_LEASED, (now, collection)).fetchall()
+        return _make_stats(collection, rows, leased, now)
 
     async def stats_stream(self, *, poll_interval: float = 0.5) -> AsyncIterator[QueueStats]:
         """Yield the stats now, then each time they change; ends when the queue closes.
@@ -1465,7 +1576,14 @@ def _without_age(stats: QueueStats) -> tuple[Any, ...]:
     )
 
 
-def _make_stats(collection: str | None, rows: Iterable[Sequence[Any]], now: float) -> QueueStats:
+def _make_stats(
+    collection: str | None,
+    rows: Iterable[Sequence[Any]],
+    leased: Iterable[Sequence[Any]],
+    now: float,
+) -> QueueStats:
+    """Stats from _STATS rows (nx_queue's states) and _STATS_LEASED rows (the leased ops,
+    which nx_queue counts as pending heads)."""
     counts = {p: dict.fromkeys(_ALL_STATES, 0) for p in _ALL_PRIORITIES}
     blocked = backing_off = 0
     oldest: float | None = None
@@ -1475,6 +1593,11 @@ def _make_stats(collection: str | None, rows: Iterable[Sequence[Any]], now: floa
         backing_off += n_backing_off or 0
         if first_created is not None and (oldest is None or first_created < oldest):
             oldest = first_created
+    for priority, count, n_later in leased:
+        by_state = counts[_PRIORITIES[priority]]
+        by_state[OpState.PENDING] -= count
+        by_state[OpState.LEASED] += count
+        backing_off -= n_later or 0
     by_state = {s: sum(counts[p][s] for p in _ALL_PRIORITIES) for s in _ALL_STATES}
     return QueueStats(
         collection=collection,

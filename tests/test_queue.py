@@ -163,6 +163,79 @@ def test_newer_write_waits_while_the_older_op_is_leased(queue: PrioritySyncQueue
     )
 
 
+def test_acks_hand_over_in_the_order_given(queue: PrioritySyncQueue) -> None:
+    """Acking an item's head and the op behind it at once: the next op is based on the
+    version of the last head acked, as if the acks came one by one in that order."""
+    ops = [queue.enqueue("notes", "n", f"v{i}".encode(), coalesce=False) for i in range(4)]
+    ids = [op.op_id for op in ops]
+    queue.lease(10)
+    assert queue.ack(ids[:2], versions={ids[0]: 100, ids[1]: 101}) == 2
+    (head,) = queue.lease(10)
+    assert (head.op_id, head.base_version) == (ids[2], 101)
+    # An op acked before the head in the list was not a head then: its version is unused.
+    m = [queue.enqueue("notes", "m", b"x", coalesce=False).op_id for _ in range(4)]
+    queue.lease(10)
+    assert queue.ack([m[2], m[0], m[1]], versions={m[0]: 10, m[1]: 11, m[2]: 12}) == 3
+    (last,) = queue.pending("notes", "m")
+    assert (last.op_id, last.base_version, last.blocked) == (m[3], 11, False)
+
+
+def test_lease_state_is_kept_beside_the_op(queue: PrioritySyncQueue, clock: FakeClock) -> None:
+    """A lease writes nx_leases only; ack and discard remove the op's lease state with it."""
+    a = queue.enqueue("notes", "a", b"x")
+    b = queue.enqueue("notes", "b", b"x")
+    before = queue.database.execute("SELECT * FROM nx_queue ORDER BY seq")
+    leased = queue.lease(10)
+    assert [op.state for op in leased] == [OpState.LEASED, OpState.LEASED]
+    assert queue.database.execute("SELECT * FROM nx_queue ORDER BY seq") == before
+    assert queue.database.execute("SELECT count(*) FROM nx_leases")[0][0] == 2
+    queue.ack(a.op_id)
+    queue.discard(b.op_id)
+    assert queue.database.execute("SELECT count(*) FROM nx_leases")[0][0] == 0
+
+
+def test_a_queue_of_the_older_layout_keeps_its_leases(tmp_path: Path, clock: FakeClock) -> None:
+    """Lease state kept in nx_queue's own columns (older layout) moves to nx_leases on
+    open: a leased op stays leased until its lease ends, an op leased once never merges."""
+    path = tmp_path / "old.db"
+    q = PrioritySyncQueue(path, clock=clock)
+    leased = q.enqueue("notes", "a", b"x")
+    released = q.enqueue("notes", "b", b"x")
+    fresh = q.enqueue("notes", "c", b"x")
+    q.close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE nx_leases")  # the trigger goes with it
+    conn.execute(
+        "UPDATE nx_queue SET state = 'leased', leased_until = ?, lease_count = 1 WHERE op_id = ?",
+        (clock.now() + 30, leased.op_id),
+    )
+    conn.execute("UPDATE nx_queue SET lease_count = 2 WHERE op_id = ?", (released.op_id,))
+    conn.commit()
+    conn.close()
+    inspected = PrioritySyncQueue(path, clock=clock, create=False)  # the file stays as it is
+    assert inspected.stats().leased == 1
+    shown = {op.op_id: op for op in inspected.pending()}
+    assert (shown[leased.op_id].state, shown[leased.op_id].lease_count) == (OpState.LEASED, 1)
+    assert shown[leased.op_id].leased_until == clock.now() + 30
+    assert shown[released.op_id].lease_count == 2
+    inspected.close()
+    check = Database(path)
+    assert check.execute("SELECT name FROM sqlite_master WHERE name = 'nx_leases'") == []
+    check.close()
+    q = PrioritySyncQueue(path, clock=clock)
+    got = {op.op_id: op for op in q.pending()}
+    assert (got[leased.op_id].state, got[leased.op_id].lease_count) == (OpState.LEASED, 1)
+    assert got[leased.op_id].leased_until == clock.now() + 30
+    assert (got[released.op_id].state, got[released.op_id].lease_count) == (OpState.PENDING, 2)
+    assert [op.op_id for op in q.lease(10)] == [released.op_id, fresh.op_id]
+    assert q.enqueue("notes", "b", b"y").op_id != released.op_id  # leased once: no merge
+    clock.advance(31)  # every lease has run out: all three are handed out again, in order
+    again = q.lease(10)
+    assert [op.op_id for op in again] == [leased.op_id, released.op_id, fresh.op_id]
+    assert [op.lease_count for op in again] == [2, 4, 2]
+    q.close()
+
+
 def test_no_coalescing_into_an_op_that_may_have_been_sent(
     queue: PrioritySyncQueue, clock: FakeClock
 ) -> None:
@@ -765,7 +838,9 @@ def test_lease_reads_the_eligible_index_not_the_table(queue: PrioritySyncQueue) 
     assert "TEMP B-TREE" not in plans[0]  # the index yields rows in serving order
     assert "USING INDEX nx_queue_delayed" in plans[1]
     assert "INDEX sqlite_autoindex_nx_queue_1 (op_id=?)" in plans[2]
-    assert not any(part.startswith("SCAN nx_queue ") for p in plans for part in p.split(" | "))
+    assert "SEARCH l USING INTEGER PRIMARY KEY" in plans[0]  # lease state: one probe per op
+    scans = ("SCAN nx_queue", "SCAN q", "SCAN l")
+    assert not any(part.startswith(scans) for p in plans for part in p.split(" | "))
 
 
 def _lease_steps(queue: PrioritySyncQueue) -> int:
