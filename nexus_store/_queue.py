@@ -79,6 +79,7 @@ from ._exceptions import (
 )
 from ._hlc import HybridLogicalClock
 from ._priority import SyncPriority
+from ._trusted import trusted_builder
 
 __all__ = [
     "OpKind",
@@ -459,32 +460,11 @@ def _new_op_id(now: float) -> str:
 
 
 _MAX_MILLIS = (1 << 48) - 1
-_OP_FIELDS = frozenset(QueuedOp.model_fields)
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _trusted_finish(op: QueuedOp) -> QueuedOp:
-    # Every enqueue and every leased row makes a QueuedOp of values that are already typed
-    # (our own table, checked arguments). Validation costs as much as the INSERT, and
-    # pydantic's model_construct twice that, so the instance is filled the way
-    # model_construct fills it. The fields-set is shared: a frozen model never changes it
-    # (model_copy copies it). _pick_finisher() checks this against pydantic at import time.
-    _set(op, "__pydantic_fields_set__", _SHARED_FIELDS_SET)
-    _set(op, "__pydantic_extra__", None)
-    _set(op, "__pydantic_private__", None)
-    return op
-
-
-def _validated_finish(op: QueuedOp) -> QueuedOp:
-    return QueuedOp(**op.__dict__)
-
-
-_SHARED_FIELDS_SET = set(_OP_FIELDS)
-
-
-def _pick_finisher() -> Callable[[QueuedOp], QueuedOp]:
-    sample: dict[str, Any] = {
+# Every enqueue and every leased row makes a QueuedOp of values that are already typed
+# (our own table, checked arguments): built without validating them again.
+_build_op = trusted_builder(
+    QueuedOp,
+    {
         "op_id": "00000000-0000-4000-8000-000000000000",
         "seq": 1,
         "collection": "c",
@@ -506,35 +486,8 @@ def _pick_finisher() -> Callable[[QueuedOp], QueuedOp]:
         "updated_at": 1.0,
         "blocked": False,
         "lease_count": 0,
-    }
-    try:
-        trusted = _new(QueuedOp)
-        _set(trusted, "__dict__", dict(sample))
-        trusted = _trusted_finish(trusted)
-        validated = QueuedOp(**sample)
-        copied = trusted.model_copy(update={"seq": 2})
-        same = (
-            trusted == validated
-            and trusted.model_dump() == validated.model_dump()
-            and trusted.model_fields_set == validated.model_fields_set
-            and hash(trusted) == hash(validated)
-            and repr(trusted) == repr(validated)
-            and copied.seq == 2
-            and trusted.seq == 1
-            and _SHARED_FIELDS_SET == _OP_FIELDS
-        )
-    except Exception:  # any mismatch with pydantic's internals: use the public path
-        same = False
-    return _trusted_finish if same else _validated_finish
-
-
-_finish_op = _pick_finisher()
-
-
-def _build_op(values: dict[str, Any]) -> QueuedOp:
-    op = _new(QueuedOp)
-    _set(op, "__dict__", values)
-    return _finish_op(op)
+    },
+)
 
 
 def _to_op(row: Sequence[Any]) -> QueuedOp:
@@ -916,10 +869,7 @@ class PrioritySyncQueue:
             if isinstance(behind, QueuedOp):
                 return behind  # coalesced into an earlier op
             cursor = behind
-        op = _new(QueuedOp)
-        _set(
-            op,
-            "__dict__",
+        return _build_op(
             {
                 "op_id": params[0],
                 "seq": cursor.lastrowid,
@@ -942,9 +892,8 @@ class PrioritySyncQueue:
                 "updated_at": params[10],
                 "blocked": blocked,
                 "lease_count": 0,
-            },
+            }
         )
-        return _finish_op(op)
 
     def _write_behind(
         self, conn: sqlite3.Connection, params: tuple[Any, ...], coalesce: bool

@@ -28,6 +28,11 @@ __all__ = [
 ItemId = str | int
 """The id of an item on the wire: the model's id field value (a string or an integer)."""
 
+MAX_OP_ID = 64
+MAX_COLLECTION = 63
+MAX_HLC = 64
+"""The longest op id, collection name and stamp an op may carry."""
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
@@ -40,17 +45,59 @@ class RemoteOp(_Wire):
     applies it at most once.
     """
 
-    op_id: str = Field(min_length=1, max_length=64)
-    collection: str = Field(min_length=1, max_length=63)
+    op_id: str = Field(min_length=1, max_length=MAX_OP_ID)
+    collection: str = Field(min_length=1, max_length=MAX_COLLECTION)
     item_id: ItemId
     kind: Literal["upsert", "delete"]
     data: dict[str, Any] | None = None
     """The item (``model_dump(mode="json")``) for an upsert; ``None`` for a delete."""
     base_version: int = Field(default=0, ge=0)
     """The server version the client based this write on (0: it had never seen the item)."""
-    hlc: str = Field(min_length=1, max_length=64)
+    hlc: str = Field(min_length=1, max_length=MAX_HLC)
     """Hybrid logical clock stamp of the write (last-writer-wins order)."""
     schema_version: int = Field(default=1, ge=1)
+
+
+def is_plain_op(  # noqa: PLR0917 - an op's fields, positional for speed
+    op_id: object,
+    collection: object,
+    item_id: object,
+    kind: object,
+    data: object,
+    base_version: object,
+    hlc: object,
+    schema_version: object,
+) -> bool:
+    """Whether these are :class:`RemoteOp` fields exactly of its types and within its
+    bounds, so that they need no validation (``False``: validate them, which may convert
+    them or say why they are refused).
+
+    Hot paths (a sync run's leased ops, a server's decoded batch) check this per op: it is
+    several times cheaper than building the model.
+    """
+    if (
+        type(op_id) is not str
+        or not 0 < len(op_id) <= MAX_OP_ID
+        or type(collection) is not str
+        or not 0 < len(collection) <= MAX_COLLECTION
+        or type(hlc) is not str
+        or not 0 < len(hlc) <= MAX_HLC
+        or (kind != "upsert" and kind != "delete")  # noqa: PLR1714 - any type compares
+        or (type(item_id) is not str and type(item_id) is not int)
+        or type(base_version) is not int
+        or base_version < 0
+        or type(schema_version) is not int
+        or schema_version < 1
+    ):
+        return False
+    if data is None:
+        return True
+    if type(data) is not dict:
+        return False
+    for key in data:  # noqa: SIM110 - a plain loop is twice as fast as all() on a generator
+        if type(key) is not str:
+            return False
+    return True
 
 
 class OpStatus(StrEnum):

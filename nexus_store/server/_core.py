@@ -61,7 +61,15 @@ from typing import Any, Literal, Self, TypeAlias
 
 from .._codec import decode, encode
 from .._exceptions import CodecError, LifecycleError, PayloadTooLargeError, PermanentError
-from ..backends._base import Change, Changes, ItemId, OpStatus, PushResult, RemoteOp
+from ..backends._base import (
+    Change,
+    Changes,
+    ItemId,
+    OpStatus,
+    PushResult,
+    RemoteOp,
+    is_plain_op,
+)
 from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Storage, StoredItem, open_storage
 
 __all__ = [
@@ -239,30 +247,9 @@ def prepare_wire(raw: Any) -> PreparedOp | None:
     data = raw.get("data")
     base_version = raw.get("base_version", 0)
     schema_version = raw.get("schema_version", 1)
-    if (
-        type(op_id) is not str
-        or not 0 < len(op_id) <= 64  # RemoteOp's bounds
-        or type(collection) is not str
-        or not 0 < len(collection) <= 63
-        or type(hlc) is not str
-        or not 0 < len(hlc) <= 64
-        or (kind != "upsert" and kind != "delete")  # noqa: PLR1714 - any type compares
-        or (type(item_id) is not str and type(item_id) is not int)
-        or type(base_version) is not int
-        or base_version < 0
-        or type(schema_version) is not int
-        or schema_version < 1
-        or (data is not None and (type(data) is not dict or not _str_keys(data)))
-    ):
+    if not is_plain_op(op_id, collection, item_id, kind, data, base_version, hlc, schema_version):
         return None
     return _prepare(op_id, collection, item_id, kind, data, base_version, hlc, schema_version, raw)
-
-
-def _str_keys(data: dict[Any, Any]) -> bool:
-    for key in data:  # noqa: SIM110 - a plain loop is twice as fast as all() on a generator
-        if type(key) is not str:
-            return False
-    return True
 
 
 def refused(op_id: str, reason: str) -> PreparedOp:

@@ -49,7 +49,8 @@ from .._database import Database
 from .._exceptions import CodecError, ErrorKind, RemoteError, StoreError
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
-from ..backends._base import Change, RemoteBackend, RemoteOp
+from .._trusted import trusted_builder
+from ..backends._base import Change, RemoteBackend, RemoteOp, is_plain_op
 from ._device import DeviceStateProvider
 from ._engine import (
     Ack,
@@ -688,6 +689,9 @@ def _prepare(op: QueuedOp) -> _Leased:
         if not isinstance(decoded, dict):
             return _Leased(op, None, size, "the queued payload is not a record (a map)")
         data = decoded
+    remote = _wire_op(op, data)
+    if remote is not None:
+        return _Leased(op, remote, size)
     try:
         remote = RemoteOp(
             op_id=op.op_id,
@@ -706,6 +710,42 @@ def _prepare(op: QueuedOp) -> _Leased:
         )
         return _Leased(op, None, size, f"the op cannot be sent: {problems}")
     return _Leased(op, remote, size)
+
+
+_remote_op = trusted_builder(
+    RemoteOp,
+    {
+        "op_id": "o",
+        "collection": "c",
+        "item_id": 1,
+        "kind": "upsert",
+        "data": {"a": 1},
+        "base_version": 0,
+        "hlc": "h",
+        "schema_version": 1,
+    },
+)
+
+
+def _wire_op(op: QueuedOp, data: dict[str, Any] | None) -> RemoteOp | None:
+    """The wire op, built without validation when its values need none (what a store
+    queues); ``None``: validate it (and learn why it cannot be sent)."""
+    kind = op.kind.value
+    fields = (op.op_id, op.collection, op.item_id, kind, data, op.base_version, op.hlc)
+    if not is_plain_op(*fields, op.schema_version):
+        return None
+    return _remote_op(
+        {
+            "op_id": op.op_id,
+            "collection": op.collection,
+            "item_id": op.item_id,
+            "kind": kind,
+            "data": data,
+            "base_version": op.base_version,
+            "hlc": op.hlc,
+            "schema_version": op.schema_version,
+        }
+    )
 
 
 def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> int:
