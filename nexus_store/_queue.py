@@ -251,13 +251,15 @@ _SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS nx_queue_forget_lease AFTER DELETE ON nx_queue
         BEGIN DELETE FROM nx_leases WHERE seq = old.seq; END""",
 )
+_HAS_LEASE_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_leases'"
 # A queue made before lease state moved to nx_leases keeps it in nx_queue's own columns
 # (state 'leased', leased_until, lease_count): moved over once, when nx_leases is created.
+# Opened only to inspect it, the file stays as it is: an empty nx_leases of the connection
+# stands in, and _COLUMNS reads the lease state where the older layout keeps it.
 _NO_LEASES = (
     "CREATE TEMP TABLE IF NOT EXISTS nx_leases (seq INTEGER PRIMARY KEY, leased_until REAL, "
     "lease_count INTEGER NOT NULL, updated_at REAL NOT NULL)"
 )
-_HAS_LEASE_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_leases'"
 _ADOPT_OLD_LEASES = (
     "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at) "
     "SELECT seq, CASE WHEN state = 'leased' THEN leased_until END, "

@@ -26,6 +26,23 @@ _new = object.__new__
 _set = object.__setattr__
 
 
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """The setter of BaseModel's slot ``name``: its descriptor's, cheaper than
+    ``object.__setattr__`` by name (used instead if a pydantic release has no such slot;
+    :func:`_agrees` checks the result either way)."""
+    setter: Callable[[Any, Any], None] | None = getattr(
+        BaseModel.__dict__.get(name), "__set__", None
+    )
+    if setter is not None:
+        return setter
+    return lambda record, value: _set(record, name, value)  # pragma: no cover - older pydantic
+
+
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
 def trusted_builder(
     model: type[M], sample: Mapping[str, Any], *, given: Collection[str] | None = None
 ) -> Callable[[dict[str, Any]], M]:
@@ -53,9 +70,9 @@ def trusted_builder(
     def build(values: dict[str, Any]) -> M:
         record = _new(model)
         _set(record, "__dict__", values)
-        _set(record, "__pydantic_fields_set__", fields_set)
-        _set(record, "__pydantic_extra__", None)
-        _set(record, "__pydantic_private__", None)
+        _set_fields_set(record, fields_set)
+        _set_extra(record, None)
+        _set_private(record, None)
         return record
 
     def validate(values: dict[str, Any]) -> M:
