@@ -40,6 +40,15 @@ QUEUED: dict[str, Any] = {
     "lease_count": 2,
 }
 
+ACCEPTED: dict[str, Any] = {
+    "op_id": "o",
+    "status": OpStatus.ACCEPTED,
+    "version": 4,
+    "item": None,
+    "reason": None,
+    "retry_after": None,
+}
+
 
 @pytest.mark.parametrize(
     ("model", "values"),
@@ -58,17 +67,7 @@ QUEUED: dict[str, Any] = {
                 "schema_version": 2,
             },
         ),
-        (
-            OpResult,
-            {
-                "op_id": "o",
-                "status": OpStatus.ACCEPTED,
-                "version": 4,
-                "item": None,
-                "reason": None,
-                "retry_after": None,
-            },
-        ),
+        (OpResult, ACCEPTED),
     ],
 )
 def test_built_records_equal_validated_ones(model: type[BaseModel], values: dict[str, Any]) -> None:
@@ -108,16 +107,8 @@ def test_a_model_the_builder_cannot_mimic_is_validated() -> None:
 
 def test_records_can_stand_for_some_fields_given() -> None:
     """With ``given``, built records report those fields as set, as validation would."""
-    values = {
-        "op_id": "o",
-        "status": OpStatus.ACCEPTED,
-        "version": 4,
-        "item": None,
-        "reason": None,
-        "retry_after": None,
-    }
-    build = trusted_builder(OpResult, values, given=("op_id", "status", "version"))
-    built = build(dict(values))
+    build = trusted_builder(OpResult, ACCEPTED, given=("op_id", "status", "version"))
+    built = build(dict(ACCEPTED))
     validated = OpResult(op_id="o", status="accepted", version=4)
     assert built == validated
     assert built.model_fields_set == validated.model_fields_set
