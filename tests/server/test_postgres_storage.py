@@ -72,6 +72,28 @@ async def test_concurrent_writers_get_a_gap_free_sequence(postgres_dsn: str, ten
         await core.aclose()
 
 
+async def test_batches_of_only_tombstones_or_only_conflicts(postgres_dsn: str, tenant: str) -> None:
+    """Arrays whose every element is NULL (no data, no versions) travel as binary arrays
+    too: deletions of unknown items, then stale writes that all conflict, then a replay."""
+    core = ServerCore(PostgresStorage(postgres_dsn), conflict_policy="server_wins")
+    writer = OpWriter("n")
+    deletes = [writer.delete(f"d{n}") for n in range(3)]
+    first = await core.push(tenant, deletes)
+    assert [(r.status, r.version) for r in first.results] == [
+        (OpStatus.ACCEPTED, n) for n in (1, 2, 3)
+    ]
+    stale = [writer.upsert(f"d{n}", {"n": n}) for n in range(3)]  # based on version 0
+    conflicts = await core.push(tenant, stale)
+    assert [r.status for r in conflicts.results] == [OpStatus.CONFLICT] * 3
+    assert [r.item.deleted for r in conflicts.results if r.item is not None] == [True] * 3
+    assert await core.push(tenant, stale) == conflicts  # answered from the records
+    page = await core.pull(tenant, 0, 10)
+    assert [(c.item_id, c.deleted, c.data) for c in page.changes] == [
+        (f"d{n}", True, None) for n in range(3)
+    ]
+    await core.aclose()
+
+
 async def test_same_batch_on_two_connections_applies_once(postgres_dsn: str, tenant: str) -> None:
     """The same batch pushed through two cores (two connections) at once has one effect."""
     cores = [ServerCore(PostgresStorage(postgres_dsn)) for _ in range(2)]
