@@ -50,6 +50,7 @@ from pydantic_core import PydanticSerializationError, PydanticUndefined
 from . import _codec
 from ._database import Database, quote_identifier, validate_identifier
 from ._exceptions import CodecError, ItemValidationError, SchemaError
+from ._gc import collector_paused
 
 __all__ = [
     "ColumnKind",
@@ -599,8 +600,9 @@ class LocalTable(Generic[T]):
                 f"SELECT {self._select_cols} FROM {self._table_sql} WHERE _nx_deleted = 0 "
                 f"AND {self._id_sql} IN ({', '.join('?' for _ in part)})"
             )
-            for row in conn.execute(sql, part):
-                found[row[self._id_pos]] = self.decode_row(row)
+            with collector_paused():
+                for row in conn.execute(sql, part):
+                    found[row[self._id_pos]] = self.decode_row(row)
         return found
 
     def select_sql(
@@ -643,7 +645,8 @@ class LocalTable(Generic[T]):
         """Live items matching ``where`` (an SQL fragment with placeholders)."""
         sql = self.select_sql(self._select_cols, where, order_by, limit, offset)
         rows = conn.execute(sql, params if params is not None else ()).fetchall()
-        return [self.decode_row(row) for row in rows]
+        with collector_paused():  # thousands of records at once, maybe
+            return [self.decode_row(row) for row in rows]
 
     def count(
         self,

@@ -46,6 +46,7 @@ from .._exceptions import (
     RemoteError,
     ServerUnavailableError,
 )
+from .._gc import collector_paused
 from .._trusted import trusted_builder
 from .._version import __version__
 from ._base import Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
@@ -479,7 +480,8 @@ class HttpBackend(RemoteBackend):
                     raise
                 limit //= 2
                 continue
-            changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
+            with collector_paused():  # a page may hold thousands of changes
+                changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
 
     async def aclose(self) -> None:

@@ -61,6 +61,7 @@ from typing import Any, Literal, Self, TypeAlias
 
 from .._codec import decode, encode
 from .._exceptions import CodecError, LifecycleError, PayloadTooLargeError, PermanentError
+from .._gc import collector_paused
 from ..backends._base import (
     Change,
     Changes,
@@ -658,13 +659,14 @@ class ServerCore:
             LifecycleError: the core was closed.
         """
         page = await self.page(tenant, cursor, limit, collections=collections)
-        return Changes.model_validate(
-            {
-                "changes": [change_fields(item) for item in page.items],
-                "cursor": page.cursor,
-                "has_more": page.has_more,
-            }
-        )
+        with collector_paused():  # a page may hold thousands of changes
+            return Changes.model_validate(
+                {
+                    "changes": [change_fields(item) for item in page.items],
+                    "cursor": page.cursor,
+                    "has_more": page.has_more,
+                }
+            )
 
     async def page(
         self,
