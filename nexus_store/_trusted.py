@@ -13,7 +13,7 @@ never wrong).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -43,28 +43,22 @@ _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")
 
 
-def trusted_builder(
-    model: type[M], sample: Mapping[str, Any], *, given: Collection[str] | None = None
-) -> Callable[[dict[str, Any]], M]:
+def trusted_builder(model: type[M], sample: Mapping[str, Any]) -> Callable[[dict[str, Any]], M]:
     """A function making ``model`` instances from dicts of every field's (valid) value.
 
     The dict passed becomes the instance's ``__dict__`` (do not reuse it). All instances
-    share one fields-set: the fields validation would have been given.
+    share one fields-set (every field), which is what validation of a complete dict gives.
 
     Args:
         model: a model without private attributes or extra fields.
         sample: a value for every field, of the types validation produces (e.g. enum
             members), used to check the builder against validation.
-        given: the fields the values stand for as given (the others hold their
-            defaults), as ``model_fields_set`` reports them; every field by default.
 
     Raises:
-        ValueError: ``sample`` does not name exactly the model's fields, or ``given``
-            names others.
+        ValueError: ``sample`` does not name exactly the model's fields.
     """
-    names = set(model.model_fields)
-    fields_set = names if given is None else set(given)
-    if set(sample) != names or not fields_set <= names:
+    fields_set = set(model.model_fields)
+    if set(sample) != fields_set:
         raise ValueError(f"the sample for {model.__name__} must name exactly its fields")
 
     def build(values: dict[str, Any]) -> M:
@@ -76,7 +70,7 @@ def trusted_builder(
         return record
 
     def validate(values: dict[str, Any]) -> M:
-        return model(**{name: values[name] for name in fields_set})
+        return model(**values)
 
     return build if _agrees(model, build, validate, sample) else validate
 

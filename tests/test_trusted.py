@@ -105,21 +105,9 @@ def test_a_model_the_builder_cannot_mimic_is_validated() -> None:
     assert record._cache == {}
 
 
-def test_records_can_stand_for_some_fields_given() -> None:
-    """With ``given``, built records report those fields as set, as validation would."""
-    build = trusted_builder(OpResult, ACCEPTED, given=("op_id", "status", "version"))
-    built = build(dict(ACCEPTED))
-    validated = OpResult(op_id="o", status="accepted", version=4)
-    assert built == validated
-    assert built.model_fields_set == validated.model_fields_set
-    assert built.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
-
-
 def test_the_sample_must_name_every_field() -> None:
     with pytest.raises(ValueError, match="exactly its fields"):
         trusted_builder(RemoteOp, {"op_id": "o"})
-    with pytest.raises(ValueError, match="exactly its fields"):
-        trusted_builder(_WithPrivate, {"x": 1}, given=("x", "y"))
 
 
 _values = st.one_of(

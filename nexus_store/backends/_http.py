@@ -47,9 +47,8 @@ from .._exceptions import (
     ServerUnavailableError,
 )
 from .._gc import collector_paused
-from .._trusted import trusted_builder
 from .._version import __version__
-from ._base import Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
+from ._base import Changes, PushResult, RemoteBackend, RemoteOp
 from ._http_api import (
     EVENTS_PATH,
     JSON,
@@ -312,59 +311,6 @@ def _decode(body: bytes, content_type: str | None) -> Any:
     raise ProtocolError(f"the response has an unexpected content type {content_type!r}")
 
 
-_accepted = trusted_builder(
-    OpResult,
-    {
-        "op_id": "o",
-        "status": OpStatus.ACCEPTED,
-        "version": 1,
-        "item": None,
-        "reason": None,
-        "retry_after": None,
-    },
-    given=("op_id", "status", "version"),
-)
-_push_result = trusted_builder(PushResult, {"results": []})
-
-
-def push_result(value: Any) -> PushResult:
-    """The :class:`PushResult` of a decoded response body.
-
-    Plain acceptances (``{"op_id": str, "status": "accepted", "version": int}``, what
-    most answers are) are checked field by field and built without validating them
-    again; a body with any other answer is validated as a whole.
-
-    Raises:
-        ProtocolError: the body is not a valid push result.
-    """
-    if type(value) is dict and len(value) == 1 and type(answers := value.get("results")) is list:
-        built: list[OpResult] = []
-        for answer in answers:
-            if (
-                type(answer) is not dict
-                or len(answer) != 3
-                or answer.get("status") != "accepted"
-                or type(op_id := answer.get("op_id")) is not str
-                or type(version := answer.get("version")) is not int
-            ):
-                break
-            built.append(
-                _accepted(
-                    {
-                        "op_id": op_id,
-                        "status": OpStatus.ACCEPTED,
-                        "version": version,
-                        "item": None,
-                        "reason": None,
-                        "retry_after": None,
-                    }
-                )
-            )
-        else:
-            return _push_result({"results": built})
-    return _validate(PushResult, value)
-
-
 def _validate(model: type[_M], value: Any) -> _M:
     try:
         return model.model_validate(value)
@@ -448,7 +394,7 @@ class HttpBackend(RemoteBackend):
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers
         )
-        result = push_result(_decode(payload, response_headers.get("content-type")))
+        result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
         return check_push_result(ops, result)
 
     async def pull(

@@ -18,7 +18,6 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from nexus_store import (
     AuthError,
@@ -46,7 +45,6 @@ from nexus_store.backends._http import (
     error_for_status,
     idempotency_key,
     parse_retry_after,
-    push_result,
 )
 
 pytestmark = pytest.mark.anyio
@@ -168,46 +166,6 @@ def test_push_result_must_answer_ops_one_for_one() -> None:
 
 def change(version: int, collection: str = "notes") -> Change:
     return Change(collection=collection, item_id=f"i{version}", version=version, data={})
-
-
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3))
-_answers = st.one_of(
-    st.fixed_dictionaries(
-        {"op_id": st.text(max_size=4), "status": st.just("accepted"), "version": st.integers()}
-    ),
-    st.fixed_dictionaries(
-        {
-            "op_id": st.one_of(st.text(max_size=4), st.integers()),
-            "status": st.sampled_from(["accepted", "rejected", "retry", "conflict", "maybe"]),
-            "version": _scalars,
-        }
-    ),
-    st.dictionaries(
-        st.sampled_from(["op_id", "status", "version", "reason", "retry_after", "x"]), _scalars
-    ),
-    _scalars,
-)
-
-
-@given(st.lists(_answers, max_size=5), st.booleans())
-def test_push_results_read_fast_are_what_validation_gives(
-    answers: list[object], wrapped: bool
-) -> None:
-    """Plain acceptances are built without the model; the result is the validated one,
-    and whatever validation refuses is refused (never acked)."""
-    body: object = {"results": answers} if wrapped else answers
-    try:
-        expected = PushResult.model_validate(body)
-    except ValidationError:
-        with pytest.raises(ProtocolError):
-            push_result(body)
-        return
-    got = push_result(body)
-    assert got == expected
-    assert got.model_dump() == expected.model_dump()
-    assert [r.model_fields_set for r in got.results] == [
-        r.model_fields_set for r in expected.results
-    ]
 
 
 def test_changes_must_be_what_was_asked() -> None:
