@@ -394,7 +394,8 @@ class HttpBackend(RemoteBackend):
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers
         )
-        result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
+        with collector_paused():
+            result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
         return check_push_result(ops, result)
 
     async def pull(

@@ -47,6 +47,7 @@ from .. import _codec
 from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import CodecError, ErrorKind, RemoteError, StoreError
+from .._gc import collector_paused
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from .._trusted import trusted_builder
@@ -431,6 +432,10 @@ class SyncRunner:
 
     def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         """Lease the next batch (in a worker thread), trimmed to the byte budget."""
+        with collector_paused():
+            return self._lease_batch_paused(allowed)
+
+    def _lease_batch_paused(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         size = self.config.batch_size
         ops: list[QueuedOp] = []
         if len(self._groups) == 1:
@@ -524,7 +529,8 @@ class SyncRunner:
                     return
                 continue
             run.consecutive_failures = 0
-            decided = plan_results([x.op.op_id for x in part], result)
+            with collector_paused():
+                decided = plan_results([x.op.op_id for x in part], result)
             settler.submit(decided)
             failed_ids = {f.op_id for f in decided.failures}
             blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
@@ -554,6 +560,12 @@ class SyncRunner:
                 (run.dead if dead else run.failed)[priority] += 1
 
     def _settle_locally(
+        self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
+    ) -> None:
+        with collector_paused():
+            self._settle_locally_paused(acks, failures)
+
+    def _settle_locally_paused(
         self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
     ) -> None:
         by_target: dict[str, list[tuple[_Leased, Ack]]] = defaultdict(list)
