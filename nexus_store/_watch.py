@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import itertools
 import os
 import sqlite3
@@ -166,19 +167,7 @@ class ChangeLog:
         """
         if not self.recording(conn):
             return _skip
-
-        def record(
-            collection: str,
-            item_id: str | int,
-            kind: ChangeKind,
-            *,
-            origin: ChangeOrigin,
-            hlc: str | None,
-            at: float,
-        ) -> None:
-            self.append(conn, collection, item_id, kind, origin=origin, hlc=hlc, at=at)
-
-        return record
+        return functools.partial(self.append, conn)
 
     @classmethod
     def register(cls, conn: sqlite3.Connection) -> tuple[int, int]:

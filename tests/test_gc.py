@@ -62,3 +62,12 @@ def test_overlapping_sections_in_threads_resume_once_the_last_ends() -> None:
     thread.join(10)
     assert seen == [False]
     assert gc.isenabled()
+
+
+def test_as_a_decorator_each_call_pauses_afresh() -> None:
+    @collector_paused()
+    def inside() -> bool:
+        return gc.isenabled()
+
+    assert (inside(), inside()) == (False, False)
+    assert gc.isenabled()

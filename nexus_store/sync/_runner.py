@@ -430,12 +430,9 @@ class SyncRunner:
         for priority, count in held.items():
             run.total[priority] = max(run.total.get(priority, 0), run.done[priority] + count)
 
+    @collector_paused()
     def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         """Lease the next batch (in a worker thread), trimmed to the byte budget."""
-        with collector_paused():
-            return self._lease_batch_paused(allowed)
-
-    def _lease_batch_paused(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         size = self.config.batch_size
         ops: list[QueuedOp] = []
         if len(self._groups) == 1:
@@ -559,13 +556,8 @@ class SyncRunner:
                 )
                 (run.dead if dead else run.failed)[priority] += 1
 
+    @collector_paused()
     def _settle_locally(
-        self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
-    ) -> None:
-        with collector_paused():
-            self._settle_locally_paused(acks, failures)
-
-    def _settle_locally_paused(
         self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
     ) -> None:
         by_target: dict[str, list[tuple[_Leased, Ack]]] = defaultdict(list)
