@@ -64,6 +64,7 @@ EXPORTED = {
         "UnknownWorkError",
         "WorkDataTooLargeError",
         "__version__",
+        "set_gc_pause",
     ],
     "nexus_store.backends": [
         "Change",

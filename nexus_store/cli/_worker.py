@@ -25,6 +25,7 @@ import anyio.abc
 import typer
 
 from .._database import Database
+from .._gc import set_gc_pause
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._logging import LogFormat, LogLevel, configure_logging, iso_time
@@ -134,6 +135,7 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     except BAD_INPUT as exc:
         fail("worker", str(exc))
     configure_logging("nexus-store worker", log_level, log_format)
+    set_gc_pause(True)  # the worker owns its process: bulk reads may pause the collector
     from ..backends._http import HttpBackend  # noqa: PLC0415 - keeps --help quick
     from ..sync._worker import SyncWorker, worker_config  # noqa: PLC0415
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from .._gc import set_gc_pause
 from ..backends._http_api import is_loopback_host
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
 from ._limits import Limits
@@ -377,6 +378,7 @@ def run(options: ServeOptions) -> None:
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    set_gc_pause(True)  # the server owns its process: bulk reads may pause the collector
     warning = plain_http_warning(options.host, tls=tls)
     if warning is not None:
         sys.stderr.write(f"nexus-store serve: warning: {warning}\n")
