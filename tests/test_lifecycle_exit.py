@@ -198,3 +198,59 @@ def test_store_closes_its_http_backend(python: str, tmp_path: Path, server: Serv
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "pushed 1\nbackend closed: True\n"
+
+
+USER_APP = """
+import asyncio
+from nexus_store import LocalChange
+from nexus_store.backends import PostgresBackend
+from nexus_store.sync import BackgroundSyncServiceFactory, BackgroundSyncThread
+
+url, dsn = sys.argv[1], sys.argv[2]
+
+# A synchronous app: an HTTP store with a change stream and a background thread.
+with NexusStore[Note, str]("app.db", model=Note, backend=HttpBackend(url, token="dev-token")) as store:
+    changes = store.watch()
+    with BackgroundSyncThread(BackgroundSyncServiceFactory.create(store)) as bridge:
+        store.save(Note(id="n1", text="hello"), priority=SyncPriority.CRITICAL)
+        assert store.wait_synced("n1", timeout=20)
+        assert bridge.sync_now().failed == 0
+    assert isinstance(next(iter(changes)), LocalChange)
+
+# PostgreSQL straight from a synchronous app, a backend shared by two stores.
+with PostgresBackend(dsn, tenant="app") as pg:
+    with NexusStore[Note, str]("pg.db", model=Note, backend=pg, owns_backend=False) as a:
+        a.save(Note(id="p1", text="via pg"))
+        assert a.sync().pushed == 1
+    with NexusStore[Note, str]("pg2.db", model=Note, backend=pg, owns_backend=False) as b:
+        assert b.sync().pulled == 1
+
+# An async app: the same, with async with.
+async def main():
+    async with HttpBackend(url, token="dev-token") as backend:
+        async with NexusStore[Note, str](":memory:", model=Note, backend=backend, owns_backend=False) as s:
+            s.save(Note(id="a1", text="async"))
+            assert (await s.async_sync()).pushed == 1
+    async with NexusStore[Note, str]("async.db", model=Note, backend=HttpBackend(url, token="dev-token")) as s:
+        assert (await s.async_sync()).pulled >= 2
+
+asyncio.run(main())
+print("done")
+"""
+
+
+@pytest.mark.postgres
+def test_a_user_app_leaves_nothing_open(python: str, tmp_path: Path, server: ServerProcess) -> None:
+    """Stores, HTTP and PostgreSQL backends, a change stream and a background thread, used
+    and closed as the README teaches, in sync and async code: -W error -X dev stays silent."""
+    from nexus_store.testing import shared_postgres  # noqa: PLC0415
+
+    dsn = shared_postgres().create_database()
+    done = run(
+        python,
+        tmp_path,
+        USER_APP,
+        flags=("-W", "error", "-X", "dev"),
+        args=(server.base_url, dsn),
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")

@@ -25,7 +25,9 @@ def _parse_tokens(pairs: list[str]) -> dict[str, str]:
 @app.command("serve")
 def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free port).", envvar="NEXUS_STORE_PORT")
+    ] = 8765,
     database: Annotated[
         str,
         typer.Option(
