@@ -466,10 +466,21 @@ class HttpBackend(RemoteBackend):
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Close the connection pool. Idempotent.
+
+        Raises:
+            LifecycleError: the event loop the connections belong to has ended without
+                closing them (close the backend inside that loop, before it ends).
+        """
         self._closed = True
         self._unbind()
-        await self._client.aclose()
+        try:
+            await self._client.aclose()
+        except RuntimeError as exc:  # asyncio: "Event loop is closed"
+            raise LifecycleError(
+                "HttpBackend: the event loop its connections belong to has ended; close it "
+                "inside that loop (`async with`, or `await aclose()`) before the loop ends"
+            ) from exc
 
     # -- server-sent events ------------------------------------------------------------
 

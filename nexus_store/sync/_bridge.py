@@ -29,6 +29,8 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import anyio.to_thread
+
 from .. import _unclosed
 from .._exceptions import LifecycleError
 from .._loop import STOP_TIMEOUT, LoopThread, shared_loop
@@ -142,6 +144,14 @@ class BackgroundSyncThread:
         if stack is not None and tracked is not None and tracked.untrack():
             stack.close()
 
+    def close(self) -> None:
+        """Same as :meth:`stop` (every resource of the package closes with ``close()``)."""
+        self.stop()
+
+    async def aclose(self) -> None:
+        """:meth:`stop` from async code (waits in a worker thread, not on the caller's loop)."""
+        await anyio.to_thread.run_sync(self.stop)
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -152,6 +162,17 @@ class BackgroundSyncThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await anyio.to_thread.run_sync(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # -- the service, blocking ----------------------------------------------------------------
 
