@@ -74,7 +74,7 @@ def test_a_store_inside_the_loop_of_its_backend_says_to_await(
         )
         store.save(Note(id="n2"))
         assert (await store.async_sync()).pushed == 1
-        with pytest.raises(LifecycleError, match="await store.aclose"):
+        with pytest.raises(LifecycleError, match=r"await store\.aclose"):
             store.close()
         assert not store.closed
         await store.aclose()
