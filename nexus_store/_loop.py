@@ -59,15 +59,16 @@ def in_event_loop() -> bool:
 
 @dataclass(frozen=True)
 class LoopBinding:
-    """The event loop (and its thread) that some connections belong to."""
+    """The event loop (its thread, its process) that some connections belong to."""
 
     token: anyio.lowlevel.EventLoopToken
     thread_id: int
+    pid: int
 
 
 def current_binding() -> LoopBinding:
     """The binding of the running loop (call it from async code)."""
-    return LoopBinding(anyio.lowlevel.current_token(), threading.get_ident())
+    return LoopBinding(anyio.lowlevel.current_token(), threading.get_ident(), os.getpid())
 
 
 class LoopThread:
@@ -107,7 +108,7 @@ class LoopThread:
         thread_id, token = self.thread_id, self._token
         if thread_id is None or token is None:
             return None
-        return LoopBinding(token, thread_id)
+        return LoopBinding(token, thread_id, os.getpid())
 
     def start(self) -> BlockingPortal:
         """Start the loop (if not yet running) and return its portal.
@@ -220,8 +221,8 @@ class LoopThread:
             portal, thread = self._portal, self._thread
             self._portal = self._token = None
             self._stopped = True
-        if portal is None or thread is None:
-            return
+        if portal is None or thread is None or not thread.is_alive():
+            return  # never started, already ended, or inherited through fork() (no thread)
         if threading.get_ident() == thread.ident:
             raise LifecycleError(f"the {self.name} event loop cannot stop itself")
         # Cancelled along with the rest, or the loop already ended: either way it stops.
@@ -274,6 +275,8 @@ def close_on_bound_loop(
         LifecycleError: called on that loop's own thread (use ``await aclose()`` there),
             or that loop has ended (its connections ended with it).
     """
+    if binding is not None and binding.pid != os.getpid():
+        return  # a forked child: the connections (and their loop) are the parent's
     if binding is None:
         if in_event_loop():
             shared_loop().call(aclose, timeout=timeout)

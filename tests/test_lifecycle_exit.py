@@ -269,3 +269,28 @@ def test_a_user_app_leaves_nothing_open(python: str, tmp_path: Path, server: Ser
         args=(server.base_url, dsn),
     )
     assert (done.returncode, done.stdout, significant(done.stderr)) == (0, "done\n", "")
+
+
+def test_a_forked_child_exits_promptly(python: str, tmp_path: Path) -> None:
+    """A child forked after store.sync() started the loop exits at once (the loop thread
+    does not survive fork(); the child starts its own loop if it syncs)."""
+    done = run(
+        python,
+        tmp_path,
+        QUICK_START_WITHOUT_CLOSE
+        + """
+import os
+pid = os.fork()
+if pid == 0:
+    child = NexusStore[Note, str](":memory:", model=Note, backend=MemoryBackend())
+    child.save(Note(id="c1", text="in the child"))
+    print("child pushed", child.sync().pushed, flush=True)
+    child.close()
+    sys.exit(0)  # the normal exit path: at-exit closing runs in the child too
+os.waitpid(pid, 0)
+store.close()
+""",
+        flags=("-W", "default", "-W", "ignore::DeprecationWarning"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "pushed 1\nchild pushed 1\n"

@@ -212,9 +212,12 @@ class RemoteBackend(abc.ABC):
             return
         self._binding = current_binding()
         if self._tracked is None and shared_loop().thread_id == self._binding.thread_id:
+            binding = self._binding
             self._tracked = _unclosed.track(
                 self,
-                lambda: shared_loop().call(self.aclose, timeout=STOP_TIMEOUT),
+                lambda: close_on_bound_loop(
+                    self.aclose, binding, what=repr(self), timeout=STOP_TIMEOUT
+                ),
                 repr(self),
             )
 
