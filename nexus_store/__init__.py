@@ -43,6 +43,7 @@ from ._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
+from ._gc import set_gc_pause
 from ._priority import SyncPriority
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
@@ -120,6 +121,7 @@ __all__ = [
     "UnknownWorkError",
     "WorkDataTooLargeError",
     "__version__",
+    "set_gc_pause",
 ]
 
 

@@ -20,18 +20,18 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
 
+from . import _unclosed
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability
-from ._exceptions import ItemValidationError, StoreClosedError, SyncError
+from ._exceptions import ItemValidationError, LifecycleError, StoreClosedError, SyncError
 from ._hlc import HybridLogicalClock
 from ._local import (
     ItemKey,
@@ -42,6 +42,7 @@ from ._local import (
     remote_change_action,
     snake_case,
 )
+from ._loop import STOP_TIMEOUT, close_on_bound_loop, in_event_loop, shared_loop
 from ._priority import SyncPriority
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
@@ -76,7 +77,10 @@ class NexusStore(Generic[T, ID]):
         durability: ``"full"`` (default: an acknowledged save survives power loss) or
             ``"normal"`` (faster; the last commits may be lost on power loss or OS crash,
             never on an application crash).
-        backend: where the sync engine sends this store's ops (kept for it; unused here).
+        backend: where :meth:`sync` sends this store's ops (and where a background sync
+            service sends them, unless it is given another).
+        owns_backend: close ``backend`` with the store (the default); ``False`` when the
+            backend is shared or closed by the caller.
         coalesce: merge a new write into the item's pending op (default), or keep every op.
         schema_version: the model's version, stored with each queued payload.
         clock: where time is read (a :class:`~nexus_store.FakeClock` in tests).
@@ -98,6 +102,7 @@ class NexusStore(Generic[T, ID]):
         collection: str | None = None,
         durability: Durability = "full",
         backend: RemoteBackend | None = None,
+        owns_backend: bool = True,
         coalesce: bool = True,
         schema_version: int = 1,
         clock: Clock | None = None,
@@ -115,6 +120,8 @@ class NexusStore(Generic[T, ID]):
         self.id_field = id_field
         self.backend = backend
         """The remote backend the sync engine uses for this store (``None``: none yet)."""
+        self.owns_backend = owns_backend
+        """Whether :meth:`close` also closes :attr:`backend`."""
         self.coalesce = coalesce
         self.schema_version = schema_version
         self.clock: Clock = clock or SystemClock()
@@ -124,9 +131,6 @@ class NexusStore(Generic[T, ID]):
         # Weak: a stream its user dropped is collected (and unregisters itself).
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
-        self._portal_lock = threading.Lock()
-        self._portal: BlockingPortal | None = None
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         try:
             self._table: LocalTable[T] = LocalTable(self._db, spec)
             self._meta = MetaTable(self._db)
@@ -147,6 +151,16 @@ class NexusStore(Generic[T, ID]):
                 self._db.close()
             raise
         self._signal = signal_for(self._db)
+        self._parts = _StoreParts(
+            self._db, self._owns_db, self._queue, self._streams, self._streams_lock
+        )
+        # Forgotten stores are closed at exit (or when collected), with a ResourceWarning;
+        # the backend it owns is closed then too (see close()).
+        self._tracked = _unclosed.track(
+            self,
+            functools.partial(_close_forgotten, self._parts, self._owned_backend),
+            f"NexusStore({self._db.path!r}, model={model.__name__})",
+        )
 
     # -- properties ----------------------------------------------------------------------
 
@@ -615,17 +629,20 @@ class NexusStore(Generic[T, ID]):
     ) -> SyncSummary:
         """Blocking form of :meth:`async_sync`, for synchronous apps.
 
-        The run executes in this store's own event-loop thread (started on first use and
-        kept until :meth:`close`), so a backend's connections stay bound to one loop. From
-        async code, await :meth:`async_sync` instead.
+        The run executes on the process's background event loop (a daemon thread shared
+        by every store, started on first use), so a backend's connections stay bound to
+        one loop whichever store or thread uses it. Ctrl-C while waiting cancels the run
+        (its leased ops go back to the queue). From async code, await :meth:`async_sync`
+        instead.
+
+        Raises:
+            LifecycleError: called from a callback on that loop's own thread.
         """
         self._check_open()
-        with self._portal_lock:
-            if self._portal is None:
-                self._portal_cm = start_blocking_portal(name=f"nexus-store sync {self.collection}")
-                self._portal = self._portal_cm.__enter__()
-            portal = self._portal
-        return portal.call(
+        # Loaded here, not on the loop: importing the engine would stall the loop's thread.
+        from .sync import _runner  # noqa: F401, PLC0415
+
+        return shared_loop().call(
             functools.partial(self.async_sync, backend=backend, device=device, budget=budget)
         )
 
@@ -653,22 +670,54 @@ class NexusStore(Generic[T, ID]):
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
 
+    @property
+    def _owned_backend(self) -> RemoteBackend | None:
+        return self.backend if self.owns_backend else None
+
     def close(self) -> None:
-        """Close the store, its change streams and its queue. Idempotent."""
+        """Close the store: its change streams, its queue, its file, and its backend
+        (unless ``owns_backend=False``). Idempotent.
+
+        A backend whose connections belong to an event loop is closed on that loop: from
+        synchronous code this just works; inside the loop the backend uses, close the
+        store with ``await store.aclose()`` (or ``async with``) instead.
+
+        Raises:
+            LifecycleError: called inside the event loop the owned backend's connections
+                belong to (nothing was closed).
+        """
+        if self._closed:
+            return
+        backend = self._owned_backend
+        binding = getattr(backend, "_binding", None)
+        if binding is not None and binding.thread_id == threading.get_ident() and in_event_loop():
+            raise LifecycleError(
+                f"{self!r}: its backend's connections belong to the running event loop: "
+                "close the store with `await store.aclose()` (or `async with`) there"
+            )
+        self._closed = True
+        if not self._tracked.untrack():
+            return
+        self._parts.close()
+        if backend is not None:
+            backend.close()
+
+    async def aclose(self) -> None:
+        """Close the store (see :meth:`close`) from async code. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        with self._portal_lock:
-            portal_cm, self._portal_cm, self._portal = self._portal_cm, None, None
-        if portal_cm is not None:
-            portal_cm.__exit__(None, None, None)
-        with self._streams_lock:
-            streams, self._streams = list(self._streams), weakref.WeakSet()
-        for stream in streams:
-            stream.close()
-        self._queue.close()
-        if self._owns_db:
-            self._db.close()
+        if not self._tracked.untrack():
+            return
+        await anyio.to_thread.run_sync(self._parts.close)
+        backend = self._owned_backend
+        if backend is None:
+            return
+        binding = getattr(backend, "_binding", None)
+        if binding is None or binding.thread_id == threading.get_ident():
+            await backend.aclose()
+        else:  # its connections belong to another loop (the one sync() uses)
+            await anyio.to_thread.run_sync(backend.close)
 
     def __enter__(self) -> Self:
         return self
@@ -681,9 +730,62 @@ class NexusStore(Generic[T, ID]):
     ) -> None:
         self.close()
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return (
             f"NexusStore({self._db.path!r}, model={self.model.__name__}, "
             f"collection={self.collection!r}{state})"
         )
+
+
+class _StoreParts:
+    """What closing a store releases, apart from the store object (see ``_unclosed``)."""
+
+    def __init__(
+        self,
+        db: Database,
+        owns_db: bool,
+        queue: PrioritySyncQueue,
+        streams: weakref.WeakSet[ChangeStream],
+        streams_lock: threading.Lock,
+    ) -> None:
+        self.db = db
+        self.owns_db = owns_db
+        self.queue = queue
+        self.streams = streams
+        self.streams_lock = streams_lock
+
+    def close(self) -> None:
+        with self.streams_lock:
+            streams = list(self.streams)
+            self.streams.clear()
+        for stream in streams:
+            stream.close()
+        self.queue.close()
+        if self.owns_db:
+            self.db.close()
+
+
+def _close_forgotten(parts: _StoreParts, backend: RemoteBackend | None) -> None:
+    """Close a store its program forgot to close, waiting a bounded time for the backend."""
+    try:
+        parts.close()
+    finally:
+        if backend is not None:
+            close_on_bound_loop(
+                backend.aclose,
+                getattr(backend, "_binding", None),
+                what=repr(backend),
+                timeout=STOP_TIMEOUT,
+            )

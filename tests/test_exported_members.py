@@ -64,6 +64,7 @@ EXPORTED = {
         "UnknownWorkError",
         "WorkDataTooLargeError",
         "__version__",
+        "set_gc_pause",
     ],
     "nexus_store.backends": [
         "Change",
@@ -80,6 +81,7 @@ EXPORTED = {
     "nexus_store.server": [
         "ChainVerifier",
         "ConflictPolicy",
+        "JwtVerifier",
         "Limits",
         "Resolver",
         "ServeOptions",
@@ -89,6 +91,7 @@ EXPORTED = {
         "Storage",
         "TokenVerifier",
         "create_app",
+        "issue_jwt",
         "open_core",
         "open_storage",
         "run",
@@ -211,7 +214,8 @@ def test_import_stays_light() -> None:
     """import nexus_store loads no server, database driver, file watcher or sync engine."""
     code = (
         "import sys, nexus_store;"
-        "heavy = ['psycopg', 'starlette', 'uvicorn', 'watchfiles', 'nexus_store.sync._runner'];"
+        "heavy = ['psycopg', 'starlette', 'uvicorn', 'watchfiles', 'jwt',"
+        " 'nexus_store.sync._runner'];"
         "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,12 +8,16 @@ from its transport raises :class:`~nexus_store.ProtocolError` instead of acking.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .. import _unclosed
+from .._loop import STOP_TIMEOUT, LoopBinding, close_on_bound_loop, current_binding, shared_loop
 
 __all__ = [
     "Change",
@@ -190,8 +194,63 @@ class RemoteBackend(abc.ABC):
             collections: only these collections (all of the tenant's when ``None``).
         """
 
+    _binding: LoopBinding | None = None
+    """The event loop this backend's connections belong to (set by :meth:`_bind_loop`)."""
+
+    _tracked: _unclosed.Tracked | None = None
+
+    def _bind_loop(self) -> None:
+        """Remember the running loop as the one this backend's connections belong to.
+
+        Backends whose connections are tied to an event loop (sockets, database pools)
+        call this before opening any, so that :meth:`close` can close them there. On the
+        loop synchronous callers share, a backend left open is closed at exit with a
+        ``ResourceWarning`` (until then the registry keeps it alive); such a backend's
+        :meth:`aclose` calls :meth:`_unbind`.
+        """
+        if self._binding is not None and self._binding.thread_id == threading.get_ident():
+            return
+        self._binding = current_binding()
+        if self._tracked is None and shared_loop().thread_id == self._binding.thread_id:
+            binding = self._binding
+            self._tracked = _unclosed.track(
+                self,
+                lambda: close_on_bound_loop(
+                    self.aclose, binding, what=repr(self), timeout=STOP_TIMEOUT
+                ),
+                repr(self),
+            )
+
+    def _unbind(self) -> None:
+        """Forget the registration made by :meth:`_bind_loop` (the backend is closing)."""
+        if self._tracked is not None:
+            self._tracked.untrack()
+
     async def aclose(self) -> None:  # noqa: B027 - a default no-op is right for in-process backends
         """Release connections. Idempotent."""
+
+    def close(self) -> None:
+        """Release connections from synchronous code. Idempotent.
+
+        Runs :meth:`aclose` on the event loop the connections belong to (the one
+        ``store.sync()`` uses, or the app's own loop running in another thread).
+
+        Raises:
+            LifecycleError: called inside the loop the connections belong to (``await
+                aclose()`` there), or after that loop ended without closing them.
+        """
+        close_on_bound_loop(self.aclose, self._binding, what=type(self).__name__)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -56,6 +56,7 @@ from ._http_api import (
     PULL_PATH,
     PUSH_PATH,
     HeadEvent,
+    is_loopback_host,
     media_type_of,
 )
 
@@ -250,13 +251,23 @@ class EventStreamDecoder:
     def __init__(self, max_event_bytes: int = _MAX_EVENT_BYTES) -> None:
         self._buffer = b""
         self._max = max_event_bytes
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[dict[str, str]]:
         """Add bytes; return the events they complete.
 
+        Line ends may be CRLF, LF or CR, and a CRLF may arrive split over two chunks (a
+        CR that ends one chunk ends its line at once; an LF that then starts the next
+        chunk is the rest of that line end, not an empty line of its own).
+
         Raises:
             ProtocolError: an event larger than the limit, or not UTF-8.
         """
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
         self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events = []
         while (end := self._buffer.find(b"\n\n")) >= 0:
@@ -340,9 +351,17 @@ class HttpBackend(RemoteBackend):
         wire_format: ``"msgpack"`` (compact, the default) or ``"json"``.
         events_read_timeout: seconds without any byte (events or keep-alives) after which
             :meth:`watch` gives up with a :class:`~nexus_store.NetworkError`.
+        allow_insecure_http: send the token over plain ``http://`` to an address that is
+            not loopback. Off by default: anyone on the network path could read the
+            token and act as the tenant. Use ``https://`` instead wherever possible. (Not
+            checked with a custom ``transport``, which decides where bytes go.)
 
     Raises:
-        ValueError: a ``base_url`` that is not http(s).
+        ValueError: a ``base_url`` that is not http(s), or a token sent over plain http to
+            a non-loopback address without ``allow_insecure_http=True``.
+
+    Close it with :meth:`close` / ``with`` (synchronous code) or :meth:`aclose` /
+    ``async with``; a store closes the backend it was given unless ``owns_backend=False``.
     """
 
     def __init__(
@@ -356,10 +375,25 @@ class HttpBackend(RemoteBackend):
         max_response_bytes: int = 32 * 1024 * 1024,
         wire_format: Literal["msgpack", "json"] = "msgpack",
         events_read_timeout: float = 60.0,
+        allow_insecure_http: bool = False,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"HttpBackend needs an http(s) URL, got {base_url!r}")
+        # A transport given by the caller decides where the bytes go (a MockTransport
+        # never leaves the process); the check is for httpx's own network transport.
+        if (
+            token is not None
+            and transport is None
+            and url.scheme == "http"
+            and not allow_insecure_http
+            and not is_loopback_host(url.host)
+        ):
+            raise ValueError(
+                f"refusing to send a bearer token over plain http:// to {url.host} (not a "
+                "loopback address: anyone on the way could read it): use https://, or pass "
+                "allow_insecure_http=True (--allow-insecure-http) on a network you trust"
+            )
         self.base_url = str(url)
         self._token = token
         self._max_response_bytes = max_response_bytes
@@ -432,9 +466,21 @@ class HttpBackend(RemoteBackend):
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Close the connection pool. Idempotent.
+
+        Raises:
+            LifecycleError: the event loop the connections belong to has ended without
+                closing them (close the backend inside that loop, before it ends).
+        """
         self._closed = True
-        await self._client.aclose()
+        self._unbind()
+        try:
+            await self._client.aclose()
+        except RuntimeError as exc:  # asyncio: "Event loop is closed"
+            raise LifecycleError(
+                "HttpBackend: the event loop its connections belong to has ended; close it "
+                "inside that loop (`async with`, or `await aclose()`) before the loop ends"
+            ) from exc
 
     # -- server-sent events ------------------------------------------------------------
 
@@ -546,6 +592,7 @@ class HttpBackend(RemoteBackend):
     async def _send(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise LifecycleError("the HttpBackend is closed")
+        self._bind_loop()
         try:
             return await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:

@@ -15,6 +15,7 @@ Endpoints (all but ``/health`` and ``/openapi.json`` need ``Authorization: Beare
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,7 @@ __all__ = [
     "Health",
     "LimitsInfo",
     "PushRequest",
+    "is_loopback_host",
     "media_type_of",
 ]
 
@@ -102,3 +104,15 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
     limits: LimitsInfo
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) names this
+    machine's loopback interface: traffic to it never crosses a network."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

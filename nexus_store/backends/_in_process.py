@@ -18,17 +18,24 @@ class InProcessBackend(RemoteBackend):
         core: the server core to talk to.
         tenant: whose data this client reads and writes.
         owns_core: close the core with this backend.
+        loop_bound: the core's storage holds connections tied to the event loop that
+            opened them (PostgreSQL): :meth:`close` closes them on that loop.
     """
 
-    def __init__(self, core: ServerCore, *, tenant: str, owns_core: bool) -> None:
+    def __init__(
+        self, core: ServerCore, *, tenant: str, owns_core: bool, loop_bound: bool = False
+    ) -> None:
         self.tenant = check_tenant(tenant)
         self._core = core
         self._owns_core = owns_core
+        self._loop_bound = loop_bound
         self._closed = False
 
     async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
         """Apply ``ops`` on the core, in one storage transaction; see :meth:`RemoteBackend.push`."""
         self._check_open()
+        if self._loop_bound:
+            self._bind_loop()
         return await self._core.push(self.tenant, ops)
 
     async def pull(
@@ -36,12 +43,15 @@ class InProcessBackend(RemoteBackend):
     ) -> Changes:
         """Changes after ``cursor``; see :meth:`RemoteBackend.pull`."""
         self._check_open()
+        if self._loop_bound:
+            self._bind_loop()
         return await self._core.pull(self.tenant, cursor, limit, collections=collections)
 
     async def aclose(self) -> None:
         """Close this client (and the core, if it owns it). Idempotent."""
         if not self._closed:
             self._closed = True
+            self._unbind()
             if self._owns_core:
                 await self._core.aclose()
 

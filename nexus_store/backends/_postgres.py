@@ -16,7 +16,10 @@ class PostgresBackend(InProcessBackend):
     Needs the ``postgres`` extra (psycopg 3), imported when the first backend is made.
     psycopg errors arrive translated: :class:`~nexus_store.NetworkError` when the database
     cannot be reached, :class:`~nexus_store.AuthError` for refused credentials,
-    :class:`~nexus_store.ServerUnavailableError` otherwise. Use it from one asyncio loop.
+    :class:`~nexus_store.ServerUnavailableError` otherwise. Its connections belong to
+    the asyncio loop that opened them: use it from one loop (``store.sync()`` always uses
+    the same one), and close it with ``close()``, ``with``, ``aclose()`` or ``async with``
+    (a store closes the backend it was given, unless ``owns_backend=False``).
 
     Args:
         dsn: a libpq connection string or ``postgresql://`` URI.
@@ -42,7 +45,7 @@ class PostgresBackend(InProcessBackend):
             conflict_policy=conflict_policy,
             max_batch=max_batch,
         )
-        super().__init__(core, tenant=tenant, owns_core=True)
+        super().__init__(core, tenant=tenant, owns_core=True, loop_bound=True)
 
     def __repr__(self) -> str:
         return f"PostgresBackend(<dsn hidden>, tenant={self.tenant!r})"

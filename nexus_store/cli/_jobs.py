@@ -20,6 +20,7 @@ from rich.table import Table
 from .._database import Database
 from .._exceptions import NexusStoreError
 from ._app import app
+from ._errors import fail
 from ._options import DbOption
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,13 +63,11 @@ def jobs(
     # Piped output is not cut to 80 columns: names and times stay whole for grep and logs.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     if not db.is_file():
-        typer.echo(f"nexus-store jobs: no such file: {db}", err=True)
-        raise typer.Exit(2)
+        fail("jobs", f"no such file: {db} (the app creates it when it opens a NexusStore on it)")
     try:
         database = Database(db)
     except NexusStoreError as exc:
-        typer.echo(f"nexus-store jobs: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail("jobs", str(exc))
     try:
         tables = _tables(database)
         shown = False

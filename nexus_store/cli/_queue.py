@@ -13,6 +13,7 @@ from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
 from .._queue import OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._app import app
+from ._errors import fail
 from ._options import DbOption
 
 _STATES = (OpState.PENDING, OpState.LEASED, OpState.DEAD)
@@ -84,18 +85,15 @@ def queue(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show the sync queue: ops per priority and state, oldest pending age, dead letters."""
-    err = Console(stderr=True)
     if not db.is_file():
-        err.print(f"[red]error:[/] no database file at {db}")
-        raise typer.Exit(2)
+        fail("queue", f"no database file at {db} (the app creates it with a NexusStore)")
     try:
         # create=False: inspecting a file must not add a queue table to it.
         with PrioritySyncQueue(db, durability="normal", create=False) as sync_queue:
             stats = sync_queue.stats(collection)
             dead = sync_queue.dead(collection)
     except NexusStoreError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail("queue", str(exc))
     if as_json:
         typer.echo(_as_json(stats, dead))
         return

@@ -1,12 +1,14 @@
-"""``nexus-store serve`` (run the sync server) and ``nexus-store token`` (issue a signed token)."""
+"""``nexus-store serve`` (run the sync server) and ``nexus-store token`` (mint a JWT)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._app import app
+from ._errors import fail
 
 
 def _parse_tokens(pairs: list[str]) -> dict[str, str]:
@@ -23,7 +25,9 @@ def _parse_tokens(pairs: list[str]) -> dict[str, str]:
 @app.command("serve")
 def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free port).", envvar="NEXUS_STORE_PORT")
+    ] = 8765,
     database: Annotated[
         str,
         typer.Option(
@@ -44,19 +48,37 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     secret: Annotated[
         str | None,
         typer.Option(
-            help="Secret for signed tokens (see `nexus-store token`); prefer the "
-            "environment variable.",
+            help="Shared secret of HS256 JWTs (see `nexus-store token`; also accepts the "
+            "deprecated nxs1. tokens); prefer the environment variable.",
             envvar="NEXUS_STORE_SECRET",
             show_default=False,
         ),
     ] = None,
+    jwks_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Your identity provider's JWKS URL: RS256/ES256 JWTs verified against it.",
+            envvar="NEXUS_STORE_JWKS_URL",
+            show_default=False,
+        ),
+    ] = None,
+    jwt_audience: Annotated[
+        str | None, typer.Option(help="The audience (aud) JWTs must carry.", show_default=False)
+    ] = None,
+    jwt_issuer: Annotated[
+        str | None, typer.Option(help="The issuer (iss) JWTs must carry.", show_default=False)
+    ] = None,
+    tenant_claim: Annotated[str, typer.Option(help="The JWT claim naming the tenant.")] = "sub",
     max_body: Annotated[str, typer.Option(help="Largest request body (413 beyond).")] = "16MiB",
     max_batch: Annotated[int, typer.Option(help="Most ops per push (413 beyond).")] = 1000,
     max_pull: Annotated[int, typer.Option(help="Most changes per pull.")] = 5000,
     rate: Annotated[
         str | None,
         typer.Option(
-            help="Per-tenant request rate, e.g. 20/s or 600/min (429 beyond).", show_default=False
+            help="Per-tenant request rate, e.g. 20/s or 600/min (429 beyond). With PostgreSQL "
+            "storage the limit holds across every server process on the database (the "
+            "buckets are kept there); with SQLite or memory storage it is per process.",
+            show_default=False,
         ),
     ] = None,
     burst: Annotated[
@@ -77,16 +99,20 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     ] = "lww",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve HTTPS with this certificate chain (PEM; with --tls-key)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """Run the sync server (push, pull, events, health, /openapi.json) under uvicorn."""
     try:
         from ..server._limits import Limits, parse_rate, parse_size  # noqa: PLC0415
         from ..server._run import ServeOptions, run  # noqa: PLC0415
     except ImportError as exc:
-        typer.echo(
-            f"the server needs its extra: pip install 'nexus-store[server]' ({exc})", err=True
-        )
-        raise typer.Exit(2) from exc
+        fail("serve", f"the server needs its extra: pip install 'nexus-store[server]' ({exc})")
     try:
         limits = Limits(
             max_body_bytes=parse_size(max_body),
@@ -101,34 +127,61 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
             port=port,
             tokens=_parse_tokens(token or []),
             secret=secret,
+            jwks_url=jwks_url,
+            jwt_audience=jwt_audience,
+            jwt_issuer=jwt_issuer,
+            tenant_claim=tenant_claim,
             limits=limits,
             events_interval=events_interval,
             log_level=log_level.lower(),
             access_log=access_log,
             conflict_policy=conflict_policy,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         run(options)
     except (ValueError, OSError) as exc:
-        typer.echo(f"nexus-store serve: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail("serve", str(exc))
 
 
 @app.command("token")
-def token(
+def token(  # noqa: PLR0917 - typer reads each option from a parameter
     tenant: Annotated[str, typer.Option(help="The tenant the token acts for.")],
     secret: Annotated[
         str,
         typer.Option(
-            help="The server's signing secret.", envvar="NEXUS_STORE_SECRET", show_default=False
+            help="The server's --secret (at least 16 bytes).",
+            envvar="NEXUS_STORE_SECRET",
+            show_default=False,
         ),
     ],
     ttl: Annotated[float, typer.Option(help="Seconds the token stays valid.")] = 3600.0,
+    audience: Annotated[
+        str | None, typer.Option(help="The aud claim (if the server checks one).")
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option(help="The iss claim (if the server checks one).")
+    ] = None,
+    tenant_claim: Annotated[str, typer.Option(help="The claim naming the tenant.")] = "sub",
 ) -> None:
-    """Print a signed bearer token for a tenant (for servers run with --secret)."""
-    from ..server._auth import SignedTokenVerifier  # noqa: PLC0415
+    """Print an HS256 JWT for a tenant, for development (servers run with --secret).
 
+    In production, tokens come from your identity provider (`serve --jwks-url`).
+    """
     try:
-        typer.echo(SignedTokenVerifier(secret).issue(tenant, ttl=ttl))
+        from ..server._jwt import issue_jwt  # noqa: PLC0415
+    except ImportError as exc:
+        fail("token", f"tokens need the server extra: pip install 'nexus-store[server]' ({exc})")
+    try:
+        typer.echo(
+            issue_jwt(
+                secret,
+                tenant,
+                ttl=ttl,
+                tenant_claim=tenant_claim,
+                audience=audience,
+                issuer=issuer,
+            )
+        )
     except ValueError as exc:
-        typer.echo(f"nexus-store token: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail("token", str(exc))

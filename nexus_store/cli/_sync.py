@@ -28,6 +28,7 @@ from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
 from .._queue import OpState, PrioritySyncQueue
 from ._app import app
+from ._errors import BAD_INPUT, fail
 from ._options import DbOption, RemoteOption, TokenOption
 
 _PRIORITIES = tuple(sorted(SyncPriority))
@@ -51,13 +52,18 @@ def sync(  # noqa: PLR0917 - typer reads each option from a parameter
     ] = None,
     pull: Annotated[bool, typer.Option(help="Pull remote changes after pushing.")] = True,
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per request.")] = 30.0,
+    allow_insecure_http: Annotated[
+        bool,
+        typer.Option(
+            help="Send the token over plain http:// to a non-loopback address (it crosses "
+            "the network readable by anyone on the way)."
+        ),
+    ] = False,
 ) -> None:
     """Push the file's queued ops to the server (most urgent first), then pull changes."""
     console = Console()
-    errors = Console(stderr=True)
     if not db.is_file():
-        errors.print(f"nexus-store sync: no such file: {db}")
-        raise typer.Exit(2)
+        fail("sync", f"no such file: {db} (the app creates it when it opens a NexusStore on it)")
     try:
         code = anyio.run(
             _run,
@@ -71,16 +77,16 @@ def sync(  # noqa: PLR0917 - typer reads each option from a parameter
             budget,
             pull,
             timeout,
+            allow_insecure_http,
         )
     except KeyboardInterrupt:
-        errors.print("nexus-store sync: interrupted; the ops in flight went back to the queue")
-        raise typer.Exit(130) from None
+        fail("sync", "interrupted; the ops in flight went back to the queue", 130)
     except _BadInputError as exc:
-        errors.print(f"nexus-store sync: {exc}")
-        raise typer.Exit(2) from exc
+        fail("sync", str(exc))
+    except BAD_INPUT as exc:
+        fail("sync", str(exc))
     except NexusStoreError as exc:
-        errors.print(f"nexus-store sync: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from exc
+        fail("sync", f"{type(exc).__name__}: {exc}", 1)
     raise typer.Exit(code)
 
 
@@ -99,6 +105,7 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
     budget: float | None,
     pull: bool,
     request_timeout: float,
+    allow_insecure_http: bool,
 ) -> int:
     # Imported here so `nexus-store --help` stays quick.
     from ..backends._http import HttpBackend  # noqa: PLC0415
@@ -108,7 +115,9 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
     from ..sync._runner import SyncRunner  # noqa: PLC0415
 
     try:
-        backend = HttpBackend(remote, token=token, timeout=request_timeout)
+        backend = HttpBackend(
+            remote, token=token, timeout=request_timeout, allow_insecure_http=allow_insecure_http
+        )
     except ValueError as exc:
         raise _BadInputError(str(exc)) from exc
     database = Database(path)

@@ -5,30 +5,87 @@ The app process saves to the file; this process runs the background sync service
 drain lease, so only one worker drains at a time and a second one takes over when the
 first dies. Commits of the app wake it within milliseconds (``watchfiles`` on the WAL):
 ``CRITICAL`` saves go out at once, ``HIGH`` ones after ``--high-debounce``, the rest with
-the periodic run. It prints one line per step (``nexus-store worker: ...``).
+the periodic run. It logs one line per step and one per sync run to stdout: a failed run
+says why (the error), when, and when the next attempt is due, with the same outcome that
+``nexus-store jobs`` shows for it. ``--log-format json`` prints one JSON object per line instead.
 
 SIGTERM or SIGINT stop it cleanly: a run in progress gives its leased ops back, the lease
-is released, exit code 0. Exit code 2: bad input (no such file, bad URL).
+is released, exit code 0. Exit code 2: bad input (no such file, not a store, bad URL).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import anyio.abc
 import typer
 
+from .._database import Database
+from .._gc import set_gc_pause
 from ._app import app
+from ._errors import BAD_INPUT, fail
+from ._logging import LogFormat, LogLevel, configure_logging, iso_time
 from ._options import DbOption, RemoteOption, TokenOption
 
-_PREFIX = "nexus-store worker: "
+if TYPE_CHECKING:  # pragma: no cover
+    from ..sync._worker import RunReport
+
+_log = logging.getLogger("nexus_store.worker")
 
 
 def _say(text: str) -> None:
-    print(_PREFIX + text, flush=True)
+    _log.info("%s", text)
+
+
+def _report(report: RunReport) -> None:
+    """One line per sync run: its outcome as the run history has it, and why it failed."""
+    run, event = report.run, report.event
+    ended = run.ended_at if run.ended_at is not None else run.started_at
+    next_at = report.next_attempt_at
+    fields: dict[str, object] = {
+        "event": "sync_run",
+        "outcome": report.outcome,
+        "work": run.source,
+        "started_at": iso_time(run.started_at),
+        "ended_at": iso_time(ended),
+        "duration": None if run.duration is None else round(run.duration, 3),
+        "next_attempt_at": None if next_at is None else iso_time(next_at),
+    }
+    summary = event.summary if event is not None else None
+    if summary is not None:
+        fields.update(
+            pushed=summary.pushed,
+            pulled=summary.pulled,
+            failed=summary.failed,
+            dead_lettered=summary.dead_lettered,
+            stop_reason=summary.stop_reason.value,
+            error=summary.error,
+        )
+    what = (event.message if event is not None else "") or run.message or run.outcome
+    next_text = f"; next attempt at {iso_time(next_at)}" if next_at is not None else ""
+    if report.failed:
+        why = run.message or what
+        fields["error"] = fields.get("error") or why
+        _log.warning(
+            "sync run failed (%s) at %s: %s%s",
+            report.outcome,
+            iso_time(ended),
+            why,
+            next_text,
+            extra={"fields": fields},
+        )
+    else:
+        _log.info(
+            "sync run succeeded at %s: %s%s",
+            iso_time(ended),
+            what,
+            next_text,
+            extra={"fields": fields},
+        )
 
 
 @app.command("worker")
@@ -54,22 +111,40 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     watch_step_ms: Annotated[
         int, typer.Option(min=1, help="Milliseconds the file watcher batches changes over.")
     ] = 10,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="The least severe log lines shown.", case_sensitive=False)
+    ] = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="text lines, or one JSON object per line.")
+    ] = LogFormat.TEXT,
+    allow_insecure_http: Annotated[
+        bool,
+        typer.Option(
+            help="Send the token over plain http:// to a non-loopback address (it crosses "
+            "the network readable by anyone on the way)."
+        ),
+    ] = False,
 ) -> None:
     """Drain the file's sync queue to the server in the background until stopped."""
     if not db.is_file():
-        typer.echo(f"nexus-store worker: no such file: {db}", err=True)
-        raise typer.Exit(2)
+        fail("worker", f"no such file: {db} (the app creates it when it opens a NexusStore on it)")
     if timeout >= lease_for:
-        typer.echo("nexus-store worker: --timeout must be below --lease-for", err=True)
-        raise typer.Exit(2)
+        fail("worker", "--timeout must be below --lease-for")
+    try:
+        Database(db, durability="normal").close()  # a store file at all? say so now
+    except BAD_INPUT as exc:
+        fail("worker", str(exc))
+    configure_logging("nexus-store worker", log_level, log_format)
+    set_gc_pause(True)  # the worker owns its process: bulk reads may pause the collector
     from ..backends._http import HttpBackend  # noqa: PLC0415 - keeps --help quick
     from ..sync._worker import SyncWorker, worker_config  # noqa: PLC0415
 
     try:
-        backend = HttpBackend(remote, token=token, timeout=timeout)
+        backend = HttpBackend(
+            remote, token=token, timeout=timeout, allow_insecure_http=allow_insecure_http
+        )
     except ValueError as exc:
-        typer.echo(f"nexus-store worker: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail("worker", str(exc))
     config = worker_config(
         timedelta(seconds=interval),
         high_priority_debounce=timedelta(seconds=high_debounce),
@@ -83,6 +158,7 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
         lease_for=lease_for,
         watch_step_ms=watch_step_ms,
         announce=_say,
+        on_run=_report,
     )
 
     async def main() -> None:

@@ -17,19 +17,23 @@ from ._storage import Storage, open_storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._app import create_app
+    from ._jwt import JwtVerifier, issue_jwt
     from ._limits import Limits
     from ._run import ServeOptions, run
 
 _LAZY = {
+    "JwtVerifier": "._jwt",
     "Limits": "._limits",
     "ServeOptions": "._run",
     "create_app": "._app",
+    "issue_jwt": "._jwt",
     "run": "._run",
 }
 
 __all__ = [
     "ChainVerifier",
     "ConflictPolicy",
+    "JwtVerifier",
     "Limits",
     "Resolver",
     "ServeOptions",
@@ -39,6 +43,7 @@ __all__ = [
     "Storage",
     "TokenVerifier",
     "create_app",
+    "issue_jwt",
     "open_core",
     "open_storage",
     "run",

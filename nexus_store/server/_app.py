@@ -73,7 +73,7 @@ from ._core import (
     refused,
 )
 from ._events import ChangeNotifier, EventStreamResponse
-from ._limits import BodyLimitMiddleware, Limits, RateLimiter, retry_after_header
+from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_after_header
 
 __all__ = ["CoreLike", "create_app", "openapi_schema"]
 
@@ -400,7 +400,7 @@ class _Endpoints:
         verifier: TokenVerifier,
         limits: Limits,
         notifier: ChangeNotifier,
-        rate_limiter: RateLimiter | None,
+        rate_limiter: RateLimit | None,
         events_keepalive: float,
     ) -> None:
         self.core = core
@@ -432,7 +432,7 @@ class _Endpoints:
                 {"www-authenticate": 'Bearer realm="nexus-store"'},
             )
         if self.rate_limiter is not None:
-            wait = self.rate_limiter.check(tenant)
+            wait = await self.rate_limiter.acquire(tenant)
             if wait > 0:
                 raise _HttpError(
                     429,
@@ -506,7 +506,7 @@ def create_app(
     events_interval: float = 1.0,
     events_keepalive: float = 15.0,
     close_core: bool = False,
-    rate_limiter: RateLimiter | None = None,
+    rate_limiter: RateLimit | None = None,
 ) -> Starlette:
     """Build the sync server's ASGI app around a server core.
 

@@ -4,15 +4,17 @@ A verifier turns the token of an ``Authorization: Bearer ...`` header into the t
 request acts for, or ``None`` to refuse it (HTTP 401). The tenant comes only from the
 token, never from a request body, so no request can name another tenant.
 
+- :class:`~nexus_store.server._jwt.JwtVerifier` (in its own module: PyJWT loads only
+  where it is used): standard JSON Web Tokens, the production choice.
 - :class:`StaticTokenVerifier`: a fixed ``{token: tenant}`` map, for development and tests.
-- :class:`SignedTokenVerifier`: HMAC-SHA256 signed tokens carrying the tenant and an
-  expiry time, for production: the server keeps one secret, no token table. Tokens are
-  issued with :meth:`SignedTokenVerifier.issue` (or ``nexus-store token``).
+- :class:`SignedTokenVerifier`: **deprecated**, kept so that clients holding them keep
+  working: the private ``nxs1.`` format of earlier versions (``nexus-store serve --secret``
+  accepts both it and HS256 JWTs). New deployments use JWTs.
 - :class:`ChainVerifier`: the first verifier that accepts a token wins.
 
-Signed token format: ``nxs1.<payload>.<signature>`` where ``payload`` is the base64url
-(unpadded) JSON ``{"sub": tenant, "exp": unix_seconds}`` and ``signature`` the base64url
-HMAC-SHA256 of ``"nxs1." + payload`` under the secret.
+The deprecated ``nxs1.`` format: ``nxs1.<payload>.<signature>`` where ``payload`` is the
+base64url (unpadded) JSON ``{"sub": tenant, "exp": unix_seconds}`` and ``signature`` the
+base64url HMAC-SHA256 of ``"nxs1." + payload`` under the secret.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ __all__ = [
     "StaticTokenVerifier",
     "TokenVerifier",
     "bearer_token",
+    "check_tenant_name",
+    "usable_tenant",
 ]
 
 _SIGNED_PREFIX = "nxs1"
 _MAX_TOKEN_LENGTH = 4096
 _MAX_TENANT_LENGTH = 128
-_MIN_SECRET_BYTES = 16
+MIN_SECRET_BYTES = 16
 
 
 @runtime_checkable
@@ -61,13 +65,19 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def _check_tenant(tenant: str) -> str:
-    if not _usable_tenant(tenant):
+def check_tenant_name(tenant: str) -> str:
+    """Return ``tenant`` if it can name a tenant.
+
+    Raises:
+        ValueError: it cannot.
+    """
+    if not usable_tenant(tenant):
         raise ValueError(f"a tenant is 1 to {_MAX_TENANT_LENGTH} characters without NUL")
     return tenant
 
 
-def _usable_tenant(tenant: object) -> bool:
+def usable_tenant(tenant: object) -> bool:
+    """Whether ``tenant`` is a string that can name a tenant (1 to 128 characters, no NUL)."""
     return (
         isinstance(tenant, str) and 0 < len(tenant) <= _MAX_TENANT_LENGTH and "\x00" not in tenant
     )
@@ -95,7 +105,7 @@ class StaticTokenVerifier:
         for token, tenant in tokens.items():
             if not token or len(token) > _MAX_TOKEN_LENGTH:
                 raise ValueError("a token must be a non-empty string")
-            self._tenants[_digest(token)] = _check_tenant(tenant)
+            self._tenants[_digest(token)] = check_tenant_name(tenant)
 
     async def verify(self, token: str) -> str | None:
         """The tenant mapped to ``token``, if any."""
@@ -114,7 +124,10 @@ def _b64decode(text: str) -> bytes:
 
 
 class SignedTokenVerifier:
-    """HMAC-SHA256 signed tokens that carry their tenant and expiry time.
+    """Deprecated: the private ``nxs1.`` signed tokens of earlier versions (use JWTs).
+
+    HMAC-SHA256 signed tokens that carry their tenant and expiry time. Kept as an alias
+    so that tokens already issued keep working; ``nexus-store token`` now mints JWTs.
 
     Args:
         secret: the signing key, at least 16 bytes (32 random bytes recommended); keep it
@@ -130,8 +143,8 @@ class SignedTokenVerifier:
         self, secret: str | bytes, *, clock: Clock | None = None, leeway: float = 0.0
     ) -> None:
         key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-        if len(key) < _MIN_SECRET_BYTES:
-            raise ValueError(f"the signing secret must be at least {_MIN_SECRET_BYTES} bytes")
+        if len(key) < MIN_SECRET_BYTES:
+            raise ValueError(f"the signing secret must be at least {MIN_SECRET_BYTES} bytes")
         self._key = key
         self._clock = clock or SystemClock()
         self._leeway = leeway
@@ -141,7 +154,7 @@ class SignedTokenVerifier:
 
     def issue(self, tenant: str, *, ttl: float = 3600.0) -> str:
         """A new token for ``tenant``, valid for ``ttl`` seconds from now."""
-        _check_tenant(tenant)
+        check_tenant_name(tenant)
         claims = {"sub": tenant, "exp": int(self._clock.now() + ttl)}
         payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         message = f"{_SIGNED_PREFIX}.{payload}"
@@ -166,7 +179,7 @@ class SignedTokenVerifier:
         if not isinstance(claims, dict):
             return None
         tenant, expires = claims.get("sub"), claims.get("exp")
-        if not isinstance(tenant, str) or not _usable_tenant(tenant):
+        if not isinstance(tenant, str) or not usable_tenant(tenant):
             return None
         if isinstance(expires, bool) or not isinstance(expires, int):
             return None

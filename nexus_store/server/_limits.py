@@ -2,7 +2,10 @@
 
 The decisions are pure: :func:`take_token` is a token bucket over plain numbers,
 :func:`parse_size` and :func:`parse_rate` read the command line's forms. The I/O parts are
-:class:`RateLimiter` (one bucket per tenant, reading a clock) and
+:class:`RateLimiter` (one bucket per tenant in this process, reading a clock), the
+:class:`RateLimit` seam it implements (so does
+:class:`~nexus_store.server._limits_postgres.PostgresRateLimiter`, whose buckets live in
+the PostgreSQL database that several server processes share), and
 :class:`BodyLimitMiddleware`, an ASGI middleware that answers 413 *before the body is read
 in full*: at once when ``Content-Length`` is over the limit, and otherwise as soon as the
 streamed byte count (chunked bodies) goes over it. The rest of an oversized body is then
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +28,7 @@ __all__ = [
     "BodyLimitMiddleware",
     "Bucket",
     "Limits",
+    "RateLimit",
     "RateLimiter",
     "parse_rate",
     "parse_size",
@@ -155,8 +160,21 @@ def retry_after_header(wait: float) -> str:
     return str(max(1, math.ceil(wait)))
 
 
+@runtime_checkable
+class RateLimit(Protocol):
+    """Decides whether a tenant's request may proceed now."""
+
+    async def acquire(self, tenant: str) -> float:
+        """Spend one request for ``tenant``: ``0.0`` if admitted, else seconds to wait."""
+        ...
+
+
 class RateLimiter:
-    """One token bucket per tenant.
+    """One token bucket per tenant, in this process.
+
+    Several server processes each keep their own buckets, so together they admit up to
+    N times the rate: behind a load balancer, use the PostgreSQL storage, whose limiter
+    keeps the buckets in the database every process shares.
 
     Args:
         rate: requests per second per tenant.
@@ -180,6 +198,10 @@ class RateLimiter:
         if len(self._buckets) > _MAX_BUCKETS:
             self._prune(now)
         return wait
+
+    async def acquire(self, tenant: str) -> float:
+        """:meth:`check`, as the :class:`RateLimit` seam asks."""
+        return self.check(tenant)
 
     def _prune(self, now: float) -> None:
         # A bucket that has refilled completely is the same as no bucket at all.

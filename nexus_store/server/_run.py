@@ -6,7 +6,9 @@ port, and the address is announced on stdout as one line::
 
     nexus-store serve: listening on http://127.0.0.1:54321
 
-which is how :class:`~nexus_store.testing.ServerProcess` learns the port without a race.
+which is how :class:`~nexus_store.testing.ServerProcess` learns the port without a race
+(``https://`` when serving TLS with ``tls_cert``/``tls_key``). Listening beyond loopback
+without TLS logs a warning: bearer tokens and data would cross the network in clear.
 On shutdown, open event streams are ended at once (instead of waiting out uvicorn's
 graceful timeout) and the storage is closed.
 """
@@ -18,31 +20,39 @@ import contextlib
 import importlib
 import logging
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from .._gc import set_gc_pause
+from ..backends._http_api import is_loopback_host
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
 from ._limits import Limits
 
 if TYPE_CHECKING:
     from ._core import ConflictPolicy
+    from ._limits_postgres import PostgresRateLimiter
 
 __all__ = [
     "ANNOUNCE_PREFIX",
     "ServeOptions",
     "announce",
     "bind_socket",
+    "check_tls_files",
     "load_conflict_policy",
     "make_verifier",
+    "plain_http_warning",
     "run",
     "run_loop",
     "serve_app",
+    "shared_rate_limiter",
     "uvicorn_config",
 ]
 
@@ -59,13 +69,19 @@ class ServeOptions:
         host: the address to listen on (loopback by default).
         port: the port (0: any free port, announced on stdout).
         tokens: development tokens, ``{token: tenant}``.
-        secret: the signing secret of :class:`SignedTokenVerifier` tokens.
+        secret: the shared secret of HS256 JWTs (and of the deprecated ``nxs1.`` tokens).
+        jwks_url: the identity provider's JWKS URL, for RS256/ES256 JWTs.
+        jwt_audience: the ``aud`` JWTs must carry.
+        jwt_issuer: the ``iss`` JWTs must carry.
+        tenant_claim: the JWT claim that names the tenant.
         limits: body, batch, pull and rate limits.
         events_interval: seconds between head checks for tenants with event listeners.
         log_level: uvicorn's and the server's log level.
         access_log: log every request (uvicorn's access log; tokens are never logged).
         conflict_policy: ``"lww"`` (default), ``"server_wins"``, or ``"module:function"``
             naming an importable :data:`~nexus_store.server.Resolver`.
+        tls_cert: the server's certificate chain (PEM): serve HTTPS (with ``tls_key``).
+        tls_key: the certificate's private key (PEM).
     """
 
     database: str = "sqlite:///nexus-server.db"
@@ -73,11 +89,40 @@ class ServeOptions:
     port: int = 8765
     tokens: Mapping[str, str] = field(default_factory=dict)
     secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    tenant_claim: str = "sub"
     limits: Limits = field(default_factory=Limits)
     events_interval: float = 1.0
     log_level: str = "warning"
     access_log: bool = False
     conflict_policy: str = "lww"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def check_tls_files(cert: Path | None, key: Path | None) -> bool:
+    """Check that a certificate and its key load (before anything is bound or announced).
+
+    Returns:
+        Whether TLS is configured.
+
+    Raises:
+        ValueError: only one of the two given, a missing or unreadable file, or a key that
+            does not match the certificate.
+    """
+    if cert is None and key is None:
+        return False
+    if cert is None or key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ValueError(f"TLS: no such file: {exc.filename}") from exc
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"TLS: cannot load {cert} with {key}: {exc}") from exc
+    return True
 
 
 def load_conflict_policy(name: str) -> ConflictPolicy:
@@ -110,25 +155,55 @@ def load_conflict_policy(name: str) -> ConflictPolicy:
     return resolver  # type: ignore[no-any-return]
 
 
-def make_verifier(tokens: Mapping[str, str], secret: str | None) -> TokenVerifier:
-    """The verifier for static tokens, signed tokens, or both (static ones asked first).
+def make_verifier(
+    tokens: Mapping[str, str],
+    secret: str | None,
+    *,
+    jwks_url: str | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    tenant_claim: str = "sub",
+) -> TokenVerifier:
+    """The verifier for static tokens, JWTs, or both (static tokens asked first).
+
+    A ``secret`` verifies HS256 JWTs and, for clients that still hold them, the
+    deprecated ``nxs1.`` tokens; a ``jwks_url`` verifies RS256/ES256 JWTs.
 
     Raises:
-        ValueError: neither tokens nor a secret (the server would refuse everyone), or a
-            bad token/secret.
+        ValueError: no credentials at all (the server would refuse everyone), or a bad
+            token, secret or JWKS URL.
     """
     verifiers: list[TokenVerifier] = []
     if tokens:
         verifiers.append(StaticTokenVerifier(tokens))
+    if secret or jwks_url:
+        from ._jwt import JwtVerifier  # noqa: PLC0415 - PyJWT loads only where it is used
+
+        verifiers.append(
+            JwtVerifier(
+                secret=secret or None,
+                jwks_url=jwks_url,
+                audience=audience,
+                issuer=issuer,
+                tenant_claim=tenant_claim,
+            )
+        )
     if secret:
-        verifiers.append(SignedTokenVerifier(secret))
+        verifiers.append(SignedTokenVerifier(secret))  # deprecated alias, see _auth
     if not verifiers:
-        raise ValueError("no credentials configured: give --token TOKEN=TENANT or --secret")
+        raise ValueError(
+            "no credentials configured: give --token TOKEN=TENANT, --secret or --jwks-url"
+        )
     return verifiers[0] if len(verifiers) == 1 else ChainVerifier(verifiers)
 
 
 def uvicorn_config(
-    app: ASGIApp, *, log_level: str = "warning", access_log: bool = False
+    app: ASGIApp,
+    *,
+    log_level: str = "warning",
+    access_log: bool = False,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> uvicorn.Config:
     """The uvicorn settings the server runs under (benchmarks reuse them for baselines)."""
     return uvicorn.Config(
@@ -139,6 +214,8 @@ def uvicorn_config(
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
         proxy_headers=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
 
 
@@ -155,9 +232,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url_of(sock: socket.socket) -> str:
+def _url_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class _Server(uvicorn.Server):
@@ -186,6 +263,8 @@ async def serve_app(
     log_level: str = "warning",
     access_log: bool = False,
     on_exit: Callable[[], None] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Serve ``app`` on an already bound socket until SIGINT/SIGTERM.
 
@@ -195,15 +274,31 @@ async def serve_app(
         log_level: uvicorn's log level.
         access_log: log every request.
         on_exit: called on the loop as soon as a stop signal arrives.
+        tls_cert: serve HTTPS with this certificate chain (and ``tls_key``).
+        tls_key: the certificate's private key.
     """
-    server = _Server(uvicorn_config(app, log_level=log_level, access_log=access_log), on_exit)
+    config = uvicorn_config(
+        app, log_level=log_level, access_log=access_log, tls_cert=tls_cert, tls_key=tls_key
+    )
+    server = _Server(config, on_exit)
     await server.serve(sockets=[sock])
 
 
-def announce(sock: socket.socket) -> None:
+def announce(sock: socket.socket, *, tls: bool = False) -> None:
     """Print the listening address line (see the module docstring) and flush."""
-    sys.stdout.write(f"{ANNOUNCE_PREFIX}{_url_of(sock)}\n")
+    sys.stdout.write(f"{ANNOUNCE_PREFIX}{_url_of(sock, 'https' if tls else 'http')}\n")
     sys.stdout.flush()
+
+
+def plain_http_warning(host: str, *, tls: bool) -> str | None:
+    """The warning for listening beyond loopback without TLS (``None``: nothing to say)."""
+    if tls or is_loopback_host(host):
+        return None
+    return (
+        f"listening on {host} without TLS: bearer tokens and data cross the network in "
+        "clear. Pass --tls-cert and --tls-key, or put a TLS-terminating proxy in front "
+        "and listen on 127.0.0.1."
+    )
 
 
 async def _serve(
@@ -218,24 +313,49 @@ async def _serve(
         max_batch=options.limits.max_batch_ops,
         max_pull=options.limits.max_pull_limit,
     )
+    limiter = None
     try:
+        limiter = await shared_rate_limiter(options.database, options.limits)
         app = create_app(
             core,
             verifier=verifier,
             limits=options.limits,
             events_interval=options.events_interval,
             close_core=True,
+            rate_limiter=limiter,
         )
-        announce(sock)
+        tls = options.tls_cert is not None
+        announce(sock, tls=tls)
         await serve_app(
             app,
             sock,
             log_level=options.log_level,
             access_log=options.access_log,
             on_exit=app.state.notifier.close,
+            tls_cert=options.tls_cert,
+            tls_key=options.tls_key,
         )
     finally:
+        if limiter is not None:
+            await limiter.aclose()
         await core.aclose()  # idempotent: the app's shutdown usually closed it already
+
+
+async def shared_rate_limiter(database: str, limits: Limits) -> PostgresRateLimiter | None:
+    """The rate limiter all server processes on ``database`` share (PostgreSQL only).
+
+    Returns:
+        A connected :class:`PostgresRateLimiter` when there is a rate limit and the
+        storage is PostgreSQL; ``None`` otherwise (the app then limits in process).
+    """
+    scheme = database.partition("://")[0].lower()
+    if limits.rate is None or scheme not in ("postgresql", "postgres"):
+        return None
+    from ._limits_postgres import PostgresRateLimiter  # noqa: PLC0415 - psycopg is optional
+
+    limiter = PostgresRateLimiter(database, limits.rate, limits.effective_burst)
+    await limiter.open()
+    return limiter
 
 
 def run(options: ServeOptions) -> None:
@@ -245,11 +365,24 @@ def run(options: ServeOptions) -> None:
         ValueError: no credentials configured, or a bad option.
         OSError: the address cannot be bound.
     """
-    verifier = make_verifier(options.tokens, options.secret)
+    verifier = make_verifier(
+        options.tokens,
+        options.secret,
+        jwks_url=options.jwks_url,
+        audience=options.jwt_audience,
+        issuer=options.jwt_issuer,
+        tenant_claim=options.tenant_claim,
+    )
     policy = load_conflict_policy(options.conflict_policy)
+    tls = check_tls_files(options.tls_cert, options.tls_key)
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    set_gc_pause(True)  # the server owns its process: bulk reads may pause the collector
+    warning = plain_http_warning(options.host, tls=tls)
+    if warning is not None:
+        sys.stderr.write(f"nexus-store serve: warning: {warning}\n")
+        sys.stderr.flush()
     sock = bind_socket(options.host, options.port)
     run_loop(_serve(options, verifier, policy, sock))
 

@@ -13,19 +13,27 @@ callbacks::
 Callbacks are called in the service's thread, in order, one at a time; they must be
 quick (hand work to the app's own thread or queue if it is slow) and may call back into
 the bridge only from another thread. The store stays usable from any thread meanwhile.
+
+With the asyncio backend the service runs on the event loop that ``store.sync()`` uses
+(one daemon thread per process), so one backend serves both. A bridge that is never
+stopped is stopped at interpreter exit (or when collected) with a ``ResourceWarning``;
+it never keeps the program from exiting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import anyio.from_thread
+import anyio.to_thread
 
+from .. import _unclosed
 from .._exceptions import LifecycleError
+from .._loop import STOP_TIMEOUT, LoopThread, shared_loop
 from .._priority import SyncPriority
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
 from ._progress import SyncEvent, SyncProgress, SyncSummary
@@ -65,8 +73,9 @@ class BackgroundSyncThread:
         self._backend = backend
         self._lock = threading.Lock()
         self._stack: contextlib.ExitStack | None = None
-        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._loop: LoopThread | None = None
         self._stopped = False
+        self._tracked: _unclosed.Tracked | None = None
 
     @property
     def service(self) -> BackgroundSyncService:
@@ -76,7 +85,7 @@ class BackgroundSyncThread:
     @property
     def running(self) -> bool:
         """Whether the thread and the service are running."""
-        return self._portal is not None
+        return self._loop is not None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -89,16 +98,27 @@ class BackgroundSyncThread:
         with self._lock:
             if self._stack is not None or self._stopped:
                 raise LifecycleError("a BackgroundSyncThread starts once")
+            loop = (
+                shared_loop()
+                if self._backend == "asyncio"
+                else LoopThread(f"nexus-store sync ({self._backend})", self._backend)
+            )
             stack = contextlib.ExitStack()
             try:
-                portal = stack.enter_context(anyio.from_thread.start_blocking_portal(self._backend))
+                if loop is not shared_loop():
+                    loop.start()
+                    stack.callback(loop.stop)
                 self._add_callbacks(stack)
-                stack.enter_context(portal.wrap_async_context_manager(self._service))
+                _, leave = loop.hold(self._service)
+                stack.callback(leave, STOP_TIMEOUT)
             except BaseException:
                 stack.close()
                 self._stopped = True
                 raise
-            self._stack, self._portal = stack, portal
+            self._stack, self._loop = stack, loop
+            self._tracked = _unclosed.track(
+                self, functools.partial(stack.close), f"BackgroundSyncThread({self._service!r})"
+            )
         return self
 
     def _add_callbacks(self, stack: contextlib.ExitStack) -> None:
@@ -118,10 +138,19 @@ class BackgroundSyncThread:
         Idempotent.
         """
         with self._lock:
-            stack, self._stack, self._portal = self._stack, None, None
+            stack, self._stack, self._loop = self._stack, None, None
             self._stopped = True
-        if stack is not None:
+            tracked, self._tracked = self._tracked, None
+        if stack is not None and tracked is not None and tracked.untrack():
             stack.close()
+
+    def close(self) -> None:
+        """Same as :meth:`stop` (every resource of the package closes with ``close()``)."""
+        self.stop()
+
+    async def aclose(self) -> None:
+        """:meth:`stop` from async code (waits in a worker thread, not on the caller's loop)."""
+        await anyio.to_thread.run_sync(self.stop)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -134,17 +163,28 @@ class BackgroundSyncThread:
     ) -> None:
         self.stop()
 
+    async def __aenter__(self) -> Self:
+        return await anyio.to_thread.run_sync(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     # -- the service, blocking ----------------------------------------------------------------
 
-    def _call(self, func: Callable[..., Awaitable[R]], *args: Any) -> R:
-        portal = self._portal
-        if portal is None:
+    def _call(self, func: Callable[..., Coroutine[Any, Any, R]], *args: Any) -> R:
+        loop = self._loop
+        if loop is None:
             raise LifecycleError(
                 "the background sync thread is not running: use start() or `with`"
                 if not self._stopped
                 else "the background sync thread is stopped"
             )
-        return portal.call(func, *args)
+        return loop.call(func, *args)
 
     @property
     def status(self) -> BackgroundSyncStatus:

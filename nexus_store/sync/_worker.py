@@ -45,13 +45,17 @@ from ..backends._base import RemoteBackend
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
 from ._constraints import SystemDevice
 from ._device import DeviceStateProvider
+from ._progress import SyncEvent
 from ._rawtable import RawCollection, discover_collections
+from ._service import SYNC_TASK_ID, TaskRun
+from ._work import WorkQuery, WorkState
 from ._workmanager_adapter import WorkManagerSyncService
 
 __all__ = [
     "LeaseAction",
     "LeaseDecision",
     "LeaseRow",
+    "RunReport",
     "SyncWorker",
     "WalChangeSource",
     "WorkerLease",
@@ -308,6 +312,31 @@ def _schema_version(database: Database) -> int:
 # -- the worker -------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """One finished sync run, as the scheduler recorded it (what ``nexus-store jobs`` shows).
+
+    Attributes:
+        run: the scheduler's record of the run (its outcome, message and times).
+        event: the run's event (counts and error), if the run got as far as sending one.
+        next_attempt_at: when the next sync run is due (wall-clock seconds), if scheduled.
+    """
+
+    run: TaskRun
+    event: SyncEvent | None
+    next_attempt_at: float | None
+
+    @property
+    def outcome(self) -> str:
+        """``success``, ``retry``, ``failure``, ... as the run history says."""
+        return self.run.outcome
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run failed (exactly when the run history does not say success)."""
+        return self.outcome != "success"
+
+
 def worker_config(
     interval: timedelta = timedelta(minutes=5),
     *,
@@ -341,6 +370,8 @@ class SyncWorker:
         device: the device state (default: this machine, probing the backend's URL).
         clock: wall-clock time for the lease and the schedule.
         announce: called with a line of text at each step (waiting, draining, status...).
+        on_run: called with a :class:`RunReport` after each sync run, once the scheduler
+            recorded it.
     """
 
     def __init__(
@@ -356,6 +387,7 @@ class SyncWorker:
         device: DeviceStateProvider | None = None,
         clock: Clock | None = None,
         announce: Callable[[str], None] | None = None,
+        on_run: Callable[[RunReport], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.backend = backend
@@ -367,6 +399,7 @@ class SyncWorker:
         self._device = device
         self._clock: Clock = clock or SystemClock()
         self._announce = announce or (lambda text: logger.info("%s", text))
+        self._on_run = on_run
         self.service: WorkManagerSyncService | None = None
         """The service while this worker drains."""
 
@@ -457,13 +490,67 @@ class SyncWorker:
                 lease_for=self.lease_for,
             )
             service.statuses.add_callback(self._on_status)
-            async with service:
+            async with service, anyio.create_task_group() as tg:
                 self.service = service
+                if self._on_run is not None:
+                    tg.start_soon(self._report_runs, service, self._on_run)
                 await service.schedule_sync()
                 self._announce(f"draining {self.path} ({', '.join(names)}) as {self.holder}")
                 await source.changed.wait()
                 self._announce("the file's collections changed; restarting the service")
+                tg.cancel_scope.cancel()
             self.service = None
+
+    async def _report_runs(
+        self, service: WorkManagerSyncService, on_run: Callable[[RunReport], None]
+    ) -> None:
+        """Report each sync run once the scheduler has recorded how it ended.
+
+        The run's event comes first (from the run itself); the record is written when the
+        scheduler has settled the run, and then the work's watch sees the change.
+        """
+        events: list[SyncEvent] = []
+        sync_work = WorkQuery(tags=frozenset({SYNC_TASK_ID}))
+
+        def key(run: TaskRun) -> tuple[str, float]:
+            return run.source, run.started_at
+
+        async def collect_events() -> None:
+            async with service.events.subscribe() as stream:
+                async for event in stream:
+                    if event.task_id == SYNC_TASK_ID:
+                        events.append(event)
+                        del events[:-50]  # runs without a record yet: a few at most
+
+        def event_of(run: TaskRun) -> SyncEvent | None:
+            # A run's event is sent as it ends, just before the scheduler records the end.
+            ended = run.ended_at if run.ended_at is not None else run.started_at
+            best = min(events, key=lambda e: abs(e.timestamp.timestamp() - ended), default=None)
+            if best is None or abs(best.timestamp.timestamp() - ended) > 5.0:
+                return None
+            events.remove(best)
+            return best
+
+        # Runs recorded before this worker started are history, not news.
+        reported = {key(run) for run in await service.run_history(SYNC_TASK_ID, limit=50)}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect_events)
+            watch = service.manager.subscribe(sync_work)
+            try:
+                async for infos in watch:
+                    history = await service.run_history(SYNC_TASK_ID, limit=20)
+                    finished = [r for r in history if r.ended_at is not None]
+                    fresh = [r for r in reversed(finished) if key(r) not in reported]
+                    if not fresh:
+                        continue
+                    waiting = [i for i in infos if i.state is WorkState.ENQUEUED]
+                    next_at = min((i.next_schedule_time for i in waiting), default=None)
+                    for run in fresh:  # oldest first
+                        reported.add(key(run))
+                        on_run(RunReport(run, event_of(run), next_at))
+            finally:
+                watch.close()
+                tg.cancel_scope.cancel()
 
     async def _collections(self, database: Database) -> list[str]:
         """The file's collections; waits (watching the file) until there is one."""
@@ -483,4 +570,7 @@ class SyncWorker:
             await self._clock.sleep(1.0)  # the watcher ended early: do not spin
 
     def _on_status(self, status: BackgroundSyncStatus) -> None:
-        self._announce(f"status {status.value}")
+        if self._on_run is None:
+            self._announce(f"status {status.value}")
+        else:  # each run is reported with its recorded outcome instead (see RunReport)
+            logger.debug("status %s", status.value)

@@ -128,7 +128,14 @@ class Cleanup:
 def make_store(
     clock: FakeClock, path: str | Path = ":memory:", backend: RemoteBackend | None = None
 ) -> NexusStore[Note, str]:
-    return NexusStore(path, model=Note, clock=clock, backend=backend or MemoryBackend())
+    # A backend the test passes in outlives the store (it is shared by the test's stores).
+    return NexusStore(
+        path,
+        model=Note,
+        clock=clock,
+        backend=backend or MemoryBackend(),
+        owns_backend=backend is None,
+    )
 
 
 def make_service(
