@@ -407,6 +407,10 @@ _END_BACKOFF = (
 _DEAD_ALL = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 ORDER BY q.seq"
 _DEAD_IN = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 AND q.collection = ? ORDER BY q.seq"
 _HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
+_COUNT_LIVE = (
+    "SELECT (SELECT count(*) FROM nx_queue WHERE collection = ?1 AND chain = 0) + "
+    "(SELECT count(*) FROM nx_queue WHERE collection = ?1 AND chain = 1)"
+)
 _ITEM_HEAD = (
     "SELECT " + _COLUMNS + _OPS + "WHERE q.collection = ? AND q.item_id = ? AND q.chain = 0"
 )
@@ -1502,6 +1506,16 @@ class PrioritySyncQueue:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_ALL, (wanted, cap)).fetchall()
         return [_to_op(row) for row in rows]
+
+    def count_live(self, collection: str) -> int:
+        """How many ops of ``collection`` are still to be sent (pending or leased).
+
+        Counted from the item indexes (the collection's heads and waiting ops), not the
+        whole table.
+        """
+        self._check_open()
+        with self.database.reading() as conn:
+            return int(conn.execute(_COUNT_LIVE, (collection,)).fetchone()[0])
 
     def is_pending(self, collection: str, item_id: str | int) -> bool:
         """Whether the item has an op still to be sent (pending or leased)."""
