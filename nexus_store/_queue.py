@@ -400,6 +400,7 @@ _RELEASE_SEQS = (
 )
 # After a successful exchange with the remote: ops backing off from failures before ?2
 # may go again now (a healed network drains at once, not op by op as timers end).
+_ANY_DELAYED = "SELECT 1 FROM nx_queue WHERE delayed = 1 LIMIT 1"
 _END_BACKOFF = (
     "UPDATE nx_queue SET delayed = 0, next_attempt_at = ?1 WHERE delayed = 1 "
     "AND next_attempt_at > ?1 AND updated_at < ?2"
@@ -1363,6 +1364,9 @@ class PrioritySyncQueue:
         """
         self._check_open()
         now = self._clock.now()
+        with self.database.reading() as conn:
+            if conn.execute(_ANY_DELAYED).fetchone() is None:
+                return 0  # the common case: nothing backing off, nothing to write
         with self.database.transaction() as conn:
             _timeline.observe(conn, now)
             return conn.execute(_END_BACKOFF, (now, failed_before)).rowcount

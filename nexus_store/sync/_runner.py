@@ -226,6 +226,8 @@ class _Run:
     """The remote's pause (found at the start, or set by this run)."""
     exchanged: bool = False
     """Whether the remote answered once in this run (its pause was then lifted)."""
+    revived: int = 0
+    """Ops whose backoff ended when the remote first answered during the pull."""
 
 
 class _Settler:
@@ -392,6 +394,11 @@ class SyncRunner:
                     if self.pull and run.stop not in _NO_PULL_AFTER:
                         run.phase = SyncPhase.PULL
                         await self._pull(run)
+                        if run.revived and run.stop is SyncStopReason.DRAINED:
+                            # The pull was the first answer of the remote in this run: the
+                            # ops that were waiting for it to come back go now.
+                            run.phase, run.stop = SyncPhase.PUSH, None
+                            await self._push(run)
                 finally:
                     group.cancel_scope.cancel()  # the watchdog is done either way
         except BaseException as exc:
@@ -455,13 +462,16 @@ class SyncRunner:
             return
         run.exchanged = True
 
-        def resume() -> None:
+        def resume() -> int:
             for pauses in self._pauses:
                 pauses.clear()
-            for group in self._groups:
-                group[0].queue.end_backoff(failed_before=run.started_wall)
+            return sum(
+                group[0].queue.end_backoff(failed_before=run.started_wall) for group in self._groups
+            )
 
-        await self._local(resume)
+        revived = await self._local(resume)
+        if run.phase is SyncPhase.PULL:
+            run.revived += revived
         run.paused = None
 
     async def _watchdog(self, run: _Run, scope: anyio.CancelScope) -> None:
