@@ -43,6 +43,7 @@ from ._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
+from ._fencing import LeaseBatch, Settled
 from ._priority import SyncPriority
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
@@ -84,6 +85,7 @@ __all__ = [
     "ImmediateRunIneligibleError",
     "InvalidWorkRequestError",
     "ItemValidationError",
+    "LeaseBatch",
     "LifecycleError",
     "LocalChange",
     "MigrationError",
@@ -109,6 +111,7 @@ __all__ = [
     "SchedulingError",
     "SchemaError",
     "ServerUnavailableError",
+    "Settled",
     "StoreClosedError",
     "StoreError",
     "SyncCancelledError",
