@@ -371,12 +371,16 @@ _DELETE_MANY = (
     "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?)) "
     "RETURNING seq, op_id, collection, item_id, chain"
 )
-# With a fencing token: only the ops still held under it (one primary-key probe each).
-_HELD = "EXISTS (SELECT 1 FROM nx_leases l WHERE l.seq = nx_queue.seq AND l.token = ?2)"
-_DELETE_HELD = (
-    "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?1)) AND " + _HELD + " "
-    "RETURNING seq, op_id, collection, item_id, chain"
+# With a fencing token: only the ops still held under it (a join, cheaper per op than a
+# correlated EXISTS).
+_HELD = (
+    "seq IN (SELECT q.seq FROM json_each(?1) j JOIN nx_queue q ON q.op_id = j.value "
+    "JOIN nx_leases l ON l.seq = q.seq WHERE l.token = ?2)"
 )
+_DELETE_HELD = (
+    "DELETE FROM nx_queue WHERE " + _HELD + " RETURNING seq, op_id, collection, item_id, chain"
+)
+_DELETE_HELD_IDS = "DELETE FROM nx_queue WHERE " + _HELD + " RETURNING op_id"
 _FIRST_WAITING = "SELECT min(seq) FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 1"
 _DELETE_MANY_QUIETLY = "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?))"
 _BY_OP_ID = "SELECT " + _COLUMNS + _OPS + "WHERE q.op_id = ?"
@@ -612,6 +616,24 @@ def _op_ids(op_ids: str | Iterable[str]) -> list[str]:
         if not isinstance(op_id, str):
             raise ValueError(f"op ids are strings, not {type(op_id).__name__}")  # noqa: TRY004
     return ids
+
+
+def _delete_held(
+    conn: sqlite3.Connection, ids: list[str], token: int, *, rows_needed: bool
+) -> tuple[list[Any], tuple[str, ...]]:
+    """Delete the ops of ``ids`` still held under ``token``; returns the deleted rows (as
+    _DELETE_HELD returns them, or just their op ids unless ``rows_needed``) and the ids
+    refused as stale, in the order given."""
+    if rows_needed:
+        rows = conn.execute(_DELETE_HELD, (json.dumps(ids), token)).fetchall()
+        deleted = {row[1] for row in rows} if len(rows) < len(ids) else set()
+    else:
+        # Nothing to hand over: only the ids come back (to name the refused ones).
+        rows = conn.execute(_DELETE_HELD_IDS, (json.dumps(ids), token)).fetchall()
+        deleted = {row[0] for row in rows} if len(rows) < len(ids) else set()
+    if len(rows) == len(ids):
+        return rows, ()
+    return rows, tuple(op_id for op_id in ids if op_id not in deleted)
 
 
 def _check_token(token: object) -> None:
@@ -1207,10 +1229,7 @@ class PrioritySyncQueue:
         waiting = conn.execute(_ANY_WAITING).fetchone() is not None
         stale: tuple[str, ...] = ()
         if token is not None:
-            rows = conn.execute(_DELETE_HELD, (json.dumps(ids), token)).fetchall()
-            if len(rows) < len(ids):
-                gone = {row[1] for row in rows}
-                stale = tuple(op_id for op_id in ids if op_id not in gone)
+            rows, stale = _delete_held(conn, ids, token, rows_needed=waiting)
             if not waiting:
                 return Settled(len(rows), stale)
         elif not waiting:
