@@ -30,6 +30,14 @@ Rules:
   shows as ``LEASED``. Lease state (``leased_until``, ``lease_count``) is kept in a small
   table ``nx_leases`` beside the op, keyed by its ``seq``, so a lease writes a page or two
   instead of rewriting its ops' rows (payloads included) on every page they sit on.
+- **Fencing**: every lease has a token (``batch.token``, kept in ``nx_leases``); ``ack``,
+  ``nack`` and ``release`` given it settle only ops still held under it and report the
+  others as stale, so a holder whose lease passed to another run changes nothing (see
+  :mod:`._fencing`).
+- **Clock steps**: an op that never failed (or whose backoff ended) is eligible whatever
+  the wall clock did; retry times and lease ends are moved back once when the clock is
+  found to have stepped back (see :mod:`._timeline`), so none waits longer than it was
+  set to.
 - **Acks in order**: acking several ops of one item at once is acking them one by one in
   the order given; each removed head hands its place, and the version it was acked
   with, to the item's next op.
@@ -42,7 +50,9 @@ Rules:
   later write coalesce into an op the server may already hold under its op id.
 - **Failures**: :meth:`~PrioritySyncQueue.nack` counts an attempt and waits
   ``max(retry_after, backoff)``; permanent errors, unresolved conflicts and ``max_attempts``
-  dead-letter the op with its reason (see :mod:`._backoff`). Dead ops can be listed,
+  dead-letter the op with its reason (see :mod:`._backoff`). Refused credentials
+  (``AUTH``) count no attempt. :meth:`~PrioritySyncQueue.end_backoff` lets ops that failed
+  while the remote was unreachable go again as soon as it answers. Dead ops can be listed,
   retried (re-enqueued at the back, same op id) or discarded.
 - **Migrations**: ops queued under an older schema version of their collection are
   upgraded by registered steps when leased, or dead-lettered with the reason.
