@@ -43,6 +43,7 @@ from ._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
+from ._fencing import LeaseBatch, Settled
 from ._gc import set_gc_pause
 from ._priority import SyncPriority
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
@@ -85,6 +86,7 @@ __all__ = [
     "ImmediateRunIneligibleError",
     "InvalidWorkRequestError",
     "ItemValidationError",
+    "LeaseBatch",
     "LifecycleError",
     "LocalChange",
     "MigrationError",
@@ -110,6 +112,7 @@ __all__ = [
     "SchedulingError",
     "SchemaError",
     "ServerUnavailableError",
+    "Settled",
     "StoreClosedError",
     "StoreError",
     "SyncCancelledError",

@@ -111,9 +111,11 @@ def plan_failure(
 ) -> FailurePlan:
     """Decide the fate of an op that just failed.
 
-    ``PERMANENT`` and ``CONFLICT`` (an unresolved conflict) dead-letter at once; any kind
-    dead-letters when the attempt count reaches ``max_attempts``; otherwise (``RETRYABLE``,
-    ``AUTH``) the op waits ``max(retry_after, backoff)`` seconds.
+    ``AUTH`` (the remote refused our credentials) is not a failure of the op: it counts no
+    attempt, never dead-letters, and waits only ``retry_after`` if the remote gave one.
+    ``PERMANENT`` and ``CONFLICT`` (an unresolved conflict) dead-letter at once; any other
+    kind dead-letters when the attempt count reaches ``max_attempts``; otherwise
+    (``RETRYABLE``) the op waits ``max(retry_after, backoff)`` seconds.
 
     Args:
         attempts: the op's attempt count before this failure.
@@ -123,6 +125,10 @@ def plan_failure(
         retry_after: seconds the remote asked to wait, if it said.
         policy: the backoff policy.
     """
+    if kind is ErrorKind.AUTH:
+        return FailurePlan(
+            attempts=attempts, dead=False, next_attempt_at=now + (retry_after or 0.0)
+        )
     count = attempts + 1
     if kind in (ErrorKind.PERMANENT, ErrorKind.CONFLICT) or count >= max_attempts:
         return FailurePlan(attempts=count, dead=True, next_attempt_at=now)

@@ -3,6 +3,12 @@
 ``SystemClock`` is the real one. ``FakeClock`` only moves when told to, so schedules,
 leases and backoff are tested without sleeping: ``await clock.sleep(60)`` returns as soon
 as a test calls ``clock.advance(60)``.
+
+Two readings, two uses: ``now()`` is the wall clock (comparable across processes, stored in
+the file, but it can be stepped: NTP corrections, a laptop resuming, a user fixing the date);
+``monotonic()`` never goes backwards and is what waits inside a process are measured on
+(``sleep`` included). :meth:`FakeClock.step` steps the wall clock alone, the way those
+events do.
 """
 
 from __future__ import annotations
@@ -55,10 +61,10 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when :meth:`advance` or :meth:`set` is called.
+    """A clock that moves only when :meth:`advance`, :meth:`set` or :meth:`step` is called.
 
-    Sleepers wake, in deadline order, once the clock reaches their deadline. Both
-    ``now()`` and ``monotonic()`` read the same fake time.
+    Sleepers wake, in deadline order, once the clock reaches their deadline. ``now()`` and
+    ``monotonic()`` read the same fake time until :meth:`step` moves the wall clock alone.
 
     Args:
         start: the initial time in seconds since the epoch.
@@ -66,6 +72,7 @@ class FakeClock:
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = float(start)
+        self._wall_offset = 0.0
         self._lock = threading.Lock()
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._counter = itertools.count()
@@ -73,11 +80,12 @@ class FakeClock:
     def now(self) -> float:
         """The fake wall time."""
         with self._lock:
-            return self._now
+            return self._now + self._wall_offset
 
     def monotonic(self) -> float:
-        """The fake time (the same value as :meth:`now`)."""
-        return self.now()
+        """The fake monotonic time (the wall time less every :meth:`step` taken)."""
+        with self._lock:
+            return self._now
 
     async def sleep(self, seconds: float) -> None:
         """Wait until the clock has been advanced by ``seconds``."""
@@ -113,14 +121,26 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("a FakeClock cannot go backwards; use set() to jump")
         with self._lock:
-            target = self._now + seconds
+            target = self._now + self._wall_offset + seconds
         self.set(target)
 
+    def step(self, seconds: float) -> None:
+        """Step the wall clock by ``seconds`` (either way), as NTP or a user does.
+
+        Only :meth:`now` moves: monotonic time, and so every sleeper, is unaffected.
+        """
+        with self._lock:
+            self._wall_offset += float(seconds)
+
     def set(self, when: float) -> None:
-        """Jump the clock to ``when`` (may go backwards, like a wall clock being changed)."""
+        """Jump the clock to ``when`` (may go backwards, like a wall clock being changed).
+
+        Wall and monotonic time both move (unlike :meth:`step`), so sleepers whose
+        deadline is reached wake.
+        """
         woken: list[anyio.Event] = []
         with self._lock:
-            self._now = float(when)
+            self._now = float(when) - self._wall_offset
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 woken.append(heapq.heappop(self._sleepers)[2])
         for event in woken:

@@ -53,7 +53,8 @@ class ErrorKind(StrEnum):
     CONFLICT = "conflict"
     """The remote holds a different version; the conflict policy decides."""
     AUTH = "auth"
-    """Credentials were refused; retried once credentials change (counts as retryable)."""
+    """Credentials were refused: not the op's failure (no attempt counted, never
+    dead-lettered); sent again once a usable token arrives."""
 
 
 class NexusStoreError(Exception):

@@ -30,6 +30,14 @@ Rules:
   shows as ``LEASED``. Lease state (``leased_until``, ``lease_count``) is kept in a small
   table ``nx_leases`` beside the op, keyed by its ``seq``, so a lease writes a page or two
   instead of rewriting its ops' rows (payloads included) on every page they sit on.
+- **Fencing**: every lease has a token (``batch.token``, kept in ``nx_leases``); ``ack``,
+  ``nack`` and ``release`` given it settle only ops still held under it and report the
+  others as stale, so a holder whose lease passed to another run changes nothing (see
+  :mod:`._fencing`).
+- **Clock steps**: an op that never failed (or whose backoff ended) is eligible whatever
+  the wall clock did; retry times and lease ends are moved back once when the clock is
+  found to have stepped back (see :mod:`._timeline`), so none waits longer than it was
+  set to.
 - **Acks in order**: acking several ops of one item at once is acking them one by one in
   the order given; each removed head hands its place, and the version it was acked
   with, to the item's next op.
@@ -42,7 +50,9 @@ Rules:
   later write coalesce into an op the server may already hold under its op id.
 - **Failures**: :meth:`~PrioritySyncQueue.nack` counts an attempt and waits
   ``max(retry_after, backoff)``; permanent errors, unresolved conflicts and ``max_attempts``
-  dead-letter the op with its reason (see :mod:`._backoff`). Dead ops can be listed,
+  dead-letter the op with its reason (see :mod:`._backoff`). Refused credentials
+  (``AUTH``) count no attempt. :meth:`~PrioritySyncQueue.end_backoff` lets ops that failed
+  while the remote was unreachable go again as soon as it answers. Dead ops can be listed,
   retried (re-enqueued at the back, same op id) or discarded.
 - **Migrations**: ops queued under an older schema version of their collection are
   upgraded by registered steps when leased, or dead-lettered with the reason.
@@ -64,7 +74,7 @@ from typing import Any, Self
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
-from . import _codec
+from . import _codec, _timeline
 from ._backoff import RetryBackoff, plan_failure
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability, translate_sqlite_error
@@ -77,6 +87,7 @@ from ._exceptions import (
     SchemaError,
     StoreClosedError,
 )
+from ._fencing import LeaseBatch, Settled, new_token
 from ._hlc import HybridLogicalClock
 from ._priority import SyncPriority
 from ._trusted import trusted_builder
@@ -245,12 +256,17 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY,
         leased_until REAL,
         lease_count INTEGER NOT NULL,
-        updated_at REAL NOT NULL
+        updated_at REAL NOT NULL,
+        token INTEGER
     )""",
     # Whatever removes an op (ack, discard) removes its lease state with it.
     """CREATE TRIGGER IF NOT EXISTS nx_queue_forget_lease AFTER DELETE ON nx_queue
         BEGIN DELETE FROM nx_leases WHERE seq = old.seq; END""",
+    _timeline.SCHEMA,
 )
+# nx_leases of a file made before leases had fencing tokens gains the column on open.
+_LEASE_COLUMNS = "PRAGMA table_info(nx_leases)"
+_ADD_TOKEN_COLUMN = "ALTER TABLE nx_leases ADD COLUMN token INTEGER"  # noqa: S105 - SQL
 _HAS_LEASE_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_leases'"
 # A queue made before lease state moved to nx_leases keeps it in nx_queue's own columns
 # (state 'leased', leased_until, lease_count): moved over once, when nx_leases is created.
@@ -258,7 +274,7 @@ _HAS_LEASE_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 
 # stands in, and _COLUMNS reads the lease state where the older layout keeps it.
 _NO_LEASES = (
     "CREATE TEMP TABLE IF NOT EXISTS nx_leases (seq INTEGER PRIMARY KEY, leased_until REAL, "
-    "lease_count INTEGER NOT NULL, updated_at REAL NOT NULL)"
+    "lease_count INTEGER NOT NULL, updated_at REAL NOT NULL, token INTEGER)"
 )
 _ADOPT_OLD_LEASES = (
     "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at) "
@@ -326,7 +342,7 @@ _LEASE_PICK = (
     "q.schema_version, q.base_version, q.hlc, 'leased', q.chain, q.attempts, "
     "q.next_attempt_at, ?1, q.last_error, q.error_kind, q.tag, "
     "coalesce(l.lease_count, 0) + 1, q.created_at, ?2" + _OPS + "WHERE q.chain = 0 "
-    "AND q.delayed = 0 AND q.priority = ?3 AND q.next_attempt_at <= ?2 "
+    "AND q.delayed = 0 AND q.priority = ?3 "
     "AND (l.leased_until IS NULL OR l.leased_until <= ?2)"
 )
 _LEASE = _LEASE_PICK + " ORDER BY q.seq LIMIT ?4"
@@ -334,11 +350,13 @@ _LEASE_IN = (
     _LEASE_PICK + " AND q.collection IN (SELECT value FROM json_each(?5)) ORDER BY q.seq LIMIT ?4"
 )
 _LEASE_RECORD = (
-    "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at) VALUES (?1, ?2, 1, ?3) "
-    "ON CONFLICT (seq) DO UPDATE SET leased_until = ?2, lease_count = lease_count + 1, "
-    "updated_at = ?3"
+    "INSERT INTO nx_leases (seq, leased_until, lease_count, updated_at, token) "
+    "VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT (seq) DO UPDATE SET leased_until = ?2, "
+    "lease_count = lease_count + 1, updated_at = ?3, token = ?4"
 )
-_LEASE_END = "UPDATE nx_leases SET leased_until = NULL, updated_at = ?1 WHERE seq = ?2"
+_LEASE_END = (
+    "UPDATE nx_leases SET leased_until = NULL, token = NULL, updated_at = ?1 WHERE seq = ?2"
+)
 _UPGRADED = "UPDATE nx_queue SET payload = ?, schema_version = ? WHERE seq = ?"
 _KILL = (
     "UPDATE nx_queue SET state = 'dead', chain = 2, delayed = 0, "
@@ -363,18 +381,51 @@ _DELETE_MANY = (
     "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?)) "
     "RETURNING seq, op_id, collection, item_id, chain"
 )
+# With a fencing token: only the ops still held under it (a join, cheaper per op than a
+# correlated EXISTS).
+_HELD = (
+    "seq IN (SELECT q.seq FROM json_each(?1) j JOIN nx_queue q ON q.op_id = j.value "
+    "JOIN nx_leases l ON l.seq = q.seq WHERE l.token = ?2)"
+)
+_DELETE_HELD = (
+    "DELETE FROM nx_queue WHERE " + _HELD + " RETURNING seq, op_id, collection, item_id, chain"
+)
+_DELETE_HELD_IDS = "DELETE FROM nx_queue WHERE " + _HELD + " RETURNING op_id"
 _FIRST_WAITING = "SELECT min(seq) FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 1"
 _DELETE_MANY_QUIETLY = "DELETE FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?))"
 _BY_OP_ID = "SELECT " + _COLUMNS + _OPS + "WHERE q.op_id = ?"
-_FOR_NACK = "SELECT seq, collection, item_id, state, attempts, chain FROM nx_queue WHERE op_id = ?"
+_FOR_NACK = (
+    "SELECT q.seq, q.collection, q.item_id, q.state, q.attempts, q.chain, l.token "
+    "FROM nx_queue q LEFT JOIN nx_leases l ON l.seq = q.seq WHERE q.op_id = ?"
+)
 _RELEASE = (
-    "UPDATE nx_leases SET leased_until = NULL, updated_at = ?1 WHERE seq IN (SELECT seq "
-    "FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?2))) "
+    "UPDATE nx_leases SET leased_until = NULL, token = NULL, updated_at = ?1 WHERE seq IN "
+    "(SELECT seq FROM nx_queue WHERE op_id IN (SELECT value FROM json_each(?2))) "
     "AND leased_until IS NOT NULL"
+)
+_HELD_SEQS = (
+    "SELECT q.seq, q.op_id FROM nx_queue q JOIN nx_leases l ON l.seq = q.seq "
+    "WHERE q.op_id IN (SELECT value FROM json_each(?1)) AND l.token = ?2 "
+    "AND l.leased_until IS NOT NULL"
+)
+_RELEASE_SEQS = (
+    "UPDATE nx_leases SET leased_until = NULL, token = NULL, updated_at = ?1 "
+    "WHERE seq IN (SELECT value FROM json_each(?2))"
+)
+# After a successful exchange with the remote: ops backing off from failures before ?2
+# may go again now (a healed network drains at once, not op by op as timers end).
+_ANY_DELAYED = "SELECT 1 FROM nx_queue WHERE delayed = 1 LIMIT 1"
+_END_BACKOFF = (
+    "UPDATE nx_queue SET delayed = 0, next_attempt_at = ?1 WHERE delayed = 1 "
+    "AND next_attempt_at > ?1 AND updated_at < ?2"
 )
 _DEAD_ALL = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 ORDER BY q.seq"
 _DEAD_IN = "SELECT " + _COLUMNS + _OPS + "WHERE q.chain = 2 AND q.collection = ? ORDER BY q.seq"
 _HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
+_COUNT_LIVE = (
+    "SELECT (SELECT count(*) FROM nx_queue WHERE collection = ?1 AND chain = 0) + "
+    "(SELECT count(*) FROM nx_queue WHERE collection = ?1 AND chain = 1)"
+)
 _ITEM_HEAD = (
     "SELECT " + _COLUMNS + _OPS + "WHERE q.collection = ? AND q.item_id = ? AND q.chain = 0"
 )
@@ -402,12 +453,12 @@ _MOVE_LEASE = "UPDATE nx_leases SET seq = ? WHERE seq = ?"
 # ones, counted apart (few: a lease's worth), so counting a big queue reads nx_queue alone.
 _STATS = (
     "SELECT priority, state, count(*), sum(chain = 1), "
-    "sum(state = 'pending' AND chain = 0 AND next_attempt_at > ?1), "
+    "sum(state = 'pending' AND chain = 0 AND delayed = 1 AND next_attempt_at > ?1), "
     "min(CASE WHEN chain != 2 THEN created_at END) FROM nx_queue "
     "WHERE ?2 IS NULL OR collection = ?2 GROUP BY priority, state"
 )
 _STATS_LEASED = (
-    "SELECT q.priority, count(*), sum(q.chain = 0 AND q.next_attempt_at > ?1) "
+    "SELECT q.priority, count(*), sum(q.chain = 0 AND q.delayed = 1 AND q.next_attempt_at > ?1) "
     "FROM nx_leases l JOIN nx_queue q ON q.seq = l.seq "
     "WHERE l.leased_until IS NOT NULL AND (?2 IS NULL OR q.collection = ?2) GROUP BY q.priority"
 )
@@ -577,6 +628,29 @@ def _op_ids(op_ids: str | Iterable[str]) -> list[str]:
     return ids
 
 
+def _delete_held(
+    conn: sqlite3.Connection, ids: list[str], token: int, *, rows_needed: bool
+) -> tuple[list[Any], tuple[str, ...]]:
+    """Delete the ops of ``ids`` still held under ``token``; returns the deleted rows (as
+    _DELETE_HELD returns them, or just their op ids unless ``rows_needed``) and the ids
+    refused as stale, in the order given."""
+    if rows_needed:
+        rows = conn.execute(_DELETE_HELD, (json.dumps(ids), token)).fetchall()
+        deleted = {row[1] for row in rows} if len(rows) < len(ids) else set()
+    else:
+        # Nothing to hand over: only the ids come back (to name the refused ones).
+        rows = conn.execute(_DELETE_HELD_IDS, (json.dumps(ids), token)).fetchall()
+        deleted = {row[0] for row in rows} if len(rows) < len(ids) else set()
+    if len(rows) == len(ids):
+        return rows, ()
+    return rows, tuple(op_id for op_id in ids if op_id not in deleted)
+
+
+def _check_token(token: object) -> None:
+    if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
+        raise ValueError(f"a lease token is an int (batch.token), not {type(token).__name__}")
+
+
 def _check_item_id(item_id: object) -> str | int:
     if isinstance(item_id, bool) or not isinstance(item_id, str | int):
         raise ValueError(f"item_id must be a str or an int, not {type(item_id).__name__}")  # noqa: TRY004
@@ -651,6 +725,7 @@ class PrioritySyncQueue:
         self._versions: dict[str, int] = {}
         self._collections: set[str] = set()
         self._closed = False
+        self._writable = create
         if isinstance(database, Database):
             self._owns_database = False
             self.database = database
@@ -684,6 +759,8 @@ class PrioritySyncQueue:
                 if columns and not has_leases:
                     for statement in _ADOPT_OLD_LEASES:
                         conn.execute(statement)
+                if not any(row[1] == "token" for row in conn.execute(_LEASE_COLUMNS)):
+                    conn.execute(_ADD_TOKEN_COLUMN)
         elif not has_leases:
             # A queue of the older layout, only inspected: the file stays as it is, and its
             # lease state is read where that layout keeps it (see _COLUMNS).
@@ -983,12 +1060,17 @@ class PrioritySyncQueue:
         *,
         collections: str | Iterable[str] | None = None,
         priorities: Iterable[SyncPriority | int | str] | None = None,
-    ) -> list[QueuedOp]:
+    ) -> LeaseBatch:
         """Hand out the next eligible ops, in queue order, until ``lease_for`` seconds pass.
 
-        Eligible: pending, the oldest live op of its item, and past its backoff; or leased
-        with an expired lease. Payloads of an older schema version are upgraded first;
-        those that cannot be are dead-lettered and not returned.
+        Eligible: pending, the oldest live op of its item, and not backing off; or leased
+        with an expired lease. An op that never failed is always eligible, whatever the
+        wall clock did since it was queued. Payloads of an older schema version are
+        upgraded first; those that cannot be are dead-lettered and not returned.
+
+        The ops are held under a new fencing token (``batch.token``): pass it to
+        :meth:`ack`, :meth:`nack` and :meth:`release`, and a settle that comes after the
+        lease passed to another holder changes nothing (see :mod:`._fencing`).
 
         Args:
             max_ops: the most ops to return.
@@ -998,7 +1080,7 @@ class PrioritySyncQueue:
                 without ``LOW`` on a metered network.
 
         Returns:
-            The leased ops (state ``LEASED``), most urgent first.
+            The leased ops (state ``LEASED``), most urgent first, with their token.
 
         Raises:
             ValueError: for a bad argument.
@@ -1022,8 +1104,10 @@ class PrioritySyncQueue:
             names = json.dumps(sorted(set(chosen)))
         now = self._clock.now()
         until = now + float(lease_for)
-        leased: list[QueuedOp] = []
+        token = new_token()
+        leased = LeaseBatch(token=token)
         with self.database.transaction() as conn:
+            _timeline.observe(conn, now)
             conn.execute(_PROMOTE, (now,))
             for priority in allowed:
                 # Bounded: each round leases rows or dead-letters at least one op.
@@ -1037,7 +1121,7 @@ class PrioritySyncQueue:
                     if not rows:
                         break
                     good, failed = self._upgrade_rows(conn, rows, now)
-                    conn.executemany(_LEASE_RECORD, [(row[0], until, now) for row in good])
+                    conn.executemany(_LEASE_RECORD, [(row[0], until, now, token) for row in good])
                     leased += map(_to_op, good)
                     if not failed and len(rows) < want:
                         break
@@ -1102,7 +1186,13 @@ class PrioritySyncQueue:
         if head:
             conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
 
-    def ack(self, op_ids: str | Iterable[str], *, versions: Mapping[str, int] | None = None) -> int:
+    def ack(
+        self,
+        op_ids: str | Iterable[str],
+        *,
+        versions: Mapping[str, int] | None = None,
+        token: int | None = None,
+    ) -> Settled:
         """Remove ops the remote accepted.
 
         The commit does not wait for the disk (see the module's notes on durability): a
@@ -1113,9 +1203,11 @@ class PrioritySyncQueue:
                 another run after its lease expired).
             versions: the server version of the item after each op; the next op of the same
                 item is then based on it (its ``base_version``).
+            token: the lease's fencing token (``batch.token``): only ops still held under it
+                are removed, the others are reported as stale. ``None``: any op is removed.
 
         Returns:
-            How many ops were removed.
+            How many ops were removed (an int), with ``stale``: the ids refused.
 
         Raises:
             StoreClosedError: the queue is closed.
@@ -1126,21 +1218,34 @@ class PrioritySyncQueue:
             for op_id, given in versions.items():
                 if isinstance(given, bool) or not isinstance(given, int) or given < 0:
                     raise ValueError(f"version of {op_id!r} must be an int >= 0, not {given!r}")
+        _check_token(token)
         now = self._clock.now()
         with self.database.transaction(durable=False) as conn:
-            return self._remove(conn, ids, versions or {}, now)
+            return self._remove(conn, ids, versions or {}, now, token)
 
     @staticmethod
     def _remove(
-        conn: sqlite3.Connection, ids: list[str], versions: Mapping[str, int], now: float
-    ) -> int:
-        """Delete ops, in the order given; each removed head hands its place to its item's
-        next op (with the version it was acked with, if any)."""
+        conn: sqlite3.Connection,
+        ids: list[str],
+        versions: Mapping[str, int],
+        now: float,
+        token: int | None = None,
+    ) -> Settled:
+        """Delete ops (those held under ``token``, if given), in the order given; each
+        removed head hands its place to its item's next op (with the version it was acked
+        with, if any)."""
         # Most of the time no op waits behind another at all: then nothing needs to know
         # which ops were heads, and the rows need not come back to Python.
-        if conn.execute(_ANY_WAITING).fetchone() is None:
-            return conn.execute(_DELETE_MANY_QUIETLY, (json.dumps(ids),)).rowcount
-        rows = conn.execute(_DELETE_MANY, (json.dumps(ids),)).fetchall()
+        waiting = conn.execute(_ANY_WAITING).fetchone() is not None
+        stale: tuple[str, ...] = ()
+        if token is not None:
+            rows, stale = _delete_held(conn, ids, token, rows_needed=waiting)
+            if not waiting:
+                return Settled(len(rows), stale)
+        elif not waiting:
+            return Settled(conn.execute(_DELETE_MANY_QUIETLY, (json.dumps(ids),)).rowcount)
+        else:
+            rows = conn.execute(_DELETE_MANY, (json.dumps(ids),)).fetchall()
         position = {op_id: n for n, op_id in enumerate(ids)}
         by_item: dict[tuple[str, str | int], list[tuple[int, str, int]]] = {}
         for seq, op_id, collection, item_id, chain in sorted(rows, key=lambda r: position[r[1]]):
@@ -1158,7 +1263,7 @@ class PrioritySyncQueue:
                 conn.execute(_UNBLOCK_NEXT, (now, collection, item_id))
             else:
                 conn.execute(_UNBLOCK_NEXT_VERSION, (now, collection, item_id, version))
-        return len(rows)
+        return Settled(len(rows), stale)
 
     def nack(
         self,
@@ -1167,21 +1272,25 @@ class PrioritySyncQueue:
         *,
         kind: ErrorKind = ErrorKind.RETRYABLE,
         retry_after: float | None = None,
-    ) -> int:
+        token: int | None = None,
+    ) -> Settled:
         """Record a failed send: count an attempt, then back off or dead-letter.
 
         ``PERMANENT`` and ``CONFLICT`` (a conflict nobody resolved) dead-letter at once, as
-        does reaching ``max_attempts``; ``RETRYABLE`` and ``AUTH`` wait
-        ``max(retry_after, backoff with jitter)`` seconds.
+        does reaching ``max_attempts``; ``RETRYABLE`` waits ``max(retry_after, backoff with
+        jitter)`` seconds. ``AUTH`` (refused credentials: not the op's failure) counts no
+        attempt and never dead-letters: the op waits ``retry_after`` seconds, if given.
 
         Args:
             op_ids: the failed ops (unknown or dead ones are ignored).
             error: the reason, kept as ``last_error``.
             kind: how the failure was classified.
             retry_after: seconds the remote asked to wait, if it said.
+            token: the lease's fencing token: only ops still held under it are updated,
+                the others are reported as stale. ``None``: any live op is.
 
         Returns:
-            How many ops were updated.
+            How many ops were updated (an int), with ``stale``: the ids refused.
 
         Raises:
             ValueError: for a bad argument.
@@ -1196,14 +1305,20 @@ class PrioritySyncQueue:
             isinstance(retry_after, int | float) and math.isfinite(retry_after) and retry_after >= 0
         ):
             raise ValueError(f"retry_after must be a number of seconds >= 0, not {retry_after!r}")
+        _check_token(token)
         now = self._clock.now()
         updated = 0
+        stale: list[str] = []
         with self.database.transaction() as conn:
+            _timeline.observe(conn, now)
             for op_id in ids:
                 row = conn.execute(_FOR_NACK, (op_id,)).fetchone()
+                if token is not None and (row is None or row[6] != token):
+                    stale.append(op_id)
+                    continue
                 if row is None or row[3] == "dead":
                     continue
-                seq, collection, item_id, _, attempts, chain = row
+                seq, collection, item_id, _, attempts, chain, _ = row
                 plan = plan_failure(
                     attempts=attempts,
                     max_attempts=self.max_attempts,
@@ -1239,19 +1354,51 @@ class PrioritySyncQueue:
                         ),
                     )
                     conn.execute(_LEASE_END, (now, seq))
-        return updated
+        return Settled(updated, stale)
 
-    def release(self, op_ids: str | Iterable[str]) -> int:
+    def release(self, op_ids: str | Iterable[str], *, token: int | None = None) -> Settled:
         """Give leased ops back untouched (a cancelled run): no attempt is counted.
 
+        Args:
+            op_ids: the ops to give back.
+            token: the lease's fencing token: only ops still held under it are released,
+                the others are reported as stale. ``None``: any leased op is.
+
         Returns:
-            How many leased ops were released.
+            How many leased ops were released (an int), with ``stale``: the ids refused.
         """
         self._check_open()
         ids = _op_ids(op_ids)
+        _check_token(token)
         now = self._clock.now()
         with self.database.transaction(durable=False) as conn:
-            return conn.execute(_RELEASE, (now, json.dumps(ids))).rowcount
+            if token is None:
+                return Settled(conn.execute(_RELEASE, (now, json.dumps(ids))).rowcount)
+            held = conn.execute(_HELD_SEQS, (json.dumps(ids), token)).fetchall()
+            if held:
+                conn.execute(_RELEASE_SEQS, (now, json.dumps([seq for seq, _ in held])))
+            kept = {op_id for _, op_id in held}
+            return Settled(len(held), (op_id for op_id in ids if op_id not in kept))
+
+    def end_backoff(self, failed_before: float) -> int:
+        """Make ops that are backing off from failures before ``failed_before`` eligible now.
+
+        For after a successful exchange with the remote: ops that failed while it was
+        unreachable or failing go again at once, instead of each waiting out its own
+        timer. Ops that failed since ``failed_before`` keep their wait (so an op the
+        remote keeps refusing is not retried in a loop within one run).
+
+        Returns:
+            How many ops became eligible.
+        """
+        self._check_open()
+        now = self._clock.now()
+        with self.database.reading() as conn:
+            if conn.execute(_ANY_DELAYED).fetchone() is None:
+                return 0  # the common case: nothing backing off, nothing to write
+        with self.database.transaction() as conn:
+            _timeline.observe(conn, now)
+            return conn.execute(_END_BACKOFF, (now, failed_before)).rowcount
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -1393,6 +1540,16 @@ class PrioritySyncQueue:
                 rows = conn.execute(_PENDING_ALL, (wanted, cap)).fetchall()
         return [_to_op(row) for row in rows]
 
+    def count_live(self, collection: str) -> int:
+        """How many ops of ``collection`` are still to be sent (pending or leased).
+
+        Counted from the item indexes (the collection's heads and waiting ops), not the
+        whole table.
+        """
+        self._check_open()
+        with self.database.reading() as conn:
+            return int(conn.execute(_COUNT_LIVE, (collection,)).fetchone()[0])
+
     def is_pending(self, collection: str, item_id: str | int) -> bool:
         """Whether the item has an op still to be sent (pending or leased)."""
         self._check_open()
@@ -1407,8 +1564,10 @@ class PrioritySyncQueue:
         self._check_open()
         now = self._clock.now()
         with self.database.reading() as conn:
-            rows = conn.execute(_STATS, (now, collection)).fetchall()
-            leased = conn.execute(_STATS_LEASED, (now, collection)).fetchall()
+            # Backoff times as they stand after a step back of the clock (see _timeline).
+            later = now + _timeline.lag(conn, now)
+            rows = conn.execute(_STATS, (later, collection)).fetchall()
+            leased = conn.execute(_STATS_LEASED, (later, collection)).fetchall()
         return _make_stats(collection, rows, leased, now)
 
     async def stats_stream(self, *, poll_interval: float = 0.5) -> AsyncIterator[QueueStats]:
@@ -1452,7 +1611,9 @@ class PrioritySyncQueue:
 
         Returns:
             A time at or before now if an op is eligible already; the end of the earliest
-            backoff or lease otherwise; ``None`` if no live op (of those priorities) exists.
+            backoff or lease otherwise (as it stands after any step back of the wall
+            clock: never further away than the wait it was set with); ``None`` if no live
+            op (of those priorities) exists.
         """
         self._check_open()
         allowed = (
@@ -1465,6 +1626,13 @@ class PrioritySyncQueue:
         names = json.dumps([int(p) for p in allowed])
         now = self._clock.now()
         with self.database.reading() as conn:
+            stepped = _timeline.lag(conn, now) > 0
+        if stepped and self._writable:
+            # The clock went back: move the stored deadlines now, once, so that from here
+            # on they count down like the clock (see _timeline).
+            with self.database.transaction() as conn:
+                _timeline.observe(conn, now)
+        with self.database.reading() as conn:
             for priority in allowed:
                 row = conn.execute(_NEXT_PENDING, (int(priority),)).fetchone()
                 if row is not None:
@@ -1475,7 +1643,9 @@ class PrioritySyncQueue:
                 if (row := conn.execute(sql, (names,)).fetchone()) is not None
                 and row[0] is not None
             ]
-        return min(candidates) if candidates else None
+            # Stored deadlines as they stand after a step back of the clock (see _timeline).
+            shift = _timeline.lag(conn, now) if candidates else 0.0
+        return min(candidates) - shift if candidates else None
 
     # -- schema versions ---------------------------------------------------------------------
 

@@ -70,10 +70,10 @@ def test_permanent_and_conflict_dead_letter_at_once(kind: ErrorKind) -> None:
     assert plan.attempts == 1
 
 
-@pytest.mark.parametrize("kind", [ErrorKind.RETRYABLE, ErrorKind.AUTH])
-def test_retryable_and_auth_back_off_until_max_attempts(kind: ErrorKind) -> None:
-    """Retryable and auth failures wait, and dead-letter when attempts reach the maximum."""
+def test_retryable_failures_back_off_until_max_attempts() -> None:
+    """Retryable failures wait, and dead-letter when attempts reach the maximum."""
     policy = RetryBackoff(base=4.0, jitter=False)
+    kind = ErrorKind.RETRYABLE
     plan = plan_failure(
         attempts=1, max_attempts=3, kind=kind, now=100.0, retry_after=None, policy=policy
     )
@@ -83,6 +83,21 @@ def test_retryable_and_auth_back_off_until_max_attempts(kind: ErrorKind) -> None
     )
     assert last.dead
     assert last.attempts == 3
+
+
+@given(attempts=st.integers(0, 50), retry_after=st.none() | st.floats(0.0, 1e6))
+def test_auth_failures_never_count_or_dead_letter(attempts: int, retry_after: float | None) -> None:
+    """Refused credentials count no attempt, never dead-letter, and wait only a Retry-After."""
+    plan = plan_failure(
+        attempts=attempts,
+        max_attempts=3,
+        kind=ErrorKind.AUTH,
+        now=100.0,
+        retry_after=retry_after,
+        policy=RetryBackoff(),
+    )
+    assert (plan.dead, plan.attempts) == (False, attempts)
+    assert plan.next_attempt_at == 100.0 + (retry_after or 0.0)
 
 
 @given(

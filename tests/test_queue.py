@@ -423,10 +423,10 @@ def test_max_attempts_moves_the_op_to_dead_letters(
     for _ in range(3):
         clock.advance(1000)
         (leased,) = queue.lease(10)
-        queue.nack([leased.op_id], "still failing", kind=ErrorKind.AUTH)
+        queue.nack([leased.op_id], "still failing", kind=ErrorKind.RETRYABLE)
     dead = queue.get(op.op_id)
     assert (dead.state, dead.attempts, dead.last_error) == (OpState.DEAD, 3, "still failing")
-    assert dead.error_kind == ErrorKind.AUTH
+    assert dead.error_kind == ErrorKind.RETRYABLE
     assert dead.leased_until is None
     clock.advance(10_000)
     assert queue.lease(10) == []

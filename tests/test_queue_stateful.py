@@ -119,9 +119,15 @@ class Model:
         op = self.ops.get(op_id)
         if op is None or op.state == "dead":
             return False
+        op.leased_until = None
+        if kind is ErrorKind.AUTH:
+            # Refused credentials are not the op's failure: no attempt, no dead letter.
+            op.last_error = f"error {op.attempts + 1}"
+            op.state = "pending"
+            op.next_attempt_at = now + (retry_after or 0.0)
+            return True
         op.attempts += 1
         op.last_error = f"error {op.attempts}"
-        op.leased_until = None
         if kind in (ErrorKind.PERMANENT, ErrorKind.CONFLICT) or op.attempts >= MAX_ATTEMPTS:
             op.state = "dead"
         else:

@@ -7,15 +7,18 @@ Schema migrations registered in the app are not applied here: ops queued under a
 older schema version are sent as queued.
 
 Exit codes: 0 the run finished and nothing failed; 1 something failed (ops waiting for a
-retry, dead-lettered, a pull error, or the run stopped early); 2 bad input (no such
-file, not a store, bad URL, unknown collection); 130 interrupted.
+retry, dead-lettered, a pull error, the remote paused, or the run stopped early); 2 bad
+input (no such file, not a store, bad URL, unknown collection); 130 interrupted.
+
+The last lines say what the file holds after the run (ops still queued, or an empty
+queue), and until when the remote asked to be left alone, if it did.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -26,10 +29,13 @@ from rich.table import Table
 from .._database import Database
 from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
-from .._queue import OpState, PrioritySyncQueue
+from .._queue import OpState, PrioritySyncQueue, QueueStats
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._options import DbOption, RemoteOption, TokenOption
+
+if TYPE_CHECKING:
+    from ..sync._progress import SyncSummary
 
 _PRIORITIES = tuple(sorted(SyncPriority))
 
@@ -167,6 +173,14 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
     finally:
         database.close()
 
+    _report(console, path, remote, summary, remaining)
+    return 0 if summary.ok else 1
+
+
+def _report(
+    console: Console, path: Path, remote: str, summary: SyncSummary, remaining: QueueStats
+) -> None:
+    """The run's table and closing lines (what the file holds after the run)."""
     table = Table(title=f"sync of {path.name} with {remote}")
     for column in ("priority", "pushed", "conflicts", "failed", "dead-lettered", "left"):
         table.add_column(column, justify="left" if column == "priority" else "right")
@@ -188,6 +202,16 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
         f"pulled {summary.pulled} changes, {summary.requests} requests, "
         f"{summary.duration:.2f}s, stopped: {summary.stop_reason.value}"
     )
+    # Said from the file as it is after the run, never from what the run expected.
+    if remaining.live:
+        console.print(f"{remaining.live} ops still queued (of them {remaining.leased} leased)")
+    else:
+        console.print("nothing left to send")
+    if summary.paused_until is not None:
+        console.print(
+            f"the remote asked to wait: nothing is sent to it before "
+            f"{summary.paused_until:%Y-%m-%d %H:%M:%SZ}"
+        )
     if remaining.dead:
         console.print(
             f"{remaining.dead} dead-lettered ops in the file "
@@ -195,4 +219,3 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
         )
     if summary.error:
         console.print(f"last error: {summary.error}")
-    return 0 if summary.ok else 1

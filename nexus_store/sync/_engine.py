@@ -9,9 +9,12 @@ comes from here:
 - what each per-op answer means for the queue (:func:`plan_results`): accepted → ack
   with the server version; conflict → adopt the server's copy, then ack; rejected →
   dead-letter with the reason; retry → nack with the server's ``retry_after``;
-- what a failure of a whole batch means (:func:`plan_batch_error`): retryable → nack every
-  op (the queue backs off with jitter, honouring ``retry_after``); auth → nack and stop;
-  permanent (e.g. 413) → split the batch in halves, or dead-letter a single op;
+- what a failure of a whole batch means (:func:`plan_batch_error`): refused credentials,
+  or a remote asking for quiet (429, or 503 with ``Retry-After``) → give the ops back
+  untouched (no attempt counted: nothing is wrong with them), pause the remote and stop;
+  other retryable failures → nack every op (the queue backs off with jitter), and at the
+  consecutive-failure limit stop and pause the remote with a backoff; permanent (e.g.
+  413) → split the batch in halves, or dead-letter a single op;
 - which ops must wait because an earlier op of the same item did not go through
   (:func:`hold_back`), and when a run stops (:func:`budget_left`).
 """
@@ -260,6 +263,9 @@ class BatchErrorAction(StrEnum):
 
     NACK = "nack"
     """Nack every op (``kind``, ``retry_after``): the queue retries them later."""
+    RELEASE = "release"
+    """Give every op back untouched: the failure says nothing about them (refused
+    credentials, a remote asking for quiet), so no attempt is counted."""
     SPLIT = "split"
     """Push the two halves separately (a permanent error may come from one op)."""
     DEAD_LETTER = "dead_letter"
@@ -278,6 +284,8 @@ class BatchErrorPlan:
         retry_after: the remote's requested wait, if any.
         counts_as_failure: whether this adds to the run's consecutive-failure count.
         stop: when set, the run stops pushing for this reason.
+        pause: whether the remote is paused (see :mod:`._pause`): nothing more is sent to
+            it, by any run, until the pause's deadline.
     """
 
     action: BatchErrorAction
@@ -286,6 +294,7 @@ class BatchErrorPlan:
     retry_after: float | None = None
     counts_as_failure: bool = True
     stop: SyncStopReason | None = None
+    pause: bool = False
 
 
 def plan_batch_error(
@@ -314,21 +323,36 @@ def plan_batch_error(
             BatchErrorAction.DEAD_LETTER, ErrorKind.PERMANENT, reason, counts_as_failure=False
         )
     if isinstance(error, AuthError) or error.kind is ErrorKind.AUTH:
+        # Not the ops' failure: they go back as they were, however long the outage lasts.
         return BatchErrorPlan(
-            BatchErrorAction.NACK,
+            BatchErrorAction.RELEASE,
             ErrorKind.AUTH,
             reason,
             error.retry_after,
+            counts_as_failure=False,
             stop=SyncStopReason.AUTH,
+            pause=True,
         )
-    stop: SyncStopReason | None = None
     if isinstance(error, RateLimitedError) or error.retry_after is not None:
-        # The remote told us when to come back; sending other ops now would be rude.
-        stop = SyncStopReason.RATE_LIMITED
-    elif consecutive_failures + 1 >= max_consecutive_failures:
-        stop = SyncStopReason.FAILURES
+        # The remote told us to come back later (or to slow down): every request waits,
+        # and the ops, which did nothing wrong, go back untouched.
+        return BatchErrorPlan(
+            BatchErrorAction.RELEASE,
+            ErrorKind.RETRYABLE,
+            reason,
+            error.retry_after,
+            counts_as_failure=False,
+            stop=SyncStopReason.RATE_LIMITED,
+            pause=True,
+        )
+    last = consecutive_failures + 1 >= max_consecutive_failures
     return BatchErrorPlan(
-        BatchErrorAction.NACK, ErrorKind.RETRYABLE, reason, error.retry_after, stop=stop
+        BatchErrorAction.NACK,
+        ErrorKind.RETRYABLE,
+        reason,
+        error.retry_after,
+        stop=SyncStopReason.FAILURES if last else None,
+        pause=last,
     )
 
 

@@ -38,15 +38,23 @@ class SyncStopReason(StrEnum):
     """Why a sync run stopped pushing."""
 
     DRAINED = "drained"
-    """No eligible op left (ops waiting for their backoff are not eligible)."""
+    """No op left to send in the synced collections."""
+    WAITING = "waiting"
+    """No op could be sent now, but some remain queued (``SyncSummary.remaining``): backing
+    off after a failure, leased by another run, or held back by the device (``LOW``)."""
     BUDGET = "budget"
     """The run's time budget ran out."""
     FAILURES = "failures"
     """Too many batches in a row failed as a whole (the remote is unreachable or failing)."""
     RATE_LIMITED = "rate_limited"
-    """The remote asked us to slow down; the ops wait for its ``Retry-After``."""
+    """The remote asked us to slow down: its ops went back untouched, and every request to
+    it waits for its ``Retry-After`` (``SyncSummary.paused_until``)."""
     AUTH = "auth"
-    """The remote refused our credentials."""
+    """The remote refused our credentials; its ops went back untouched (no attempt
+    counted) and it is paused until a usable token arrives."""
+    PAUSED = "paused"
+    """The remote is paused (it asked for quiet with ``Retry-After``, or kept failing):
+    nothing was sent; ``SyncSummary.paused_until`` says until when."""
     OFFLINE = "offline"
     """The device reported no network; nothing was sent."""
     CANCELLED = "cancelled"
@@ -102,6 +110,14 @@ class SyncSummary(_Frozen):
     stop_reason: SyncStopReason = SyncStopReason.DRAINED
     error: str | None = None
     """The last batch-level error, if any (for humans; never holds credentials)."""
+    stale: int = 0
+    """Answers not settled because the run's lease on the op had passed to another run
+    (the op is that run's to settle; the server dedupes it by op id)."""
+    remaining: int | None = None
+    """Ops (pending or leased) left in the synced collections when the run ended
+    (``None``: not counted, e.g. a cancelled run)."""
+    paused_until: datetime | None = None
+    """When the remote's pause ends, if the run ended with the remote paused."""
 
     @property
     def ok(self) -> bool:
@@ -110,7 +126,8 @@ class SyncSummary(_Frozen):
             self.failed == 0
             and self.dead_lettered == 0
             and self.error is None
-            and self.stop_reason in (SyncStopReason.DRAINED, SyncStopReason.BUDGET)
+            and self.stop_reason
+            in (SyncStopReason.DRAINED, SyncStopReason.WAITING, SyncStopReason.BUDGET)
         )
 
     def message(self) -> str:
@@ -122,7 +139,11 @@ class SyncSummary(_Frozen):
             parts.append(f"{self.failed} failed")
         if self.dead_lettered:
             parts.append(f"{self.dead_lettered} dead-lettered")
+        if self.remaining:
+            parts.append(f"{self.remaining} left")
         text = ", ".join(parts) + f" in {self.duration:.2f}s ({self.stop_reason.value})"
+        if self.paused_until is not None:
+            text += f", remote paused until {self.paused_until:%Y-%m-%dT%H:%M:%SZ}"
         if self.error:
             text += f": {self.error}"
         return text

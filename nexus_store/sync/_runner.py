@@ -8,12 +8,27 @@ or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and 
    left out on a metered network or low battery);
 2. push it; ack what was accepted (recording the server version on the local row, in the
    same transaction), adopt the server's copy on a conflict, dead-letter what was
-   rejected, nack what must be retried (the queue backs off with jitter, honouring a
-   ``Retry-After``); a batch refused as too large is split until the bad op is alone;
+   rejected, nack what must be retried (the queue backs off with jitter); a batch
+   refused as too large is split until the bad op is alone;
 3. repeat while there is eligible work, budget, and the remote answers;
 4. pull the changes after each collection's stored cursor, page by page, applying them
    without overwriting items that still have pending ops (each page and its cursor in
    one transaction).
+
+Every settle carries the lease's fencing token: an answer that comes after the lease
+passed to another run (it expired while the push was slow) changes nothing and is counted
+as ``stale`` (see :mod:`nexus_store._fencing`).
+
+The remote as a whole (see :mod:`._pause`): a run sends nothing while the remote is paused
+in the file (it asked for quiet with ``Retry-After``, or kept failing). Refused
+credentials and a remote asking for quiet give the batch back untouched (no attempt is
+counted: the ops did nothing wrong), pause the remote and stop the run (no pull either).
+The first successful exchange of a run ends the remote's pause and makes the ops that
+were backing off from earlier failures eligible at once, so a healed network drains
+without waiting for each op's timer.
+
+The summary says what the queue holds: ``DRAINED`` only when no op is left in the synced
+collections, ``WAITING`` (with ``remaining``) when ops are left that could not go now.
 
 Cancellation (a time ``budget``, a cancelled task group, shutdown) can hit at any await:
 the ops the run still holds are released untouched in a shielded cleanup, so nothing is
@@ -44,9 +59,10 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from .. import _codec
+from .._backoff import RetryBackoff
 from .._clock import Clock, SystemClock
 from .._database import Database
-from .._exceptions import CodecError, ErrorKind, RemoteError, StoreError
+from .._exceptions import AuthError, CodecError, ErrorKind, RemoteError, StoreError
 from .._gc import collector_paused
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
@@ -69,6 +85,14 @@ from ._engine import (
     plan_results,
     split_batch,
 )
+from ._pause import (
+    DEFAULT_AUTH_RECHECK,
+    DEFAULT_REMOTE_BACKOFF,
+    PauseReason,
+    RemotePause,
+    RemotePauses,
+    remote_identity,
+)
 from ._progress import (
     Broadcast,
     PriorityProgress,
@@ -87,8 +111,21 @@ R = TypeVar("R")
 
 logger = logging.getLogger("nexus_store.sync")
 
-_NO_PULL_AFTER = frozenset({SyncStopReason.OFFLINE, SyncStopReason.AUTH, SyncStopReason.FAILURES})
+_NO_PULL_AFTER = frozenset(
+    {
+        SyncStopReason.OFFLINE,
+        SyncStopReason.AUTH,
+        SyncStopReason.FAILURES,
+        SyncStopReason.RATE_LIMITED,
+        SyncStopReason.PAUSED,
+    }
+)
 """A run that stopped pushing for these reasons does not try to pull either."""
+_PAUSE_STOPS = {
+    PauseReason.AUTH: SyncStopReason.AUTH,
+    PauseReason.RATE_LIMITED: SyncStopReason.RATE_LIMITED,
+    PauseReason.UNAVAILABLE: SyncStopReason.FAILURES,
+}
 
 
 @runtime_checkable
@@ -147,6 +184,8 @@ class _Leased:
     size: int
     problem: str = ""
     """Why the op cannot be sent, when ``remote`` is ``None``."""
+    token: int = 0
+    """The fencing token of the lease that handed the op out."""
 
     @property
     def collection(self) -> str:
@@ -165,6 +204,7 @@ class _Run:
     started: float
     started_at: datetime
     allowed: frozenset[SyncPriority]
+    started_wall: float = 0.0
     held: dict[str, _Leased] = field(default_factory=dict)
     """Ops leased and not yet acked, nacked or released."""
     total: dict[SyncPriority, int] = field(default_factory=dict)
@@ -180,6 +220,14 @@ class _Run:
     stop: SyncStopReason | None = None
     error: str | None = None
     phase: SyncPhase = SyncPhase.PUSH
+    stale: int = 0
+    remaining: int | None = None
+    paused: RemotePause | None = None
+    """The remote's pause (found at the start, or set by this run)."""
+    exchanged: bool = False
+    """Whether the remote answered once in this run (its pause was then lifted)."""
+    revived: int = 0
+    """Ops whose backoff ended when the remote first answered during the pull."""
 
 
 class _Settler:
@@ -234,6 +282,10 @@ class SyncRunner:
         streams: the progress/event streams to publish on (shared with a service);
             a new pair by default.
         task_id: the task id put in events.
+        remote_backoff: how long the remote is paused after it failed without saying when
+            to come back (full jitter, capped; default 1 s doubling up to 60 s).
+        auth_recheck: seconds until a remote paused for refused credentials is looked at
+            again (for schedulers; a run always tries).
     """
 
     def __init__(
@@ -250,6 +302,8 @@ class SyncRunner:
         pull: bool = True,
         streams: SyncStreams | None = None,
         task_id: str = "nexus-store.sync",
+        remote_backoff: RetryBackoff | None = None,
+        auth_recheck: float = DEFAULT_AUTH_RECHECK,
     ) -> None:
         chosen = [targets] if isinstance(targets, SyncTarget) else list(targets)
         if not chosen:
@@ -282,6 +336,11 @@ class SyncRunner:
         for target in chosen:
             groups.setdefault(id(target.queue), []).append(target)
         self._groups = list(groups.values())
+        self.remote_backoff = remote_backoff or DEFAULT_REMOTE_BACKOFF()
+        self.auth_recheck = float(auth_recheck)
+        identity = remote_identity(backend)
+        databases = {id(t.database): t.database for t in chosen}
+        self._pauses = [RemotePauses(database, identity) for database in databases.values()]
 
     @property
     def progress(self) -> Broadcast[SyncProgress]:
@@ -308,14 +367,22 @@ class SyncRunner:
                 an unsuccessful event is published.
         """
         device = self.device.current() if self.device is not None else None
+        wall = self.clock.now()
         run = _Run(
             run_id=uuid.uuid4().hex,
             started=self.clock.monotonic(),
-            started_at=datetime.fromtimestamp(self.clock.now(), UTC),
+            started_at=datetime.fromtimestamp(wall, UTC),
             allowed=allowed_priorities(device),
+            started_wall=wall,
         )
         if is_offline(device):
             run.stop = SyncStopReason.OFFLINE
+            return self._finish(run)
+        run.paused = await self._local(self._read_pause, wall)
+        if run.paused is not None and run.paused.blocks(wall):
+            # The remote asked for quiet (or keeps failing): not one request before then.
+            run.stop = SyncStopReason.PAUSED
+            run.remaining = await self._local(self._count_remaining)
             return self._finish(run)
         try:
             async with anyio.create_task_group() as group:
@@ -327,6 +394,11 @@ class SyncRunner:
                     if self.pull and run.stop not in _NO_PULL_AFTER:
                         run.phase = SyncPhase.PULL
                         await self._pull(run)
+                        if run.revived and run.stop is SyncStopReason.DRAINED:
+                            # The pull was the first answer of the remote in this run: the
+                            # ops that were waiting for it to come back go now.
+                            run.phase, run.stop = SyncPhase.PUSH, None
+                            await self._push(run)
                 finally:
                     group.cancel_scope.cancel()  # the watchdog is done either way
         except BaseException as exc:
@@ -349,7 +421,58 @@ class SyncRunner:
             raise
         with anyio.CancelScope(shield=True):
             await self._release_held(run)
+            run.remaining = await self._local(self._count_remaining)
+        if run.stop is SyncStopReason.DRAINED and run.remaining:
+            run.stop = SyncStopReason.WAITING
         return self._finish(run)
+
+    def _read_pause(self, now: float) -> RemotePause | None:
+        found = [p for pauses in self._pauses if (p := pauses.current(now)) is not None]
+        return max(found, key=lambda p: p.until) if found else None
+
+    def _count_remaining(self) -> int:
+        return sum(target.queue.count_live(target.collection) for target in self.targets)
+
+    async def _pause(self, run: _Run, error: RemoteError) -> None:
+        """Record in the file that the remote failed: every run waits for its deadline."""
+
+        def record() -> RemotePause:
+            now = self.clock.now()
+            paused = [
+                pauses.pause(
+                    error, now=now, backoff=self.remote_backoff, auth_recheck=self.auth_recheck
+                )
+                for pauses in self._pauses
+            ]
+            return max(paused, key=lambda p: p.until)
+
+        run.paused = await self._local(record)
+        logger.info(
+            "remote %s paused (%s) for %.1fs: %s",
+            run.paused.remote,
+            run.paused.reason.value,
+            max(0.0, run.paused.until - self.clock.now()),
+            error,
+        )
+
+    async def _exchanged(self, run: _Run) -> None:
+        """The remote answered: end its pause, and let ops that were backing off from
+        failures before this run go now (once per run)."""
+        if run.exchanged:
+            return
+        run.exchanged = True
+
+        def resume() -> int:
+            for pauses in self._pauses:
+                pauses.clear()
+            return sum(
+                group[0].queue.end_backoff(failed_before=run.started_wall) for group in self._groups
+            )
+
+        revived = await self._local(resume)
+        if run.phase is SyncPhase.PULL:
+            run.revived += revived
+        run.paused = None
 
     async def _watchdog(self, run: _Run, scope: anyio.CancelScope) -> None:
         assert self.budget is not None
@@ -434,43 +557,45 @@ class SyncRunner:
     def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
         """Lease the next batch (in a worker thread), trimmed to the byte budget."""
         size = self.config.batch_size
-        ops: list[QueuedOp] = []
+        ops: list[tuple[QueuedOp, int]] = []
         if len(self._groups) == 1:
             group = self._groups[0]
             names = [t.collection for t in group]
-            ops = group[0].queue.lease(
+            batch = group[0].queue.lease(
                 size, self.lease_for, collections=names, priorities=sorted(allowed)
             )
+            ops = [(op, batch.token) for op in batch]
         else:
             # Several queues: keep one priority order across them.
             for priority in sorted(allowed):
                 for group in self._groups:
                     if len(ops) >= size:
                         break
-                    ops += group[0].queue.lease(
+                    batch = group[0].queue.lease(
                         size - len(ops),
                         self.lease_for,
                         collections=[t.collection for t in group],
                         priorities=[priority],
                     )
-        keep = fit_batch([len(op.payload or b"") for op in ops], self.config.max_batch_bytes)
+                    ops += [(op, batch.token) for op in batch]
+        keep = fit_batch([len(op.payload or b"") for op, _ in ops], self.config.max_batch_bytes)
         if keep < len(ops):
             self._release_ops(ops[keep:])
             ops = ops[:keep]
-        return [_prepare(op) for op in ops]
+        return [_prepare(op, token) for op, token in ops]
 
-    def _release_ops(self, ops: Sequence[QueuedOp]) -> int:
-        by_queue: dict[int, tuple[PrioritySyncQueue, list[str]]] = {}
-        for op in ops:
+    def _release_ops(self, ops: Sequence[tuple[QueuedOp, int]]) -> int:
+        by_lease: dict[tuple[int, int], tuple[PrioritySyncQueue, list[str]]] = {}
+        for op, token in ops:
             queue = self._by_collection[op.collection].queue
-            by_queue.setdefault(id(queue), (queue, []))[1].append(op.op_id)
-        return sum(queue.release(ids) for queue, ids in by_queue.values())
+            by_lease.setdefault((id(queue), token), (queue, []))[1].append(op.op_id)
+        return sum(queue.release(ids, token=token) for (_, token), (queue, ids) in by_lease.items())
 
     async def _release(self, run: _Run, leased: Sequence[_Leased]) -> None:
         if not leased:
             return
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._release_ops, [x.op for x in leased])
+            await anyio.to_thread.run_sync(self._release_ops, [(x.op, x.token) for x in leased])
             for x in leased:
                 run.held.pop(x.op.op_id, None)
             run.released += len(leased)
@@ -513,19 +638,25 @@ class SyncRunner:
                     parts[:0] = [first, second]
                     continue
                 run.error = plan.reason
-                whole = tuple(
-                    Failure(x.op.op_id, plan.reason, plan.kind, plan.retry_after) for x in part
-                )
-                settler.submit(ResultPlan((), whole))
+                if plan.action is BatchErrorAction.RELEASE:
+                    await self._release(run, part)
+                else:
+                    whole = tuple(
+                        Failure(x.op.op_id, plan.reason, plan.kind, plan.retry_after) for x in part
+                    )
+                    settler.submit(ResultPlan((), whole))
                 blocked.update(item_key(x) for x in part)
                 if plan.counts_as_failure:
                     run.consecutive_failures += 1
+                if plan.pause:
+                    await self._pause(run, exc)
                 if plan.stop is not None:
                     run.stop = plan.stop
                     await self._release(run, [x for rest in parts for x in rest])
                     return
                 continue
             run.consecutive_failures = 0
+            await self._exchanged(run)
             with collector_paused():
                 decided = plan_results([x.op.op_id for x in part], result)
             settler.submit(decided)
@@ -538,7 +669,18 @@ class SyncRunner:
         acks = [(held[a.op_id], a) for a in plan.acks if a.op_id in held]
         failures = [(held[f.op_id], f) for f in plan.failures if f.op_id in held]
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._settle_locally, acks, failures)
+            stale = await anyio.to_thread.run_sync(self._settle_locally, acks, failures)
+            if stale:
+                # Our lease on these passed to another run (it expired while we pushed):
+                # theirs to settle; the server answers them again by op id.
+                logger.warning(
+                    "%d answers came after their lease passed on: not settled", len(stale)
+                )
+                run.stale += len(stale)
+                for op_id in stale:
+                    held.pop(op_id, None)
+                acks = [(x, a) for x, a in acks if a.op_id not in stale]
+                failures = [(x, f) for x, f in failures if f.op_id not in stale]
             for leased, ack in acks:
                 held.pop(leased.op.op_id, None)
                 priority = leased.op.priority
@@ -551,19 +693,24 @@ class SyncRunner:
                 priority = leased.op.priority
                 run.done[priority] += 1
                 # The queue dead-letters permanent errors (and ops out of attempts).
-                dead = failure.kind is ErrorKind.PERMANENT or leased.op.attempts + 1 >= (
-                    self._by_collection[leased.op.collection].queue.max_attempts
+                dead = failure.kind is ErrorKind.PERMANENT or (
+                    failure.kind is not ErrorKind.AUTH
+                    and leased.op.attempts + 1
+                    >= self._by_collection[leased.op.collection].queue.max_attempts
                 )
                 (run.dead if dead else run.failed)[priority] += 1
 
     @collector_paused()
     def _settle_locally(
         self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
-    ) -> None:
-        by_target: dict[str, list[tuple[_Leased, Ack]]] = defaultdict(list)
+    ) -> set[str]:
+        """Settle in the database; returns the op ids refused as stale (see _fencing)."""
+        stale: set[str] = set()
+        by_lease: dict[tuple[str, int], list[tuple[_Leased, Ack]]] = defaultdict(list)
         for leased, ack in acks:
-            by_target[leased.op.collection].append((leased, ack))
-        for collection, items in by_target.items():
+            by_lease[leased.op.collection, leased.token].append((leased, ack))
+        for (collection, token), leased_acks in by_lease.items():
+            items = leased_acks
             target = self._by_collection[collection]
             # Conflicts leave the next op of the item on its old base version, so the
             # server's conflict rule decides about it too.
@@ -573,7 +720,12 @@ class SyncRunner:
             # Not durable: a power loss can only undo acks, and a re-sent op is answered
             # again by op id (see PrioritySyncQueue.ack).
             with target.database.transaction(durable=False):
-                target.queue.ack([a.op_id for _, a in items], versions=versions)
+                settled = target.queue.ack(
+                    [a.op_id for _, a in items], versions=versions, token=token
+                )
+                if settled.stale:
+                    stale.update(settled.stale)
+                    items = [(x, a) for x, a in items if a.op_id not in stale]
                 adopted = [ack.adopt for _, ack in items if ack.adopt is not None]
                 if adopted:
                     target.apply_remote_changes(adopted)
@@ -582,13 +734,22 @@ class SyncRunner:
                     for leased, ack in items
                     if ack.version is not None and not ack.conflict
                 )
-        grouped: dict[tuple[str, ErrorKind, str, float | None], list[str]] = defaultdict(list)
+        grouped: dict[tuple[str, int, ErrorKind, str, float | None], list[str]] = defaultdict(list)
         for leased, failure in failures:
-            key = (leased.op.collection, failure.kind, failure.reason, failure.retry_after)
+            key = (
+                leased.op.collection,
+                leased.token,
+                failure.kind,
+                failure.reason,
+                failure.retry_after,
+            )
             grouped[key].append(failure.op_id)
-        for (collection, kind, reason, retry_after), ids in grouped.items():
+        for (collection, token, kind, reason, retry_after), ids in grouped.items():
             queue = self._by_collection[collection].queue
-            queue.nack(ids, reason, kind=kind, retry_after=retry_after)
+            stale.update(
+                queue.nack(ids, reason, kind=kind, retry_after=retry_after, token=token).stale
+            )
+        return stale
 
     # -- pull ---------------------------------------------------------------------------------
 
@@ -603,7 +764,12 @@ class SyncRunner:
                     changes = await self.backend.pull(cursor, page, collections=[target.collection])
                 except RemoteError as exc:
                     run.error = f"pull: {type(exc).__name__}: {exc}"
+                    if isinstance(exc, AuthError) or exc.retry_after is not None:
+                        await self._pause(run, exc)
+                        assert run.paused is not None
+                        run.stop = _PAUSE_STOPS[run.paused.reason]
                     return
+                await self._exchanged(run)
                 applied = await self._local(
                     _apply_page, target, changes.changes, max(cursor, changes.cursor)
                 )
@@ -652,6 +818,13 @@ class SyncRunner:
             per_priority=per,
             stop_reason=run.stop or SyncStopReason.DRAINED,
             error=run.error,
+            stale=run.stale,
+            remaining=run.remaining,
+            paused_until=(
+                None
+                if run.paused is None or run.paused.until <= self.clock.now()
+                else datetime.fromtimestamp(run.paused.until, UTC)
+            ),
         )
         self.last_summary = summary
         run.phase = SyncPhase.DONE
@@ -681,7 +854,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _prepare(op: QueuedOp) -> _Leased:
+def _prepare(op: QueuedOp, token: int) -> _Leased:
     """Build the wire op of a queued op (in the lease thread: decoding is CPU work)."""
     size = len(op.payload or b"")
     data: dict[str, Any] | None = None
@@ -689,13 +862,13 @@ def _prepare(op: QueuedOp) -> _Leased:
         try:
             decoded = _codec.decode(op.payload or b"")
         except CodecError:
-            return _Leased(op, None, size, "the queued payload cannot be decoded")
+            return _Leased(op, None, size, "the queued payload cannot be decoded", token)
         if not isinstance(decoded, dict):
-            return _Leased(op, None, size, "the queued payload is not a record (a map)")
+            return _Leased(op, None, size, "the queued payload is not a record (a map)", token)
         data = decoded
     remote = _wire_op(op, data)
     if remote is not None:
-        return _Leased(op, remote, size)
+        return _Leased(op, remote, size, token=token)
     try:
         remote = RemoteOp(
             op_id=op.op_id,
@@ -712,8 +885,8 @@ def _prepare(op: QueuedOp) -> _Leased:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]
         )
-        return _Leased(op, None, size, f"the op cannot be sent: {problems}")
-    return _Leased(op, remote, size)
+        return _Leased(op, None, size, f"the op cannot be sent: {problems}", token)
+    return _Leased(op, remote, size, token=token)
 
 
 _remote_op = trusted_builder(

@@ -29,6 +29,14 @@ more runs are scheduled; ``IDLE`` after :meth:`~BackgroundSyncService.cancel_syn
 A loop guard: after a run, the ops it could not send (another collection's, ``LOW`` on a
 metered network, the remote down) are not asked for again until something changes (a new
 commit, a device change, an op's backoff ending), so a run never follows a run in a loop.
+
+A paused remote (see :mod:`._pause`: a ``Retry-After``, a remote failing again and again,
+refused credentials) is asked nothing before its deadline, whatever is saved meanwhile;
+at the deadline the service asks for a run at once if anything is queued (of any
+priority), instead of waiting for the scheduler's own backoff or the next periodic run.
+A remote paused for refused credentials is looked at again every few seconds (a look
+costs no request until the token provider has a new token), so the queue drains as soon
+as a usable token arrives. Waits are measured on the monotonic clock.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from ..backends._base import RemoteBackend
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, unmet_constraints
 from ._constraints import SystemDevice
 from ._device import DeviceState, DeviceStateProvider
+from ._pause import PauseReason, RemotePause, RemotePauses, remote_identity
 from ._progress import SyncEvent, SyncProgress, SyncStopReason, SyncStreams, SyncSummary
 from ._runner import SyncRunner, SyncTarget
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
@@ -150,11 +159,14 @@ class RegisteredTask:
 def sync_outcome(summary: SyncSummary) -> TaskResult:
     """What a scheduler should do after a sync run, as a task result.
 
-    A run that was refused or could not reach the remote (offline, failing, rate limited,
-    cancelled, a local error) asks for a retry (the scheduler backs off); ops that failed
-    one by one wait for their own backoff in the queue, and also ask for a retry so they
-    are sent again; refused credentials are a failure (retrying will not help until they change).
-    Otherwise the run succeeded (dead-lettered ops are final and listed by the queue).
+    A run that left the remote paused (it asked for quiet, kept failing, or refused our
+    credentials) is a failure without a scheduler retry: the service itself asks for the
+    next run at the pause's deadline (a scheduler backoff would come later, or sooner,
+    than the remote asked). A run that was refused or could not reach the remote otherwise
+    (offline, failing, cancelled, a local error) asks for a retry (the scheduler backs
+    off); ops that failed one by one wait for their own backoff in the queue, and also ask
+    for a retry so they are sent again. Otherwise the run succeeded (dead-lettered ops are
+    final and listed by the queue).
     """
     output = {
         "pushed": summary.pushed,
@@ -164,7 +176,9 @@ def sync_outcome(summary: SyncSummary) -> TaskResult:
         "stop_reason": summary.stop_reason.value,
     }
     message = summary.message()
-    if summary.stop_reason is SyncStopReason.AUTH:
+    if summary.stop_reason in (SyncStopReason.AUTH, SyncStopReason.PAUSED) or (
+        summary.paused_until is not None
+    ):
         return TaskResult.failure(output, message)
     if summary.stop_reason in (
         SyncStopReason.OFFLINE,
@@ -211,6 +225,9 @@ def plan_requests(
     next_eligible: Mapping[SyncPriority, float | None],
     *,
     stale: frozenset[SyncPriority] = frozenset(),
+    paused_until: float | None = None,
+    queued: bool = False,
+    resumed: bool = False,
 ) -> RequestPlan:
     """Decide which run to ask for, from when the next op of each priority is eligible.
 
@@ -221,11 +238,25 @@ def plan_requests(
             :meth:`~nexus_store.PrioritySyncQueue.next_eligible_at`.
         stale: priorities whose eligible ops the last run saw and could not send, with
             nothing changed since: not asked for again (the loop guard).
+        paused_until: the deadline of the remote's pause, if it has one (see
+            :mod:`._pause`; for refused credentials, when to look again).
+        queued: whether any op (of any priority) is queued.
+        resumed: whether a run was already asked for since this pause ended (a run that
+            does not reach the remote leaves the pause as it was: it is resumed once).
 
     Returns:
-        ``CRITICAL`` if one is eligible (a run drains ``HIGH`` too), else ``HIGH`` if one
-        is; and the earliest future eligibility among the two, to look again then.
+        While the remote is paused: nothing, and look again at its deadline. Once the
+        deadline has passed: a ``CRITICAL`` run (a run now) if anything is queued (the
+        pause is the loop guard here: a run that fails again pauses the remote anew).
+        Otherwise ``CRITICAL`` if one is eligible (a run drains ``HIGH`` too), else
+        ``HIGH`` if one is; and the earliest future eligibility among the two, to look
+        again then.
     """
+    if paused_until is not None:
+        if paused_until > now:
+            return RequestPlan(None, paused_until if queued else None)
+        if queued and not resumed:
+            return RequestPlan(SyncPriority.CRITICAL, None)
     request: SyncPriority | None = None
     wake_at: float | None = None
     for priority in _TRIGGERED:
@@ -393,22 +424,32 @@ def _default_device(backend: RemoteBackend | None, database: Database) -> Device
         return SystemDevice(None, storage_path=folder)
 
 
-async def _wait_until(event: anyio.Event, deadline: float | None, clock: Clock) -> None:
-    """Return when ``event`` is set or ``clock`` reaches ``deadline`` (None: no deadline)."""
+async def _wait_until(event: anyio.Event, deadline: float | None, clock: Clock) -> bool:
+    """Return when ``event`` is set or the wall-clock ``deadline`` comes (None: none).
+
+    The wait is measured on the monotonic clock from now (``clock.sleep``), so a step of
+    the wall clock meanwhile neither stretches nor cuts it.
+
+    Returns:
+        Whether the deadline came (rather than the event).
+    """
     if deadline is None:
         await event.wait()
-        return
+        return False
+    fired = False
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
 
             async def timer() -> None:
-                # The delay is computed when the sleep starts: a clock moved meanwhile counts.
+                nonlocal fired
                 await clock.sleep(deadline - clock.now())
+                fired = True
                 scope.cancel()
 
             tg.start_soon(timer)
             await event.wait()
             scope.cancel()
+    return fired
 
 
 class BackgroundSyncService(abc.ABC):
@@ -501,6 +542,8 @@ class BackgroundSyncService(abc.ABC):
         self._unsubscribe_device: Callable[[], None] | None = None
         self._last_summary: SyncSummary | None = None
         self._probed_at: float | None = None
+        self._pauses: RemotePauses | None = None
+        self._resumed_until: float | None = None
 
     # -- what every adapter answers ------------------------------------------------------------
 
@@ -877,6 +920,7 @@ class BackgroundSyncService(abc.ABC):
                 parts.append("offline")
                 unmet = [u for u in unmet if not u.startswith("network")]
             parts.extend(unmet)
+        parts.extend(await self._pause_words())
         waits = await self._waits()
         if waits:
             parts.extend(waits)
@@ -885,6 +929,18 @@ class BackgroundSyncService(abc.ABC):
                 "not scheduled: call schedule_sync() (CRITICAL and HIGH saves ask for runs)"
             )
         return "; ".join(parts)
+
+    async def _pause_words(self) -> list[str]:
+        """The remote's pause, in words (none if it is not paused)."""
+        pause = await anyio.to_thread.run_sync(self._remote_pause)
+        if pause is None or pause.until <= self._clock.now():
+            return []
+        if pause.reason is PauseReason.AUTH:
+            return [
+                "the remote refused our credentials: waiting for a new token "
+                f"(next look at {format_time(pause.until)})"
+            ]
+        return [f"the remote is paused ({pause.reason.value}) until {format_time(pause.until)}"]
 
     async def run_history(self, task_id: str | None = None, *, limit: int = 100) -> list[TaskRun]:
         """Persisted runs (of ``task_id``, or all), newest first.
@@ -1039,9 +1095,9 @@ class BackgroundSyncService(abc.ABC):
             except NexusStoreError:
                 logger.exception("looking at the queue failed; trying again on the next change")
             self._pass_finished()
-            await _wait_until(poke, wake_at, self._clock)
-            if wake_at is not None and self._clock.now() >= wake_at:
-                self._stale = frozenset()  # an op's backoff or lease ended: new work
+            if await _wait_until(poke, wake_at, self._clock):
+                # An op's backoff, a lease or the remote's pause ended: new work.
+                self._stale = frozenset()
 
     def _pass_finished(self) -> None:
         self._passes += 1
@@ -1052,8 +1108,19 @@ class BackgroundSyncService(abc.ABC):
     async def _check_queue(self) -> float | None:
         if not self.is_supported or not self._config.enabled or self._backend is None:
             return None
-        next_eligible = await anyio.to_thread.run_sync(self._next_eligible)
-        plan = plan_requests(self._clock.now(), next_eligible, stale=self._stale)
+        next_eligible, pause, queued = await anyio.to_thread.run_sync(self._look)
+        now = self._clock.now()
+        resumed = pause is not None and pause.until == self._resumed_until
+        plan = plan_requests(
+            now,
+            next_eligible,
+            stale=self._stale,
+            paused_until=None if pause is None else pause.until,
+            queued=queued,
+            resumed=resumed,
+        )
+        if pause is not None and pause.until <= now and plan.request is not None:
+            self._resumed_until = pause.until
         if plan.request is not None:
             try:
                 result = await self._request_run(plan.request)
@@ -1065,6 +1132,23 @@ class BackgroundSyncService(abc.ABC):
                 else:
                     logger.info("a %s sync run was refused: %s", plan.request.name, result.value)
         return plan.wake_at
+
+    def _remote_pause(self) -> RemotePause | None:
+        """The backend's pause recorded in the file, if any (see :mod:`._pause`)."""
+        if self._backend is None:
+            return None
+        if self._pauses is None:
+            self._pauses = RemotePauses(self._database, remote_identity(self._backend))
+        return self._pauses.current(self._clock.now())
+
+    def _look(self) -> tuple[dict[SyncPriority, float | None], RemotePause | None, bool]:
+        """What the trigger loop decides on (in a worker thread): when each triggering
+        priority is next eligible, the remote's pause, and whether anything is queued."""
+        pause = self._remote_pause()
+        queued = pause is not None and any(
+            t.queue.next_eligible_at() is not None for t in self._targets
+        )
+        return self._next_eligible(), pause, queued
 
     def _next_eligible(self) -> dict[SyncPriority, float | None]:
         queues: dict[int, PrioritySyncQueue] = {id(t.queue): t.queue for t in self._targets}

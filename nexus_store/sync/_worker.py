@@ -10,6 +10,9 @@ only saves (its commits go to the file), the worker drains the queue to the remo
   every op takes effect once), and WorkManager work found RUNNING runs again (WM-22). A
   worker that cannot renew in time (stalled, or its lease was taken) stops draining and
   waits again. The decision is :func:`decide_lease`, a pure function of the row and the time.
+  A lease renewed at a wall time later than now (the clock stepped back since) is first
+  clamped to end one ttl from now (:func:`clamp_lease`, written back), so a dead holder's
+  lease never outlasts its ttl by the size of the step.
 - **Prompt wake-up.** ``watchfiles`` watches the database's ``-wal`` file (SQLite appends
   every commit there), so a commit in another process wakes the worker within
   ``watch_step_ms`` milliseconds; it then looks at the queue: an eligible ``CRITICAL`` op
@@ -59,6 +62,7 @@ __all__ = [
     "SyncWorker",
     "WalChangeSource",
     "WorkerLease",
+    "clamp_lease",
     "decide_lease",
     "worker_config",
 ]
@@ -126,6 +130,21 @@ class LeaseDecision:
         return None
 
 
+def clamp_lease(row: LeaseRow, now: float) -> LeaseRow | None:
+    """The lease as it stands after a step back of the wall clock, if there was one.
+
+    A lease renewed after ``now`` was renewed before the clock went back: its end is
+    counted from ``now``, never more than its length (``expires_at - renewed_at``).
+
+    Returns:
+        The clamped row to store, or ``None`` when the row needs no change.
+    """
+    if row.renewed_at <= now:
+        return None
+    length = max(0.0, row.expires_at - row.renewed_at)
+    return dataclasses.replace(row, renewed_at=now, expires_at=now + length)
+
+
 def decide_lease(row: LeaseRow | None, holder: str, now: float) -> LeaseDecision:
     """Decide about the drain lease: acquire, renew, take over, or wait.
 
@@ -184,7 +203,16 @@ class WorkerLease:
                 (_LEASE_NAME,),
             ).fetchone()
             now = self._clock.now()
-            decision = decide_lease(None if row is None else LeaseRow(*row), self.holder, now)
+            stored = None if row is None else LeaseRow(*row)
+            clamped = None if stored is None else clamp_lease(stored, now)
+            if clamped is not None:
+                conn.execute(
+                    "UPDATE nx_worker_lease SET renewed_at = ?, expires_at = ? "
+                    "WHERE name = ? AND holder = ?",
+                    (clamped.renewed_at, clamped.expires_at, _LEASE_NAME, clamped.holder),
+                )
+                stored = clamped
+            decision = decide_lease(stored, self.holder, now)
             if decision.action is LeaseAction.RENEW:
                 conn.execute(
                     "UPDATE nx_worker_lease SET renewed_at = ?, expires_at = ? WHERE name = ?",

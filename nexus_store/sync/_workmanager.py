@@ -931,6 +931,8 @@ class WorkManager:
     def _dispatch_pass(self) -> float | None:
         store = self._require_store()
         now = self._clock.now()
+        # A wall clock stepped back must not hold schedules set before the step.
+        store.clamp_future(now=now)
         device = self._read_device()
         manual = bool(self._driver and self._driver.manual_time)
         if not manual:

@@ -132,6 +132,17 @@ def _placeholders(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
+# Waiting work whose schedule was set at a wall time later than now (the clock stepped
+# back since): served by nx_work_by_state (state, last_enqueue_time, ...).
+_ANY_FUTURE = (
+    "SELECT 1 FROM nx_work WHERE state IN ('enqueued', 'blocked') AND last_enqueue_time > ? LIMIT 1"
+)
+_CLAMP_FUTURE = (
+    "UPDATE nx_work SET last_enqueue_time = ?1 "
+    "WHERE state IN ('enqueued', 'blocked') AND last_enqueue_time > ?1"
+)
+
+
 class WorkStore:
     """The ``nx_work*`` tables of one database.
 
@@ -309,6 +320,20 @@ class WorkStore:
                 (progress, now, work_id, WorkState.RUNNING.value),
             )
             return cursor.rowcount == 1
+
+    def clamp_future(self, *, now: float) -> int:
+        """Work waiting with a schedule set after ``now`` was scheduled before the wall
+        clock stepped back: count its delays from ``now`` instead (never longer than
+        their nominal length), so the step stalls nothing.
+
+        Returns:
+            How many rows were moved (0 unless the clock stepped back).
+        """
+        with self.database.reading() as conn:
+            if conn.execute(_ANY_FUTURE, (now,)).fetchone() is None:
+                return 0
+        with self.transaction() as conn:
+            return conn.execute(_CLAMP_FUTURE, (now,)).rowcount
 
     def recover(self, *, now: float) -> list[WorkSpec]:
         """Return RUNNING rows to ENQUEUED and close open runs as interrupted (WM-22)."""

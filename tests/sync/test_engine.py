@@ -213,6 +213,8 @@ def test_retryable_batch_errors_nack_with_retry_after_and_stop_after_limit() -> 
         ProtocolError("truncated"), batch_len=5, consecutive_failures=2, max_consecutive_failures=3
     )
     assert third.stop is SyncStopReason.FAILURES
+    assert third.pause  # the remote keeps failing: every run waits for its backoff
+    assert not first.pause
     unavailable = plan_batch_error(
         ServerUnavailableError("503", retry_after=9),
         batch_len=5,
@@ -224,26 +226,30 @@ def test_retryable_batch_errors_nack_with_retry_after_and_stop_after_limit() -> 
 
 
 def test_rate_limit_and_auth_stop_the_run() -> None:
-    """429 nacks with its Retry-After and stops; auth nacks as AUTH and stops."""
+    """429 and auth give the ops back untouched, pause the remote and stop the run."""
     limited = plan_batch_error(
         RateLimitedError("429", retry_after=30),
         batch_len=5,
         consecutive_failures=0,
         max_consecutive_failures=3,
     )
-    assert (limited.action, limited.retry_after, limited.stop) == (
-        BatchErrorAction.NACK,
+    assert (limited.action, limited.retry_after, limited.stop, limited.pause) == (
+        BatchErrorAction.RELEASE,
         30,
         SyncStopReason.RATE_LIMITED,
+        True,
     )
+    assert not limited.counts_as_failure
     auth = plan_batch_error(
         AuthError("401"), batch_len=5, consecutive_failures=0, max_consecutive_failures=3
     )
-    assert (auth.action, auth.kind, auth.stop) == (
-        BatchErrorAction.NACK,
+    assert (auth.action, auth.kind, auth.stop, auth.pause) == (
+        BatchErrorAction.RELEASE,
         ErrorKind.AUTH,
         SyncStopReason.AUTH,
+        True,
     )
+    assert not auth.counts_as_failure
 
 
 def test_budget_left() -> None:

@@ -402,7 +402,7 @@ async def test_dropped_responses_still_apply_every_op_exactly_once() -> None:
 
 
 async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
-    """After 503s the ops back off; after a 429 nothing is sent before its Retry-After."""
+    """After 503s the ops back off; after a 429 no run sends anything before its Retry-After."""
     clock = FakeClock()
     store = _store(clock)
     store.save_many([Note(id=f"n{i}", text="x") for i in range(5)])
@@ -430,10 +430,11 @@ async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
     assert 0 < waits[0] <= 1.0  # exponential: ceilings of 1 s, then 2 s
     assert 0 < waits[1] <= 2.0
     limited = store.queue.pending()[0]
-    assert limited.attempts == 3
-    assert limited.next_attempt_at - clock.now() >= 30 - 0.01
+    assert limited.attempts == 2  # a 429 is not the ops' failure: they went back untouched
     clock.advance(29)
-    await SyncRunner(store, faulty).run()
+    paused = await SyncRunner(store, faulty).run()
+    assert paused.stop_reason is SyncStopReason.PAUSED
+    assert paused.paused_until is not None
     assert faulty.calls["push"] == 3
     clock.advance(2)
     final = await SyncRunner(store, faulty).run()
@@ -516,15 +517,18 @@ async def test_repeated_network_failures_stop_the_run() -> None:
 
 
 async def test_auth_failure_stops_the_run_at_once() -> None:
-    """Refused credentials nack the batch as AUTH and stop the run."""
+    """Refused credentials give the batch back untouched (no attempt) and stop the run."""
     clock = FakeClock()
     store = _store(clock)
     store.save_many([Note(id=f"n{i}", text="x") for i in range(20)])
     faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.auth()])
     summary = await SyncRunner(store, faulty, batch_size=10).run()
     assert summary.stop_reason is SyncStopReason.AUTH
-    assert faulty.calls["push"] == 1
-    assert {op.error_kind for op in store.queue.pending() if op.attempts} == {"auth"}
+    assert summary.failed == 0
+    assert summary.released == 20  # the batch sent and the one leased ahead
+    assert faulty.calls == {"push": 1, "pull": 0}
+    assert all(op.attempts == 0 for op in store.queue.pending())
+    assert store.queue.stats().leased == 0
 
 
 # -- progress and events -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from nexus_store.sync import (
     SimulatedDevice,
     WorkerLease,
 )
-from nexus_store.sync._worker import LeaseAction, LeaseRow, decide_lease
+from nexus_store.sync._worker import LeaseAction, LeaseRow, clamp_lease, decide_lease
 from nexus_store.testing import ServerProcess
 
 TOKENS = {f"tok{i}": f"tenant{i}" for i in range(8)}
@@ -93,6 +93,35 @@ def test_the_lease_on_a_file(tmp_path: Path) -> None:
     finally:
         first_db.close()
         second_db.close()
+
+
+def test_a_dead_holders_lease_ends_one_ttl_after_a_step_back(tmp_path: Path) -> None:
+    """The holder dies, the clock steps back an hour: the other worker takes over after
+    one ttl (10 s), not an hour and 10 s."""
+    clock = FakeClock()
+    path = tmp_path / "app.db"
+    first_db, second_db = Database(path), Database(path)
+    try:
+        first = WorkerLease(first_db, "first", ttl=10, clock=clock)
+        second = WorkerLease(second_db, "second", ttl=10, clock=clock)
+        assert first.try_acquire().action is LeaseAction.ACQUIRE
+        clock.step(-3600)  # ... and "first" is never heard from again
+        assert second.try_acquire().action is LeaseAction.WAIT
+        clock.advance(9)
+        assert second.try_acquire().action is LeaseAction.WAIT
+        clock.advance(1)
+        assert second.try_acquire().action is LeaseAction.TAKE_OVER
+    finally:
+        first_db.close()
+        second_db.close()
+
+
+def test_clamp_lease_counts_a_lease_from_now_after_a_step_back() -> None:
+    """A lease renewed after now ends one length from now; others are left alone."""
+    assert clamp_lease(row("b", 110), 100) is None
+    clamped = clamp_lease(LeaseRow("b", 1, "h", 3000.0, 3600.0, 3610.0), 100.0)
+    assert clamped is not None
+    assert (clamped.renewed_at, clamped.expires_at) == (100.0, 110.0)
 
 
 # -- real processes ----------------------------------------------------------------------------
