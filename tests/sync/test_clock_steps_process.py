@@ -105,4 +105,6 @@ def test_a_backoff_set_before_the_step_keeps_its_length(tmp_path: Path) -> None:
         "    print(queue.next_eligible_at() - time.time())\n"
     )
     wait = float(_behind(*_PYTHON, script, str(db)))
-    assert 0 < wait <= 10.0
+    # The shift is computed from the clock reading taken while opening, a moment before
+    # the script's own reading; allow that moment, not the hour.
+    assert 0 < wait <= 10.0 + 0.5
