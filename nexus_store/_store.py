@@ -13,6 +13,7 @@ enqueues its op and appends to the change log; it returns only after ``COMMIT``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -783,9 +784,12 @@ def _close_forgotten(parts: _StoreParts, backend: RemoteBackend | None) -> None:
         parts.close()
     finally:
         if backend is not None:
-            close_on_bound_loop(
-                backend.aclose,
-                getattr(backend, "_binding", None),
-                what=repr(backend),
-                timeout=STOP_TIMEOUT,
-            )
+            # A forgotten backend whose event loop has ended cannot be closed any more: its
+            # sockets ended with that loop's process resources; the warning still tells.
+            with contextlib.suppress(LifecycleError):
+                close_on_bound_loop(
+                    backend.aclose,
+                    getattr(backend, "_binding", None),
+                    what=repr(backend),
+                    timeout=STOP_TIMEOUT,
+                )

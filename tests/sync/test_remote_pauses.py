@@ -80,6 +80,8 @@ class Runs:
 
 
 def _store(clock: FakeClock, path: str | Path = ":memory:", **kw: Any) -> NexusStore[Note, str]:
+    # The tests own their backends (`async with`), shared by several stores.
+    kw.setdefault("owns_backend", False)
     return NexusStore(path, model=Note, clock=clock, **kw)
 
 
