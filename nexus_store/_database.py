@@ -5,6 +5,12 @@ The item write and its queue op must commit in one transaction, so the local tab
 ``sqlite3`` connection in autocommit mode, transactions opened explicitly with
 ``BEGIN IMMEDIATE`` under a re-entrant lock (which is what makes the store thread-safe).
 
+Nothing but SQLite ever opens the file (or its ``-wal`` and ``-shm``) while this process may
+hold a connection on it: on POSIX, closing *any* descriptor of a file drops every lock the
+process holds on it, and SQLite's WAL safety depends on those locks (without them another
+process's close deletes the WAL that later commits go to). Checks that need the file go
+through SQLite or ``os.stat()``.
+
 sqlite3 errors are translated here: a file that is not SQLite, or is damaged, raises
 :class:`~nexus_store.CorruptDatabaseError`; other failures :class:`~nexus_store.DatabaseError`.
 """
@@ -12,6 +18,7 @@ sqlite3 errors are translated here: a file that is not SQLite, or is damaged, ra
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import threading
@@ -33,18 +40,29 @@ application crash but the last transactions may roll back after power loss or an
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _RESERVED_PREFIXES = ("sqlite_", "_nx_", "nx_")
 _CORRUPT_MARKERS = ("file is not a database", "malformed", "file is encrypted", "corrupt")
-_HEADER = b"SQLite format 3\x00"
 
 
-def _check_header(path: str) -> None:
-    """Refuse a non-empty file without the SQLite header (SQLite takes a 1-byte file as empty)."""
+def _refuse_one_byte_file(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a 1-byte file, which SQLite takes as an empty database and would overwrite.
+
+    Every other file that is not SQLite is refused by SQLite itself. The check goes
+    through SQLite and ``stat()`` only: opening the file with anything but SQLite, even to
+    read a header, would drop every POSIX lock this process holds on it (closing *any*
+    descriptor of a file does), and with them the WAL locks of connections already open.
+    Inside a read transaction, so no writer can grow the file between the two looks.
+    """
+    conn.execute("BEGIN")
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_HEADER))
-    except OSError:
-        return  # missing (created on open) or unreadable: sqlite3 reports it
-    if head and head != _HEADER:
-        raise CorruptDatabaseError(f"{path}: not an SQLite database (bad header)")
+        if conn.execute("PRAGMA page_count").fetchone()[0] != 0:
+            return
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return  # nothing there yet: SQLite creates it
+        if size != 0:
+            raise CorruptDatabaseError(f"{path}: not an SQLite database ({size}-byte file)")
+    finally:
+        conn.execute("COMMIT")
 
 
 def validate_identifier(name: str, *, what: str = "name") -> str:
@@ -106,8 +124,6 @@ class Database:
         self.lock = threading.RLock()
         self._depth = 0
         self._closed = False
-        if self.path != ":memory:":
-            _check_header(self.path)
         try:
             self.conn = sqlite3.connect(
                 self.path,
@@ -121,7 +137,8 @@ class Database:
         try:
             # Reading the schema is what detects "file is not a database".
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if self.path != ":memory:":
+            if self.path not in (":memory:", ""):
+                _refuse_one_byte_file(self.conn, self.path)
                 mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise DatabaseError(f"{self.path}: cannot enable WAL mode (got {mode!r})")

@@ -5,7 +5,9 @@ thread (one at a time: SQLite has one writer), with a fixed number of statements
 whatever the batch size: one read each for the head, the op records and the items of
 each collection (``IN`` lists of a few padded sizes, so the statements stay cached), the
 planner, then ``executemany`` writes. Pulls run on separate reader connections, which WAL lets
-proceed beside a write. Because the head is read inside ``BEGIN IMMEDIATE``, several
+proceed beside a write; every connection (writer and readers) is a
+:class:`~nexus_store._database.Database`, which never opens the file except through SQLite,
+so opening a reader never drops the writer's locks. Because the head is read inside ``BEGIN IMMEDIATE``, several
 processes on one file also stay consistent (they queue on SQLite's write lock).
 
 Failures while serving are raised as :class:`~nexus_store.ServerUnavailableError`
