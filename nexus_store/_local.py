@@ -337,6 +337,7 @@ class LocalTable(Generic[T]):
         self._kinds = [spec.kinds[name] for name in self._fields]
         self._json_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.JSON]
         self._bool_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.BOOLEAN]
+        self._real_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.REAL]
         self._id_pos = self._fields.index(spec.id_field)
         self._by_name: bool | None = (
             True
@@ -451,9 +452,15 @@ class LocalTable(Generic[T]):
     def prepare(self, item: object) -> PreparedItem[T]:
         """Validate an item and convert it to column values and a queue payload.
 
+        Every way an item can fail to become a row and a payload is reported the same way:
+        invalid values, values pydantic cannot serialize (``bytes`` that are not UTF-8
+        under the default ``ser_json_bytes="utf8"``, nesting deeper than pydantic or the
+        codec allow, circular references, errors raised by the model's own validators and
+        serializers), NaN in a float column (SQLite would store it as NULL), an id that is
+        not a string or integer, or a value the codec cannot encode.
+
         Raises:
-            ItemValidationError: not an instance of the model, invalid values, an id that is
-                not a string or integer, or a value the codec cannot encode.
+            ItemValidationError: the item cannot be stored; nothing was written.
         """
         model = self.model
         if not isinstance(item, model):
@@ -468,21 +475,36 @@ class LocalTable(Generic[T]):
             validated = model.model_validate(source, by_name=self._by_name)
             # Field names, not aliases, whatever the model's serialization settings.
             data = validated.model_dump(mode="json", by_alias=False)
+            values = [data[name] for name in self._fields]
+            for i in self._json_index:
+                if values[i] is not None:
+                    values[i] = _json_encode(values[i])
+            payload = _codec.encode(data)
         except ValidationError as exc:
             raise ItemValidationError(f"invalid {model.__name__}: {exc}") from exc
         except PydanticSerializationError as exc:
             raise ItemValidationError(f"cannot serialize {model.__name__}: {exc}") from exc
-        values = [data[name] for name in self._fields]
-        for i in self._json_index:
-            if values[i] is not None:
-                values[i] = _json_encode(values[i])
+        except CodecError as exc:
+            raise ItemValidationError(f"cannot encode {model.__name__}: {exc}") from exc
+        except UnicodeError as exc:
+            raise ItemValidationError(
+                f"cannot serialize {model.__name__}: {exc} (bytes fields hold UTF-8 text unless "
+                'the model sets ser_json_bytes="base64")'
+            ) from exc
+        except Exception as exc:  # a model's own validator or serializer may raise anything
+            raise ItemValidationError(
+                f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        for i in self._real_index:
+            value = values[i]
+            if value is not None and value != value:  # noqa: PLR0124 - NaN is not equal to itself
+                raise ItemValidationError(
+                    f"{model.__name__}.{self._fields[i]} is NaN, which SQLite cannot store "
+                    "(it would read back as NULL)"
+                )
         key = values[self._id_pos]
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
-        try:
-            payload = _codec.encode(data)
-        except CodecError as exc:
-            raise ItemValidationError(f"cannot encode {model.__name__}: {exc}") from exc
         return PreparedItem(validated, key, values, payload)
 
     def key_of(self, item_id: object) -> tuple[Any, ItemKey]:
@@ -500,6 +522,11 @@ class LocalTable(Generic[T]):
             ) from exc
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{item_id!r} is not a string or integer id")
+        if type(key) is str and not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError as exc:
+                raise ItemValidationError(f"{item_id!r} is not valid text: {exc}") from exc
         return value, key
 
     def decode_row(self, row: Sequence[Any]) -> T:
@@ -541,6 +568,8 @@ class LocalTable(Generic[T]):
             row = conn.execute(self._upsert_sql, (*prepared.values, hlc, now)).fetchone()
         except OverflowError as exc:
             raise ItemValidationError(f"a {self.model.__name__} value is too large: {exc}") from exc
+        except UnicodeEncodeError as exc:
+            raise ItemValidationError(f"a {self.model.__name__} value is not text: {exc}") from exc
         return int(row[0])
 
     def tombstone(self, conn: sqlite3.Connection, key: ItemKey, hlc: str, now: float) -> int | None:
