@@ -49,7 +49,7 @@ from pydantic_core import PydanticSerializationError, PydanticUndefined
 
 from . import _codec
 from ._database import Database, quote_identifier, validate_identifier
-from ._exceptions import CodecError, ItemValidationError, SchemaError
+from ._exceptions import CodecError, CorruptDatabaseError, ItemValidationError, SchemaError
 from ._gc import collector_paused
 
 __all__ = [
@@ -533,25 +533,44 @@ class LocalTable(Generic[T]):
         """Build the model from a row of :attr:`TableSpec.fields` columns.
 
         Raises:
-            SchemaError: the stored row no longer fits the model.
+            CorruptDatabaseError: a stored value breaks the table's layout (JSON that does
+                not parse, a value of the wrong type for its column), or the row no longer
+                fits the model; the message names the table and the row.
         """
         data: dict[str, Any] = dict(zip(self._fields, row, strict=True))
-        for i in self._json_index:
-            name = self._fields[i]
-            if data[name] is not None:
-                data[name] = json.loads(data[name])
-        for i in self._bool_index:
-            name = self._fields[i]
-            if data[name] is not None:
-                data[name] = bool(data[name])
+        name = ""
+        try:
+            for i in self._json_index:
+                name = self._fields[i]
+                if data[name] is not None:
+                    data[name] = json.loads(data[name])
+            for i in self._bool_index:
+                name = self._fields[i]
+                if data[name] is not None:
+                    value = data[name]
+                    if value not in (0, 1) or type(value) is not int:
+                        raise ValueError(f"{value!r:.40} is not a stored boolean")
+                    data[name] = bool(value)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise self.corrupt_row(row, f"{name}: {exc}") from None
         try:
             # Stored values are the JSON form (ISO dates, strings for UUIDs...), which only
             # lax validation accepts for strict models.
             return self.model.model_validate(data, strict=False, by_name=self._by_name)
         except ValidationError as exc:
-            raise SchemaError(
-                f"a stored {self.model.__name__} row no longer fits the model: {exc}"
-            ) from exc
+            raise self.corrupt_row(
+                row,
+                f"it no longer fits {self.model.__name__} (damaged, or written for "
+                f"another version of the model without a migration): {exc}",
+            ) from None
+
+    def corrupt_row(self, row: Sequence[Any], what: str) -> CorruptDatabaseError:
+        """The error for a stored row of this table that cannot be read back."""
+        key = row[self._id_pos] if len(row) > self._id_pos else "?"
+        return CorruptDatabaseError(
+            f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
+            f"{what}"
+        )
 
     # -- writes (inside the caller's transaction) ----------------------------------------
 
@@ -600,7 +619,14 @@ class LocalTable(Generic[T]):
     def stored_version(self, conn: sqlite3.Connection, key: ItemKey) -> int | None:
         """The server version stored for ``key`` (tombstones included), None if no row."""
         row = conn.execute(self._version_sql, (key,)).fetchone()
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        if type(row[0]) is not int or row[0] < 0:
+            raise CorruptDatabaseError(
+                f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
+                f"_nx_version={row[0]!r:.40} is not a server version"
+            )
+        return row[0]
 
     def set_server_version(self, conn: sqlite3.Connection, key: ItemKey, version: int) -> bool:
         """Raise the stored server version to ``version``; False if no row or already newer."""
@@ -710,6 +736,21 @@ class MetaTable:
         """Read one value."""
         row = conn.execute("SELECT value FROM nx_meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else row[0]
+
+    @staticmethod
+    def get_int(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
+        """Read a non-negative integer (a pull cursor, a version).
+
+        Raises:
+            CorruptDatabaseError: the stored value is not one.
+        """
+        row = conn.execute("SELECT value FROM nx_meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return default
+        value = row[0]
+        if type(value) is not int or value < 0:
+            raise CorruptDatabaseError(f"nx_meta row key={key!r}: {value!r:.40} is not a count")
+        return value
 
     @staticmethod
     def set(conn: sqlite3.Connection, key: str, value: Any) -> None:

@@ -67,9 +67,10 @@ from pydantic import BaseModel, ConfigDict
 from . import _codec
 from ._backoff import RetryBackoff, plan_failure
 from ._clock import Clock, SystemClock
-from ._database import Database, Durability, translate_sqlite_error
+from ._database import Database, Durability, SqliteFailure, translate_sqlite_error
 from ._exceptions import (
     CodecError,
+    CorruptDatabaseError,
     ErrorKind,
     MigrationError,
     OpNotFoundError,
@@ -493,33 +494,123 @@ _build_op = trusted_builder(
 
 
 def _to_op(row: Sequence[Any]) -> QueuedOp:
-    """The record of a row of _COLUMNS (a dict display: the cheapest way to build it)."""
-    error_kind = row[16]
-    return _build_op(
-        {
-            "op_id": row[1],
-            "seq": row[0],
-            "collection": row[2],
-            "item_id": row[3],
-            "kind": _KINDS[row[4]],
-            "priority": _PRIORITIES[row[5]],
-            "payload": row[6],
-            "schema_version": row[7],
-            "base_version": row[8],
-            "hlc": row[9],
-            "state": _STATES[row[10]],
-            "attempts": row[12],
-            "next_attempt_at": row[13],
-            "leased_until": row[14],
-            "last_error": row[15],
-            "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
-            "tag": row[17],
-            "created_at": row[19],
-            "updated_at": row[20],
-            "blocked": row[11] == _WAITING,
-            "lease_count": row[18],
-        }
+    """The record of a row of _COLUMNS (a dict display: the cheapest way to build it).
+
+    Raises:
+        CorruptDatabaseError: a value of the row breaks the table's schema (the file is
+            damaged, or was written by something else).
+    """
+    try:
+        error_kind = row[16]
+        op = _build_op(
+            {
+                "op_id": row[1],
+                "seq": row[0],
+                "collection": row[2],
+                "item_id": row[3],
+                "kind": _KINDS[row[4]],
+                "priority": _PRIORITIES[row[5]],
+                "payload": row[6],
+                "schema_version": row[7],
+                "base_version": row[8],
+                "hlc": row[9],
+                "state": _STATES[row[10]],
+                "attempts": row[12],
+                "next_attempt_at": row[13],
+                "leased_until": row[14],
+                "last_error": row[15],
+                "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
+                "tag": row[17],
+                "created_at": row[19],
+                "updated_at": row[20],
+                "blocked": row[11] == _WAITING,
+                "lease_count": row[18],
+            }
+        )
+    except (KeyError, TypeError) as exc:
+        raise _corrupt_op(row, exc) from None
+    if not _sound(row):
+        raise _corrupt_op(row, None)
+    return op
+
+
+_NUMBER = (float, int)
+_LIVE_CHAINS = frozenset((_HEAD, _WAITING))
+
+
+def _sound(row: Sequence[Any]) -> bool:
+    """Whether every value of a _COLUMNS row has its column's type (and sane bounds)."""
+    (seq, op_id, collection, item_id, kind, _, payload, version, base, hlc, state, chain) = row[:12]
+    (attempts, next_at, until, error, _, tag, leases, created, updated) = row[12:]
+    return (
+        type(seq) is int is type(version) is type(base) is type(attempts) is type(leases)
+        and version >= 1
+        and base >= 0
+        and attempts >= 0
+        and type(op_id) is str is type(collection) is type(hlc)
+        and (type(item_id) is str or type(item_id) is int)
+        and (type(payload) is bytes or (payload is None and kind == "delete"))
+        and (chain in _LIVE_CHAINS) is (state != "dead")
+        and (chain in _LIVE_CHAINS or chain == _OUT)
+        and type(next_at) in _NUMBER
+        and type(created) in _NUMBER
+        and type(updated) in _NUMBER
+        and (until is None or type(until) in _NUMBER)
+        and (error is None or type(error) is str)
+        and (tag is None or type(tag) is str)
     )
+
+
+_COLUMN_NAMES = (
+    *("seq", "op_id", "collection", "item_id", "kind", "priority", "payload", "schema_version"),
+    *("base_version", "hlc", "state", "chain", "attempts", "next_attempt_at", "leased_until"),
+    *("last_error", "error_kind", "tag", "lease_count", "created_at", "updated_at"),
+)
+
+
+def _corrupt_op(row: Sequence[Any], exc: Exception | None) -> CorruptDatabaseError:
+    """The error for a queue row that breaks the schema, naming the row and what is wrong."""
+    what = ", ".join(damage_of(row)) or (repr(exc) if exc is not None else "inconsistent values")
+    return CorruptDatabaseError(f"nx_queue row seq={row[0]!r} is damaged: {what}")
+
+
+def damage_of(row: Sequence[Any]) -> list[str]:
+    """What is wrong with a row of nx_queue's columns (in _COLUMNS order): ``name=value``
+    for each value that does not fit its column; empty if the row is sound."""
+    return [
+        f"{name}={value!r:.40}"
+        for name, value in zip(_COLUMN_NAMES, row, strict=False)
+        if not _value_fits(name, value, row)
+    ]
+
+
+def _value_fits(name: str, value: Any, row: Sequence[Any]) -> bool:
+    """Whether one value of a queue row fits its column (for the error message)."""
+    if name == "kind":
+        return value in _KINDS
+    if name == "priority":
+        return type(value) is int and value in _PRIORITIES
+    if name == "state":
+        return value in _STATES and (value == "dead") == (row[11] == _OUT)
+    if name == "error_kind":
+        return value is None or value in _ERROR_KINDS
+    if name == "chain":
+        return value in (_HEAD, _WAITING, _OUT)
+    if name == "item_id":
+        return type(value) is str or type(value) is int
+    if name == "payload":
+        return type(value) is bytes or (value is None and row[4] == "delete")
+    if name in ("op_id", "collection", "hlc"):
+        return type(value) is str
+    if name in ("last_error", "tag"):
+        return value is None or type(value) is str
+    if name in ("next_attempt_at", "created_at", "updated_at"):
+        return type(value) in _NUMBER
+    if name == "leased_until":
+        return value is None or type(value) in _NUMBER
+    if name in ("schema_version",):
+        return type(value) is int and value >= 1
+    return type(value) is int and value >= 0
 
 
 def upgrade_payload(
@@ -847,7 +938,7 @@ class PrioritySyncQueue:
                 # another transaction() block on every save's path.
                 try:
                     return self._write_op(conn, params, kind, priority, coalesce, build)
-                except sqlite3.Error as exc:
+                except SqliteFailure as exc:
                     raise translate_sqlite_error(exc, database.path) from exc
         with database.transaction() as conn:
             return self._write_op(conn, params, kind, priority, coalesce, build)
@@ -1381,10 +1472,9 @@ class PrioritySyncQueue:
                     *conn.execute(_ITEM_WAITING, key),
                     *conn.execute(_ITEM_DEAD, key),
                 ]
-                states_wanted = {s.value for s in chosen}
-                rows = sorted(
-                    (row for row in rows if row[10] in states_wanted), key=lambda r: (r[5], r[0])
-                )[:limit]
+                # Built before filtering, so a damaged row of the item is reported.
+                ops = sorted(map(_to_op, rows), key=lambda op: (op.priority, op.seq))
+                return [op for op in ops if op.state in chosen][:limit]
             elif collection is not None:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_IN, (wanted, collection, cap)).fetchall()
@@ -1539,12 +1629,22 @@ def _make_stats(
     blocked = backing_off = 0
     oldest: float | None = None
     for priority, state, count, n_blocked, n_backing_off, first_created in rows:
+        if priority not in _PRIORITIES or state not in _STATES:
+            raise CorruptDatabaseError(
+                f"nx_queue holds {count} op(s) with priority={priority!r:.20}, "
+                f"state={state!r:.20}: the file is damaged (nexus-store check lists them)"
+            )
         counts[_PRIORITIES[priority]][_STATES[state]] = count
         blocked += n_blocked or 0
         backing_off += n_backing_off or 0
         if first_created is not None and (oldest is None or first_created < oldest):
             oldest = first_created
     for priority, count, n_later in leased:
+        if priority not in _PRIORITIES:
+            raise CorruptDatabaseError(
+                f"nx_queue holds {count} leased op(s) with priority={priority!r:.20}: the file "
+                "is damaged (nexus-store check lists them)"
+            )
         by_state = counts[_PRIORITIES[priority]]
         by_state[OpState.PENDING] -= count
         by_state[OpState.LEASED] += count

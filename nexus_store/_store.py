@@ -561,7 +561,7 @@ class NexusStore(Generic[T, ID]):
         """The cursor after the last pulled change of this collection (0: none yet)."""
         self._check_open()
         with self._db.reading() as conn:
-            return int(MetaTable.get(conn, f"pull_cursor:{self.collection}", 0))
+            return MetaTable.get_int(conn, f"pull_cursor:{self.collection}")
 
     def set_pull_cursor(self, cursor: int) -> None:
         """Store the pull cursor (inside the caller's transaction, if one is open)."""

@@ -8,7 +8,17 @@ Exit codes: 0 success, 1 the command ran but something failed (e.g. ops dead-let
 from __future__ import annotations
 
 # Subcommand modules register on import (one per concept).
-from . import _bench, _demo, _jobs, _queue, _serve, _sync, _version_cmd, _worker  # noqa: F401
+from . import (  # noqa: F401
+    _bench,
+    _check,
+    _demo,
+    _jobs,
+    _queue,
+    _serve,
+    _sync,
+    _version_cmd,
+    _worker,
+)
 from ._app import app
 
 __all__ = ["app", "main"]
