@@ -1475,7 +1475,7 @@ class PrioritySyncQueue:
                 # Built before filtering, so a damaged row of the item is reported.
                 ops = sorted(map(_to_op, rows), key=lambda op: (op.priority, op.seq))
                 return [op for op in ops if op.state in chosen][:limit]
-            elif collection is not None:
+            if collection is not None:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_IN, (wanted, collection, cap)).fetchall()
             else:

@@ -114,9 +114,11 @@ def test_text_that_is_not_utf8_is_a_corrupt_error(tmp_path: Path) -> None:
     """Stored text with invalid UTF-8 (a flipped byte) raises CorruptDatabaseError on read."""
     path = _file(tmp_path)
     _damage(path, "UPDATE note SET text = CAST(x'ff61' AS TEXT) WHERE id = 'n1'")
-    with NexusStore[Note, str](path, model=Note) as store:
-        with pytest.raises(CorruptDatabaseError, match="(?i)decode to UTF-8"):
-            store.get("n1")
+    with (
+        NexusStore[Note, str](path, model=Note) as store,
+        pytest.raises(CorruptDatabaseError, match=r"(?i)decode to UTF-8"),
+    ):
+        store.get("n1")
 
 
 def _flip_index_page(path: Path) -> None:
