@@ -43,7 +43,9 @@ from ._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
+from ._migrations import Migrations
 from ._priority import SyncPriority
+from ._quarantine import QuarantinedChange
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
 from ._version import __version__
@@ -87,6 +89,7 @@ __all__ = [
     "LifecycleError",
     "LocalChange",
     "MigrationError",
+    "Migrations",
     "NetworkError",
     "NexusStore",
     "NexusStoreError",
@@ -98,6 +101,7 @@ __all__ = [
     "PermanentError",
     "PrioritySyncQueue",
     "ProtocolError",
+    "QuarantinedChange",
     "QueueError",
     "QueueStats",
     "QueuedOp",

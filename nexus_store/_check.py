@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ from pydantic import BaseModel, ConfigDict
 
 from . import _codec
 from ._database import Database, quote_identifier
-from ._exceptions import CodecError, DatabaseError
+from ._exceptions import CodecError, CorruptDatabaseError, DatabaseError
+from ._quarantine import decode_kept
 from ._queue import _TABLE_COLUMNS, damage_of
 
 __all__ = ["CheckReport", "Finding", "Severity", "check_file"]
@@ -409,16 +409,10 @@ def _check_changes(conn: sqlite3.Connection, found: _Collector) -> None:
 
 def _check_quarantine(conn: sqlite3.Connection, found: _Collector) -> int:
     count = 0
-    for rowid, change in _quarantine_rows(conn):
+    for rowid, change in conn.execute("SELECT id, change FROM nx_quarantine"):
         count += 1
         try:
-            decoded = _codec.decode(change) if isinstance(change, bytes) else None
-        except CodecError:
-            decoded = None
-        if not isinstance(decoded, dict):
-            found.error(f"nx_quarantine id={rowid!r:.20}", "the kept change does not decode")
+            decode_kept(rowid, change)
+        except CorruptDatabaseError as exc:
+            found.error(f"nx_quarantine id={rowid!r:.20}", str(exc))
     return count
-
-
-def _quarantine_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, Any]]:
-    yield from conn.execute("SELECT id, change FROM nx_quarantine")

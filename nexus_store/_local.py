@@ -31,7 +31,7 @@ import re
 import sqlite3
 import types
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import (
     Annotated,
     Any,
@@ -49,7 +49,13 @@ from pydantic_core import PydanticSerializationError, PydanticUndefined
 
 from . import _codec
 from ._database import Database, quote_identifier, validate_identifier
-from ._exceptions import CodecError, CorruptDatabaseError, ItemValidationError, SchemaError
+from ._exceptions import (
+    CodecError,
+    CorruptDatabaseError,
+    ItemValidationError,
+    MigrationError,
+    SchemaError,
+)
 from ._gc import collector_paused
 
 __all__ = [
@@ -154,6 +160,18 @@ def column_kind(annotation: Any) -> ColumnKind:
     if issubclass(annotation, _TEXT_TYPES):
         return ColumnKind.TEXT
     return ColumnKind.JSON
+
+
+def _allows_none(annotation: Any) -> bool:
+    """Whether ``None`` is a valid value of the annotation (``X | None``, ``Any``...)."""
+    if annotation is Any or annotation is None or annotation is type(None):
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _allows_none(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_allows_none(arm) for arm in get_args(annotation))
+    return False
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -279,6 +297,19 @@ class TableSpec:
     def fields(self) -> list[str]:
         """The model's field names, in declaration order."""
         return list(self.kinds)
+
+    def required_json(self) -> str:
+        """The fields an item must have a non-null value for, as a JSON list (what a sync
+        worker without the model checks pulled changes against)."""
+        required = []
+        for name in self.kinds:
+            info = self.model.model_fields[name]
+            nullable = column_kind(info.annotation) is ColumnKind.JSON or _allows_none(
+                info.annotation
+            )
+            if info.is_required() and not nullable:
+                required.append(name)
+        return json.dumps(required)
 
     def kinds_json(self) -> str:
         """The column kind of every field, as a JSON object (``{"tags": "json", ...}``)."""
@@ -571,6 +602,65 @@ class LocalTable(Generic[T]):
             f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
             f"{what}"
         )
+
+    def migrate_rows(
+        self,
+        conn: sqlite3.Connection,
+        columns: Sequence[str],
+        kinds: Mapping[str, str],
+        upgrade: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> int:
+        """Rewrite every live row through ``upgrade`` (inside the caller's transaction).
+
+        Args:
+            columns: the table's columns before this open (new ones are left out of what
+                ``upgrade`` sees: their back-filled defaults are not old data).
+            kinds: how each of those columns was stored (``"json"``, ``"boolean"``...).
+            upgrade: old record (a dict) to new record.
+
+        Returns:
+            How many rows were rewritten.
+
+        Raises:
+            MigrationError: ``upgrade`` failed for a row, changed its id, or its result does
+                not fit the model (the row is named).
+        """
+        fields = [c for c in columns if c not in _BOOKKEEPING_TYPES]
+        if self.spec.id_field not in fields:
+            return 0
+        table = self._table_sql
+        select = ", ".join(quote_identifier(c) for c in fields)
+        rows = conn.execute(f"SELECT {select} FROM {table} WHERE _nx_deleted = 0").fetchall()
+        id_pos = fields.index(self.spec.id_field)
+        sets = ", ".join(f"{quote_identifier(c)} = ?" for c in self._fields)
+        update = f"UPDATE {table} SET {sets} WHERE {self._id_sql} = ?"
+        for row in rows:
+            key = row[id_pos]
+            where = f"table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}"
+            old: dict[str, Any] = {}
+            for name, stored in zip(fields, row, strict=True):
+                kind = kinds.get(name)
+                value = stored
+                if stored is not None and kind == "json":
+                    try:
+                        value = json.loads(stored)
+                    except (TypeError, ValueError) as exc:
+                        raise CorruptDatabaseError(f"{where}: {name}: {exc}") from None
+                elif stored is not None and kind == "boolean":
+                    value = bool(stored)
+                old[name] = value
+            try:
+                prepared = self.prepare(self.model.model_validate(upgrade(old)))
+            except MigrationError as exc:
+                raise MigrationError(f"{where}: {exc}") from exc
+            except (ValidationError, ItemValidationError) as exc:
+                raise MigrationError(
+                    f"{where}: the migrated record does not fit {self.model.__name__}: {exc}"
+                ) from exc
+            if prepared.key != key:
+                raise MigrationError(f"{where}: a migration step changed the id")
+            conn.execute(update, (*prepared.values, key))
+        return len(rows)
 
     # -- writes (inside the caller's transaction) ----------------------------------------
 

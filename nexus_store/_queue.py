@@ -79,7 +79,9 @@ from ._exceptions import (
     StoreClosedError,
 )
 from ._hlc import HybridLogicalClock
+from ._migrations import load_migrations, run_steps
 from ._priority import SyncPriority
+from ._quarantine import Quarantine
 from ._trusted import trusted_builder
 
 __all__ = [
@@ -171,6 +173,9 @@ class QueueStats(BaseModel):
     """Pending ops whose next attempt is in the future."""
     oldest_pending_age: float | None
     """Seconds since the oldest live (pending or leased) op was created, if any."""
+    quarantined: int = 0
+    """Pulled changes kept because they could not be applied locally (not ops: counted
+    apart from ``total``; see :meth:`~nexus_store.NexusStore.quarantined`)."""
 
     def count(self, priority: SyncPriority | None = None, state: OpState | None = None) -> int:
         """Ops with the given priority and/or state (all of them by default)."""
@@ -438,6 +443,26 @@ _PRIORITY_VALUES = {p: int(p) for p in SyncPriority}
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 """A step that upgrades one payload (a decoded dict) from version ``n`` to ``n + 1``."""
 
+_HAS_META = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_meta'"
+_RECORDED_VERSIONS = (
+    "SELECT key, value FROM nx_meta WHERE key >= 'schema_version:' AND key < 'schema_version;'"
+)
+
+
+class _MissingSteps(dict[tuple[str, int], Migration]):
+    """No steps: looking one up fails with the reason the file's migrations did not load."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        collection, version = key
+        raise MigrationError(
+            f"no migration registered for {collection!r} from schema v{version} to "
+            f"v{version + 1}{self.reason}"
+        )
+
 
 _UUID7_MARKS = (0x7 << 76) | (0b10 << 62)
 # A generator of our own (seeded from the OS), so an app that seeds the random module's
@@ -631,26 +656,9 @@ def upgrade_payload(
         value = _codec.decode(payload)
     except CodecError as exc:
         raise MigrationError(f"cannot decode payload of schema v{from_version}: {exc}") from exc
-    for version in range(from_version, to_version):
-        step = steps.get((collection, version))
-        if step is None:
-            raise MigrationError(
-                f"no migration registered for {collection!r} from schema v{version} "
-                f"to v{version + 1}"
-            )
-        if not isinstance(value, dict):
-            raise MigrationError(f"payload of schema v{version} is not a mapping")
-        try:
-            value = step(value)
-        except Exception as exc:  # a user step may raise anything: it becomes the reason
-            raise MigrationError(
-                f"migration of {collection!r} from schema v{version} failed: {exc!r}"
-            ) from exc
-        if not isinstance(value, dict):
-            raise MigrationError(
-                f"migration of {collection!r} from schema v{version} returned "
-                f"{type(value).__name__}, not a dict"
-            )
+    if not isinstance(value, dict):
+        raise MigrationError(f"payload of schema v{from_version} is not a mapping")
+    value = run_steps(steps, collection, value, from_version, to_version)
     try:
         return _codec.encode(value)
     except CodecError as exc:
@@ -740,6 +748,8 @@ class PrioritySyncQueue:
         self._hlc = HybridLogicalClock(clock=self._clock)
         self._steps: dict[tuple[str, int], Migration] = {}
         self._versions: dict[str, int] = {}
+        self._loaded: dict[tuple[str, int], Migration] | None = None
+        self._load_error = ""
         self._collections: set[str] = set()
         self._closed = False
         if isinstance(database, Database):
@@ -1137,14 +1147,21 @@ class PrioritySyncQueue:
     def _upgrade_rows(
         self, conn: sqlite3.Connection, rows: list[Any], now: float
     ) -> tuple[list[Any], int]:
-        """Upgrade rows of an older schema version; dead-letter those that cannot be."""
-        if not self._versions:
+        """Upgrade rows of an older schema version; dead-letter those that cannot be.
+
+        The current version of a collection is the higher of the one declared here and the
+        one its store recorded in the file, so a process without the model (a worker)
+        upgrades what the app's newer model needs. Steps are those registered here, or else
+        those at the import path the file records (loaded once).
+        """
+        versions = self._target_versions(conn)
+        if not versions:
             return rows, 0
         good: list[Any] = []
         failed = 0
         for row in rows:
-            target = self._versions.get(row[2])
-            if target is None or row[7] >= target:
+            target = versions.get(row[2])
+            if target is None or type(row[7]) is not int or row[7] >= target:
                 good.append(row)
                 continue
             payload = row[6]
@@ -1155,7 +1172,7 @@ class PrioritySyncQueue:
                         collection=row[2],
                         from_version=row[7],
                         to_version=target,
-                        steps=self._steps,
+                        steps=self._steps_for(conn, row[2]),
                     )
                 except MigrationError as exc:
                     failed += 1
@@ -1173,6 +1190,39 @@ class PrioritySyncQueue:
             conn.execute(_UPGRADED, (payload, target, row[0]))
             good.append((*row[:6], payload, target, *row[8:]))
         return good, failed
+
+    def _target_versions(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """The current schema version of each collection (declared here, or recorded)."""
+        versions = self._versions
+        if conn.execute(_HAS_META).fetchone() is None:
+            return versions  # a bare queue: no store recorded anything
+        recorded = conn.execute(_RECORDED_VERSIONS).fetchall()
+        if recorded:
+            versions = dict(versions)
+            for key, value in recorded:
+                collection = key.removeprefix("schema_version:")
+                if type(value) is int and value > versions.get(collection, 0):
+                    versions[collection] = value
+        return versions
+
+    def _steps_for(
+        self, conn: sqlite3.Connection, collection: str
+    ) -> Mapping[tuple[str, int], Migration]:
+        """The steps to upgrade a collection's payloads: registered here, or else imported
+        from the path the file records (once per queue)."""
+        if any(c == collection for c, _ in self._steps):
+            return self._steps
+        if self._loaded is None:
+            row = conn.execute("SELECT value FROM nx_meta WHERE key = 'migrations'").fetchone()
+            self._loaded = {}
+            if row is not None and isinstance(row[0], str):
+                try:
+                    self._loaded = load_migrations(row[0]).steps
+                except MigrationError as exc:
+                    self._load_error = f" ({exc})"
+        if not any(c == collection for c, _ in self._loaded):
+            return _MissingSteps(self._load_error)
+        return self._loaded
 
     def _kill(
         self,
@@ -1499,7 +1549,8 @@ class PrioritySyncQueue:
         with self.database.reading() as conn:
             rows = conn.execute(_STATS, (now, collection)).fetchall()
             leased = conn.execute(_STATS_LEASED, (now, collection)).fetchall()
-        return _make_stats(collection, rows, leased, now)
+            quarantined = Quarantine.count(conn, collection)
+        return _make_stats(collection, rows, leased, now, quarantined)
 
     async def stats_stream(self, *, poll_interval: float = 0.5) -> AsyncIterator[QueueStats]:
         """Yield the stats now, then each time they change; ends when the queue closes.
@@ -1587,6 +1638,14 @@ class PrioritySyncQueue:
             raise ValueError("a migration step must be callable")  # noqa: TRY004
         self._steps[(collection, from_version)] = step
 
+    def migration_steps(self) -> list[tuple[str, int]]:
+        """The registered migration steps, as ``(collection, from_version)`` pairs."""
+        return sorted(self._steps)
+
+    def migration_step_map(self) -> dict[tuple[str, int], Migration]:
+        """The registered migration steps, keyed by ``(collection, from_version)``."""
+        return dict(self._steps)
+
     def set_schema_version(self, collection: str, version: int) -> None:
         """Declare the current schema version of ``collection``.
 
@@ -1613,6 +1672,7 @@ def _without_age(stats: QueueStats) -> tuple[Any, ...]:
         stats.dead,
         stats.blocked,
         stats.backing_off,
+        stats.quarantined,
         tuple((p, tuple(sorted(s.items()))) for p, s in sorted(stats.counts.items())),
     )
 
@@ -1622,6 +1682,7 @@ def _make_stats(
     rows: Iterable[Sequence[Any]],
     leased: Iterable[Sequence[Any]],
     now: float,
+    quarantined: int = 0,
 ) -> QueueStats:
     """Stats from _STATS rows (nx_queue's states) and _STATS_LEASED rows (the leased ops,
     which nx_queue counts as pending heads)."""
@@ -1660,4 +1721,5 @@ def _make_stats(
         blocked=blocked,
         backing_off=backing_off,
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+        quarantined=quarantined,
     )

@@ -7,8 +7,14 @@ first dies. Commits of the app wake it within milliseconds (``watchfiles`` on th
 ``CRITICAL`` saves go out at once, ``HIGH`` ones after ``--high-debounce``, the rest with
 the periodic run. It prints one line per step (``nexus-store worker: ...``).
 
+Queued payloads of an older schema version are upgraded before they are sent with the
+app's migrations: ``--migrations module:attr`` names them once (the file records it), or
+the path the app's store recorded is used. Migrations that cannot be imported stop the
+worker before it sends anything (exit code 2).
+
 SIGTERM or SIGINT stop it cleanly: a run in progress gives its leased ops back, the lease
-is released, exit code 0. Exit code 2: bad input (no such file, bad URL).
+is released, exit code 0. Exit code 2: bad input (no such file, bad URL, migrations that
+cannot be imported).
 """
 
 from __future__ import annotations
@@ -54,6 +60,13 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     watch_step_ms: Annotated[
         int, typer.Option(min=1, help="Milliseconds the file watcher batches changes over.")
     ] = 10,
+    migrations: Annotated[
+        str | None,
+        typer.Option(
+            help="The app's nexus_store.Migrations as module:attribute (recorded in the file; "
+            "later workers find it there). Default: what the file records."
+        ),
+    ] = None,
 ) -> None:
     """Drain the file's sync queue to the server in the background until stopped."""
     if not db.is_file():
@@ -62,7 +75,8 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     if timeout >= lease_for:
         typer.echo("nexus-store worker: --timeout must be below --lease-for", err=True)
         raise typer.Exit(2)
-    from ..backends._http import HttpBackend  # noqa: PLC0415 - keeps --help quick
+    from .._exceptions import MigrationError  # noqa: PLC0415 - keeps --help quick
+    from ..backends._http import HttpBackend  # noqa: PLC0415
     from ..sync._worker import SyncWorker, worker_config  # noqa: PLC0415
 
     try:
@@ -75,15 +89,20 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
         high_priority_debounce=timedelta(seconds=high_debounce),
         batch_size=batch_size,
     )
-    runner = SyncWorker(
-        db,
-        backend,
-        config=config,
-        lease_ttl=lease_ttl,
-        lease_for=lease_for,
-        watch_step_ms=watch_step_ms,
-        announce=_say,
-    )
+    try:
+        runner = SyncWorker(
+            db,
+            backend,
+            config=config,
+            lease_ttl=lease_ttl,
+            lease_for=lease_for,
+            watch_step_ms=watch_step_ms,
+            announce=_say,
+            migrations=migrations,
+        )
+    except MigrationError as exc:
+        typer.echo(f"nexus-store worker: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
     async def main() -> None:
         async with backend, anyio.create_task_group() as tg:
@@ -91,8 +110,28 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
             await tg.start(_stop_on_signal, tg.cancel_scope)
             await runner.run()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except (MigrationError, BaseExceptionGroup) as exc:
+        found = _migration_error(exc)
+        if found is None:
+            raise
+        typer.echo(f"nexus-store worker: {found}; pass --migrations module:attr", err=True)
+        raise typer.Exit(2) from exc
     raise typer.Exit(0)
+
+
+def _migration_error(exc: BaseException) -> BaseException | None:
+    """The MigrationError that stopped the worker (task groups wrap it), if that was it."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _migration_error(inner)
+            if found is not None:
+                return found
+        return None
+    from .._exceptions import MigrationError  # noqa: PLC0415 - keeps --help quick
+
+    return exc if isinstance(exc, MigrationError) else None
 
 
 async def _stop_on_signal(
