@@ -1213,7 +1213,9 @@ class PrioritySyncQueue:
         if any(c == collection for c, _ in self._steps):
             return self._steps
         if self._loaded is None:
-            row = conn.execute("SELECT value FROM nx_meta WHERE key = 'migrations'").fetchone()
+            row = None
+            if conn.execute(_HAS_META).fetchone() is not None:
+                row = conn.execute("SELECT value FROM nx_meta WHERE key = 'migrations'").fetchone()
             self._loaded = {}
             if row is not None and isinstance(row[0], str):
                 try:
