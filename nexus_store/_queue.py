@@ -554,6 +554,21 @@ def _to_op(row: Sequence[Any]) -> QueuedOp:
         )
     except (KeyError, TypeError) as exc:
         raise _corrupt_op(row, exc) from None
+    # The numbers the queue and a sync run compute with (cheap enough for every lease);
+    # _to_checked_op checks every value. A damaged text or payload makes a leased op
+    # unsendable, and the run dead-letters it with the reason.
+    if not type(row[0]) is int is type(row[7]) is type(row[8]) is type(row[12]) is type(row[18]):
+        raise _corrupt_op(row, None)
+    return op
+
+
+def _to_checked_op(row: Sequence[Any]) -> QueuedOp:
+    """:func:`_to_op`, with every value of the row checked (for listings, not leases).
+
+    Raises:
+        CorruptDatabaseError: a value of the row breaks the table's schema.
+    """
+    op = _to_op(row)
     if not _sound(row):
         raise _corrupt_op(row, None)
     return op
@@ -750,6 +765,7 @@ class PrioritySyncQueue:
         self._versions: dict[str, int] = {}
         self._loaded: dict[tuple[str, int], Migration] | None = None
         self._load_error = ""
+        self._has_meta = False
         self._collections: set[str] = set()
         self._closed = False
         if isinstance(database, Database):
@@ -1154,7 +1170,11 @@ class PrioritySyncQueue:
         upgrades what the app's newer model needs. Steps are those registered here, or else
         those at the import path the file records (loaded once).
         """
-        versions = self._target_versions(conn)
+        versions = self._versions
+        if any(row[2] not in versions for row in rows):
+            # A collection this queue has no version for (a worker, the sync command): the
+            # version its store recorded in the file.
+            versions = self._target_versions(conn)
         if not versions:
             return rows, 0
         good: list[Any] = []
@@ -1194,8 +1214,10 @@ class PrioritySyncQueue:
     def _target_versions(self, conn: sqlite3.Connection) -> dict[str, int]:
         """The current schema version of each collection (declared here, or recorded)."""
         versions = self._versions
-        if conn.execute(_HAS_META).fetchone() is None:
-            return versions  # a bare queue: no store recorded anything
+        if not self._has_meta:
+            if conn.execute(_HAS_META).fetchone() is None:
+                return versions  # a bare queue: no store recorded anything
+            self._has_meta = True  # a table, once there, stays
         recorded = conn.execute(_RECORDED_VERSIONS).fetchall()
         if recorded:
             versions = dict(versions)
@@ -1406,7 +1428,7 @@ class PrioritySyncQueue:
                 rows = conn.execute(_DEAD_ALL).fetchall()
             else:
                 rows = conn.execute(_DEAD_IN, (collection,)).fetchall()
-        return [_to_op(row) for row in rows]
+        return [_to_checked_op(row) for row in rows]
 
     def retry_dead(self, op_ids: str | Iterable[str] | None = None) -> int:
         """Send dead ops again: each is re-enqueued at the back, same op id, attempts reset.
@@ -1475,7 +1497,7 @@ class PrioritySyncQueue:
             row = conn.execute(_BY_OP_ID, (op_id,)).fetchone()
         if row is None:
             raise OpNotFoundError(f"no queued op with id {op_id!r}")
-        return _to_op(row)
+        return _to_checked_op(row)
 
     def pending(
         self,
@@ -1525,7 +1547,7 @@ class PrioritySyncQueue:
                     *conn.execute(_ITEM_DEAD, key),
                 ]
                 # Built before filtering, so a damaged row of the item is reported.
-                ops = sorted(map(_to_op, rows), key=lambda op: (op.priority, op.seq))
+                ops = sorted(map(_to_checked_op, rows), key=lambda op: (op.priority, op.seq))
                 return [op for op in ops if op.state in chosen][:limit]
             if collection is not None:
                 cap = -1 if limit is None else limit
@@ -1533,7 +1555,7 @@ class PrioritySyncQueue:
             else:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_ALL, (wanted, cap)).fetchall()
-        return [_to_op(row) for row in rows]
+        return [_to_checked_op(row) for row in rows]
 
     def is_pending(self, collection: str, item_id: str | int) -> bool:
         """Whether the item has an op still to be sent (pending or leased)."""
