@@ -119,8 +119,8 @@ def test_retry_and_discard() -> None:
 
 
 def test_a_worker_without_the_model_quarantines_by_the_recorded_layout(tmp_path: Path) -> None:
-    """RawCollection (the worker, the sync command) keeps a change missing a required field
-    or with a value of the wrong kind; the app's store applies it once its model fits."""
+    """RawCollection (the worker, the sync command) keeps a change missing a field or with a
+    value of the wrong kind; the app's store applies those its model makes fit when it opens."""
     path = tmp_path / "app.db"
     NexusStore[Strict, str](path, model=Strict, collection="note").close()
     database = Database(path)
@@ -136,13 +136,16 @@ def test_a_worker_without_the_model_quarantines_by_the_recorded_layout(tmp_path:
         Change(
             collection="note", item_id="d", version=4, data={"id": "d", "text": "t", "owner": 2**70}
         ),
+        # Sent by an older model: the store's defaults (and migrations) make it fit.
+        Change(collection="note", item_id="e", version=5, data={"id": "e", "text": "t"}),
     ]
     result = raw.apply_pulled(changes)
     assert [c.item_id for c in result.applied] == ["c"]
-    assert result.quarantined == 3
+    assert result.quarantined == 4
     database.close()
     fixed = NexusStore[Fixed, str](path, model=Fixed, collection="note")
     assert fixed.get("a") == Fixed(id="a", text="t")
+    assert fixed.get("e") == Fixed(id="e", text="t")
     assert sorted(q.change.item_id for q in fixed.quarantined()) == ["b", "d"]
     fixed.close()
 

@@ -222,6 +222,11 @@ class RawCollection:
         missing = [name for name in self._required if data.get(name) is None]
         if missing:
             return f"required field(s) missing or null: {', '.join(missing)}"
+        absent = [name for name in self._kinds if name not in data]
+        if absent:
+            # Written by another version of the model: only the app's store knows the
+            # defaults and migrations that make it fit (it applies it when it opens).
+            return f"field(s) absent, written by another version of the model: {', '.join(absent)}"
         for name, kind in self._kinds.items():
             value = data.get(name)
             if value is not None and not _fits(kind, value):
