@@ -269,6 +269,7 @@ def _client_rounds(tmp_path: Path, rounds: int, seed: int) -> int:
         assert not lost, f"round {r}: {len(lost)} acknowledged saves lost, e.g. {sorted(lost)[:3]}"
     with NexusStore[Note, str](path, model=Note) as notes:
         assert notes.database.integrity_check() == ["ok"]
+    print(f"lock loss, client: {rounds} SIGKILLs, {len(acked)} acknowledged saves, 0 lost")
     return len(acked)
 
 
@@ -342,6 +343,7 @@ async def _server_rounds(tmp_path: Path, rounds: int, seed: int) -> int:
         stored = _server_stored(path)
         lost = accepted - stored
         assert not lost, f"round {r}: {len(lost)} accepted pushes lost, e.g. {sorted(lost)[:3]}"
+    print(f"lock loss, server: {rounds} SIGKILLs, {len(accepted)} accepted pushes, 0 lost")
     return len(accepted)
 
 

@@ -147,6 +147,11 @@ def _power_cuts(
     for folder, count in images:
         lost_total += _check_image(folder, acked[:count], durability)
         shutil.rmtree(folder)
+    kind = "some unsynced writes kept" if subset else "unsynced writes lost"
+    print(
+        f"power loss, durability {durability} ({kind}): {len(images)} cuts over {len(acked)} "
+        f"acknowledged saves, {lost_total} acknowledged saves lost in all (each a suffix)"
+    )
     return len(images), lost_total
 
 
