@@ -45,7 +45,9 @@ from ._exceptions import (
 )
 from ._fencing import LeaseBatch, Settled
 from ._gc import set_gc_pause
+from ._migrations import Migrations
 from ._priority import SyncPriority
+from ._quarantine import QuarantinedChange
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
 from ._version import __version__
@@ -90,6 +92,7 @@ __all__ = [
     "LifecycleError",
     "LocalChange",
     "MigrationError",
+    "Migrations",
     "NetworkError",
     "NexusStore",
     "NexusStoreError",
@@ -101,6 +104,7 @@ __all__ = [
     "PermanentError",
     "PrioritySyncQueue",
     "ProtocolError",
+    "QuarantinedChange",
     "QueueError",
     "QueueStats",
     "QueuedOp",

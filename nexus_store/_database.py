@@ -5,6 +5,12 @@ The item write and its queue op must commit in one transaction, so the local tab
 ``sqlite3`` connection in autocommit mode, transactions opened explicitly with
 ``BEGIN IMMEDIATE`` under a re-entrant lock (which is what makes the store thread-safe).
 
+Nothing but SQLite ever opens the file (or its ``-wal`` and ``-shm``) while this process may
+hold a connection on it: on POSIX, closing *any* descriptor of a file drops every lock the
+process holds on it, and SQLite's WAL safety depends on those locks (without them another
+process's close deletes the WAL that later commits go to). Checks that need the file go
+through SQLite or ``os.stat()``.
+
 sqlite3 errors are translated here: a file that is not SQLite, or is damaged, raises
 :class:`~nexus_store.CorruptDatabaseError`; other failures :class:`~nexus_store.DatabaseError`.
 """
@@ -12,9 +18,11 @@ sqlite3 errors are translated here: a file that is not SQLite, or is damaged, ra
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -23,28 +31,72 @@ import sqlite_utils
 
 from ._exceptions import CorruptDatabaseError, DatabaseError, SchemaError, StoreClosedError
 
-__all__ = ["Database", "Durability", "quote_identifier", "validate_identifier"]
+__all__ = [
+    "Database",
+    "Durability",
+    "SqliteFailure",
+    "Verify",
+    "quote_identifier",
+    "validate_identifier",
+]
 
 Durability = Literal["full", "normal"]
 """``"full"``: ``synchronous=FULL``, an acknowledged save survives power loss (default).
 ``"normal"``: ``synchronous=NORMAL`` in WAL mode, faster; an acknowledged save survives an
 application crash but the last transactions may roll back after power loss or an OS crash."""
 
+Verify = Literal["full", "quick", "none"]
+"""How a :class:`Database` checks a file when it opens it: ``"full"`` runs SQLite's
+``integrity_check``, ``"quick"`` its ``quick_check``, ``"none"`` nothing."""
+
+_MAX_PROBLEMS = 100
+# Files (device, inode) that an open Database of this process verified, with how many
+# Database objects have each open: the first to open a file checks it, the others trust it.
+_open_files: dict[tuple[int, int], int] = {}
+_open_files_lock = threading.Lock()
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of a file, through ``stat()`` (which opens nothing)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _RESERVED_PREFIXES = ("sqlite_", "_nx_", "nx_")
-_CORRUPT_MARKERS = ("file is not a database", "malformed", "file is encrypted", "corrupt")
-_HEADER = b"SQLite format 3\x00"
+_CORRUPT_MARKERS = (
+    "file is not a database",
+    "malformed",
+    "file is encrypted",
+    "corrupt",
+    "could not decode to utf-8",  # stored text that is not UTF-8
+)
 
 
-def _check_header(path: str) -> None:
-    """Refuse a non-empty file without the SQLite header (SQLite takes a 1-byte file as empty)."""
+def _refuse_one_byte_file(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a 1-byte file, which SQLite takes as an empty database and would overwrite.
+
+    Every other file that is not SQLite is refused by SQLite itself. The check goes
+    through SQLite and ``stat()`` only: opening the file with anything but SQLite, even to
+    read a header, would drop every POSIX lock this process holds on it (closing *any*
+    descriptor of a file does), and with them the WAL locks of connections already open.
+    Inside a read transaction, so no writer can grow the file between the two looks.
+    """
+    conn.execute("BEGIN")
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_HEADER))
-    except OSError:
-        return  # missing (created on open) or unreadable: sqlite3 reports it
-    if head and head != _HEADER:
-        raise CorruptDatabaseError(f"{path}: not an SQLite database (bad header)")
+        if conn.execute("PRAGMA page_count").fetchone()[0] != 0:
+            return
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return  # nothing there yet: SQLite creates it
+        if size != 0:
+            raise CorruptDatabaseError(f"{path}: not an SQLite database ({size}-byte file)")
+    finally:
+        conn.execute("COMMIT")
 
 
 def validate_identifier(name: str, *, what: str = "name") -> str:
@@ -71,8 +123,15 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
+SqliteFailure = (sqlite3.Error, UnicodeDecodeError)
+"""What reading or writing through ``sqlite3`` can raise: its errors, and
+``UnicodeDecodeError`` for stored text that is not UTF-8 (a damaged value)."""
+
+
+def translate_sqlite_error(exc: sqlite3.Error | UnicodeDecodeError, path: str) -> DatabaseError:
     """Map an ``sqlite3`` exception to our tree (corrupt vs other database errors)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return CorruptDatabaseError(f"{path}: a stored text value is not UTF-8 (damaged): {exc}")
     text = str(exc).lower()
     if isinstance(exc, sqlite3.DatabaseError) and any(m in text for m in _CORRUPT_MARKERS):
         return CorruptDatabaseError(f"{path}: not an SQLite database or damaged ({exc})")
@@ -82,10 +141,22 @@ def translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
 class Database:
     """A thread-safe SQLite connection with explicit transactions.
 
+    Opening a file verifies it once per process (see ``verify``): a damaged file is
+    reported when it is opened, not after writes have been added to it. Further
+    connections to a file that an open :class:`Database` of this process verified skip the
+    check.
+
     Args:
         path: a file path, or ``":memory:"``.
         durability: ``"full"`` (default) or ``"normal"``; see :data:`Durability`.
         busy_timeout: seconds to wait for another process's write lock.
+        verify: ``"full"`` (default): ``PRAGMA integrity_check`` (about 10 ms per MB of
+            file); ``"quick"``: ``PRAGMA quick_check`` (a third of that; does not compare
+            indexes with their tables); ``"none"``: no check, e.g. to read what is still
+            readable from a damaged file.
+        readonly: open without writing anything (no WAL switch; writes fail).
+        vfs: the name of a registered SQLite VFS to open the file through (tests use one
+            that simulates power loss).
 
     Raises:
         CorruptDatabaseError: the file exists but is not an SQLite database, or is damaged.
@@ -98,45 +169,97 @@ class Database:
         *,
         durability: Durability = "full",
         busy_timeout: float = 30.0,
+        verify: Verify = "full",
+        readonly: bool = False,
+        vfs: str | None = None,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        if verify not in ("full", "quick", "none"):
+            raise ValueError(f"verify must be 'full', 'quick' or 'none', not {verify!r}")
         self.path = str(path)
         self.durability: Durability = durability
+        self.readonly = readonly
         self.lock = threading.RLock()
         self._depth = 0
         self._closed = False
-        if self.path != ":memory:":
-            _check_header(self.path)
+        self._identity: tuple[int, int] | None = None
+        on_disk = self.path not in (":memory:", "")
+        target: str = self.path
+        if on_disk and (readonly or vfs is not None):
+            query = {"mode": "ro"} if readonly else {}
+            if vfs is not None:
+                query["vfs"] = vfs
+            target = Path(self.path).absolute().as_uri() + "?" + urllib.parse.urlencode(query)
         try:
             self.conn = sqlite3.connect(
-                self.path,
+                target,
                 timeout=busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
                 cached_statements=256,
+                uri=target is not self.path,
             )
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, self.path) from exc
         try:
             # Reading the schema is what detects "file is not a database".
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if self.path != ":memory:":
-                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise DatabaseError(f"{self.path}: cannot enable WAL mode (got {mode!r})")
+            if on_disk:
+                _refuse_one_byte_file(self.conn, self.path)
+                if verify != "none":
+                    self._verify(verify)
+                if not readonly:
+                    mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise DatabaseError(f"{self.path}: cannot enable WAL mode (got {mode!r})")
             sync = "FULL" if durability == "full" else "NORMAL"
             self.conn.execute(f"PRAGMA synchronous={sync}")
             self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self.conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
+        except SqliteFailure as exc:
+            self._forget()
             self.conn.close()
             raise translate_sqlite_error(exc, self.path) from exc
         except DatabaseError:
+            self._forget()
             self.conn.close()
             raise
         self.utils = sqlite_utils.Database(self.conn)
         """sqlite-utils view of the connection, for schema work (not for the hot path)."""
+
+    def _verify(self, level: Verify) -> None:
+        """Check the file once while this process has it open (see the class docstring)."""
+        identity = _file_identity(self.path)
+        with _open_files_lock:
+            known = identity is not None and _open_files.get(identity, 0) > 0
+            if identity is not None:
+                _open_files[identity] = _open_files.get(identity, 0) + 1
+        self._identity = identity
+        if known:
+            return
+        pragma = "integrity_check" if level == "full" else "quick_check"
+        problems = [row[0] for row in self.conn.execute(f"PRAGMA {pragma}({_MAX_PROBLEMS})")]
+        if problems != ["ok"]:
+            shown = "; ".join(str(p) for p in problems[:5])
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise CorruptDatabaseError(
+                f"{self.path}: the file is damaged: {shown}{more}. `nexus-store check --db "
+                "PATH` reports it in full; Database(path, verify='none') opens it anyway to "
+                "read what is still readable"
+            )
+
+    def _forget(self) -> None:
+        """This connection no longer counts as having the file open (verified)."""
+        identity, self._identity = self._identity, None
+        if identity is None:
+            return
+        with _open_files_lock:
+            left = _open_files.get(identity, 0) - 1
+            if left > 0:
+                _open_files[identity] = left
+            else:
+                _open_files.pop(identity, None)
 
     @property
     def closed(self) -> bool:
@@ -186,7 +309,7 @@ class Database:
                     self._depth = 0
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error):
+                    if isinstance(exc, SqliteFailure):
                         raise translate_sqlite_error(exc, self.path) from exc
                     raise
                 self._depth = 0
@@ -213,7 +336,7 @@ class Database:
             self.check_open()
             try:
                 yield self.conn
-            except sqlite3.Error as exc:
+            except SqliteFailure as exc:
                 raise translate_sqlite_error(exc, self.path) from exc
 
     def execute(self, sql: str, params: Any = ()) -> list[Any]:
@@ -238,6 +361,7 @@ class Database:
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
+            self._forget()
 
     def __repr__(self) -> str:
         return f"Database({self.path!r}, durability={self.durability!r})"

@@ -15,7 +15,7 @@ edge that meets them; nothing above the edge catches a foreign exception.
     ├── CodecError                    bytes that are not a valid encoded value
     ├── QueueError                    sync queue misuse
     │   ├── OpNotFoundError           no op with that id
-    │   └── MigrationError            a queued payload could not be upgraded
+    │   └── MigrationError            a queued payload or a stored row could not be upgraded
     ├── RemoteError                   a backend could not do what was asked
     │   ├── RetryableError            try again later (``retry_after`` seconds, if known)
     │   │   ├── NetworkError          could not reach the remote, or the connection broke
@@ -104,7 +104,8 @@ class OpNotFoundError(QueueError, KeyError):
 
 
 class MigrationError(QueueError):
-    """A queued payload of an older schema version could not be upgraded."""
+    """A queued payload or a stored row of an older schema version could not be upgraded
+    (a step is missing or failed), or migrations could not be imported."""
 
 
 # -- remote --------------------------------------------------------------------------------

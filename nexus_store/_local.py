@@ -31,7 +31,7 @@ import re
 import sqlite3
 import types
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import (
     Annotated,
     Any,
@@ -49,7 +49,13 @@ from pydantic_core import PydanticSerializationError, PydanticUndefined
 
 from . import _codec
 from ._database import Database, quote_identifier, validate_identifier
-from ._exceptions import CodecError, ItemValidationError, SchemaError
+from ._exceptions import (
+    CodecError,
+    CorruptDatabaseError,
+    ItemValidationError,
+    MigrationError,
+    SchemaError,
+)
 from ._gc import collector_paused
 
 __all__ = [
@@ -154,6 +160,18 @@ def column_kind(annotation: Any) -> ColumnKind:
     if issubclass(annotation, _TEXT_TYPES):
         return ColumnKind.TEXT
     return ColumnKind.JSON
+
+
+def _allows_none(annotation: Any) -> bool:
+    """Whether ``None`` is a valid value of the annotation (``X | None``, ``Any``...)."""
+    if annotation is Any or annotation is None or annotation is type(None):
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _allows_none(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_allows_none(arm) for arm in get_args(annotation))
+    return False
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -280,6 +298,19 @@ class TableSpec:
         """The model's field names, in declaration order."""
         return list(self.kinds)
 
+    def required_json(self) -> str:
+        """The fields an item must have a non-null value for, as a JSON list (what a sync
+        worker without the model checks pulled changes against)."""
+        required = []
+        for name in self.kinds:
+            info = self.model.model_fields[name]
+            nullable = column_kind(info.annotation) is ColumnKind.JSON or _allows_none(
+                info.annotation
+            )
+            if info.is_required() and not nullable:
+                required.append(name)
+        return json.dumps(required)
+
     def kinds_json(self) -> str:
         """The column kind of every field, as a JSON object (``{"tags": "json", ...}``)."""
         return json.dumps({name: kind.value for name, kind in self.kinds.items()})
@@ -337,6 +368,7 @@ class LocalTable(Generic[T]):
         self._kinds = [spec.kinds[name] for name in self._fields]
         self._json_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.JSON]
         self._bool_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.BOOLEAN]
+        self._real_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.REAL]
         self._id_pos = self._fields.index(spec.id_field)
         self._by_name: bool | None = (
             True
@@ -451,9 +483,15 @@ class LocalTable(Generic[T]):
     def prepare(self, item: object) -> PreparedItem[T]:
         """Validate an item and convert it to column values and a queue payload.
 
+        Every way an item can fail to become a row and a payload is reported the same way:
+        invalid values, values pydantic cannot serialize (``bytes`` that are not UTF-8
+        under the default ``ser_json_bytes="utf8"``, nesting deeper than pydantic or the
+        codec allow, circular references, errors raised by the model's own validators and
+        serializers), NaN in a float column (SQLite would store it as NULL), an id that is
+        not a string or integer, or a value the codec cannot encode.
+
         Raises:
-            ItemValidationError: not an instance of the model, invalid values, an id that is
-                not a string or integer, or a value the codec cannot encode.
+            ItemValidationError: the item cannot be stored; nothing was written.
         """
         model = self.model
         if not isinstance(item, model):
@@ -468,21 +506,36 @@ class LocalTable(Generic[T]):
             validated = model.model_validate(source, by_name=self._by_name)
             # Field names, not aliases, whatever the model's serialization settings.
             data = validated.model_dump(mode="json", by_alias=False)
+            values = [data[name] for name in self._fields]
+            for i in self._json_index:
+                if values[i] is not None:
+                    values[i] = _json_encode(values[i])
+            payload = _codec.encode(data)
         except ValidationError as exc:
             raise ItemValidationError(f"invalid {model.__name__}: {exc}") from exc
         except PydanticSerializationError as exc:
             raise ItemValidationError(f"cannot serialize {model.__name__}: {exc}") from exc
-        values = [data[name] for name in self._fields]
-        for i in self._json_index:
-            if values[i] is not None:
-                values[i] = _json_encode(values[i])
+        except CodecError as exc:
+            raise ItemValidationError(f"cannot encode {model.__name__}: {exc}") from exc
+        except UnicodeError as exc:
+            raise ItemValidationError(
+                f"cannot serialize {model.__name__}: {exc} (bytes fields hold UTF-8 text unless "
+                'the model sets ser_json_bytes="base64")'
+            ) from exc
+        except Exception as exc:  # a model's own validator or serializer may raise anything
+            raise ItemValidationError(
+                f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        for i in self._real_index:
+            value = values[i]
+            if value is not None and value != value:  # noqa: PLR0124 - NaN is not equal to itself
+                raise ItemValidationError(
+                    f"{model.__name__}.{self._fields[i]} is NaN, which SQLite cannot store "
+                    "(it would read back as NULL)"
+                )
         key = values[self._id_pos]
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
-        try:
-            payload = _codec.encode(data)
-        except CodecError as exc:
-            raise ItemValidationError(f"cannot encode {model.__name__}: {exc}") from exc
         return PreparedItem(validated, key, values, payload)
 
     def key_of(self, item_id: object) -> tuple[Any, ItemKey]:
@@ -500,31 +553,114 @@ class LocalTable(Generic[T]):
             ) from exc
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{item_id!r} is not a string or integer id")
+        if type(key) is str and not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError as exc:
+                raise ItemValidationError(f"{item_id!r} is not valid text: {exc}") from exc
         return value, key
 
     def decode_row(self, row: Sequence[Any]) -> T:
         """Build the model from a row of :attr:`TableSpec.fields` columns.
 
         Raises:
-            SchemaError: the stored row no longer fits the model.
+            CorruptDatabaseError: a stored value breaks the table's layout (JSON that does
+                not parse, a value of the wrong type for its column), or the row no longer
+                fits the model; the message names the table and the row.
         """
         data: dict[str, Any] = dict(zip(self._fields, row, strict=True))
-        for i in self._json_index:
-            name = self._fields[i]
-            if data[name] is not None:
-                data[name] = json.loads(data[name])
-        for i in self._bool_index:
-            name = self._fields[i]
-            if data[name] is not None:
-                data[name] = bool(data[name])
+        name = ""
+        try:
+            for i in self._json_index:
+                name = self._fields[i]
+                if data[name] is not None:
+                    data[name] = json.loads(data[name])
+            for i in self._bool_index:
+                name = self._fields[i]
+                if data[name] is not None:
+                    value = data[name]
+                    if value not in (0, 1) or type(value) is not int:
+                        raise ValueError(f"{value!r:.40} is not a stored boolean")
+                    data[name] = bool(value)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise self.corrupt_row(row, f"{name}: {exc}") from None
         try:
             # Stored values are the JSON form (ISO dates, strings for UUIDs...), which only
             # lax validation accepts for strict models.
             return self.model.model_validate(data, strict=False, by_name=self._by_name)
         except ValidationError as exc:
-            raise SchemaError(
-                f"a stored {self.model.__name__} row no longer fits the model: {exc}"
-            ) from exc
+            raise self.corrupt_row(
+                row,
+                f"it no longer fits {self.model.__name__} (damaged, or written for "
+                f"another version of the model without a migration): {exc}",
+            ) from None
+
+    def corrupt_row(self, row: Sequence[Any], what: str) -> CorruptDatabaseError:
+        """The error for a stored row of this table that cannot be read back."""
+        key = row[self._id_pos] if len(row) > self._id_pos else "?"
+        return CorruptDatabaseError(
+            f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
+            f"{what}"
+        )
+
+    def migrate_rows(
+        self,
+        conn: sqlite3.Connection,
+        columns: Sequence[str],
+        kinds: Mapping[str, str],
+        upgrade: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> int:
+        """Rewrite every live row through ``upgrade`` (inside the caller's transaction).
+
+        Args:
+            columns: the table's columns before this open (new ones are left out of what
+                ``upgrade`` sees: their back-filled defaults are not old data).
+            kinds: how each of those columns was stored (``"json"``, ``"boolean"``...).
+            upgrade: old record (a dict) to new record.
+
+        Returns:
+            How many rows were rewritten.
+
+        Raises:
+            MigrationError: ``upgrade`` failed for a row, changed its id, or its result does
+                not fit the model (the row is named).
+        """
+        fields = [c for c in columns if c not in _BOOKKEEPING_TYPES]
+        if self.spec.id_field not in fields:
+            return 0
+        table = self._table_sql
+        select = ", ".join(quote_identifier(c) for c in fields)
+        rows = conn.execute(f"SELECT {select} FROM {table} WHERE _nx_deleted = 0").fetchall()
+        id_pos = fields.index(self.spec.id_field)
+        sets = ", ".join(f"{quote_identifier(c)} = ?" for c in self._fields)
+        update = f"UPDATE {table} SET {sets} WHERE {self._id_sql} = ?"
+        for row in rows:
+            key = row[id_pos]
+            where = f"table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}"
+            old: dict[str, Any] = {}
+            for name, stored in zip(fields, row, strict=True):
+                kind = kinds.get(name)
+                value = stored
+                if stored is not None and kind == "json":
+                    try:
+                        value = json.loads(stored)
+                    except (TypeError, ValueError) as exc:
+                        raise CorruptDatabaseError(f"{where}: {name}: {exc}") from None
+                elif stored is not None and kind == "boolean":
+                    value = bool(stored)
+                old[name] = value
+            try:
+                prepared = self.prepare(self.model.model_validate(upgrade(old)))
+            except MigrationError as exc:
+                raise MigrationError(f"{where}: {exc}") from exc
+            except (ValidationError, ItemValidationError) as exc:
+                raise MigrationError(
+                    f"{where}: the migrated record does not fit {self.model.__name__}: {exc}"
+                ) from exc
+            if prepared.key != key:
+                raise MigrationError(f"{where}: a migration step changed the id")
+            conn.execute(update, (*prepared.values, key))
+        return len(rows)
 
     # -- writes (inside the caller's transaction) ----------------------------------------
 
@@ -541,6 +677,8 @@ class LocalTable(Generic[T]):
             row = conn.execute(self._upsert_sql, (*prepared.values, hlc, now)).fetchone()
         except OverflowError as exc:
             raise ItemValidationError(f"a {self.model.__name__} value is too large: {exc}") from exc
+        except UnicodeEncodeError as exc:
+            raise ItemValidationError(f"a {self.model.__name__} value is not text: {exc}") from exc
         return int(row[0])
 
     def tombstone(self, conn: sqlite3.Connection, key: ItemKey, hlc: str, now: float) -> int | None:
@@ -571,7 +709,14 @@ class LocalTable(Generic[T]):
     def stored_version(self, conn: sqlite3.Connection, key: ItemKey) -> int | None:
         """The server version stored for ``key`` (tombstones included), None if no row."""
         row = conn.execute(self._version_sql, (key,)).fetchone()
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        if type(row[0]) is not int or row[0] < 0:
+            raise CorruptDatabaseError(
+                f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
+                f"_nx_version={row[0]!r:.40} is not a server version"
+            )
+        return row[0]
 
     def set_server_version(self, conn: sqlite3.Connection, key: ItemKey, version: int) -> bool:
         """Raise the stored server version to ``version``; False if no row or already newer."""
@@ -681,6 +826,21 @@ class MetaTable:
         """Read one value."""
         row = conn.execute("SELECT value FROM nx_meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else row[0]
+
+    @staticmethod
+    def get_int(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
+        """Read a non-negative integer (a pull cursor, a version).
+
+        Raises:
+            CorruptDatabaseError: the stored value is not one.
+        """
+        row = conn.execute("SELECT value FROM nx_meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return default
+        value = row[0]
+        if type(value) is not int or value < 0:
+            raise CorruptDatabaseError(f"nx_meta row key={key!r}: {value!r:.40} is not a count")
+        return value
 
     @staticmethod
     def set(conn: sqlite3.Connection, key: str, value: Any) -> None:

@@ -77,9 +77,10 @@ from pydantic import BaseModel, ConfigDict
 from . import _codec, _timeline
 from ._backoff import RetryBackoff, plan_failure
 from ._clock import Clock, SystemClock
-from ._database import Database, Durability, translate_sqlite_error
+from ._database import Database, Durability, SqliteFailure, translate_sqlite_error
 from ._exceptions import (
     CodecError,
+    CorruptDatabaseError,
     ErrorKind,
     MigrationError,
     OpNotFoundError,
@@ -89,7 +90,9 @@ from ._exceptions import (
 )
 from ._fencing import LeaseBatch, Settled, new_token
 from ._hlc import HybridLogicalClock
+from ._migrations import load_migrations, run_steps
 from ._priority import SyncPriority
+from ._quarantine import Quarantine
 from ._trusted import trusted_builder
 
 __all__ = [
@@ -181,6 +184,9 @@ class QueueStats(BaseModel):
     """Pending ops whose next attempt is in the future."""
     oldest_pending_age: float | None
     """Seconds since the oldest live (pending or leased) op was created, if any."""
+    quarantined: int = 0
+    """Pulled changes kept because they could not be applied locally (not ops: counted
+    apart from ``total``; see :meth:`~nexus_store.NexusStore.quarantined`)."""
 
     def count(self, priority: SyncPriority | None = None, state: OpState | None = None) -> int:
         """Ops with the given priority and/or state (all of them by default)."""
@@ -488,6 +494,26 @@ _PRIORITY_VALUES = {p: int(p) for p in SyncPriority}
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 """A step that upgrades one payload (a decoded dict) from version ``n`` to ``n + 1``."""
 
+_HAS_META = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nx_meta'"
+_RECORDED_VERSIONS = (
+    "SELECT key, value FROM nx_meta WHERE key >= 'schema_version:' AND key < 'schema_version;'"
+)
+
+
+class _MissingSteps(dict[tuple[str, int], Migration]):
+    """No steps: looking one up fails with the reason the file's migrations did not load."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        collection, version = key
+        raise MigrationError(
+            f"no migration registered for {collection!r} from schema v{version} to "
+            f"v{version + 1}{self.reason}"
+        )
+
 
 _UUID7_MARKS = (0x7 << 76) | (0b10 << 62)
 # A generator of our own (seeded from the OS), so an app that seeds the random module's
@@ -544,33 +570,138 @@ _build_op = trusted_builder(
 
 
 def _to_op(row: Sequence[Any]) -> QueuedOp:
-    """The record of a row of _COLUMNS (a dict display: the cheapest way to build it)."""
-    error_kind = row[16]
-    return _build_op(
-        {
-            "op_id": row[1],
-            "seq": row[0],
-            "collection": row[2],
-            "item_id": row[3],
-            "kind": _KINDS[row[4]],
-            "priority": _PRIORITIES[row[5]],
-            "payload": row[6],
-            "schema_version": row[7],
-            "base_version": row[8],
-            "hlc": row[9],
-            "state": _STATES[row[10]],
-            "attempts": row[12],
-            "next_attempt_at": row[13],
-            "leased_until": row[14],
-            "last_error": row[15],
-            "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
-            "tag": row[17],
-            "created_at": row[19],
-            "updated_at": row[20],
-            "blocked": row[11] == _WAITING,
-            "lease_count": row[18],
-        }
+    """The record of a row of _COLUMNS (a dict display: the cheapest way to build it).
+
+    Raises:
+        CorruptDatabaseError: a value of the row breaks the table's schema (the file is
+            damaged, or was written by something else).
+    """
+    try:
+        error_kind = row[16]
+        op = _build_op(
+            {
+                "op_id": row[1],
+                "seq": row[0],
+                "collection": row[2],
+                "item_id": row[3],
+                "kind": _KINDS[row[4]],
+                "priority": _PRIORITIES[row[5]],
+                "payload": row[6],
+                "schema_version": row[7],
+                "base_version": row[8],
+                "hlc": row[9],
+                "state": _STATES[row[10]],
+                "attempts": row[12],
+                "next_attempt_at": row[13],
+                "leased_until": row[14],
+                "last_error": row[15],
+                "error_kind": None if error_kind is None else _ERROR_KINDS[error_kind],
+                "tag": row[17],
+                "created_at": row[19],
+                "updated_at": row[20],
+                "blocked": row[11] == _WAITING,
+                "lease_count": row[18],
+            }
+        )
+    except (KeyError, TypeError) as exc:
+        raise _corrupt_op(row, exc) from None
+    # The numbers the queue and a sync run compute with (cheap enough for every lease);
+    # _to_checked_op checks every value. A damaged text or payload makes a leased op
+    # unsendable, and the run dead-letters it with the reason.
+    if not type(row[0]) is int is type(row[7]) is type(row[8]) is type(row[12]) is type(row[18]):
+        raise _corrupt_op(row, None)
+    return op
+
+
+def _to_checked_op(row: Sequence[Any]) -> QueuedOp:
+    """:func:`_to_op`, with every value of the row checked (for listings, not leases).
+
+    Raises:
+        CorruptDatabaseError: a value of the row breaks the table's schema.
+    """
+    op = _to_op(row)
+    if not _sound(row):
+        raise _corrupt_op(row, None)
+    return op
+
+
+_NUMBER = (float, int)
+_LIVE_CHAINS = frozenset((_HEAD, _WAITING))
+
+
+def _sound(row: Sequence[Any]) -> bool:
+    """Whether every value of a _COLUMNS row has its column's type (and sane bounds)."""
+    (seq, op_id, collection, item_id, kind, _, payload, version, base, hlc, state, chain) = row[:12]
+    (attempts, next_at, until, error, _, tag, leases, created, updated) = row[12:]
+    return (
+        type(seq) is int is type(version) is type(base) is type(attempts) is type(leases)
+        and version >= 1
+        and base >= 0
+        and attempts >= 0
+        and type(op_id) is str is type(collection) is type(hlc)
+        and (type(item_id) is str or type(item_id) is int)
+        and (type(payload) is bytes or (payload is None and kind == "delete"))
+        and (chain in _LIVE_CHAINS) is (state != "dead")
+        and (chain in _LIVE_CHAINS or chain == _OUT)
+        and type(next_at) in _NUMBER
+        and type(created) in _NUMBER
+        and type(updated) in _NUMBER
+        and (until is None or type(until) in _NUMBER)
+        and (error is None or type(error) is str)
+        and (tag is None or type(tag) is str)
     )
+
+
+_COLUMN_NAMES = (
+    *("seq", "op_id", "collection", "item_id", "kind", "priority", "payload", "schema_version"),
+    *("base_version", "hlc", "state", "chain", "attempts", "next_attempt_at", "leased_until"),
+    *("last_error", "error_kind", "tag", "lease_count", "created_at", "updated_at"),
+)
+
+
+def _corrupt_op(row: Sequence[Any], exc: Exception | None) -> CorruptDatabaseError:
+    """The error for a queue row that breaks the schema, naming the row and what is wrong."""
+    what = ", ".join(damage_of(row)) or (repr(exc) if exc is not None else "inconsistent values")
+    return CorruptDatabaseError(f"nx_queue row seq={row[0]!r} is damaged: {what}")
+
+
+def damage_of(row: Sequence[Any]) -> list[str]:
+    """What is wrong with a row of nx_queue's columns (in _COLUMNS order): ``name=value``
+    for each value that does not fit its column; empty if the row is sound."""
+    return [
+        f"{name}={value!r:.40}"
+        for name, value in zip(_COLUMN_NAMES, row, strict=False)
+        if not _value_fits(name, value, row)
+    ]
+
+
+def _value_fits(name: str, value: Any, row: Sequence[Any]) -> bool:
+    """Whether one value of a queue row fits its column (for the error message)."""
+    if name == "kind":
+        return value in _KINDS
+    if name == "priority":
+        return type(value) is int and value in _PRIORITIES
+    if name == "state":
+        return value in _STATES and (value == "dead") == (row[11] == _OUT)
+    if name == "error_kind":
+        return value is None or value in _ERROR_KINDS
+    if name == "chain":
+        return value in (_HEAD, _WAITING, _OUT)
+    if name == "item_id":
+        return type(value) is str or type(value) is int
+    if name == "payload":
+        return type(value) is bytes or (value is None and row[4] == "delete")
+    if name in ("op_id", "collection", "hlc"):
+        return type(value) is str
+    if name in ("last_error", "tag"):
+        return value is None or type(value) is str
+    if name in ("next_attempt_at", "created_at", "updated_at"):
+        return type(value) in _NUMBER
+    if name == "leased_until":
+        return value is None or type(value) in _NUMBER
+    if name in ("schema_version",):
+        return type(value) is int and value >= 1
+    return type(value) is int and value >= 0
 
 
 def upgrade_payload(
@@ -591,26 +722,9 @@ def upgrade_payload(
         value = _codec.decode(payload)
     except CodecError as exc:
         raise MigrationError(f"cannot decode payload of schema v{from_version}: {exc}") from exc
-    for version in range(from_version, to_version):
-        step = steps.get((collection, version))
-        if step is None:
-            raise MigrationError(
-                f"no migration registered for {collection!r} from schema v{version} "
-                f"to v{version + 1}"
-            )
-        if not isinstance(value, dict):
-            raise MigrationError(f"payload of schema v{version} is not a mapping")
-        try:
-            value = step(value)
-        except Exception as exc:  # a user step may raise anything: it becomes the reason
-            raise MigrationError(
-                f"migration of {collection!r} from schema v{version} failed: {exc!r}"
-            ) from exc
-        if not isinstance(value, dict):
-            raise MigrationError(
-                f"migration of {collection!r} from schema v{version} returned "
-                f"{type(value).__name__}, not a dict"
-            )
+    if not isinstance(value, dict):
+        raise MigrationError(f"payload of schema v{from_version} is not a mapping")
+    value = run_steps(steps, collection, value, from_version, to_version)
     try:
         return _codec.encode(value)
     except CodecError as exc:
@@ -723,6 +837,9 @@ class PrioritySyncQueue:
         self._hlc = HybridLogicalClock(clock=self._clock)
         self._steps: dict[tuple[str, int], Migration] = {}
         self._versions: dict[str, int] = {}
+        self._loaded: dict[tuple[str, int], Migration] | None = None
+        self._load_error = ""
+        self._has_meta = False
         self._collections: set[str] = set()
         self._closed = False
         self._writable = create
@@ -924,7 +1041,7 @@ class PrioritySyncQueue:
                 # another transaction() block on every save's path.
                 try:
                     return self._write_op(conn, params, kind, priority, coalesce, build)
-                except sqlite3.Error as exc:
+                except SqliteFailure as exc:
                     raise translate_sqlite_error(exc, database.path) from exc
         with database.transaction() as conn:
             return self._write_op(conn, params, kind, priority, coalesce, build)
@@ -1130,14 +1247,25 @@ class PrioritySyncQueue:
     def _upgrade_rows(
         self, conn: sqlite3.Connection, rows: list[Any], now: float
     ) -> tuple[list[Any], int]:
-        """Upgrade rows of an older schema version; dead-letter those that cannot be."""
-        if not self._versions:
+        """Upgrade rows of an older schema version; dead-letter those that cannot be.
+
+        The current version of a collection is the higher of the one declared here and the
+        one its store recorded in the file, so a process without the model (a worker)
+        upgrades what the app's newer model needs. Steps are those registered here, or else
+        those at the import path the file records (loaded once).
+        """
+        versions = self._versions
+        if any(row[2] not in versions for row in rows):
+            # A collection this queue has no version for (a worker, the sync command): the
+            # version its store recorded in the file.
+            versions = self._target_versions(conn)
+        if not versions:
             return rows, 0
         good: list[Any] = []
         failed = 0
         for row in rows:
-            target = self._versions.get(row[2])
-            if target is None or row[7] >= target:
+            target = versions.get(row[2])
+            if target is None or type(row[7]) is not int or row[7] >= target:
                 good.append(row)
                 continue
             payload = row[6]
@@ -1148,7 +1276,7 @@ class PrioritySyncQueue:
                         collection=row[2],
                         from_version=row[7],
                         to_version=target,
-                        steps=self._steps,
+                        steps=self._steps_for(conn, row[2]),
                     )
                 except MigrationError as exc:
                     failed += 1
@@ -1166,6 +1294,43 @@ class PrioritySyncQueue:
             conn.execute(_UPGRADED, (payload, target, row[0]))
             good.append((*row[:6], payload, target, *row[8:]))
         return good, failed
+
+    def _target_versions(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """The current schema version of each collection (declared here, or recorded)."""
+        versions = self._versions
+        if not self._has_meta:
+            if conn.execute(_HAS_META).fetchone() is None:
+                return versions  # a bare queue: no store recorded anything
+            self._has_meta = True  # a table, once there, stays
+        recorded = conn.execute(_RECORDED_VERSIONS).fetchall()
+        if recorded:
+            versions = dict(versions)
+            for key, value in recorded:
+                collection = key.removeprefix("schema_version:")
+                if type(value) is int and value > versions.get(collection, 0):
+                    versions[collection] = value
+        return versions
+
+    def _steps_for(
+        self, conn: sqlite3.Connection, collection: str
+    ) -> Mapping[tuple[str, int], Migration]:
+        """The steps to upgrade a collection's payloads: registered here, or else imported
+        from the path the file records (once per queue)."""
+        if any(c == collection for c, _ in self._steps):
+            return self._steps
+        if self._loaded is None:
+            row = None
+            if conn.execute(_HAS_META).fetchone() is not None:
+                row = conn.execute("SELECT value FROM nx_meta WHERE key = 'migrations'").fetchone()
+            self._loaded = {}
+            if row is not None and isinstance(row[0], str):
+                try:
+                    self._loaded = load_migrations(row[0]).steps
+                except MigrationError as exc:
+                    self._load_error = f" ({exc})"
+        if not any(c == collection for c, _ in self._loaded):
+            return _MissingSteps(self._load_error)
+        return self._loaded
 
     def _kill(
         self,
@@ -1410,7 +1575,7 @@ class PrioritySyncQueue:
                 rows = conn.execute(_DEAD_ALL).fetchall()
             else:
                 rows = conn.execute(_DEAD_IN, (collection,)).fetchall()
-        return [_to_op(row) for row in rows]
+        return [_to_checked_op(row) for row in rows]
 
     def retry_dead(self, op_ids: str | Iterable[str] | None = None) -> int:
         """Send dead ops again: each is re-enqueued at the back, same op id, attempts reset.
@@ -1479,7 +1644,7 @@ class PrioritySyncQueue:
             row = conn.execute(_BY_OP_ID, (op_id,)).fetchone()
         if row is None:
             raise OpNotFoundError(f"no queued op with id {op_id!r}")
-        return _to_op(row)
+        return _to_checked_op(row)
 
     def pending(
         self,
@@ -1528,17 +1693,16 @@ class PrioritySyncQueue:
                     *conn.execute(_ITEM_WAITING, key),
                     *conn.execute(_ITEM_DEAD, key),
                 ]
-                states_wanted = {s.value for s in chosen}
-                rows = sorted(
-                    (row for row in rows if row[10] in states_wanted), key=lambda r: (r[5], r[0])
-                )[:limit]
-            elif collection is not None:
+                # Built before filtering, so a damaged row of the item is reported.
+                ops = sorted(map(_to_checked_op, rows), key=lambda op: (op.priority, op.seq))
+                return [op for op in ops if op.state in chosen][:limit]
+            if collection is not None:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_IN, (wanted, collection, cap)).fetchall()
             else:
                 cap = -1 if limit is None else limit
                 rows = conn.execute(_PENDING_ALL, (wanted, cap)).fetchall()
-        return [_to_op(row) for row in rows]
+        return [_to_checked_op(row) for row in rows]
 
     def count_live(self, collection: str) -> int:
         """How many ops of ``collection`` are still to be sent (pending or leased).
@@ -1568,7 +1732,8 @@ class PrioritySyncQueue:
             later = now + _timeline.lag(conn, now)
             rows = conn.execute(_STATS, (later, collection)).fetchall()
             leased = conn.execute(_STATS_LEASED, (later, collection)).fetchall()
-        return _make_stats(collection, rows, leased, now)
+            quarantined = Quarantine.count(conn, collection)
+        return _make_stats(collection, rows, leased, now, quarantined)
 
     async def stats_stream(self, *, poll_interval: float = 0.5) -> AsyncIterator[QueueStats]:
         """Yield the stats now, then each time they change; ends when the queue closes.
@@ -1667,6 +1832,14 @@ class PrioritySyncQueue:
             raise ValueError("a migration step must be callable")  # noqa: TRY004
         self._steps[(collection, from_version)] = step
 
+    def migration_steps(self) -> list[tuple[str, int]]:
+        """The registered migration steps, as ``(collection, from_version)`` pairs."""
+        return sorted(self._steps)
+
+    def migration_step_map(self) -> dict[tuple[str, int], Migration]:
+        """The registered migration steps, keyed by ``(collection, from_version)``."""
+        return dict(self._steps)
+
     def set_schema_version(self, collection: str, version: int) -> None:
         """Declare the current schema version of ``collection``.
 
@@ -1693,6 +1866,7 @@ def _without_age(stats: QueueStats) -> tuple[Any, ...]:
         stats.dead,
         stats.blocked,
         stats.backing_off,
+        stats.quarantined,
         tuple((p, tuple(sorted(s.items()))) for p, s in sorted(stats.counts.items())),
     )
 
@@ -1702,6 +1876,7 @@ def _make_stats(
     rows: Iterable[Sequence[Any]],
     leased: Iterable[Sequence[Any]],
     now: float,
+    quarantined: int = 0,
 ) -> QueueStats:
     """Stats from _STATS rows (nx_queue's states) and _STATS_LEASED rows (the leased ops,
     which nx_queue counts as pending heads)."""
@@ -1709,12 +1884,22 @@ def _make_stats(
     blocked = backing_off = 0
     oldest: float | None = None
     for priority, state, count, n_blocked, n_backing_off, first_created in rows:
+        if priority not in _PRIORITIES or state not in _STATES:
+            raise CorruptDatabaseError(
+                f"nx_queue holds {count} op(s) with priority={priority!r:.20}, "
+                f"state={state!r:.20}: the file is damaged (nexus-store check lists them)"
+            )
         counts[_PRIORITIES[priority]][_STATES[state]] = count
         blocked += n_blocked or 0
         backing_off += n_backing_off or 0
         if first_created is not None and (oldest is None or first_created < oldest):
             oldest = first_created
     for priority, count, n_later in leased:
+        if priority not in _PRIORITIES:
+            raise CorruptDatabaseError(
+                f"nx_queue holds {count} leased op(s) with priority={priority!r:.20}: the file "
+                "is damaged (nexus-store check lists them)"
+            )
         by_state = counts[_PRIORITIES[priority]]
         by_state[OpState.PENDING] -= count
         by_state[OpState.LEASED] += count
@@ -1730,4 +1915,5 @@ def _make_stats(
         blocked=blocked,
         backing_off=backing_off,
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+        quarantined=quarantined,
     )

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self
 
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
@@ -31,8 +33,16 @@ from typing_extensions import TypeVar
 
 from . import _unclosed
 from ._clock import Clock, SystemClock
-from ._database import Database, Durability
-from ._exceptions import ItemValidationError, LifecycleError, StoreClosedError, SyncError
+from ._database import Database, Durability, quote_identifier
+from ._exceptions import (
+    CorruptDatabaseError,
+    ItemValidationError,
+    LifecycleError,
+    MigrationError,
+    SchemaError,
+    StoreClosedError,
+    SyncError,
+)
 from ._hlc import HybridLogicalClock
 from ._local import (
     ItemKey,
@@ -44,7 +54,9 @@ from ._local import (
     snake_case,
 )
 from ._loop import STOP_TIMEOUT, close_on_bound_loop, in_event_loop, shared_loop
+from ._migrations import Migrations, run_steps
 from ._priority import SyncPriority
+from ._quarantine import AppliedChanges, Quarantine, QuarantinedChange, shape_of
 from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
 from .backends._base import Change, RemoteBackend
@@ -60,6 +72,16 @@ T = TypeVar("T", bound=BaseModel)
 ID = TypeVar("ID", default=Any)
 
 logger = logging.getLogger("nexus_store")
+
+
+class _Layout(NamedTuple):
+    """A collection table as it was before a store opened it."""
+
+    columns: list[str]
+    kinds: dict[str, str]
+    """The column kinds recorded then (``columns:<collection>`` in nx_meta)."""
+    version: int
+    """The schema version of its rows."""
 
 
 class NexusStore(Generic[T, ID]):
@@ -83,7 +105,12 @@ class NexusStore(Generic[T, ID]):
         owns_backend: close ``backend`` with the store (the default); ``False`` when the
             backend is shared or closed by the caller.
         coalesce: merge a new write into the item's pending op (default), or keep every op.
-        schema_version: the model's version, stored with each queued payload.
+        schema_version: the model's version, stored with each queued payload and recorded
+            in the file; opening a file whose rows are of an older version upgrades them.
+        migrations: the steps between versions (see :class:`~nexus_store.Migrations`);
+            registered with the queue, run on local rows of an older version when the store
+            opens, tried on pulled changes that do not fit, and recorded in the file by
+            import path so that other processes (a worker) find them.
         clock: where time is read (a :class:`~nexus_store.FakeClock` in tests).
         max_attempts: failed sends after which an op is dead-lettered.
 
@@ -108,6 +135,7 @@ class NexusStore(Generic[T, ID]):
         schema_version: int = 1,
         clock: Clock | None = None,
         max_attempts: int = 10,
+        migrations: Migrations | None = None,
     ) -> None:
         name = collection if collection is not None else snake_case(getattr(model, "__name__", ""))
         # Everything about the model is checked before the file is touched.
@@ -129,6 +157,7 @@ class NexusStore(Generic[T, ID]):
         self._owns_db = not isinstance(path, Database)
         self._db = path if isinstance(path, Database) else Database(path, durability=durability)
         self._closed = False
+        self._signal = signal_for(self._db)
         # Weak: a stream its user dropped is collected (and unregisters itself).
         self._streams: weakref.WeakSet[ChangeStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
@@ -137,21 +166,30 @@ class NexusStore(Generic[T, ID]):
             self._meta = MetaTable(self._db)
             self._log = ChangeLog()
             with self._db.transaction() as conn:
-                self._table.ensure_schema(conn)
                 self._meta.ensure_schema(conn)
+                layout = self._layout_before(conn)
+                self._table.ensure_schema(conn)
+                self._migrate_rows(conn, layout, migrations)
                 # Tools that sync the file without the model read how each field is stored.
                 MetaTable.set(conn, f"columns:{name}", spec.kinds_json())
+                MetaTable.set(conn, f"required:{name}", spec.required_json())
+                MetaTable.set(conn, f"schema_version:{name}", schema_version)
+                if migrations is not None and migrations.import_path is not None:
+                    MetaTable.set(conn, "migrations", migrations.import_path)
                 ChangeLog.ensure_schema(conn)
+                Quarantine.ensure_schema(conn)
             # One node id per store object: two processes writing one file never issue the
             # same stamp.
             self._hlc = HybridLogicalClock(uuid.uuid4().hex[:12], clock=self.clock)
             self._queue = PrioritySyncQueue(self._db, clock=self.clock, max_attempts=max_attempts)
             self._queue.set_schema_version(name, schema_version)
+            for (owner, from_version), step in (migrations.steps if migrations else {}).items():
+                self._queue.register_migration(owner, from_version, step)
+            self._open_migrated()
         except BaseException:
             if self._owns_db:
                 self._db.close()
             raise
-        self._signal = signal_for(self._db)
         self._parts = _StoreParts(
             self._db, self._owns_db, self._queue, self._streams, self._streams_lock
         )
@@ -162,6 +200,59 @@ class NexusStore(Generic[T, ID]):
             functools.partial(_close_forgotten, self._parts, self._owned_backend),
             f"NexusStore({self._db.path!r}, model={model.__name__})",
         )
+
+    def _layout_before(self, conn: sqlite3.Connection) -> _Layout | None:
+        """The table's columns, their recorded kinds and its rows' version, before opening
+        changes anything (None: no table yet, or no version recorded)."""
+        name = self.collection
+        recorded = MetaTable.get(conn, f"schema_version:{name}")
+        if recorded is None:
+            return None  # a new table, or a file from before versions were recorded
+        if type(recorded) is not int or recorded < 1:
+            raise CorruptDatabaseError(
+                f"nx_meta row key='schema_version:{name}': {recorded!r:.40} is not a version"
+            )
+        if recorded > self.schema_version:
+            raise SchemaError(
+                f"{self._db.path}: the {name!r} rows are of schema v{recorded}, newer than this "
+                f"model's v{self.schema_version}: open it with the newer model"
+            )
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({quote_identifier(name)})")]
+        kinds_json = MetaTable.get(conn, f"columns:{name}")
+        try:
+            kinds = json.loads(kinds_json) if isinstance(kinds_json, str) else {}
+        except ValueError:
+            kinds = {}
+        return _Layout(columns, kinds if isinstance(kinds, dict) else {}, recorded)
+
+    def _migrate_rows(
+        self, conn: sqlite3.Connection, layout: _Layout | None, migrations: Migrations | None
+    ) -> None:
+        """Upgrade the rows of an older version (in the open's transaction: all or none).
+
+        Raises:
+            MigrationError: a step is missing or fails for a row, or its result does not fit
+                the model (the row is named; nothing changed).
+        """
+        if layout is None or layout.version >= self.schema_version or not layout.columns:
+            return
+        steps = migrations.steps if migrations is not None else {}
+        if not any(collection == self.collection for collection, _ in steps):
+            return  # no steps at all: the change was additive (new fields with defaults)
+        collection, old, new = self.collection, layout.version, self.schema_version
+        kinds = {**self._table.spec.kinds, **layout.kinds}
+        migrated = self._table.migrate_rows(
+            conn,
+            layout.columns,
+            kinds,
+            lambda data: run_steps(steps, collection, data, old, new),
+        )
+        logger.info("migrated %d %s rows from schema v%d to v%d", migrated, collection, old, new)
+
+    def _open_migrated(self) -> None:
+        """What opening does after the schema: pulled changes kept in the quarantine under
+        another model are tried again."""
+        self.retry_quarantined()
 
     # -- properties ----------------------------------------------------------------------
 
@@ -515,39 +606,38 @@ class NexusStore(Generic[T, ID]):
 
         A change is skipped when the item still has a queued op (unless
         ``overwrite_pending``, for adopting the server's copy after a conflict), when the
-        stored server version is already as new, when it belongs to another collection, or
-        when its data does not fit the model (logged).
+        stored server version is already as new, or when it belongs to another collection.
+        A change whose data does not fit the model is kept in the quarantine (see
+        :meth:`quarantined`), in the same transaction, and tried again when the model or
+        its migrations change.
 
         Returns:
             The changes that were applied, in order.
         """
+        return self.apply_pulled(changes, overwrite_pending=overwrite_pending).applied
+
+    def apply_pulled(
+        self, changes: Iterable[Change], *, overwrite_pending: bool = False
+    ) -> AppliedChanges:
+        """:meth:`apply_remote_changes`, also saying how many changes were quarantined."""
         self._check_open()
-        candidates: list[tuple[Change, ItemKey, PreparedItem[T] | None]] = []
-        for change in changes:
-            if change.collection != self.collection:
-                continue
-            try:
-                _, key = self._table.key_of(change.item_id)
-                prepared = None
-                if not change.deleted:
-                    item = self.model.model_validate(change.data or {})
-                    prepared = self._table.prepare(item)
-            except (ItemValidationError, ValidationError) as exc:
-                logger.warning(
-                    "skipping remote change to %s/%r: %s", self.collection, change.item_id, exc
-                )
-                continue
-            candidates.append((change, key, prepared))
+        applied, kept = self._apply_pulled(changes, overwrite_pending)
+        return AppliedChanges(applied, len(kept))
+
+    def _apply_pulled(
+        self, changes: Iterable[Change], overwrite_pending: bool
+    ) -> tuple[list[Change], list[Change]]:
+        """Apply what fits, quarantine what does not: the applied and the kept changes."""
+        candidates, failed = self._sort_pulled(changes)
         applied: list[Change] = []
-        if not candidates:
-            return applied
+        kept: list[Change] = []
+        if not candidates and not failed:
+            return applied, kept
         now = self.clock.now()
         with self._db.transaction() as conn:
             record = self._log.recorder(conn)
             for change, key, prepared in candidates:
-                pending = not overwrite_pending and self._queue.is_pending(self.collection, key)
-                stored = self._table.stored_version(conn, key)
-                if remote_change_action(change.version, stored, has_pending_op=pending) != "apply":
+                if not self._may_apply(conn, change, key, overwrite_pending):
                     continue
                 hlc = self._observed(change.hlc)
                 if prepared is None:
@@ -558,9 +648,150 @@ class NexusStore(Generic[T, ID]):
                     kind = ChangeKind.UPSERT
                 record(self.collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now)
                 applied.append(change)
+            for change, maybe_key, reason in failed:
+                if maybe_key is not None and not self._may_apply(
+                    conn, change, maybe_key, overwrite_pending
+                ):
+                    continue  # it would not have been applied anyway
+                if Quarantine.keep(conn, change, reason, self._shape(), now):
+                    kept.append(change)
+                    logger.warning(
+                        "quarantined remote change to %s/%r: %s",
+                        self.collection,
+                        change.item_id,
+                        reason,
+                    )
+            if applied and Quarantine.any_in(conn, self.collection):
+                Quarantine.settle(conn, self.collection, ((c.item_id, c.version) for c in applied))
         if applied:
             self._signal.notify()
-        return applied
+        return applied, kept
+
+    def _sort_pulled(
+        self, changes: Iterable[Change]
+    ) -> tuple[
+        list[tuple[Change, ItemKey, PreparedItem[T] | None]],
+        list[tuple[Change, ItemKey | None, str]],
+    ]:
+        """This collection's changes, validated (outside any transaction): those that fit,
+        and those that do not with the reason."""
+        candidates: list[tuple[Change, ItemKey, PreparedItem[T] | None]] = []
+        failed: list[tuple[Change, ItemKey | None, str]] = []
+        for change in changes:
+            if change.collection != self.collection:
+                continue
+            key: ItemKey | None = None
+            try:
+                _, key = self._table.key_of(change.item_id)
+                prepared = None if change.deleted else self._prepare_remote(change)
+            except (ItemValidationError, ValidationError, MigrationError) as exc:
+                failed.append((change, key, " ".join(str(exc).split())[:2000]))
+                continue
+            candidates.append((change, key, prepared))
+        return candidates, failed
+
+    def _may_apply(
+        self, conn: sqlite3.Connection, change: Change, key: ItemKey, overwrite_pending: bool
+    ) -> bool:
+        """The rule for pulled changes: never over a pending op, never over a newer version."""
+        pending = not overwrite_pending and self._queue.is_pending(self.collection, key)
+        stored = self._table.stored_version(conn, key)
+        return remote_change_action(change.version, stored, has_pending_op=pending) == "apply"
+
+    def _prepare_remote(self, change: Change) -> PreparedItem[T]:
+        """Validate a pulled item. Data that does not fit is tried through the migration
+        steps, from the newest older version down (a change carries no version: an older
+        client may have sent it), before the failure is final."""
+        data = change.data or {}
+        # Fields this model does not have are the mark of another (older) shape.
+        foreign = self.schema_version > 1 and not set(data) <= self.model.model_fields.keys()
+        if foreign:
+            upgraded = self._upgrade_pulled(data)
+            if upgraded is not None:
+                return self._table.prepare(upgraded)
+        try:
+            item = self.model.model_validate(data)
+        except ValidationError:
+            upgraded = None if foreign else self._upgrade_pulled(data)
+            if upgraded is None:
+                raise
+            item = upgraded
+        return self._table.prepare(item)
+
+    def _upgrade_pulled(self, data: dict[str, Any]) -> T | None:
+        """The item that ``data`` of some older version becomes, if steps make it fit with
+        no field left over."""
+        steps = self._queue.migration_step_map()
+        collection = self.collection
+        for version in range(self.schema_version - 1, 0, -1):
+            if (collection, version) not in steps:
+                break
+            try:
+                upgraded = run_steps(steps, collection, data, version, self.schema_version)
+                if not set(upgraded) <= self.model.model_fields.keys():
+                    continue
+                return self.model.model_validate(upgraded)
+            except (MigrationError, ValidationError):
+                continue
+        return None
+
+    def _shape(self) -> str:
+        """What decides whether a pulled change fits: the model, its version, its steps."""
+        steps = sorted(v for c, v in self._queue.migration_steps() if c == self.collection)
+        try:
+            schema: Any = self.model.model_json_schema()
+        except Exception:  # a model pydantic cannot describe: its fields' annotations
+            schema = {name: repr(f.annotation) for name, f in self.model.model_fields.items()}
+        return shape_of(self.model.__qualname__, schema, self.schema_version, steps)
+
+    def quarantined(self) -> list[QuarantinedChange]:
+        """Pulled changes of this collection that could not be applied, with the reasons."""
+        self._check_open()
+        with self._db.reading() as conn:
+            return Quarantine.list(conn, self.collection)
+
+    def retry_quarantined(self, *, force: bool = False) -> int:
+        """Try the quarantined changes again (those that failed with another model, or all
+        with ``force``). Those that fit now are applied by the usual rules (never over a
+        pending op or a newer version; a change those rules skip is dropped); the others
+        stay, with the new reason.
+
+        Returns:
+            How many were applied.
+        """
+        self._check_open()
+        with self._db.reading() as conn:
+            if not Quarantine.exists(conn) or not Quarantine.any_in(conn, self.collection):
+                return 0
+        shape = "" if force else self._shape()
+        with self._db.transaction() as conn:
+            due = Quarantine.due(conn, self.collection, shape)
+            if not due:
+                return 0
+            applied, kept = self._apply_pulled([change for _, change in due], False)
+            # Applied ones are gone already; failed ones were kept again (attempts counted);
+            # the rest were skipped by the usual rules (a pending op, a newer version): gone.
+            done = {(c.item_id, c.version) for c in (*applied, *kept)}
+            Quarantine.forget(
+                conn, [row_id for row_id, c in due if (c.item_id, c.version) not in done]
+            )
+        return len(applied)
+
+    def discard_quarantined(self, ids: Iterable[int] | None = None) -> int:
+        """Drop quarantined changes of this collection (all of them by default).
+
+        Returns:
+            How many were dropped.
+        """
+        self._check_open()
+        with self._db.transaction() as conn:
+            if not Quarantine.exists(conn):
+                return 0
+            chosen = [q.id for q in Quarantine.list(conn, self.collection)]
+            if ids is not None:
+                wanted = set(ids)
+                chosen = [i for i in chosen if i in wanted]
+            return Quarantine.forget(conn, chosen)
 
     def _observed(self, hlc: str) -> str | None:
         """A pulled stamp after this store's clock has seen it (``None``: empty or malformed)."""
@@ -576,7 +807,7 @@ class NexusStore(Generic[T, ID]):
         """The cursor after the last pulled change of this collection (0: none yet)."""
         self._check_open()
         with self._db.reading() as conn:
-            return int(MetaTable.get(conn, f"pull_cursor:{self.collection}", 0))
+            return MetaTable.get_int(conn, f"pull_cursor:{self.collection}")
 
     def set_pull_cursor(self, cursor: int) -> None:
         """Store the pull cursor (inside the caller's transaction, if one is open)."""

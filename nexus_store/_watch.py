@@ -42,10 +42,10 @@ from typing import Protocol, Self
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._database import Database
-from ._exceptions import DatabaseError, StoreClosedError
+from ._exceptions import CorruptDatabaseError, DatabaseError, StoreClosedError
 
 __all__ = [
     "CHANGE_LOG_KEEP",
@@ -230,19 +230,28 @@ class ChangeLog:
                 "WHERE seq > ? AND collection = ? ORDER BY seq LIMIT ?",
                 (after, collection, limit),
             ).fetchall()
-        changes = [
-            LocalChange(
-                seq=r[0],
-                collection=r[1],
-                item_id=r[2],
-                kind=ChangeKind(r[3]),
-                origin=ChangeOrigin(r[4]),
-                hlc=r[5],
-                at=r[6],
-            )
-            for r in rows
-        ]
-        return changes, int(first or 0)
+        changes = []
+        for r in rows:
+            try:
+                changes.append(
+                    LocalChange(
+                        seq=r[0],
+                        collection=r[1],
+                        item_id=r[2],
+                        kind=ChangeKind(r[3]),
+                        origin=ChangeOrigin(r[4]),
+                        hlc=r[5],
+                        at=r[6],
+                    )
+                )
+            except (ValueError, ValidationError) as exc:
+                detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+                raise CorruptDatabaseError(
+                    f"nx_changes row seq={r[0]!r:.20} is damaged: {detail}"
+                ) from None
+        if first is not None and type(first) is not int:
+            raise CorruptDatabaseError(f"nx_changes holds a seq that is not an integer: {first!r}")
+        return changes, first or 0
 
 
 def _alive(pid: int) -> bool:

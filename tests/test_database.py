@@ -49,6 +49,8 @@ def test_transaction_commits_or_rolls_back_whole(tmp_path: Path) -> None:
         b"this is not a database at all" * 100,
         b"\x00" * 8192,
         b"SQLite format 3\x00" + b"\xff" * 4000,
+        b"x",  # SQLite takes a 1-byte file as empty and would overwrite it
+        b"SQLite format 3\x00",
     ],
 )
 def test_non_sqlite_file_raises_corrupt_error(tmp_path: Path, content: bytes) -> None:

@@ -596,17 +596,19 @@ def test_apply_remote_changes_never_overwrites_a_pending_item() -> None:
     assert store.get("a") == Note(id="a", text="srv")
 
 
-def test_apply_remote_changes_skips_data_that_does_not_fit(
+def test_apply_remote_changes_quarantines_data_that_does_not_fit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A remote item that fails validation is skipped (and logged); the rest apply."""
+    """A remote item that fails validation is kept in the quarantine (and logged); the rest
+    apply."""
     store = note_store()
     bad = Change(collection="note", item_id="b", version=2, data={"id": "b", "rank": "x"})
     good = Change(collection="note", item_id="g", version=3, data={"id": "g", "text": "ok"})
     with caplog.at_level("WARNING", logger="nexus_store"):
         assert store.apply_remote_changes([bad, good]) == [good]
-    assert "skipping remote change" in caplog.text
+    assert "quarantined remote change" in caplog.text
     assert store.get("b") is None
+    assert [q.change for q in store.quarantined()] == [bad]
 
 
 def test_pull_cursor_is_kept_per_collection(tmp_path: Path) -> None:

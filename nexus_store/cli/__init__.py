@@ -12,7 +12,17 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules register on import (one per concept).
-from . import _bench, _demo, _jobs, _queue, _serve, _sync, _version_cmd, _worker  # noqa: F401
+from . import (  # noqa: F401
+    _bench,
+    _check,
+    _demo,
+    _jobs,
+    _queue,
+    _serve,
+    _sync,
+    _version_cmd,
+    _worker,
+)
 from ._app import app
 from ._errors import run_app
 

@@ -1,4 +1,4 @@
-"""``nexus-store queue``: what a database file's sync queue holds."""
+"""``nexus-store queue``: what a database file's sync queue holds (and its quarantine)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
+from .._quarantine import Quarantine, QuarantinedChange
 from .._queue import OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._app import app
 from ._errors import fail
@@ -52,7 +54,23 @@ def _dead_table(dead: list[QueuedOp]) -> Table:
     return table
 
 
-def _as_json(stats: QueueStats, dead: list[QueuedOp]) -> str:
+def _quarantine_table(kept: list[QuarantinedChange]) -> Table:
+    table = Table(title=f"quarantined changes ({len(kept)})")
+    for column in ("id", "collection", "item", "version", "attempts", "reason"):
+        table.add_column(column)
+    for entry in kept:
+        table.add_row(
+            str(entry.id),
+            entry.change.collection,
+            str(entry.change.item_id),
+            str(entry.change.version),
+            str(entry.attempts),
+            escape(entry.reason),
+        )
+    return table
+
+
+def _as_json(stats: QueueStats, dead: list[QueuedOp], kept: list[QuarantinedChange]) -> str:
     return json.dumps(
         {
             "collection": stats.collection,
@@ -71,6 +89,17 @@ def _as_json(stats: QueueStats, dead: list[QueuedOp]) -> str:
                 }
                 for op in dead
             ],
+            "quarantined": [
+                {
+                    "id": entry.id,
+                    "collection": entry.change.collection,
+                    "item_id": entry.change.item_id,
+                    "version": entry.change.version,
+                    "attempts": entry.attempts,
+                    "reason": entry.reason,
+                }
+                for entry in kept
+            ],
         },
         indent=2,
     )
@@ -84,7 +113,8 @@ def queue(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Show the sync queue: ops per priority and state, oldest pending age, dead letters."""
+    """Show the sync queue: ops per priority and state, oldest pending age, dead letters,
+    and pulled changes kept in quarantine."""
     if not db.is_file():
         fail("queue", f"no database file at {db} (the app creates it with a NexusStore)")
     try:
@@ -92,10 +122,12 @@ def queue(
         with PrioritySyncQueue(db, durability="normal", create=False) as sync_queue:
             stats = sync_queue.stats(collection)
             dead = sync_queue.dead(collection)
+            with sync_queue.database.reading() as conn:
+                kept = Quarantine.list(conn, collection)
     except NexusStoreError as exc:
         fail("queue", str(exc))
     if as_json:
-        typer.echo(_as_json(stats, dead))
+        typer.echo(_as_json(stats, dead, kept))
         return
     console = Console()
     console.print(_stats_table(stats))
@@ -105,3 +137,7 @@ def queue(
         console.print(_dead_table(dead))
     else:
         console.print("dead letters: none")
+    if kept:
+        console.print(_quarantine_table(kept))
+    else:
+        console.print("quarantined changes: none")

@@ -9,8 +9,14 @@ the periodic run. It logs one line per step and one per sync run to stdout: a fa
 says why (the error), when, and when the next attempt is due, with the same outcome that
 ``nexus-store jobs`` shows for it. ``--log-format json`` prints one JSON object per line instead.
 
+Queued payloads of an older schema version are upgraded before they are sent with the
+app's migrations: ``--migrations module:attr`` names them once (the file records it), or
+the path the app's store recorded is used. Migrations that cannot be imported stop the
+worker before it sends anything (exit code 2).
+
 SIGTERM or SIGINT stop it cleanly: a run in progress gives its leased ops back, the lease
-is released, exit code 0. Exit code 2: bad input (no such file, not a store, bad URL).
+is released, exit code 0. Exit code 2: bad input (no such file, not a store, bad URL,
+migrations that cannot be imported).
 """
 
 from __future__ import annotations
@@ -124,6 +130,13 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
             "the network readable by anyone on the way)."
         ),
     ] = False,
+    migrations: Annotated[
+        str | None,
+        typer.Option(
+            help="The app's nexus_store.Migrations as module:attribute (recorded in the file; "
+            "later workers find it there). Default: what the file records."
+        ),
+    ] = None,
 ) -> None:
     """Drain the file's sync queue to the server in the background until stopped."""
     if not db.is_file():
@@ -136,7 +149,8 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
         fail("worker", str(exc))
     configure_logging("nexus-store worker", log_level, log_format)
     set_gc_pause(True)  # the worker owns its process: bulk reads may pause the collector
-    from ..backends._http import HttpBackend  # noqa: PLC0415 - keeps --help quick
+    from .._exceptions import MigrationError  # noqa: PLC0415 - keeps --help quick
+    from ..backends._http import HttpBackend  # noqa: PLC0415
     from ..sync._worker import SyncWorker, worker_config  # noqa: PLC0415
 
     try:
@@ -150,16 +164,20 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
         high_priority_debounce=timedelta(seconds=high_debounce),
         batch_size=batch_size,
     )
-    runner = SyncWorker(
-        db,
-        backend,
-        config=config,
-        lease_ttl=lease_ttl,
-        lease_for=lease_for,
-        watch_step_ms=watch_step_ms,
-        announce=_say,
-        on_run=_report,
-    )
+    try:
+        runner = SyncWorker(
+            db,
+            backend,
+            config=config,
+            lease_ttl=lease_ttl,
+            lease_for=lease_for,
+            watch_step_ms=watch_step_ms,
+            announce=_say,
+            on_run=_report,
+            migrations=migrations,
+        )
+    except MigrationError as exc:
+        fail("worker", str(exc))
 
     async def main() -> None:
         async with backend, anyio.create_task_group() as tg:
@@ -167,8 +185,27 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
             await tg.start(_stop_on_signal, tg.cancel_scope)
             await runner.run()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except (MigrationError, BaseExceptionGroup) as exc:
+        found = _migration_error(exc)
+        if found is None:
+            raise
+        fail("worker", f"{found}; pass --migrations module:attr")
     raise typer.Exit(0)
+
+
+def _migration_error(exc: BaseException) -> BaseException | None:
+    """The MigrationError that stopped the worker (task groups wrap it), if that was it."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _migration_error(inner)
+            if found is not None:
+                return found
+        return None
+    from .._exceptions import MigrationError  # noqa: PLC0415 - keeps --help quick
+
+    return exc if isinstance(exc, MigrationError) else None
 
 
 async def _stop_on_signal(

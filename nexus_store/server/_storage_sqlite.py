@@ -5,8 +5,12 @@ thread (one at a time: SQLite has one writer), with a fixed number of statements
 whatever the batch size: one read each for the head, the op records and the items of
 each collection (``IN`` lists of a few padded sizes, so the statements stay cached), the
 planner, then ``executemany`` writes. Pulls run on separate reader connections, which WAL lets
-proceed beside a write. Because the head is read inside ``BEGIN IMMEDIATE``, several
-processes on one file also stay consistent (they queue on SQLite's write lock).
+proceed beside a write; every connection (writer and readers) is a
+:class:`~nexus_store._database.Database`, which never opens the file except through SQLite,
+so opening a reader never drops the writer's locks. Because the head is read inside
+``BEGIN IMMEDIATE``, several processes on one file also stay consistent (they queue on
+SQLite's write lock). The file is not verified when opened (a server's file can be large,
+and its start should not wait for a full integrity check): ``nexus-store check`` does that.
 
 Failures while serving are raised as :class:`~nexus_store.ServerUnavailableError`
 (retryable); a file that cannot be opened raises the database error at construction.
@@ -91,7 +95,7 @@ class SqliteStorage(Storage):
     ) -> None:
         self.path = str(path)
         self._durability: Durability = durability
-        self._writer = Database(self.path, durability=durability)
+        self._writer = Database(self.path, durability=durability, verify="none")
         try:
             with self._writer.transaction() as conn:
                 for statement in ddl("sqlite"):
@@ -212,7 +216,7 @@ class SqliteStorage(Storage):
         with self._readers_lock:
             db = self._idle_readers.pop() if self._idle_readers else None
         if db is None:
-            db = Database(self.path, durability=self._durability)
+            db = Database(self.path, durability=self._durability, verify="none")
         try:
             yield db
         finally:

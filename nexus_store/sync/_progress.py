@@ -102,6 +102,10 @@ class SyncSummary(_Frozen):
     conflicts: int = 0
     pulled: int = 0
     """Remote changes applied locally (changes skipped because of pending ops included)."""
+    quarantined: int = 0
+    """Pulled changes that could not be applied locally and were kept in the quarantine
+    (the pull moved past them only because they are kept; see
+    :meth:`~nexus_store.NexusStore.quarantined`)."""
     released: int = 0
     """Leased ops given back untouched (cancellation, batch trimming)."""
     requests: int = 0
@@ -121,10 +125,12 @@ class SyncSummary(_Frozen):
 
     @property
     def ok(self) -> bool:
-        """True when nothing failed, nothing was dead-lettered and the run was not cut short."""
+        """True when nothing failed, nothing was dead-lettered or quarantined and the run
+        was not cut short."""
         return (
             self.failed == 0
             and self.dead_lettered == 0
+            and self.quarantined == 0
             and self.error is None
             and self.stop_reason
             in (SyncStopReason.DRAINED, SyncStopReason.WAITING, SyncStopReason.BUDGET)
@@ -141,6 +147,8 @@ class SyncSummary(_Frozen):
             parts.append(f"{self.dead_lettered} dead-lettered")
         if self.remaining:
             parts.append(f"{self.remaining} left")
+        if self.quarantined:
+            parts.append(f"{self.quarantined} quarantined")
         text = ", ".join(parts) + f" in {self.duration:.2f}s ({self.stop_reason.value})"
         if self.paused_until is not None:
             text += f", remote paused until {self.paused_until:%Y-%m-%dT%H:%M:%SZ}"

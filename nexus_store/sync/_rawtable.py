@@ -26,6 +26,7 @@ from .._clock import Clock, SystemClock
 from .._database import Database, quote_identifier, validate_identifier
 from .._exceptions import SchemaError
 from .._local import MetaTable
+from .._quarantine import AppliedChanges, Quarantine, shape_of
 from .._queue import PrioritySyncQueue
 from .._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
 from ..backends._base import Change
@@ -86,9 +87,11 @@ class RawCollection:
         self._log = ChangeLog()
         with database.transaction() as conn:
             ChangeLog.ensure_schema(conn)  # a file from an older version may lack nx_watchers
+            Quarantine.ensure_schema(conn)
         with database.reading() as conn:
             info = conn.execute(f"PRAGMA table_info({quote_identifier(collection)})").fetchall()
             kinds_json = _meta(conn, f"columns:{collection}")
+            required_json = _meta(conn, f"required:{collection}")
         if not info:
             raise SchemaError(f"{database.path}: no collection table {collection!r}")
         columns = {row[1]: str(row[2]).upper() for row in info}
@@ -98,9 +101,13 @@ class RawCollection:
         self._id = keys[0]
         self._fields = [name for name in columns if name not in _BOOKKEEPING]
         self._json_fields: set[str] = set()
+        self._kinds: dict[str, str] = {}
         if kinds_json:
             kinds = json.loads(kinds_json)
             self._json_fields = {name for name, kind in kinds.items() if kind == "json"}
+            self._kinds = {str(name): str(kind) for name, kind in kinds.items()}
+        self._required: list[str] = json.loads(required_json) if required_json else []
+        self._shape = shape_of("raw", kinds_json, required_json)
         table, idq = quote_identifier(collection), quote_identifier(self._id)
         cols = [quote_identifier(f) for f in self._fields]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != idq)
@@ -156,9 +163,18 @@ class RawCollection:
         """Apply pulled changes of this collection, in one transaction.
 
         Skipped: changes of other collections, items with a pending op (unless
-        ``overwrite_pending``), and changes not newer than the stored version.
+        ``overwrite_pending``), and changes not newer than the stored version. A change
+        that does not fit the table as its store recorded it (a required field missing,
+        a value of the wrong kind, a value SQLite cannot hold) is kept in the quarantine.
         """
+        return self.apply_pulled(changes, overwrite_pending=overwrite_pending).applied
+
+    def apply_pulled(
+        self, changes: Iterable[Change], *, overwrite_pending: bool = False
+    ) -> AppliedChanges:
+        """:meth:`apply_remote_changes`, also saying how many changes were quarantined."""
         applied: list[Change] = []
+        quarantined = 0
         now = self.clock.now()
         with self._db.transaction() as conn:
             record = self._log.recorder(conn)
@@ -169,26 +185,60 @@ class RawCollection:
                 if not overwrite_pending and self._queue.is_pending(self._collection, key):
                     continue
                 row = conn.execute(self._version_sql, (key,)).fetchone()
-                if row is not None and int(row[0]) >= change.version:
+                if row is not None and (type(row[0]) is not int or row[0] >= change.version):
                     continue
-                if change.deleted:
-                    conn.execute(self._tombstone_sql, (key, change.version, change.hlc, now))
-                    kind = ChangeKind.DELETE
-                else:
-                    values = self._row_values(key, change.data or {})
-                    conn.execute(self._upsert_sql, (*values, change.version, change.hlc, now))
-                    kind = ChangeKind.UPSERT
+                problem = None if change.deleted else self._problem(change.data)
+                if problem is None:
+                    try:
+                        kind = self._write(conn, change, now)
+                    except (OverflowError, UnicodeEncodeError) as exc:
+                        problem = f"a value SQLite cannot store: {exc}"
+                if problem is not None:
+                    if Quarantine.keep(conn, change, problem, self._shape, now):
+                        quarantined += 1
+                    continue
                 hlc = change.hlc or None
                 record(self._collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now)
                 applied.append(change)
+            if applied and Quarantine.any_in(conn, self._collection):
+                Quarantine.settle(conn, self._collection, ((c.item_id, c.version) for c in applied))
         if applied:
             signal_for(self._db).notify()
-        return applied
+        return AppliedChanges(applied, quarantined)
+
+    def _write(self, conn: sqlite3.Connection, change: Change, now: float) -> ChangeKind:
+        key = change.item_id
+        if change.deleted:
+            conn.execute(self._tombstone_sql, (key, change.version, change.hlc, now))
+            return ChangeKind.DELETE
+        values = self._row_values(key, change.data or {})
+        conn.execute(self._upsert_sql, (*values, change.version, change.hlc, now))
+        return ChangeKind.UPSERT
+
+    def _problem(self, data: dict[str, Any] | None) -> str | None:
+        """Why pulled data does not fit the table as its store recorded it (None: it fits)."""
+        if not isinstance(data, dict):
+            return "the change carries no record"
+        missing = [name for name in self._required if data.get(name) is None]
+        if missing:
+            return f"required field(s) missing or null: {', '.join(missing)}"
+        absent = [name for name in self._kinds if name not in data]
+        if absent:
+            # Written by another version of the model: only the app's store knows the
+            # defaults and migrations that make it fit (it applies it when it opens).
+            return f"field(s) absent, written by another version of the model: {', '.join(absent)}"
+        for name, kind in self._kinds.items():
+            value = data.get(name)
+            if value is not None and not _fits(kind, value):
+                return f"{name}: {value!r:.40} is not a {kind} value"
+        return None
 
     def pull_cursor(self) -> int:
         """The stored pull cursor (0: never pulled)."""
         with self._db.reading() as conn:
-            return int(_meta(conn, f"pull_cursor:{self._collection}") or 0)
+            if _meta(conn, f"pull_cursor:{self._collection}") is None:
+                return 0
+            return MetaTable.get_int(conn, f"pull_cursor:{self._collection}")
 
     def set_pull_cursor(self, cursor: int) -> None:
         """Store the pull cursor (joining the caller's transaction)."""
@@ -219,6 +269,19 @@ class RawCollection:
 
     def __repr__(self) -> str:
         return f"RawCollection({self._db.path!r}, {self._collection!r})"
+
+
+def _fits(kind: str, value: Any) -> bool:
+    """Whether a JSON value fits a column kind recorded by the store."""
+    if kind == "integer":
+        return type(value) is int
+    if kind == "boolean":
+        return type(value) is bool
+    if kind == "real":
+        return type(value) in (int, float)
+    if kind == "text":
+        return type(value) is str
+    return True
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> Any:

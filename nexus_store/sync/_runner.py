@@ -214,6 +214,7 @@ class _Run:
     dead: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
     conflicts: dict[SyncPriority, int] = field(default_factory=lambda: defaultdict(int))
     pulled: int = 0
+    quarantined: int = 0
     released: int = 0
     requests: int = 0
     consecutive_failures: int = 0
@@ -756,6 +757,10 @@ class SyncRunner:
     async def _pull(self, run: _Run) -> None:
         page = self.config.pull_page
         for target in self.targets:
+            retry = getattr(target, "retry_quarantined", None)
+            if retry is not None:
+                # Changes kept under another model (or migrations) may fit now.
+                run.pulled += await self._local(retry)
             cursor = await self._local(target.pull_cursor)
             # Bounded: every page must move the cursor forward.
             while True:
@@ -770,10 +775,11 @@ class SyncRunner:
                         run.stop = _PAUSE_STOPS[run.paused.reason]
                     return
                 await self._exchanged(run)
-                applied = await self._local(
+                applied, quarantined = await self._local(
                     _apply_page, target, changes.changes, max(cursor, changes.cursor)
                 )
                 run.pulled += applied
+                run.quarantined += quarantined
                 self._publish_progress(run)
                 if not changes.has_more or changes.cursor <= cursor:
                     break
@@ -813,6 +819,7 @@ class SyncRunner:
             dead_lettered=sum(run.dead.values()),
             conflicts=sum(run.conflicts.values()),
             pulled=run.pulled,
+            quarantined=run.quarantined,
             released=run.released,
             requests=run.requests,
             per_priority=per,
@@ -925,9 +932,19 @@ def _wire_op(op: QueuedOp, data: dict[str, Any] | None) -> RemoteOp | None:
     )
 
 
-def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> int:
-    """Apply one pulled page and store its cursor in one transaction."""
+def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> tuple[int, int]:
+    """Apply one pulled page and store its cursor in one transaction; return how many
+    changes were applied and how many quarantined.
+
+    The cursor moves past a change that could not be applied only because the target kept
+    it (its ``apply_pulled`` quarantines such changes in this same transaction). A target
+    without ``apply_pulled`` (one written before the quarantine) is applied as before.
+    """
+    apply_pulled = getattr(target, "apply_pulled", None)
     with target.database.transaction():
-        applied = target.apply_remote_changes(changes)
+        if apply_pulled is not None:
+            applied, quarantined = apply_pulled(changes)
+        else:
+            applied, quarantined = target.apply_remote_changes(changes), 0
         target.set_pull_cursor(cursor)
-    return len(applied)
+    return len(applied), quarantined

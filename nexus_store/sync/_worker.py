@@ -43,6 +43,8 @@ import anyio.to_thread
 
 from .._clock import Clock, SystemClock
 from .._database import Database
+from .._local import MetaTable
+from .._migrations import Migrations, load_migrations
 from .._queue import OpState, PrioritySyncQueue
 from ..backends._base import RemoteBackend
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
@@ -400,6 +402,13 @@ class SyncWorker:
         announce: called with a line of text at each step (waiting, draining, status...).
         on_run: called with a :class:`RunReport` after each sync run, once the scheduler
             recorded it.
+        migrations: the app's :class:`~nexus_store.Migrations`, or their import path
+            (``module:attr``, recorded in the file for the next worker). By default the
+            path the file records (the app's store records it) is imported; a path that
+            cannot be imported stops the worker before it sends anything
+            (:class:`~nexus_store.MigrationError`). Queued payloads of an older schema
+            version are upgraded with them before they are sent; an op with no path to the
+            current version is dead-lettered with the reason.
     """
 
     def __init__(
@@ -416,8 +425,17 @@ class SyncWorker:
         clock: Clock | None = None,
         announce: Callable[[str], None] | None = None,
         on_run: Callable[[RunReport], None] | None = None,
+        migrations: Migrations | str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.migrations: Migrations | None = None
+        self._migrations_path: str | None = None
+        if isinstance(migrations, str):
+            self.migrations = load_migrations(migrations)
+            self._migrations_path = migrations
+        elif migrations is not None:
+            self.migrations = migrations
+            self._migrations_path = migrations.import_path
         self.backend = backend
         self.config = config or worker_config()
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -442,6 +460,7 @@ class SyncWorker:
         database = await anyio.to_thread.run_sync(lambda: Database(self.path, durability="normal"))
         lease: WorkerLease | None = None
         try:
+            await anyio.to_thread.run_sync(self._find_migrations, database)
             lease = await anyio.to_thread.run_sync(
                 lambda: WorkerLease(database, self.holder, ttl=self.lease_ttl, clock=self._clock)
             )
@@ -455,6 +474,22 @@ class SyncWorker:
                     await anyio.to_thread.run_sync(lease.release)
                 await anyio.to_thread.run_sync(database.close)
                 self._announce("stopped; the lease is released")
+
+    def _find_migrations(self, database: Database) -> None:
+        """Record the migrations' import path in the file, or import the recorded one.
+
+        Raises:
+            MigrationError: the recorded path cannot be imported.
+        """
+        with database.transaction() as conn:
+            MetaTable(database).ensure_schema(conn)
+            if self._migrations_path is not None:
+                MetaTable.set(conn, "migrations", self._migrations_path)
+                return
+            recorded = MetaTable.get(conn, "migrations")
+        if self.migrations is None and isinstance(recorded, str):
+            self.migrations = load_migrations(recorded)
+            self._announce(f"using the migrations the file records: {recorded}")
 
     async def _wait_for_lease(self, lease: WorkerLease) -> LeaseDecision:
         announced: str | None = None
@@ -476,6 +511,9 @@ class SyncWorker:
         queue = PrioritySyncQueue(
             database, clock=self._clock, max_attempts=self.config.max_attempts
         )
+        if self.migrations is not None:
+            for (collection, from_version), step in self.migrations.steps.items():
+                queue.register_migration(collection, from_version, step)
         if decision.action is LeaseAction.TAKE_OVER:
             released = await anyio.to_thread.run_sync(release_stale_leases, queue)
             previous = decision.row.holder if decision.row else "?"
