@@ -417,12 +417,17 @@ class LocalTable(Generic[T]):
 
     # -- schema --------------------------------------------------------------------------
 
-    def ensure_schema(self, conn: sqlite3.Connection) -> Migration:
+    def ensure_schema(self, conn: sqlite3.Connection, *, migrating: bool = False) -> Migration:
         """Create the table, or add/retype columns for a changed model (inside a transaction).
+
+        Args:
+            migrating: migration steps will rewrite the rows next (in this transaction), so a
+                new required field without a default is theirs to fill; the rows they
+                produce are validated against the model.
 
         Raises:
             SchemaError: the table exists with another primary key, or a new required
-                field has no default while the table holds items.
+                field has no default while the table holds items (and no steps run).
         """
         spec = self.spec
         table = self.db.utils.table(spec.table)
@@ -455,7 +460,7 @@ class LocalTable(Generic[T]):
                 table.add_column(name, sql_type, not_null_default=default)
                 continue
             has_default, value = _default_json(self.model, name)
-            if has_items and not has_default:
+            if has_items and not has_default and not migrating:
                 raise SchemaError(
                     f"{self.model.__name__}.{name} is a new required field but table "
                     f"{spec.table!r} already holds items: give the field a default"

@@ -168,7 +168,7 @@ class NexusStore(Generic[T, ID]):
             with self._db.transaction() as conn:
                 self._meta.ensure_schema(conn)
                 layout = self._layout_before(conn)
-                self._table.ensure_schema(conn)
+                self._table.ensure_schema(conn, migrating=self._has_steps_for(layout, migrations))
                 self._migrate_rows(conn, layout, migrations)
                 # Tools that sync the file without the model read how each field is stored.
                 MetaTable.set(conn, f"columns:{name}", spec.kinds_json())
@@ -225,6 +225,13 @@ class NexusStore(Generic[T, ID]):
             kinds = {}
         return _Layout(columns, kinds if isinstance(kinds, dict) else {}, recorded)
 
+    def _has_steps_for(self, layout: _Layout | None, migrations: Migrations | None) -> bool:
+        """Whether opening will run migration steps on this collection's stored rows."""
+        if layout is None or layout.version >= self.schema_version or not layout.columns:
+            return False
+        steps = migrations.steps if migrations is not None else {}
+        return any(collection == self.collection for collection, _ in steps)
+
     def _migrate_rows(
         self, conn: sqlite3.Connection, layout: _Layout | None, migrations: Migrations | None
     ) -> None:
@@ -234,11 +241,10 @@ class NexusStore(Generic[T, ID]):
             MigrationError: a step is missing or fails for a row, or its result does not fit
                 the model (the row is named; nothing changed).
         """
-        if layout is None or layout.version >= self.schema_version or not layout.columns:
-            return
-        steps = migrations.steps if migrations is not None else {}
-        if not any(collection == self.collection for collection, _ in steps):
+        if not self._has_steps_for(layout, migrations):
             return  # no steps at all: the change was additive (new fields with defaults)
+        assert layout is not None and migrations is not None
+        steps = migrations.steps
         collection, old, new = self.collection, layout.version, self.schema_version
         kinds = {**self._table.spec.kinds, **layout.kinds}
         migrated = self._table.migrate_rows(

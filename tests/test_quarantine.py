@@ -41,7 +41,9 @@ class Fixed(BaseModel):
 
 
 def _push_from_a(server: MemoryBackend, *texts: str) -> None:
-    a = NexusStore[Loose, str](":memory:", model=Loose, collection="note", backend=server)
+    a = NexusStore[Loose, str](
+        ":memory:", model=Loose, collection="note", backend=server, owns_backend=False
+    )
     for n, text in enumerate(texts):
         a.save(Loose(id=f"n{n}", text=text))
     assert a.sync().ok
@@ -53,7 +55,9 @@ def test_a_change_that_does_not_fit_is_quarantined_not_dropped(tmp_path: Path) -
     server = MemoryBackend()
     _push_from_a(server, "from a")
     path = tmp_path / "b.db"
-    b = NexusStore[Strict, str](path, model=Strict, collection="note", backend=server)
+    b = NexusStore[Strict, str](
+        path, model=Strict, collection="note", backend=server, owns_backend=False
+    )
     summary = b.sync()
     assert summary.quarantined == 1
     assert summary.pulled == 0
@@ -69,7 +73,9 @@ def test_a_change_that_does_not_fit_is_quarantined_not_dropped(tmp_path: Path) -
     assert again.ok
     assert again.quarantined == 0
     b.close()
-    fixed = NexusStore[Fixed, str](path, model=Fixed, collection="note", backend=server)
+    fixed = NexusStore[Fixed, str](
+        path, model=Fixed, collection="note", backend=server, owns_backend=False
+    )
     assert fixed.get("n0") == Fixed(id="n0", text="from a", owner="nobody")
     assert fixed.quarantined() == []
     assert fixed.queue.stats().quarantined == 0
