@@ -243,7 +243,8 @@ class NexusStore(Generic[T, ID]):
         """
         if not self._has_steps_for(layout, migrations):
             return  # no steps at all: the change was additive (new fields with defaults)
-        assert layout is not None and migrations is not None
+        assert layout is not None
+        assert migrations is not None
         steps = migrations.steps
         collection, old, new = self.collection, layout.version, self.schema_version
         kinds = {**self._table.spec.kinds, **layout.kinds}
