@@ -74,6 +74,7 @@ EXPORTED = {
         "OpStatus",
         "PostgresBackend",
         "PushResult",
+        "RefreshingTokenProvider",
         "RemoteBackend",
         "RemoteOp",
     ],

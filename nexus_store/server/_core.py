@@ -63,6 +63,7 @@ from .._codec import decode, encode
 from .._exceptions import CodecError, LifecycleError, PayloadTooLargeError, PermanentError
 from .._gc import collector_paused
 from ..backends._base import (
+    MAX_REASON,
     Change,
     Changes,
     ItemId,
@@ -444,7 +445,8 @@ def _resolve(
             return conflict
         blob = encode(_canonical(dict(merged), 1))
     except Exception as exc:  # a failing resolver must not fail the whole batch
-        return Outcome(OpStatus.RETRY, reason=f"conflict resolver failed: {exc!r}")
+        reason = f"conflict resolver failed: {exc!r}"[:MAX_REASON]
+        return Outcome(OpStatus.RETRY, reason=reason)
     write = StoredItem(
         collection=current.collection,
         item_key=current.item_key,

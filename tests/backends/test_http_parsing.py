@@ -297,7 +297,41 @@ def _bad_push_answers() -> dict[str, Callable[[list[RemoteOp]], httpx.Response]]
         "oversized streamed": lambda ops: httpx.Response(
             200, stream=Stream(*[b" " * 600] * 4), headers={"content-type": "application/msgpack"}
         ),
+        "version 2**63": lambda ops: packed(_answers(ops, version=2**63)),
+        "version 0": lambda ops: packed(_answers(ops, version=0)),
+        "version -1": lambda ops: packed(_answers(ops, version=-1)),
+        "version as text": lambda ops: packed(_answers(ops, version="7")),
+        "version as bool": lambda ops: packed(_answers(ops, version=True)),
+        "version as float": lambda ops: packed(_answers(ops, version=7.0)),
+        "retry_after NaN": lambda ops: packed(_answers(ops, "retry", retry_after=float("nan"))),
+        "retry_after inf": lambda ops: packed(_answers(ops, "retry", retry_after=float("inf"))),
+        "retry_after negative": lambda ops: packed(_answers(ops, "retry", retry_after=-1.0)),
+        "retry_after of years": lambda ops: packed(_answers(ops, "retry", retry_after=1e12)),
+        "reason of megabytes": lambda ops: packed(_answers(ops, "rejected", reason="x" * 5000)),
+        "conflict item version 2**64": lambda ops: packed(
+            _answers(
+                ops,
+                "conflict",
+                item={"collection": "notes", "item_id": "i", "version": 2**64 - 1},
+            )
+        ),
+        "conflict item id 2**63": lambda ops: packed(
+            _answers(ops, "conflict", item={"collection": "notes", "item_id": 2**63, "version": 1})
+        ),
+        "conflict item deleted as 1": lambda ops: packed(
+            _answers(
+                ops,
+                "conflict",
+                item={"collection": "notes", "item_id": "i", "version": 1, "deleted": 1},
+            )
+        ),
+        "2xx with an error body": lambda ops: packed({"error": "internal", "detail": "oops"}),
+        "201 with results": lambda ops: packed(accepted(ops), status=201),
     }
+
+
+def _answers(ops: list[RemoteOp], status: str = "accepted", **fields: object) -> dict[str, object]:
+    return {"results": [{"op_id": o.op_id, "status": status, **fields} for o in ops]}
 
 
 @pytest.mark.parametrize("case", sorted(_bad_push_answers()))
@@ -606,3 +640,38 @@ async def test_watch_refuses_bad_streams(response: httpx.Response, error: type[E
         with pytest.raises(error):
             async with remote.watch() as heads:
                 await anext(heads)
+
+
+def _page(*changes: dict[str, object], cursor: object = 5, **fields: object) -> dict[str, object]:
+    return {"changes": list(changes), "cursor": cursor, **fields}
+
+
+_C = {"collection": "notes", "item_id": "i", "version": 4}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _page(cursor=2**63),
+        _page(cursor=-1),
+        _page(cursor="5"),
+        _page(cursor=5.0),
+        _page(has_more="yes"),
+        _page(has_more=1),
+        _page({**_C, "version": 2**63}),
+        _page({**_C, "item_id": 2**63}),
+        _page({**_C, "item_id": 2**64 - 1}),
+        _page({**_C, "item_id": 1.5}),
+        _page({**_C, "collection": ""}),
+        _page({**_C, "hlc": "h" * 65}),
+        _page({**_C, "deleted": "false"}),
+        _page({**_C, "data": [1, 2]}),
+        _page({**_C, "data": {1: "a"}}),
+    ],
+    ids=repr,
+)
+async def test_out_of_range_pull_pages_are_protocol_errors(body: dict[str, object]) -> None:
+    """A page with any field out of range or of the wrong type is a ProtocolError."""
+    async with backend(lambda request: packed(body)) as remote:
+        with pytest.raises(ProtocolError):
+            await remote.pull(3, 10)
