@@ -32,7 +32,7 @@ from typing_extensions import TypeVar
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability
 from ._exceptions import ItemValidationError, StoreClosedError, SyncError
-from ._hlc import HybridLogicalClock
+from ._hlc import ClockReading, HybridLogicalClock
 from ._local import (
     ItemKey,
     LocalTable,
@@ -546,6 +546,18 @@ class NexusStore(Generic[T, ID]):
         if applied:
             self._signal.notify()
         return applied
+
+    def observe_server_clock(self, reading: ClockReading) -> bool:
+        """Let this store's clock observe a server's clock (sync runs call this).
+
+        Later stamps sort after the server's time; while the local clock is off by more
+        than the server's bound, writes are stamped with the server's time instead (see
+        :mod:`nexus_store._hlc`).
+
+        Returns:
+            Whether the local clock is off by more than the server's bound.
+        """
+        return self._hlc.observe_clock(reading)
 
     def _observed(self, hlc: str) -> str | None:
         """A pulled stamp after this store's clock has seen it (``None``: empty or malformed)."""

@@ -190,6 +190,7 @@ EXPORTED = {
         "ServerProcess",
         "ServerStartError",
         "SimulatedDevice",
+        "SkewedClock",
         "TemporaryPostgres",
         "WorkDriver",
         "pull_all",

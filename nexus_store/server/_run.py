@@ -28,6 +28,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
+from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, check_max_offset
 from ._limits import Limits
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class ServeOptions:
         access_log: log every request (uvicorn's access log; tokens are never logged).
         conflict_policy: ``"lww"`` (default), ``"server_wins"``, or ``"module:function"``
             naming an importable :data:`~nexus_store.server.Resolver`.
+        max_clock_offset: seconds an op's clock stamp may be ahead of the server's clock
+            before the op is re-stamped with the server's time (also the bound beyond
+            which clients are told their clock is off).
     """
 
     database: str = "sqlite:///nexus-server.db"
@@ -78,6 +82,10 @@ class ServeOptions:
     log_level: str = "warning"
     access_log: bool = False
     conflict_policy: str = "lww"
+    max_clock_offset: float = DEFAULT_MAX_CLOCK_OFFSET
+
+    def __post_init__(self) -> None:
+        check_max_offset(self.max_clock_offset)
 
 
 def load_conflict_policy(name: str) -> ConflictPolicy:
@@ -217,6 +225,7 @@ async def _serve(
         conflict_policy=policy,
         max_batch=options.limits.max_batch_ops,
         max_pull=options.limits.max_pull_limit,
+        max_clock_offset=options.max_clock_offset,
     )
     try:
         app = create_app(

@@ -102,6 +102,10 @@ class SyncSummary(_Frozen):
     stop_reason: SyncStopReason = SyncStopReason.DRAINED
     error: str | None = None
     """The last batch-level error, if any (for humans; never holds credentials)."""
+    clock_skew: float | None = None
+    """Seconds this device's clock is ahead of the server's (negative: behind), when that
+    is more than the server's bound; its writes are then stamped with the server's time
+    until the clock is set right. ``None`` when within the bound (or not stated)."""
 
     @property
     def ok(self) -> bool:
@@ -125,6 +129,9 @@ class SyncSummary(_Frozen):
         text = ", ".join(parts) + f" in {self.duration:.2f}s ({self.stop_reason.value})"
         if self.error:
             text += f": {self.error}"
+        if self.clock_skew is not None:
+            way = "ahead of" if self.clock_skew > 0 else "behind"
+            text += f"; this device's clock is {abs(self.clock_skew):.0f} s {way} the server's"
         return text
 
 

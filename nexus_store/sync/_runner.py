@@ -48,6 +48,7 @@ from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import CodecError, ErrorKind, RemoteError, StoreError
 from .._gc import collector_paused
+from .._hlc import ClockReading
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from .._trusted import trusted_builder
@@ -134,6 +135,15 @@ class SyncTarget(Protocol):
 
     def set_pull_cursor(self, cursor: int) -> None:
         """Store the pull cursor (joining the caller's transaction)."""
+        ...
+
+
+@runtime_checkable
+class ClockedTarget(Protocol):
+    """A sync target with a clock that observes the server's (a store)."""
+
+    def observe_server_clock(self, reading: ClockReading) -> bool:
+        """Observe the server's clock; return whether the local one is off beyond the bound."""
         ...
 
 
@@ -277,6 +287,8 @@ class SyncRunner:
         self.last_summary: SyncSummary | None = None
         """The summary of the last finished (or cancelled) run."""
         self._by_collection = {t.collection: t for t in chosen}
+        self._clocked = [t for t in chosen if isinstance(t, ClockedTarget)]
+        self._clock_seen: ClockReading | None = None
         # Collections whose queue is one object are leased together, in one order.
         groups: dict[int, list[SyncTarget]] = {}
         for target in chosen:
@@ -526,6 +538,7 @@ class SyncRunner:
                     return
                 continue
             run.consecutive_failures = 0
+            self._observe_server_clock()
             with collector_paused():
                 decided = plan_results([x.op.op_id for x in part], result)
             settler.submit(decided)
@@ -604,6 +617,7 @@ class SyncRunner:
                 except RemoteError as exc:
                     run.error = f"pull: {type(exc).__name__}: {exc}"
                     return
+                self._observe_server_clock()
                 applied = await self._local(
                     _apply_page, target, changes.changes, max(cursor, changes.cursor)
                 )
@@ -612,6 +626,15 @@ class SyncRunner:
                 if not changes.has_more or changes.cursor <= cursor:
                     break
                 cursor = changes.cursor
+
+    def _observe_server_clock(self) -> None:
+        """Let the stores' clocks observe the server's, when it stated a new reading."""
+        reading = self.backend.server_clock
+        if reading is None or reading is self._clock_seen:
+            return
+        self._clock_seen = reading
+        for target in self._clocked:
+            target.observe_server_clock(reading)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -652,6 +675,7 @@ class SyncRunner:
             per_priority=per,
             stop_reason=run.stop or SyncStopReason.DRAINED,
             error=run.error,
+            clock_skew=_skew_beyond_bound(self.backend.server_clock),
         )
         self.last_summary = summary
         run.phase = SyncPhase.DONE
@@ -668,6 +692,13 @@ class SyncRunner:
             )
         )
         return summary
+
+
+def _skew_beyond_bound(reading: ClockReading | None) -> float | None:
+    """The local clock's skew from the server's, if it is beyond the server's bound."""
+    if reading is None or not reading.beyond_bound:
+        return None
+    return reading.skew
 
 
 def _cancelled() -> type[BaseException]:

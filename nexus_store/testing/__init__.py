@@ -1,6 +1,7 @@
 """The public test kit: fakes that are real implementations, and contract suites.
 
 - :class:`~nexus_store.FakeClock`: time that moves only when told to.
+- :class:`SkewedClock`: a device's wall clock off by a fixed amount from a base clock.
 - :class:`~nexus_store.sync.SimulatedDevice`: a settable device state.
 - :class:`FaultProxy`: an HTTP fault proxy on 127.0.0.1 (drops, resets, stalls, 503/429).
 - :class:`ServerProcess`: a real ``nexus-store serve`` subprocess on 127.0.0.1.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .._clock import FakeClock
 from ..sync._device import SimulatedDevice
+from ._clocks import SkewedClock
 from ._faults import Fault, FaultKind, FaultyBackend, InjectedFault
 from ._postgres import TemporaryPostgres, shared_postgres
 from ._proxy import FaultMode, FaultProxy, ProxyRecord, ProxyStats
@@ -50,6 +52,7 @@ __all__ = [
     "ServerProcess",
     "ServerStartError",
     "SimulatedDevice",
+    "SkewedClock",
     "TemporaryPostgres",
     "WorkDriver",
     "pull_all",

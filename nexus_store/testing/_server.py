@@ -48,6 +48,7 @@ class ServerProcess:
         events_interval: seconds between head checks for event streams.
         conflict_policy: ``"lww"``, ``"server_wins"`` or ``"module:function"`` (a resolver
             the server process can import; see ``env`` for its ``PYTHONPATH``).
+        max_clock_offset: seconds a write's stamp may be ahead of the server's clock.
         args: more command-line arguments for ``nexus-store serve``.
         env: more environment variables for the process.
         startup_timeout: seconds to wait for the server to answer ``/health``.
@@ -67,6 +68,7 @@ class ServerProcess:
         burst: int | None = None,
         events_interval: float | None = None,
         conflict_policy: str | None = None,
+        max_clock_offset: float | None = None,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
@@ -82,6 +84,7 @@ class ServerProcess:
             ("--burst", burst),
             ("--events-interval", events_interval),
             ("--conflict-policy", conflict_policy),
+            ("--max-clock-offset", max_clock_offset),
         ):
             if value is not None:
                 self._args += [flag, str(value)]
