@@ -148,26 +148,33 @@ class HybridLogicalClock:
             self._seen = max(self._seen, (millis, counter))
             self._millis, self._counter = max((self._millis, self._counter), (millis, counter))
 
-    def observe_clock(self, reading: ClockReading) -> bool:
+    def observe_clock(self, reading: ClockReading) -> float | None:
         """Merge a remote's clock reading (see the module docstring).
 
+        The skew is measured against this clock's own wall time when it observes the
+        reading (right after the answer arrived), so it holds for the clock that stamps
+        even when the reading was taken on another.
+
         Returns:
-            Whether the local wall clock is off by more than the remote's bound (stamps
-            then follow the remote's time).
+            The seconds this wall clock is ahead of the remote's (negative: behind) when
+            that is beyond the remote's bound (stamps then follow the remote's time), else
+            ``None``.
         """
-        beyond = reading.beyond_bound
+        skew = self._clock.now() - reading.server_time
+        bound = reading.max_offset
+        beyond = bound is not None and abs(skew) > bound
         remote = (int(reading.server_time * 1000), 0)
         with self._lock:
-            self._offset = -reading.skew if beyond else 0.0
-            self._bound = reading.max_offset
-            if beyond and reading.skew > 0:
+            self._offset = -skew if beyond else 0.0
+            self._bound = bound
+            if beyond and skew > 0:
                 # Stamps issued from a wall clock found to be ahead are not a floor.
                 corrected = (self._wall(), 0)
                 if (self._millis, self._counter) > corrected:
                     self._millis, self._counter = max(self._seen, corrected)
             self._seen = max(self._seen, remote)
             self._millis, self._counter = max((self._millis, self._counter), remote)
-        return beyond
+        return skew if beyond else None
 
     def _bump(self) -> None:
         if self._counter >= _MAX_COUNTER:

@@ -547,15 +547,16 @@ class NexusStore(Generic[T, ID]):
             self._signal.notify()
         return applied
 
-    def observe_server_clock(self, reading: ClockReading) -> bool:
+    def observe_server_clock(self, reading: ClockReading) -> float | None:
         """Let this store's clock observe a server's clock (sync runs call this).
 
-        Later stamps sort after the server's time; while the local clock is off by more
+        Later stamps sort after the server's time; while the store's clock is off by more
         than the server's bound, writes are stamped with the server's time instead (see
         :mod:`nexus_store._hlc`).
 
         Returns:
-            Whether the local clock is off by more than the server's bound.
+            The seconds the store's clock is ahead of the server's (negative: behind) when
+            that is beyond the server's bound, else ``None``.
         """
         return self._hlc.observe_clock(reading)
 

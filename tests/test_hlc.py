@@ -58,7 +58,7 @@ def test_a_clock_within_the_bound_only_observes_the_server() -> None:
     """Within the bound a clock keeps its time and sorts after the server's (receive rule)."""
     clock = FakeClock(start=T)
     hlc = HybridLogicalClock("a", clock=clock)
-    assert hlc.observe_clock(reading(T + 100, T)) is False
+    assert hlc.observe_clock(reading(T + 100, T)) is None
     assert hlc.offset == 0.0
     assert parse_stamp(hlc.now())[0] == int((T + 100) * 1000)  # not behind the server
     clock.advance(200)
@@ -69,7 +69,7 @@ def test_a_slow_clock_beyond_the_bound_stamps_with_the_server_time() -> None:
     """A clock a day slow stamps with the server's time, following it as time passes."""
     clock = FakeClock(start=T - 86_400)
     hlc = HybridLogicalClock("a", clock=clock)
-    assert hlc.observe_clock(reading(T, T - 86_400)) is True
+    assert hlc.observe_clock(reading(T, T - 86_400)) == -86_400
     assert hlc.offset == 86_400
     clock.advance(60)
     assert parse_stamp(hlc.now())[:2] == (int((T + 60) * 1000), 0)
@@ -81,7 +81,7 @@ def test_a_fast_clock_beyond_the_bound_drops_its_own_future_stamps() -> None:
     hlc = HybridLogicalClock("a", clock=clock)
     future = hlc.now()
     hlc.observe(f"{int((T - 5) * 1000):013d}-00007-b")  # seen from another device
-    assert hlc.observe_clock(reading(T, T + 86_400)) is True
+    assert hlc.observe_clock(reading(T, T + 86_400)) == 86_400
     stamp = hlc.now()
     assert stamp < future
     assert parse_stamp(stamp)[:2] == (int(T * 1000), 1)  # just after the server's time
@@ -95,7 +95,7 @@ def test_the_clock_goes_back_to_its_own_time_once_right() -> None:
     hlc = HybridLogicalClock("a", clock=clock)
     hlc.observe_clock(reading(T, T - 86_400))
     clock.set(T + 10)  # the user set the clock right
-    assert hlc.observe_clock(reading(T + 10, T + 10)) is False
+    assert hlc.observe_clock(reading(T + 10, T + 10)) is None
     assert hlc.offset == 0.0
 
 
@@ -108,6 +108,13 @@ def test_stamps_far_beyond_the_bound_are_not_observed() -> None:
     assert parse_stamp(hlc.now())[0] == int(T * 1000)
     hlc.observe(f"{int((T + 60) * 1000):013d}-00000-b")
     assert parse_stamp(hlc.now())[0] == int((T + 60) * 1000)
+
+
+def test_skew_is_measured_on_the_clock_that_stamps() -> None:
+    """A reading taken on another clock: the skew is this clock's own against the server's."""
+    clock = FakeClock(start=T - 86_400)
+    hlc = HybridLogicalClock("a", clock=clock)
+    assert hlc.observe_clock(reading(T, T)) == -86_400  # the backend's clock was right
 
 
 def test_skew_and_bound_of_a_reading() -> None:

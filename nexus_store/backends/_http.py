@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
+import anyio
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -242,14 +243,24 @@ def _encode_body(body: dict[str, Any], wire_format: Literal["msgpack", "json"]) 
 def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult:
     """Check that ``result`` answers ``ops`` one for one, in order.
 
+    A result carrying an item (the server's copy after a conflict or a merge) must carry
+    the op's own item, or the client would overwrite another one with it.
+
     Raises:
-        ProtocolError: a missing, extra, reordered or foreign op id.
+        ProtocolError: a missing, extra, reordered or foreign op id, or a foreign item.
     """
     if len(result.results) != len(ops):
         raise ProtocolError(f"the server answered {len(result.results)} results for {len(ops)} ops")
     for position, (op, answer) in enumerate(zip(ops, result.results, strict=True)):
         if answer.op_id != op.op_id:
             raise ProtocolError(f"result {position} answers another op id than the one sent")
+        item = answer.item
+        if item is not None and (
+            item.collection != op.collection
+            or item.item_id != op.item_id
+            or type(item.item_id) is not type(op.item_id)
+        ):
+            raise ProtocolError(f"result {position} carries another item than the op's")
     return result
 
 
@@ -389,6 +400,9 @@ class HttpBackend(RemoteBackend):
             :meth:`watch` gives up with a :class:`~nexus_store.NetworkError`.
         clock: where time is read: the ``Retry-After`` pause (monotonic), HTTP dates and
             the local side of :attr:`server_clock` (wall); the system clock by default.
+        deadline: the most seconds one push or pull may take in all, answer read
+            (``timeout`` bounds each read; this bounds a server trickling its answer).
+            ``None``: no bound.
 
     Raises:
         ValueError: a ``base_url`` that is not http(s).
@@ -406,6 +420,7 @@ class HttpBackend(RemoteBackend):
         wire_format: Literal["msgpack", "json"] = "msgpack",
         events_read_timeout: float = 60.0,
         clock: Clock | None = None,
+        deadline: float | None = 300.0,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -415,6 +430,7 @@ class HttpBackend(RemoteBackend):
         self._tokens = TokenSource(token)
         self._pause = RemotePause(self._clock)
         self._server_clock: ClockReading | None = None
+        self._deadline = deadline
         self._max_response_bytes = max_response_bytes
         self._media_type = MSGPACK if wire_format == "msgpack" else JSON
         self._wire_format = wire_format
@@ -548,11 +564,21 @@ class HttpBackend(RemoteBackend):
         params: httpx.QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[httpx.Headers, bytes]:
-        """One request (see :meth:`_exchange`); a 200's headers and body, read."""
-        response = await self._exchange(
-            method, path, content=content, params=params, headers=headers
-        )
-        return response.headers, await self._read(response, self._max_response_bytes)
+        """One request (see :meth:`_exchange`); a 200's headers and body, read.
+
+        Raises:
+            NetworkError: no complete answer within the backend's ``deadline``.
+        """
+        try:
+            with anyio.fail_after(self._deadline):
+                response = await self._exchange(
+                    method, path, content=content, params=params, headers=headers
+                )
+                return response.headers, await self._read(response, self._max_response_bytes)
+        except TimeoutError as exc:
+            raise NetworkError(
+                f"{method} {path}: no complete answer within {self._deadline:g} s"
+            ) from exc
 
     async def _exchange(
         self,

@@ -142,8 +142,8 @@ class SyncTarget(Protocol):
 class ClockedTarget(Protocol):
     """A sync target with a clock that observes the server's (a store)."""
 
-    def observe_server_clock(self, reading: ClockReading) -> bool:
-        """Observe the server's clock; return whether the local one is off beyond the bound."""
+    def observe_server_clock(self, reading: ClockReading) -> float | None:
+        """Observe the server's clock; return the local clock's skew if beyond the bound."""
         ...
 
 
@@ -289,6 +289,7 @@ class SyncRunner:
         self._by_collection = {t.collection: t for t in chosen}
         self._clocked = [t for t in chosen if isinstance(t, ClockedTarget)]
         self._clock_seen: ClockReading | None = None
+        self._skew: float | None = None
         # Collections whose queue is one object are leased together, in one order.
         groups: dict[int, list[SyncTarget]] = {}
         for target in chosen:
@@ -633,8 +634,16 @@ class SyncRunner:
         if reading is None or reading is self._clock_seen:
             return
         self._clock_seen = reading
-        for target in self._clocked:
-            target.observe_server_clock(reading)
+        skews = [target.observe_server_clock(reading) for target in self._clocked]
+        self._skew = next((skew for skew in skews if skew is not None), None)
+
+    def _clock_skew(self) -> float | None:
+        """The skew beyond the server's bound the stores found (or, without stores that
+        stamp, the backend's own reading found)."""
+        if self._clocked:
+            return self._skew
+        reading = self.backend.server_clock
+        return reading.skew if reading is not None and reading.beyond_bound else None
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -675,7 +684,7 @@ class SyncRunner:
             per_priority=per,
             stop_reason=run.stop or SyncStopReason.DRAINED,
             error=run.error,
-            clock_skew=_skew_beyond_bound(self.backend.server_clock),
+            clock_skew=self._clock_skew(),
         )
         self.last_summary = summary
         run.phase = SyncPhase.DONE
@@ -692,13 +701,6 @@ class SyncRunner:
             )
         )
         return summary
-
-
-def _skew_beyond_bound(reading: ClockReading | None) -> float | None:
-    """The local clock's skew from the server's, if it is beyond the server's bound."""
-    if reading is None or not reading.beyond_bound:
-        return None
-    return reading.skew
 
 
 def _cancelled() -> type[BaseException]:

@@ -164,6 +164,20 @@ def test_push_result_must_answer_ops_one_for_one() -> None:
             check_push_result(ops, bad)
 
 
+def test_an_answer_item_must_be_the_ops_own() -> None:
+    """A conflict or merge answer carrying another item (or collection) is a protocol error."""
+    ops = [op(1)]
+
+    def conflict(collection: str, item_id: str | int) -> PushResult:
+        item = Change(collection=collection, item_id=item_id, version=3, data={})
+        return PushResult(results=[OpResult(op_id="op-1", status=OpStatus.CONFLICT, item=item)])
+
+    assert check_push_result(ops, conflict("notes", "i1")).results[0].item is not None
+    for bad in (conflict("notes", "i2"), conflict("tags", "i1"), conflict("notes", 1)):
+        with pytest.raises(ProtocolError):
+            check_push_result(ops, bad)
+
+
 def change(version: int, collection: str = "notes") -> Change:
     return Change(collection=collection, item_id=f"i{version}", version=version, data={})
 
