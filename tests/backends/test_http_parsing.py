@@ -42,6 +42,7 @@ from nexus_store.backends._http import (
     EventStreamDecoder,
     check_changes,
     check_push_result,
+    clock_reading,
     error_for_status,
     idempotency_key,
     parse_retry_after,
@@ -689,3 +690,22 @@ async def test_out_of_range_pull_pages_are_protocol_errors(body: dict[str, objec
     async with backend(lambda request: packed(body)) as remote:
         with pytest.raises(ProtocolError):
             await remote.pull(3, 10)
+
+
+def test_clock_headers_are_read_strictly() -> None:
+    """Nexus-Clock is plain ASCII milliseconds (else ignored); the local side is the midpoint."""
+    reading = clock_reading(
+        {"nexus-clock": "1700000000500", "nexus-clock-bound": "300000"}, sent=10.0, received=12.0
+    )
+    assert reading is not None
+    assert (reading.server_time, reading.local_time, reading.max_offset) == (
+        1_700_000_000.5,
+        11.0,
+        300.0,
+    )
+    unbounded = clock_reading({"nexus-clock": "5"}, sent=0, received=0)
+    assert unbounded is not None
+    assert unbounded.max_offset is None
+    for junk in ("", "-5", "1e9", "٣", "1" * 16, "12.5", " "):
+        assert clock_reading({"nexus-clock": junk}, sent=0, received=0) is None
+    assert clock_reading({}, sent=0, received=0) is None
