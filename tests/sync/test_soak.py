@@ -164,12 +164,15 @@ class Report:
     divergent: int
     dead: int
     heal_seconds: float
+    backoff_at_heal: float
+    """The longest wait an op still had for its own backoff when the faults stopped."""
 
     def line(self) -> str:
         return (
             f"saved {self.saved}, on server {self.on_server}, lost {self.lost}, duplicated "
             f"{self.duplicated}, divergent {self.divergent}, dead-lettered {self.dead}, "
-            f"queues empty {self.heal_seconds:.1f} s after the heal; faults {self.faults}"
+            f"queues empty {self.heal_seconds:.1f} s after the heal (longest op backoff then "
+            f"{self.backoff_at_heal:.1f} s); faults {self.faults}"
         )
 
 
@@ -195,6 +198,16 @@ def live_ops(db: Path) -> tuple[int, int]:
     try:
         stats = q.stats()
         return stats.live, stats.count(state=OpState.DEAD)
+    finally:
+        q.close()
+
+
+def longest_backoff(db: Path) -> float:
+    """Seconds until the last op of a device's queue that waits for its backoff is due."""
+    q = PrioritySyncQueue(db, create=False)
+    try:
+        due = [op.next_attempt_at for op in q.pending() if op.attempts > 0]
+        return max(0.0, max(due, default=0.0) - time.time())
     finally:
         q.close()
 
@@ -284,6 +297,7 @@ async def soak(tmp_path: Path, seconds: float, seed: int) -> Report:
                     device.kill_worker()
                     device.start_worker()
             healed = time.monotonic()
+            backoff_at_heal = max(longest_backoff(d.db) for d in devices)
             while time.monotonic() - healed < 3 * HEAL_BOUND:
                 if all(live_ops(d.db)[0] == 0 for d in devices):
                     break
@@ -317,6 +331,7 @@ async def soak(tmp_path: Path, seconds: float, seed: int) -> Report:
         divergent=divergent,
         dead=dead,
         heal_seconds=heal_seconds,
+        backoff_at_heal=backoff_at_heal,
     )
 
 
