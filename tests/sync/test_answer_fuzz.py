@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -58,6 +59,8 @@ class Note(BaseModel):
 # -- well-formed answers -------------------------------------------------------------------
 
 texts = st.text(max_size=20)
+packable_ints = st.integers(-(2**63), 2**64 - 1)
+"""Any integer msgpack can carry."""
 versions = st.integers(1, MAX_INT)
 
 
@@ -118,8 +121,8 @@ wrong_ints = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=5),
     st.booleans(),
-    st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.lists(packable_ints, max_size=2),
+    st.dictionaries(st.text(max_size=3), packable_ints, max_size=2),
 )
 """Values no version may be (a version is an integer from 1 to 2**63 - 1)."""
 wrong_waits = st.one_of(
@@ -129,18 +132,18 @@ wrong_waits = st.one_of(
     st.just(math.inf),
     st.text(max_size=5),
     st.booleans(),
-    st.lists(st.integers(), max_size=1),
+    st.lists(packable_ints, max_size=1),
 )
 wrong_change_fields: dict[str, st.SearchStrategy[Any]] = {
     "version": wrong_ints,
     "item_id": st.one_of(
         st.integers(MAX_INT + 1, 2**64 - 1), st.floats(), st.none(), st.booleans()
     ),
-    "collection": st.one_of(st.just(""), st.just("c" * 64), st.integers(), st.none()),
-    "deleted": st.one_of(st.integers(), st.text(max_size=3), st.none()),
-    "data": st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
-    "hlc": st.one_of(st.just("h" * 65), st.integers(), st.none()),
-    "extra": st.integers(),
+    "collection": st.one_of(st.just(""), st.just("c" * 64), packable_ints, st.none()),
+    "deleted": st.one_of(packable_ints, st.text(max_size=3), st.none()),
+    "data": st.one_of(packable_ints, st.text(max_size=3), st.lists(packable_ints, max_size=2)),
+    "hlc": st.one_of(st.just("h" * 65), packable_ints, st.none()),
+    "extra": packable_ints,
 }
 
 
@@ -160,27 +163,27 @@ def broken_result(draw: st.DrawFn, result: dict[str, Any], item_id: str) -> dict
                 st.text(max_size=8).filter(
                     lambda s: s not in {"accepted", "conflict", "rejected", "retry"}
                 ),
-                st.integers(),
+                packable_ints,
                 st.none(),
             )
         )
     elif what == "op_id":
         broken["op_id"] = draw(
-            st.one_of(st.integers(), st.none(), st.just(""), st.just("o" * 65), st.just("zzz"))
+            st.one_of(packable_ints, st.none(), st.just(""), st.just("o" * 65), st.just("zzz"))
         )
     elif what == "retry_after":
         broken["status"] = "retry"
         broken["retry_after"] = draw(wrong_waits)
     elif what == "reason":
-        broken["reason"] = draw(st.one_of(st.just("r" * 4097), st.integers(), st.booleans()))
+        broken["reason"] = draw(st.one_of(st.just("r" * 4097), packable_ints, st.booleans()))
     elif what == "item":
         item = change(item_id, draw(versions), draw(texts))
         name = draw(st.sampled_from(sorted(wrong_change_fields)))
         item[name] = draw(wrong_change_fields[name])
         broken["status"] = "conflict"
-        broken["item"] = draw(st.one_of(st.just(item), st.integers(), st.text(max_size=3)))
+        broken["item"] = draw(st.one_of(st.just(item), packable_ints, st.text(max_size=3)))
     else:
-        broken["extra"] = draw(st.integers())
+        broken["extra"] = draw(packable_ints)
     return broken
 
 
@@ -205,7 +208,7 @@ def broken_page(draw: st.DrawFn) -> dict[str, Any]:
             )
         )
     elif what == "has_more":
-        page["has_more"] = draw(st.one_of(st.integers(), st.text(max_size=3), st.none()))
+        page["has_more"] = draw(st.one_of(packable_ints, st.text(max_size=3), st.none()))
     elif what == "extra":
         page["extra"] = 1
     elif what == "stuck":  # more to come, but the cursor did not move
@@ -394,6 +397,11 @@ async def one_run(draw: st.DrawFn, tally: Tally) -> None:
                 max_response_bytes=MAX_BODY,
                 clock=clock,
                 verify=TLS,
+                # A fresh connection per request: a reused one that the server closed
+                # would fail before the script is asked, making draws depend on timing.
+                transport=httpx.AsyncHTTPTransport(
+                    verify=TLS, limits=httpx.Limits(max_keepalive_connections=0)
+                ),
             ) as remote,
         ):
             try:
