@@ -165,6 +165,9 @@ class Report:
     saved: int
     on_server: int
     lost: int
+    """Saved, acknowledged to the app, and neither on the server nor queued anywhere."""
+    undelivered: int
+    """Saved and still queued when the wait for the queues to empty ended."""
     duplicated: int
     divergent: int
     dead: int
@@ -176,7 +179,8 @@ class Report:
 
     def line(self) -> str:
         return (
-            f"saved {self.saved}, on server {self.on_server}, lost {self.lost}, duplicated "
+            f"saved {self.saved}, on server {self.on_server}, lost {self.lost}, undelivered "
+            f"{self.undelivered}, duplicated "
             f"{self.duplicated}, divergent {self.divergent}, dead-lettered {self.dead}, "
             f"queues empty {self.heal_seconds:.1f} s after the heal (longest op backoff then "
             f"{self.backoff_at_heal:.1f} s); faults {self.faults}"
@@ -216,6 +220,15 @@ def longest_backoff(db: Path) -> float:
     try:
         due = [op.next_attempt_at for op in q.pending() if op.attempts > 0]
         return max(0.0, max(due, default=0.0) - time.time())
+    finally:
+        q.close()
+
+
+def queued_ids(db: Path) -> set[str]:
+    """Ids of the notes with an op still in a device's queue (any state)."""
+    q = PrioritySyncQueue(db, create=False)
+    try:
+        return {str(op.item_id) for op in q.pending(states=tuple(OpState))}
     finally:
         q.close()
 
@@ -330,6 +343,7 @@ async def soak(tmp_path: Path, seconds: float, seed: int) -> Report:
                 await anyio.sleep(0.2)  # bounded poll of other processes' progress
             heal_seconds = time.monotonic() - healed
             dead = sum(live_ops(d.db)[1] for d in devices)
+            queued = set().union(*(queued_ids(d.db) for d in devices))
             for device in devices:
                 device.kill_worker()
         notes, head = await server_notes(direct[0])
@@ -352,7 +366,8 @@ async def soak(tmp_path: Path, seconds: float, seed: int) -> Report:
         faults=faults,
         saved=len(saved),
         on_server=len(notes),
-        lost=len(saved - notes.keys()),
+        lost=len(saved - notes.keys() - queued),
+        undelivered=len(saved & queued),
         duplicated=head - len(notes),
         divergent=divergent,
         dead=dead,
@@ -370,6 +385,7 @@ def anyio_backend() -> str:
 
 def check(report: Report) -> None:
     assert report.lost == 0
+    assert report.undelivered == 0
     assert report.duplicated == 0
     assert report.divergent == 0
     assert report.dead == 0
