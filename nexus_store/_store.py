@@ -43,7 +43,7 @@ from ._exceptions import (
     StoreClosedError,
     SyncError,
 )
-from ._hlc import HybridLogicalClock
+from ._hlc import ClockReading, HybridLogicalClock
 from ._local import (
     ItemKey,
     LocalTable,
@@ -799,6 +799,19 @@ class NexusStore(Generic[T, ID]):
                 wanted = set(ids)
                 chosen = [i for i in chosen if i in wanted]
             return Quarantine.forget(conn, chosen)
+
+    def observe_server_clock(self, reading: ClockReading) -> float | None:
+        """Let this store's clock observe a server's clock (sync runs call this).
+
+        Later stamps sort after the server's time; while the store's clock is off by more
+        than the server's bound, writes are stamped with the server's time instead (see
+        :mod:`nexus_store._hlc`).
+
+        Returns:
+            The seconds the store's clock is ahead of the server's (negative: behind) when
+            that is beyond the server's bound, else ``None``.
+        """
+        return self._hlc.observe_clock(reading)
 
     def _observed(self, hlc: str) -> str | None:
         """A pulled stamp after this store's clock has seen it (``None``: empty or malformed)."""

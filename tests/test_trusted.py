@@ -125,10 +125,10 @@ _plain = st.fixed_dictionaries(
     {
         "op_id": st.text(min_size=1, max_size=64),
         "collection": st.text(min_size=1, max_size=63),
-        "item_id": st.one_of(st.text(max_size=5), st.integers()),
+        "item_id": st.one_of(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1)),
         "kind": st.sampled_from(["upsert", "delete"]),
         "data": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), _values, max_size=3)),
-        "base_version": st.integers(min_value=0),
+        "base_version": st.integers(min_value=0, max_value=2**63 - 1),
         "hlc": st.text(min_size=1, max_size=64),
         "schema_version": st.integers(min_value=1),
     }

@@ -15,12 +15,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._http import HttpBackend
     from ._memory import MemoryBackend
     from ._postgres import PostgresBackend
+    from ._tokens import RefreshingTokenProvider
 
 _LAZY: dict[str, str] = {
     # name -> private module that defines it; filled in as backends land
     "HttpBackend": "._http",
     "MemoryBackend": "._memory",
     "PostgresBackend": "._postgres",
+    "RefreshingTokenProvider": "._tokens",
 }
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "OpStatus",
     "PostgresBackend",
     "PushResult",
+    "RefreshingTokenProvider",
     "RemoteBackend",
     "RemoteOp",
 ]

@@ -12,11 +12,12 @@ import threading
 from collections.abc import Sequence
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import _unclosed
+from .._hlc import ClockReading
 from .._loop import STOP_TIMEOUT, LoopBinding, close_on_bound_loop, current_binding, shared_loop
 
 __all__ = [
@@ -36,6 +37,17 @@ MAX_OP_ID = 64
 MAX_COLLECTION = 63
 MAX_HLC = 64
 """The longest op id, collection name and stamp an op may carry."""
+MAX_INT = 2**63 - 1
+"""The largest version, cursor or integer item id: SQLite's and PostgreSQL's 64-bit integer."""
+MIN_INT = -(2**63)
+MAX_REASON = 4096
+"""The longest reason a remote may give for an answer."""
+MAX_RETRY_AFTER = 86_400.0
+"""The longest wait (seconds) a remote may ask for; a ``Retry-After`` header asking for
+more is read as this much."""
+
+WireInt = Annotated[int, Field(strict=True, ge=MIN_INT, le=MAX_INT)]
+"""An integer (not a bool, float or string) that fits the 64-bit columns it is stored in."""
 
 
 class _Wire(BaseModel):
@@ -51,11 +63,11 @@ class RemoteOp(_Wire):
 
     op_id: str = Field(min_length=1, max_length=MAX_OP_ID)
     collection: str = Field(min_length=1, max_length=MAX_COLLECTION)
-    item_id: ItemId
+    item_id: str | WireInt
     kind: Literal["upsert", "delete"]
     data: dict[str, Any] | None = None
     """The item (``model_dump(mode="json")``) for an upsert; ``None`` for a delete."""
-    base_version: int = Field(default=0, ge=0)
+    base_version: int = Field(default=0, ge=0, le=MAX_INT)
     """The server version the client based this write on (0: it had never seen the item)."""
     hlc: str = Field(min_length=1, max_length=MAX_HLC)
     """Hybrid logical clock stamp of the write (last-writer-wins order)."""
@@ -88,8 +100,9 @@ def is_plain_op(  # noqa: PLR0917 - an op's fields, positional for speed
         or not 0 < len(hlc) <= MAX_HLC
         or (kind != "upsert" and kind != "delete")  # noqa: PLR1714 - any type compares
         or (type(item_id) is not str and type(item_id) is not int)
+        or (type(item_id) is int and not MIN_INT <= item_id <= MAX_INT)
         or type(base_version) is not int
-        or base_version < 0
+        or not 0 <= base_version <= MAX_INT
         or type(schema_version) is not int
         or schema_version < 1
     ):
@@ -120,15 +133,17 @@ class OpStatus(StrEnum):
 class OpResult(_Wire):
     """The remote's answer for one op."""
 
-    op_id: str
+    op_id: str = Field(min_length=1, max_length=MAX_OP_ID)
     status: OpStatus
-    version: int | None = None
+    version: int | None = Field(default=None, strict=True, ge=1, le=MAX_INT)
     """For ``ACCEPTED``: the item's server version (its change sequence) after the write."""
     item: Change | None = None
     """For ``CONFLICT``: the server's current copy. For ``ACCEPTED``: set when the server
     stored something other than what was sent (a resolver merged it)."""
-    reason: str | None = None
-    retry_after: float | None = Field(default=None, ge=0)
+    reason: str | None = Field(default=None, max_length=MAX_REASON)
+    retry_after: float | None = Field(
+        default=None, strict=True, ge=0, le=MAX_RETRY_AFTER, allow_inf_nan=False
+    )
 
 
 class PushResult(_Wire):
@@ -144,22 +159,22 @@ class PushResult(_Wire):
 class Change(_Wire):
     """One item's state on the server after a change (a tombstone if ``deleted``)."""
 
-    collection: str
-    item_id: ItemId
-    version: int = Field(ge=1)
+    collection: str = Field(min_length=1, max_length=MAX_COLLECTION)
+    item_id: str | WireInt
+    version: int = Field(strict=True, ge=1, le=MAX_INT)
     """The change sequence number that produced this state (monotonic per tenant)."""
-    deleted: bool = False
+    deleted: bool = Field(default=False, strict=True)
     data: dict[str, Any] | None = None
-    hlc: str = ""
+    hlc: str = Field(default="", max_length=MAX_HLC)
 
 
 class Changes(_Wire):
     """A page of changes after a cursor."""
 
     changes: list[Change]
-    cursor: int = Field(ge=0)
+    cursor: int = Field(strict=True, ge=0, le=MAX_INT)
     """Pass this to the next ``pull`` to continue after the last change returned."""
-    has_more: bool = False
+    has_more: bool = Field(default=False, strict=True)
 
 
 OpResult.model_rebuild()
@@ -225,6 +240,15 @@ class RemoteBackend(abc.ABC):
         """Forget the registration made by :meth:`_bind_loop` (the backend is closing)."""
         if self._tracked is not None:
             self._tracked.untrack()
+
+    @property
+    def server_clock(self) -> ClockReading | None:
+        """The remote's clock as its last answer stated it.
+
+        ``None`` when the remote does not state it (the default: an in-process backend
+        runs on this process's clock). A sync run makes its stores' clocks observe it.
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - a default no-op is right for in-process backends
         """Release connections. Idempotent."""

@@ -7,38 +7,53 @@ Nothing above this module sees an httpx exception or an unvalidated response:
 - 401/403 raise :class:`~nexus_store.AuthError` (after one token refresh on 401),
   413 :class:`~nexus_store.PayloadTooLargeError`, 429
   :class:`~nexus_store.RateLimitedError`, 5xx :class:`~nexus_store.ServerUnavailableError`
-  (both with ``retry_after`` from ``Retry-After``, seconds or an HTTP date), other 4xx
-  :class:`~nexus_store.PermanentError`;
+  (both with ``retry_after`` from ``Retry-After``, seconds or an HTTP date, at most a
+  day), other 4xx :class:`~nexus_store.PermanentError`;
 - a response that is malformed, truncated, larger than ``max_response_bytes``, of the
-  wrong type, or whose results do not answer the ops sent one for one and in order,
-  raises :class:`~nexus_store.ProtocolError`, so no op is acked on a bad answer.
+  wrong type, with a field out of range (a version beyond 64 bits, a NaN wait...), or
+  whose results do not answer the ops sent one for one and in order, raises
+  :class:`~nexus_store.ProtocolError`, so no op is acked on a bad answer.
 
-Tokens come from a provider called for every request and are never kept by the backend,
-written anywhere, or put into messages.
+**Pauses.** A 429 or 503 with ``Retry-After`` pauses every request of the backend object
+(push, pull, events) until then: a call before the deadline raises the same error type
+with the seconds left as ``retry_after`` and sends nothing (:mod:`._pause`).
+
+**Tokens** come from a string, a provider called for every request, or a provider that
+can also ``refresh`` (:mod:`._tokens`). After a 401 the provider is asked for a new token
+and the request is sent once more. A token the server refused is never sent again by the
+backend: if that is all the provider has, the call raises
+:class:`~nexus_store.AuthError` without a request. Tokens are never kept by the backend
+(only digests of refused ones), written anywhere, or put into messages.
+
+**Clock.** Every answer of ``nexus-store serve`` states the server's clock and its bound
+on clock offsets (headers ``Nexus-Clock`` and ``Nexus-Clock-Bound``, milliseconds); the
+last reading is :attr:`HttpBackend.server_clock`, and a sync run makes the stores' clocks
+observe it (see :mod:`nexus_store._hlc`). A local clock off by more than the bound is
+logged (once per change) on the ``nexus_store.backends`` logger.
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
-import inspect
 import json
+import logging
 import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
+import anyio
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .. import _codec
+from .._clock import Clock, SystemClock
 from .._exceptions import (
     AuthError,
     CodecError,
     LifecycleError,
     NetworkError,
-    NexusStoreError,
     PayloadTooLargeError,
     PermanentError,
     ProtocolError,
@@ -47,9 +62,12 @@ from .._exceptions import (
     ServerUnavailableError,
 )
 from .._gc import collector_paused
+from .._hlc import ClockReading
 from .._version import __version__
-from ._base import Changes, PushResult, RemoteBackend, RemoteOp
+from ._base import MAX_RETRY_AFTER, Changes, PushResult, RemoteBackend, RemoteOp
 from ._http_api import (
+    CLOCK_BOUND_HEADER,
+    CLOCK_HEADER,
     EVENTS_PATH,
     JSON,
     MSGPACK,
@@ -58,22 +76,26 @@ from ._http_api import (
     HeadEvent,
     is_loopback_host,
     media_type_of,
+    parse_clock_header,
 )
+from ._pause import RemotePause, pause_for
+from ._tokens import RefreshingTokenProvider, TokenProvider, TokenSource
 
 __all__ = [
     "EventStreamDecoder",
     "HttpBackend",
+    "RefreshingTokenProvider",
     "TokenProvider",
     "check_changes",
     "check_push_result",
+    "clock_reading",
     "encode_ops",
     "error_for_status",
     "idempotency_key",
     "parse_retry_after",
 ]
 
-TokenProvider = Callable[[], str | Awaitable[str]]
-"""A callable (sync or async) returning the current bearer token."""
+logger = logging.getLogger("nexus_store.backends")
 
 _M = TypeVar("_M", bound=BaseModel)
 _OPS = TypeAdapter(list[RemoteOp])
@@ -144,6 +166,8 @@ def error_for_status(
         return None
     reason = _detail(body, headers.get("content-type"))
     retry_after = parse_retry_after(headers.get("retry-after"), now)
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER)
     if status in (401, 403):
         return AuthError(f"the server refused the credentials (HTTP {status}): {reason}")
     if status == 413:
@@ -157,6 +181,27 @@ def error_for_status(
     if 400 <= status <= 499:
         return PermanentError(f"the server refused the request (HTTP {status}): {reason}")
     return ProtocolError(f"unexpected HTTP status {status}")
+
+
+def clock_reading(
+    headers: Mapping[str, str], *, sent: float, received: float
+) -> ClockReading | None:
+    """The server's clock as an answer's headers state it (``None``: not stated).
+
+    Args:
+        headers: the response headers (``Nexus-Clock``, ``Nexus-Clock-Bound``).
+        sent: local wall time when the request was sent.
+        received: local wall time when the answer arrived.
+    """
+    millis = parse_clock_header(headers.get(CLOCK_HEADER))
+    if millis is None:
+        return None
+    bound = parse_clock_header(headers.get(CLOCK_BOUND_HEADER))
+    return ClockReading(
+        server_time=millis / 1000,
+        local_time=(sent + received) / 2,
+        max_offset=None if bound is None else bound / 1000,
+    )
 
 
 def idempotency_key(ops: Sequence[RemoteOp]) -> str:
@@ -199,14 +244,24 @@ def _encode_body(body: dict[str, Any], wire_format: Literal["msgpack", "json"]) 
 def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult:
     """Check that ``result`` answers ``ops`` one for one, in order.
 
+    A result carrying an item (the server's copy after a conflict or a merge) must carry
+    the op's own item, or the client would overwrite another one with it.
+
     Raises:
-        ProtocolError: a missing, extra, reordered or foreign op id.
+        ProtocolError: a missing, extra, reordered or foreign op id, or a foreign item.
     """
     if len(result.results) != len(ops):
         raise ProtocolError(f"the server answered {len(result.results)} results for {len(ops)} ops")
     for position, (op, answer) in enumerate(zip(ops, result.results, strict=True)):
         if answer.op_id != op.op_id:
             raise ProtocolError(f"result {position} answers another op id than the one sent")
+        item = answer.item
+        if item is not None and (
+            item.collection != op.collection
+            or item.item_id != op.item_id
+            or type(item.item_id) is not type(op.item_id)
+        ):
+            raise ProtocolError(f"result {position} carries another item than the op's")
     return result
 
 
@@ -342,8 +397,11 @@ class HttpBackend(RemoteBackend):
     Args:
         base_url: the server's address, e.g. ``"https://sync.example.com"`` (a path prefix
             is kept: ``".../api"`` sends to ``.../api/v1/push``).
-        token: a bearer token, or a provider (sync or async callable) called before every
-            request and once more after a 401 (to refresh an expired token).
+        token: a bearer token, a provider (sync or async callable) called before every
+            request and once more after a 401, or a
+            :class:`~nexus_store.backends.RefreshingTokenProvider` whose ``refresh`` is
+            called with the refused token after a 401. A token the server refused is
+            never sent again (see the module docstring).
         timeout: seconds for connecting, each read and each write (or an ``httpx.Timeout``).
         verify: verify TLS certificates (the default), or an ``ssl.SSLContext`` to trust.
         transport: an httpx transport to use instead of the network (tests, proxies).
@@ -355,6 +413,11 @@ class HttpBackend(RemoteBackend):
             not loopback. Off by default: anyone on the network path could read the
             token and act as the tenant. Use ``https://`` instead wherever possible. (Not
             checked with a custom ``transport``, which decides where bytes go.)
+        clock: where time is read: the ``Retry-After`` pause (monotonic), HTTP dates and
+            the local side of :attr:`server_clock` (wall); the system clock by default.
+        deadline: the most seconds one push or pull may take in all, answer read
+            (``timeout`` bounds each read; this bounds a server trickling its answer).
+            ``None``: no bound.
 
     Raises:
         ValueError: a ``base_url`` that is not http(s), or a token sent over plain http to
@@ -376,6 +439,8 @@ class HttpBackend(RemoteBackend):
         wire_format: Literal["msgpack", "json"] = "msgpack",
         events_read_timeout: float = 60.0,
         allow_insecure_http: bool = False,
+        clock: Clock | None = None,
+        deadline: float | None = 300.0,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -395,7 +460,11 @@ class HttpBackend(RemoteBackend):
                 "allow_insecure_http=True (--allow-insecure-http) on a network you trust"
             )
         self.base_url = str(url)
-        self._token = token
+        self._clock: Clock = clock or SystemClock()
+        self._tokens = TokenSource(token)
+        self._pause = RemotePause(self._clock)
+        self._server_clock: ClockReading | None = None
+        self._deadline = deadline
         self._max_response_bytes = max_response_bytes
         self._media_type = MSGPACK if wire_format == "msgpack" else JSON
         self._wire_format = wire_format
@@ -412,6 +481,16 @@ class HttpBackend(RemoteBackend):
 
     def __repr__(self) -> str:
         return f"HttpBackend({self.base_url!r})"
+
+    @property
+    def server_clock(self) -> ClockReading | None:
+        """The server's clock as its last answer stated it (``None``: none stated yet)."""
+        return self._server_clock
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds until requests are sent again after a ``Retry-After`` (``0.0``: now)."""
+        return self._pause.remaining
 
     # -- the seam ----------------------------------------------------------------------
 
@@ -512,52 +591,15 @@ class HttpBackend(RemoteBackend):
 
     async def _open_stream(self) -> httpx.Response:
         timeout = httpx.Timeout(self._client.timeout.connect, read=self._events_read_timeout)
-        for attempt in range(2):
-            headers = {
-                "accept": "text/event-stream",
-                **await self._auth_headers(refresh=attempt > 0),
-            }
-            request = self._client.build_request(
-                "GET", EVENTS_PATH, headers=headers, timeout=timeout
-            )
-            response = await self._send(request)
-            if response.status_code == 200:
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    await response.aclose()
-                    raise ProtocolError("the events endpoint did not answer an event stream")
-                return response
-            payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
-            if response.status_code == 401 and attempt == 0 and callable(self._token):
-                continue
-            error = error_for_status(
-                response.status_code, response.headers, payload, now=time.time()
-            )
-            assert error is not None
-            raise error
-        raise AssertionError("unreachable")  # pragma: no cover
+        response = await self._exchange(
+            "GET", EVENTS_PATH, headers={"accept": "text/event-stream"}, timeouts=timeout
+        )
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aclose()
+            raise ProtocolError("the events endpoint did not answer an event stream")
+        return response
 
     # -- plumbing ----------------------------------------------------------------------
-
-    async def _auth_headers(self, *, refresh: bool) -> dict[str, str]:
-        provider = self._token
-        if provider is None:
-            return {}
-        if isinstance(provider, str):
-            token = provider
-        else:
-            try:
-                value = provider()
-                token = await value if inspect.isawaitable(value) else value
-            except NexusStoreError:
-                raise
-            except Exception as exc:
-                what = "refresh" if refresh else "call"
-                raise AuthError(
-                    f"the token provider failed ({what}): {type(exc).__name__}"
-                ) from exc
-        if not isinstance(token, str) or not token or not token.isprintable() or " " in token:
-            raise AuthError("the token provider returned an empty or malformed token")
-        return {"authorization": f"Bearer {token}"}
 
     async def _call(
         self,
@@ -568,26 +610,98 @@ class HttpBackend(RemoteBackend):
         params: httpx.QueryParams | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[httpx.Headers, bytes]:
-        """One request (retried once after a 401 with a fresh token); a 200's body, read."""
+        """One request (see :meth:`_exchange`); a 200's headers and body, read.
+
+        Raises:
+            NetworkError: no complete answer within the backend's ``deadline``.
+        """
+        try:
+            with anyio.fail_after(self._deadline):
+                response = await self._exchange(
+                    method, path, content=content, params=params, headers=headers
+                )
+                return response.headers, await self._read(response, self._max_response_bytes)
+        except TimeoutError as exc:
+            raise NetworkError(
+                f"{method} {path}: no complete answer within {self._deadline:g} s"
+            ) from exc
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: httpx.QueryParams | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeouts: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Send one request; return its 200 response, body not yet read.
+
+        Nothing is sent while a ``Retry-After`` pause lasts, nor with a token the server
+        refused. A 401 marks the token refused and the request goes once more with a new
+        one; a 429/503 with ``Retry-After`` starts a pause.
+
+        Raises:
+            RemoteError: a non-200 answer (typed by :func:`error_for_status`), a pause, a
+                refused token, or a transport failure.
+            LifecycleError: the backend is closed.
+        """
         if self._closed:
             raise LifecycleError("the HttpBackend is closed")
+        self._pause.check()
+        token = await self._tokens.for_request()
         for attempt in range(2):
-            all_headers = {**(headers or {}), **await self._auth_headers(refresh=attempt > 0)}
+            all_headers = dict(headers or {})
+            if token is not None:
+                all_headers["authorization"] = f"Bearer {token}"
             request = self._client.build_request(
-                method, path, content=content, params=params, headers=all_headers
+                method,
+                path,
+                content=content,
+                params=params,
+                headers=all_headers,
+                timeout=timeouts if timeouts is not None else httpx.USE_CLIENT_DEFAULT,
             )
+            sent = self._clock.now()
             response = await self._send(request)
-            if response.status_code == 200:
-                return response.headers, await self._read(response, self._max_response_bytes)
+            self._note_clock(response.headers, sent)
+            status = response.status_code
+            if status == 200:
+                return response
             payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
-            if response.status_code == 401 and attempt == 0 and callable(self._token):
-                continue  # the token may have expired: ask the provider again, once
-            error = error_for_status(
-                response.status_code, response.headers, payload, now=time.time()
-            )
+            if status == 401 and token is not None:
+                self._tokens.refuse(token)
+                if attempt == 0 and self._tokens.can_change:
+                    # The token may have expired: ask for a new one and try once more
+                    # (raises without sending if the provider has only refused ones).
+                    token = await self._tokens.replacement(token)
+                    continue
+            error = error_for_status(status, response.headers, payload, now=self._clock.now())
             assert error is not None
+            seconds = pause_for(status, error.retry_after)
+            if seconds is not None:
+                self._pause.start(seconds, error)
             raise error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note_clock(self, headers: httpx.Headers, sent: float) -> None:
+        reading = clock_reading(headers, sent=sent, received=self._clock.now())
+        if reading is None:
+            return
+        before = self._server_clock
+        self._server_clock = reading
+        if reading.beyond_bound and (before is None or not before.beyond_bound):
+            logger.warning(
+                "this device's clock is %.1f s %s the clock of %s (bound %.1f s): writes are "
+                "stamped with the server's time until it is set right",
+                abs(reading.skew),
+                "ahead of" if reading.skew > 0 else "behind",
+                self.base_url,
+                reading.max_offset,
+            )
+        elif before is not None and before.beyond_bound and not reading.beyond_bound:
+            logger.info("this device's clock agrees with %s again", self.base_url)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
@@ -631,11 +745,6 @@ class HttpBackend(RemoteBackend):
             raise _transport_error(exc, response.request.method, response.request.url.path) from exc
         finally:
             await response.aclose()
-
-
-def _status_error(response: httpx.Response, payload: bytes) -> RemoteError:
-    error = error_for_status(response.status_code, response.headers, payload, now=time.time())
-    return error or ProtocolError(f"unexpected HTTP status {response.status_code}")
 
 
 def _transport_error(exc: httpx.HTTPError, method: str, path: str) -> RemoteError:

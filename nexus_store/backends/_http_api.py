@@ -11,6 +11,12 @@ Endpoints (all but ``/health`` and ``/openapi.json`` need ``Authorization: Beare
   :class:`~nexus_store.backends.Changes` (msgpack if ``Accept`` asks for it, else JSON).
 - ``GET /v1/events``: a server-sent-events stream of :class:`HeadEvent` for the tenant.
 - ``GET /health``: :class:`Health`.
+
+Every answer (errors and event streams included) carries the server's clock: the header
+``Nexus-Clock`` holds its wall time in milliseconds since the epoch when it answered, and
+``Nexus-Clock-Bound`` its bound on clock offsets in milliseconds (ops stamped further
+ahead of its clock are re-stamped; a client whose clock is further off follows the
+server's time).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from ._base import RemoteOp
 
 __all__ = [
     "API_PREFIX",
+    "CLOCK_BOUND_HEADER",
+    "CLOCK_HEADER",
     "EVENTS_PATH",
     "HEALTH_PATH",
     "JSON",
@@ -39,6 +47,7 @@ __all__ = [
     "PushRequest",
     "is_loopback_host",
     "media_type_of",
+    "parse_clock_header",
 ]
 
 API_PREFIX = "/v1"
@@ -52,6 +61,23 @@ MSGPACK = "application/msgpack"
 JSON = "application/json"
 MSGPACK_ALIASES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 """Content types read as msgpack (the registered name and two common older ones)."""
+
+
+CLOCK_HEADER = "nexus-clock"
+"""Response header: the server's wall time when it answered, in ms since the epoch."""
+CLOCK_BOUND_HEADER = "nexus-clock-bound"
+"""Response header: the server's bound on clock offsets, in milliseconds."""
+_MAX_CLOCK_DIGITS = 15  # about 31,700 years in milliseconds
+
+
+def parse_clock_header(value: str | None) -> int | None:
+    """The milliseconds a clock header holds (``None``: absent, or not plain ASCII digits)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_CLOCK_DIGITS:
+        return None
+    return int(text)
 
 
 def media_type_of(content_type: str | None) -> Literal["msgpack", "json"] | None:

@@ -97,6 +97,15 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
             "to keep the server's copy).",
         ),
     ] = "lww",
+    max_clock_offset: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a write's clock stamp may be ahead of the server's clock; a write "
+            "stamped further ahead is applied with the server's time (so a device whose "
+            "clock runs fast cannot win every conflict), and clients whose clock is off by "
+            "more are told so and stamp with the server's time.",
+        ),
+    ] = 300.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     tls_cert: Annotated[
@@ -138,6 +147,7 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
             conflict_policy=conflict_policy,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            max_clock_offset=max_clock_offset,
         )
         run(options)
     except (ValueError, OSError) as exc:

@@ -4,6 +4,10 @@
 ``/openapi.json`` needs ``Authorization: Bearer <token>``; the verifier maps the token to
 a tenant and that tenant alone is passed to the core (a body never names a tenant).
 
+Every answer carries the server's clock and its bound on clock offsets (headers
+``Nexus-Clock`` and ``Nexus-Clock-Bound``, from the core's ``clock`` and
+``max_clock_offset``; see :mod:`._clock_bound`).
+
 Request handling, in order: body size (413, :class:`~._limits.BodyLimitMiddleware`,
 before anything else reads the body), authentication (401), the tenant's rate limit (429
 with ``Retry-After``), decoding and validation (400/415), the batch size (413), then the
@@ -34,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import _codec
+from .._clock import Clock
 from .._exceptions import (
     AuthError,
     CodecError,
@@ -62,6 +67,7 @@ from ..backends._http_api import (
     media_type_of,
 )
 from ._auth import TokenVerifier, bearer_token
+from ._clock_bound import ClockHeaders
 from ._core import (
     Answer,
     Page,
@@ -85,6 +91,16 @@ _MAX_COLLECTIONS = 100
 
 class CoreLike(Protocol):
     """What the app needs from a server core (:class:`~nexus_store.server._core.ServerCore`)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The server's clock (stated in every answer)."""
+        ...
+
+    @property
+    def max_clock_offset(self) -> float:
+        """Seconds an op's stamp may be ahead of :attr:`clock` (stated in every answer)."""
+        ...
 
     async def apply(self, tenant: str, ops: Sequence[PreparedOp]) -> list[Answer]:
         """Apply a batch of prepared ops for ``tenant``; one plain answer per op, in order."""
@@ -297,7 +313,12 @@ def openapi_schema() -> dict[str, Any]:
         "info": {
             "title": "nexus-store sync server",
             "version": __version__,
-            "description": "Push batches of ops, pull changes after a cursor, listen for news.",
+            "description": (
+                "Push batches of ops, pull changes after a cursor, listen for news. Every "
+                "answer carries the server's clock (Nexus-Clock, ms since the epoch) and its "
+                "bound on clock offsets (Nexus-Clock-Bound, ms): ops stamped further ahead "
+                "are applied with the server's time."
+            ),
         },
         "components": {
             "schemas": schemas,
@@ -555,7 +576,10 @@ def create_app(
             Route(HEALTH_PATH, api.health_check, methods=["GET"]),
             Route(OPENAPI_PATH, api.openapi, methods=["GET"]),
         ],
-        middleware=[Middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)],
+        middleware=[
+            Middleware(ClockHeaders, clock=core.clock, max_offset=core.max_clock_offset),
+            Middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes),
+        ],
         exception_handlers={_HttpError: _render_error},
         lifespan=lifespan,
     )

@@ -39,6 +39,9 @@ What the rules promise:
 - **Pulls** return each item's latest state (tombstones included) with a version after
   the cursor, ordered by version.
 - **Tenants** share nothing: the tenant is part of every key, op ids included.
+- **Bounded clocks.** An op stamped more than ``max_clock_offset`` seconds ahead of the
+  server's clock is applied re-stamped with the server's time (see
+  :mod:`._clock_bound`), so a device whose clock runs fast cannot win every conflict.
 
 Item data is stored as msgpack with its map keys sorted, so two payloads that are equal
 as values have one fingerprint whatever their key order. Data nested deeper than 64
@@ -59,10 +62,12 @@ from json.encoder import encode_basestring
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
+from .._clock import Clock, SystemClock
 from .._codec import decode, encode
 from .._exceptions import CodecError, LifecycleError, PayloadTooLargeError, PermanentError
 from .._gc import collector_paused
 from ..backends._base import (
+    MAX_REASON,
     Change,
     Changes,
     ItemId,
@@ -71,6 +76,7 @@ from ..backends._base import (
     RemoteOp,
     is_plain_op,
 )
+from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, bound_stamps, check_max_offset
 from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Storage, StoredItem, open_storage
 
 __all__ = [
@@ -444,7 +450,8 @@ def _resolve(
             return conflict
         blob = encode(_canonical(dict(merged), 1))
     except Exception as exc:  # a failing resolver must not fail the whole batch
-        return Outcome(OpStatus.RETRY, reason=f"conflict resolver failed: {exc!r}")
+        reason = f"conflict resolver failed: {exc!r}"[:MAX_REASON]
+        return Outcome(OpStatus.RETRY, reason=reason)
     write = StoredItem(
         collection=current.collection,
         item_key=current.item_key,
@@ -565,6 +572,9 @@ class ServerCore:
         conflict_policy: ``"lww"`` (default), ``"server_wins"`` or a :data:`Resolver`.
         max_batch: the most ops one push may carry.
         max_pull: the most changes one pull returns, whatever ``limit`` asks.
+        max_clock_offset: seconds an op's stamp may be ahead of ``clock`` before it is
+            re-stamped with the server's time.
+        clock: the server's clock (the system clock by default).
 
     The core is used from one event loop at a time (the PostgreSQL storage's connections
     belong to the loop that opened them).
@@ -577,6 +587,8 @@ class ServerCore:
         conflict_policy: ConflictPolicy = "lww",
         max_batch: int = 1000,
         max_pull: int = 10_000,
+        max_clock_offset: float = DEFAULT_MAX_CLOCK_OFFSET,
+        clock: Clock | None = None,
     ) -> None:
         if max_batch < 1 or max_pull < 1:
             raise ValueError("max_batch and max_pull must be at least 1")
@@ -584,6 +596,10 @@ class ServerCore:
         self.conflict_policy = _check_policy(conflict_policy)
         self.max_batch = max_batch
         self.max_pull = max_pull
+        self.max_clock_offset = check_max_offset(max_clock_offset)
+        self.clock: Clock = clock or SystemClock()
+        self.restamped = 0
+        """Ops re-stamped because their clock was ahead of the server's beyond the bound."""
         self._opened = False
         self._closed = False
 
@@ -626,6 +642,9 @@ class ServerCore:
         await self.open()
         if not ops:
             return []
+        self.restamped += bound_stamps(
+            ops, int(self.clock.now() * 1000), int(self.max_clock_offset * 1000)
+        )
         keys = list(dict.fromkeys([p.key for p in ops if p.invalid is None]))
         op_ids = list(dict.fromkeys([p.op_id for p in ops if p.invalid is None]))
         policy = self.conflict_policy
@@ -730,8 +749,12 @@ async def open_core(
     conflict_policy: ConflictPolicy = "lww",
     max_batch: int = 1000,
     max_pull: int = 10_000,
+    max_clock_offset: float = DEFAULT_MAX_CLOCK_OFFSET,
+    clock: Clock | None = None,
 ) -> ServerCore:
     """Open the storage ``url`` names (see :func:`open_storage`) and a core over it.
+
+    The other arguments are :class:`ServerCore`'s.
 
     Raises:
         ValueError: a URL that names no storage.
@@ -742,6 +765,8 @@ async def open_core(
         conflict_policy=conflict_policy,
         max_batch=max_batch,
         max_pull=max_pull,
+        max_clock_offset=max_clock_offset,
+        clock=clock,
     )
     try:
         await core.open()

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from .._gc import set_gc_pause
 from ..backends._http_api import is_loopback_host
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
+from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, check_max_offset
 from ._limits import Limits
 
 if TYPE_CHECKING:
@@ -82,6 +83,9 @@ class ServeOptions:
             naming an importable :data:`~nexus_store.server.Resolver`.
         tls_cert: the server's certificate chain (PEM): serve HTTPS (with ``tls_key``).
         tls_key: the certificate's private key (PEM).
+        max_clock_offset: seconds an op's clock stamp may be ahead of the server's clock
+            before the op is re-stamped with the server's time (also the bound beyond
+            which clients are told their clock is off).
     """
 
     database: str = "sqlite:///nexus-server.db"
@@ -100,6 +104,10 @@ class ServeOptions:
     conflict_policy: str = "lww"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    max_clock_offset: float = DEFAULT_MAX_CLOCK_OFFSET
+
+    def __post_init__(self) -> None:
+        check_max_offset(self.max_clock_offset)
 
 
 def check_tls_files(cert: Path | None, key: Path | None) -> bool:
@@ -312,6 +320,7 @@ async def _serve(
         conflict_policy=policy,
         max_batch=options.limits.max_batch_ops,
         max_pull=options.limits.max_pull_limit,
+        max_clock_offset=options.max_clock_offset,
     )
     limiter = None
     try:

@@ -122,6 +122,10 @@ class SyncSummary(_Frozen):
     (``None``: not counted, e.g. a cancelled run)."""
     paused_until: datetime | None = None
     """When the remote's pause ends, if the run ended with the remote paused."""
+    clock_skew: float | None = None
+    """Seconds this device's clock is ahead of the server's (negative: behind), when that
+    is more than the server's bound; its writes are then stamped with the server's time
+    until the clock is set right. ``None`` when within the bound (or not stated)."""
 
     @property
     def ok(self) -> bool:
@@ -154,6 +158,9 @@ class SyncSummary(_Frozen):
             text += f", remote paused until {self.paused_until:%Y-%m-%dT%H:%M:%SZ}"
         if self.error:
             text += f": {self.error}"
+        if self.clock_skew is not None:
+            way = "ahead of" if self.clock_skew > 0 else "behind"
+            text += f"; this device's clock is {abs(self.clock_skew):.0f} s {way} the server's"
         return text
 
 

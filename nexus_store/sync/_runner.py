@@ -64,6 +64,7 @@ from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import AuthError, CodecError, ErrorKind, RemoteError, StoreError
 from .._gc import collector_paused
+from .._hlc import ClockReading
 from .._priority import SyncPriority
 from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from .._trusted import trusted_builder
@@ -171,6 +172,15 @@ class SyncTarget(Protocol):
 
     def set_pull_cursor(self, cursor: int) -> None:
         """Store the pull cursor (joining the caller's transaction)."""
+        ...
+
+
+@runtime_checkable
+class ClockedTarget(Protocol):
+    """A sync target with a clock that observes the server's (a store)."""
+
+    def observe_server_clock(self, reading: ClockReading) -> float | None:
+        """Observe the server's clock; return the local clock's skew if beyond the bound."""
         ...
 
 
@@ -332,6 +342,9 @@ class SyncRunner:
         self.last_summary: SyncSummary | None = None
         """The summary of the last finished (or cancelled) run."""
         self._by_collection = {t.collection: t for t in chosen}
+        self._clocked = [t for t in chosen if isinstance(t, ClockedTarget)]
+        self._clock_seen: ClockReading | None = None
+        self._skew: float | None = None
         # Collections whose queue is one object are leased together, in one order.
         groups: dict[int, list[SyncTarget]] = {}
         for target in chosen:
@@ -658,6 +671,7 @@ class SyncRunner:
                 continue
             run.consecutive_failures = 0
             await self._exchanged(run)
+            self._observe_server_clock()
             with collector_paused():
                 decided = plan_results([x.op.op_id for x in part], result)
             settler.submit(decided)
@@ -775,6 +789,7 @@ class SyncRunner:
                         run.stop = _PAUSE_STOPS[run.paused.reason]
                     return
                 await self._exchanged(run)
+                self._observe_server_clock()
                 applied, quarantined = await self._local(
                     _apply_page, target, changes.changes, max(cursor, changes.cursor)
                 )
@@ -784,6 +799,23 @@ class SyncRunner:
                 if not changes.has_more or changes.cursor <= cursor:
                     break
                 cursor = changes.cursor
+
+    def _observe_server_clock(self) -> None:
+        """Let the stores' clocks observe the server's, when it stated a new reading."""
+        reading = self.backend.server_clock
+        if reading is None or reading is self._clock_seen:
+            return
+        self._clock_seen = reading
+        skews = [target.observe_server_clock(reading) for target in self._clocked]
+        self._skew = next((skew for skew in skews if skew is not None), None)
+
+    def _clock_skew(self) -> float | None:
+        """The skew beyond the server's bound the stores found (or, without stores that
+        stamp, the backend's own reading found)."""
+        if self._clocked:
+            return self._skew
+        reading = self.backend.server_clock
+        return reading.skew if reading is not None and reading.beyond_bound else None
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -832,6 +864,7 @@ class SyncRunner:
                 if run.paused is None or run.paused.until <= self.clock.now()
                 else datetime.fromtimestamp(run.paused.until, UTC)
             ),
+            clock_skew=self._clock_skew(),
         )
         self.last_summary = summary
         run.phase = SyncPhase.DONE

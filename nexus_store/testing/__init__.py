@@ -1,8 +1,11 @@
 """The public test kit: fakes that are real implementations, and contract suites.
 
 - :class:`~nexus_store.FakeClock`: time that moves only when told to.
+- :class:`SkewedClock`: a device's wall clock off by a fixed amount from a base clock.
 - :class:`~nexus_store.sync.SimulatedDevice`: a settable device state.
 - :class:`FaultProxy`: an HTTP fault proxy on 127.0.0.1 (drops, resets, stalls, 503/429).
+- :class:`ScriptedServer`: an HTTP server on 127.0.0.1 whose answers are bytes a test
+  chooses (:class:`RawAnswer`, :func:`http_answer`): garbage, truncation, trickles, hangs.
 - :class:`ServerProcess`: a real ``nexus-store serve`` subprocess on 127.0.0.1.
 - :class:`FaultyBackend`: wraps any backend; drops answers after applying, raises
   retryable/permanent errors, adds delay (scripted per call or seeded-random).
@@ -18,9 +21,11 @@ from typing import TYPE_CHECKING
 
 from .._clock import FakeClock
 from ..sync._device import SimulatedDevice
+from ._clocks import SkewedClock
 from ._faults import Fault, FaultKind, FaultyBackend, InjectedFault
 from ._postgres import TemporaryPostgres, shared_postgres
 from ._proxy import FaultMode, FaultProxy, ProxyRecord, ProxyStats
+from ._scripted import RawAnswer, ScriptedRequest, ScriptedServer, http_answer
 from ._server import ServerProcess, ServerStartError
 from ._workdriver import WorkDriver
 
@@ -47,11 +52,16 @@ __all__ = [
     "OpWriter",
     "ProxyRecord",
     "ProxyStats",
+    "RawAnswer",
+    "ScriptedRequest",
+    "ScriptedServer",
     "ServerProcess",
     "ServerStartError",
     "SimulatedDevice",
+    "SkewedClock",
     "TemporaryPostgres",
     "WorkDriver",
+    "http_answer",
     "pull_all",
     "shared_postgres",
 ]

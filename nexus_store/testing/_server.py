@@ -48,6 +48,9 @@ class ServerProcess:
         events_interval: seconds between head checks for event streams.
         conflict_policy: ``"lww"``, ``"server_wins"`` or ``"module:function"`` (a resolver
             the server process can import; see ``env`` for its ``PYTHONPATH``).
+        max_clock_offset: seconds a write's stamp may be ahead of the server's clock.
+        port: the port to listen on (0: a free one; a fixed one lets a restarted server
+            come back where its clients and proxies expect it).
         args: more command-line arguments for ``nexus-store serve``.
         env: more environment variables for the process.
         startup_timeout: seconds to wait for the server to answer ``/health``.
@@ -67,6 +70,8 @@ class ServerProcess:
         burst: int | None = None,
         events_interval: float | None = None,
         conflict_policy: str | None = None,
+        max_clock_offset: float | None = None,
+        port: int = 0,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
@@ -74,7 +79,7 @@ class ServerProcess:
         self.database = database
         self._tokens = dict(tokens or {})
         self._secret = secret
-        self._args = ["--host", "127.0.0.1", "--port", "0"]
+        self._args = ["--host", "127.0.0.1", "--port", str(port)]
         for flag, value in (
             ("--max-body", max_body),
             ("--max-batch", max_batch),
@@ -82,6 +87,7 @@ class ServerProcess:
             ("--burst", burst),
             ("--events-interval", events_interval),
             ("--conflict-policy", conflict_policy),
+            ("--max-clock-offset", max_clock_offset),
         ):
             if value is not None:
                 self._args += [flag, str(value)]

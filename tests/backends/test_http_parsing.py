@@ -42,6 +42,7 @@ from nexus_store.backends._http import (
     EventStreamDecoder,
     check_changes,
     check_push_result,
+    clock_reading,
     error_for_status,
     idempotency_key,
     parse_retry_after,
@@ -160,6 +161,20 @@ def test_push_result_must_answer_ops_one_for_one() -> None:
         result("op-2", "op-1"),
         result("op-1", "zzz"),
     ):
+        with pytest.raises(ProtocolError):
+            check_push_result(ops, bad)
+
+
+def test_an_answer_item_must_be_the_ops_own() -> None:
+    """A conflict or merge answer carrying another item (or collection) is a protocol error."""
+    ops = [op(1)]
+
+    def conflict(collection: str, item_id: str | int) -> PushResult:
+        item = Change(collection=collection, item_id=item_id, version=3, data={})
+        return PushResult(results=[OpResult(op_id="op-1", status=OpStatus.CONFLICT, item=item)])
+
+    assert check_push_result(ops, conflict("notes", "i1")).results[0].item is not None
+    for bad in (conflict("notes", "i2"), conflict("tags", "i1"), conflict("notes", 1)):
         with pytest.raises(ProtocolError):
             check_push_result(ops, bad)
 
@@ -297,7 +312,41 @@ def _bad_push_answers() -> dict[str, Callable[[list[RemoteOp]], httpx.Response]]
         "oversized streamed": lambda ops: httpx.Response(
             200, stream=Stream(*[b" " * 600] * 4), headers={"content-type": "application/msgpack"}
         ),
+        "version 2**63": lambda ops: packed(_answers(ops, version=2**63)),
+        "version 0": lambda ops: packed(_answers(ops, version=0)),
+        "version -1": lambda ops: packed(_answers(ops, version=-1)),
+        "version as text": lambda ops: packed(_answers(ops, version="7")),
+        "version as bool": lambda ops: packed(_answers(ops, version=True)),
+        "version as float": lambda ops: packed(_answers(ops, version=7.0)),
+        "retry_after NaN": lambda ops: packed(_answers(ops, "retry", retry_after=float("nan"))),
+        "retry_after inf": lambda ops: packed(_answers(ops, "retry", retry_after=float("inf"))),
+        "retry_after negative": lambda ops: packed(_answers(ops, "retry", retry_after=-1.0)),
+        "retry_after of years": lambda ops: packed(_answers(ops, "retry", retry_after=1e12)),
+        "reason of megabytes": lambda ops: packed(_answers(ops, "rejected", reason="x" * 5000)),
+        "conflict item version 2**64": lambda ops: packed(
+            _answers(
+                ops,
+                "conflict",
+                item={"collection": "notes", "item_id": "i", "version": 2**64 - 1},
+            )
+        ),
+        "conflict item id 2**63": lambda ops: packed(
+            _answers(ops, "conflict", item={"collection": "notes", "item_id": 2**63, "version": 1})
+        ),
+        "conflict item deleted as 1": lambda ops: packed(
+            _answers(
+                ops,
+                "conflict",
+                item={"collection": "notes", "item_id": "i", "version": 1, "deleted": 1},
+            )
+        ),
+        "2xx with an error body": lambda ops: packed({"error": "internal", "detail": "oops"}),
+        "201 with results": lambda ops: packed(accepted(ops), status=201),
     }
+
+
+def _answers(ops: list[RemoteOp], status: str = "accepted", **fields: object) -> dict[str, object]:
+    return {"results": [{"op_id": o.op_id, "status": status, **fields} for o in ops]}
 
 
 @pytest.mark.parametrize("case", sorted(_bad_push_answers()))
@@ -606,3 +655,57 @@ async def test_watch_refuses_bad_streams(response: httpx.Response, error: type[E
         with pytest.raises(error):
             async with remote.watch() as heads:
                 await anext(heads)
+
+
+def _page(*changes: dict[str, object], cursor: object = 5, **fields: object) -> dict[str, object]:
+    return {"changes": list(changes), "cursor": cursor, **fields}
+
+
+_C = {"collection": "notes", "item_id": "i", "version": 4}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _page(cursor=2**63),
+        _page(cursor=-1),
+        _page(cursor="5"),
+        _page(cursor=5.0),
+        _page(has_more="yes"),
+        _page(has_more=1),
+        _page({**_C, "version": 2**63}),
+        _page({**_C, "item_id": 2**63}),
+        _page({**_C, "item_id": 2**64 - 1}),
+        _page({**_C, "item_id": 1.5}),
+        _page({**_C, "collection": ""}),
+        _page({**_C, "hlc": "h" * 65}),
+        _page({**_C, "deleted": "false"}),
+        _page({**_C, "data": [1, 2]}),
+        _page({**_C, "data": {1: "a"}}),
+    ],
+    ids=repr,
+)
+async def test_out_of_range_pull_pages_are_protocol_errors(body: dict[str, object]) -> None:
+    """A page with any field out of range or of the wrong type is a ProtocolError."""
+    async with backend(lambda request: packed(body)) as remote:
+        with pytest.raises(ProtocolError):
+            await remote.pull(3, 10)
+
+
+def test_clock_headers_are_read_strictly() -> None:
+    """Nexus-Clock is plain ASCII milliseconds (else ignored); the local side is the midpoint."""
+    reading = clock_reading(
+        {"nexus-clock": "1700000000500", "nexus-clock-bound": "300000"}, sent=10.0, received=12.0
+    )
+    assert reading is not None
+    assert (reading.server_time, reading.local_time, reading.max_offset) == (
+        1_700_000_000.5,
+        11.0,
+        300.0,
+    )
+    unbounded = clock_reading({"nexus-clock": "5"}, sent=0, received=0)
+    assert unbounded is not None
+    assert unbounded.max_offset is None
+    for junk in ("", "-5", "1e9", "٣", "1" * 16, "12.5", " "):
+        assert clock_reading({"nexus-clock": junk}, sent=0, received=0) is None
+    assert clock_reading({}, sent=0, received=0) is None

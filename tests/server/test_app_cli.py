@@ -34,6 +34,9 @@ def test_serve_refuses_to_start_without_credentials() -> None:
         ["--token", "t=a", "--max-body", "lots"],
         ["--token", "t=a", "--rate", "fast"],
         ["--secret", "short"],
+        ["--token", "t=a", "--max-clock-offset", "0"],
+        ["--token", "t=a", "--max-clock-offset", "-5"],
+        ["--token", "t=a", "--max-clock-offset", "inf"],
     ],
 )
 def test_serve_refuses_bad_options(args: list[str]) -> None:
@@ -82,6 +85,7 @@ def test_help_lists_the_options() -> None:
         "--max-body",
         "--max-batch",
         "--rate",
+        "--max-clock-offset",
     ):
         assert option in result.stdout
 

@@ -199,13 +199,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @contextlib.asynccontextmanager
 async def _client(
-    server: ServerProcess, *, seed: int = 0, request_timeout: float = 10.0
+    server: ServerProcess,
+    *,
+    seed: int = 0,
+    request_timeout: float = 10.0,
+    clock: FakeClock | None = None,
 ) -> AsyncIterator[tuple[FaultProxy, HttpBackend, HttpBackend]]:
     """A proxy in front of the server, a backend through it, and a direct one (to check)."""
     token = f"tok{next(_next_token)}"
     async with (
         FaultProxy(server.base_url, seed=seed) as proxy,
-        HttpBackend(proxy.url, token=token, timeout=request_timeout) as through,
+        HttpBackend(proxy.url, token=token, timeout=request_timeout, clock=clock) as through,
         HttpBackend(server.base_url, token=token) as direct,
     ):
         yield proxy, through, direct
@@ -268,7 +272,7 @@ async def test_503_then_429_backs_off_and_honours_retry_after(server: ServerProc
     """503s back off exponentially with jitter; after a 429 no request comes before Retry-After."""
     clock = FakeClock()
     store = _store(clock, 50)
-    async with _client(server) as (proxy, through, direct):
+    async with _client(server, clock=clock) as (proxy, through, direct):
         proxy.set_fault(FaultMode.UNAVAILABLE, path_prefix="/v1/push")
         ceilings = []
         for attempt in (1, 2, 3):
