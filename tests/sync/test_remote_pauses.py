@@ -134,7 +134,7 @@ async def test_a_token_rotation_outliving_max_attempts_dead_letters_nothing(
     def provider(*_: object, **__: object) -> str:
         return tokens[-1]
 
-    async with HttpBackend(server.base_url, token=provider, timeout=10) as backend:
+    async with HttpBackend(server.base_url, token=provider, timeout=10, clock=clock) as backend:
         store = _store(clock, backend=backend)
         store.queue.max_attempts = 3
         store.save_many([Note(id=f"n{i}") for i in range(20)], priority=SyncPriority.HIGH)
@@ -218,7 +218,7 @@ async def test_a_429_with_retry_after_stops_every_request_until_then(
     db = tmp_path / "app.db"
     async with (
         FaultProxy(server.base_url) as proxy,
-        HttpBackend(proxy.url, token=token, timeout=10) as through,
+        HttpBackend(proxy.url, token=token, timeout=10, clock=clock) as through,
     ):
         store = _store(clock, db, backend=through)
         store.save_many([Note(id=f"n{i}") for i in range(30)])
