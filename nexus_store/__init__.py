@@ -43,15 +43,15 @@ from ._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
-from ._fencing import LeaseBatch, Settled
 from ._gc import set_gc_pause
 from ._migrations import Migrations
 from ._priority import SyncPriority
 from ._quarantine import QuarantinedChange
-from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._store import NexusStore
 from ._version import __version__
 from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
+from .queue._fencing import LeaseBatch, Settled
+from .queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sync._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult

@@ -35,7 +35,7 @@ from . import _codec
 from ._database import Database, quote_identifier
 from ._exceptions import CodecError, CorruptDatabaseError, DatabaseError
 from ._quarantine import decode_kept
-from ._queue import _TABLE_COLUMNS, damage_of
+from .queue._queue import _TABLE_COLUMNS, damage_of
 
 __all__ = ["CheckReport", "Finding", "Severity", "check_file"]
 

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._base import RemoteOp
+from ._remote import RemoteOp
 
 __all__ = [
     "API_PREFIX",

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import _codec
 from ._exceptions import CodecError, CorruptDatabaseError
-from .backends._base import Change
+from ._remote import Change
 
 __all__ = ["AppliedChanges", "Quarantine", "QuarantinedChange", "decode_kept", "shape_of"]
 

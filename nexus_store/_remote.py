@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import _unclosed
-from .._hlc import ClockReading
-from .._loop import STOP_TIMEOUT, LoopBinding, close_on_bound_loop, current_binding, shared_loop
+from . import _unclosed
+from ._hlc import ClockReading
+from ._loop import STOP_TIMEOUT, LoopBinding, close_on_bound_loop, current_binding, shared_loop
 
 __all__ = [
     "Change",

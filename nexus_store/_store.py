@@ -57,13 +57,13 @@ from ._loop import STOP_TIMEOUT, close_on_bound_loop, in_event_loop, shared_loop
 from ._migrations import Migrations, run_steps
 from ._priority import SyncPriority
 from ._quarantine import AppliedChanges, Quarantine, QuarantinedChange, shape_of
-from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
+from ._remote import Change, RemoteBackend
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
-from .backends._base import Change, RemoteBackend
+from .queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 
 if TYPE_CHECKING:
-    from .sync._device import DeviceStateProvider
-    from .sync._progress import SyncSummary
+    from .sync.device._device import DeviceStateProvider
+    from .sync.engine._progress import SyncSummary
 
 __all__ = ["NexusStore"]
 
@@ -863,7 +863,7 @@ class NexusStore(Generic[T, ID]):
             SyncError: no backend was given and the store has none.
             StoreClosedError: the store is closed.
         """
-        from .sync._runner import SyncRunner  # noqa: PLC0415 - the engine loads on first sync
+        from .sync.engine._runner import SyncRunner  # noqa: PLC0415 - the engine loads on first sync
 
         self._check_open()
         chosen = backend if backend is not None else self.backend
@@ -892,7 +892,7 @@ class NexusStore(Generic[T, ID]):
         """
         self._check_open()
         # Loaded here, not on the loop: importing the engine would stall the loop's thread.
-        from .sync import _runner  # noqa: F401, PLC0415
+        from .sync.engine import _runner  # noqa: F401, PLC0415
 
         return shared_loop().call(
             functools.partial(self.async_sync, backend=backend, device=device, budget=budget)

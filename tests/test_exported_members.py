@@ -225,7 +225,7 @@ def test_import_stays_light() -> None:
     code = (
         "import sys, nexus_store;"
         "heavy = ['psycopg', 'starlette', 'uvicorn', 'watchfiles', 'jwt',"
-        " 'nexus_store.sync._runner'];"
+        " 'nexus_store.sync.engine._runner'];"
         "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -32,8 +32,8 @@ from nexus_store._local import (
     remote_change_action,
     snake_case,
 )
-from nexus_store._queue import OpKind, OpState
 from nexus_store.backends import Change
+from nexus_store.queue._queue import OpKind, OpState
 
 
 class Note(BaseModel):

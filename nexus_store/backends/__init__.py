@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._base import Change, Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
+from .._remote import Change, Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._http import HttpBackend

@@ -63,9 +63,7 @@ from .._exceptions import (
 )
 from .._gc import collector_paused
 from .._hlc import ClockReading
-from .._version import __version__
-from ._base import MAX_RETRY_AFTER, Changes, PushResult, RemoteBackend, RemoteOp
-from ._http_api import (
+from .._http_api import (
     CLOCK_BOUND_HEADER,
     CLOCK_HEADER,
     EVENTS_PATH,
@@ -78,6 +76,8 @@ from ._http_api import (
     media_type_of,
     parse_clock_header,
 )
+from .._remote import MAX_RETRY_AFTER, Changes, PushResult, RemoteBackend, RemoteOp
+from .._version import __version__
 from ._pause import RemotePause, pause_for
 from ._tokens import RefreshingTokenProvider, TokenProvider, TokenSource
 

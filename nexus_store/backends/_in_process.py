@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._exceptions import LifecycleError
+from .._remote import Changes, PushResult, RemoteBackend, RemoteOp
 from ..server._core import ServerCore, check_tenant
-from ._base import Changes, PushResult, RemoteBackend, RemoteOp
 
 __all__ = ["InProcessBackend"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..server._core import ConflictPolicy, ServerCore
-from ..server._storage_memory import MemoryStorage
+from ..server.storage._memory import MemoryStorage
 from ._in_process import InProcessBackend
 
 __all__ = ["MemoryBackend"]

@@ -38,7 +38,7 @@ class PostgresBackend(InProcessBackend):
         max_batch: int = 1000,
         max_connections: int = 4,
     ) -> None:
-        from ..server._storage_postgres import PostgresStorage  # noqa: PLC0415 - psycopg is optional
+        from ..server.storage._postgres import PostgresStorage  # noqa: PLC0415 - psycopg is optional
 
         core = ServerCore(
             PostgresStorage(dsn, max_connections=max_connections, max_idle=max_connections),

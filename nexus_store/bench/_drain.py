@@ -38,15 +38,12 @@ from typing import Any
 import anyio
 from pydantic import BaseModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_http import BareProcess, make_ops, push_bare, push_ours
-
-from nexus_store import SyncPriority
-from nexus_store._store import NexusStore
-from nexus_store.backends import HttpBackend
-from nexus_store.sync._runner import SyncRunner
-from nexus_store.testing import ServerProcess
+from .. import SyncPriority
+from .._store import NexusStore
+from ..backends import HttpBackend
+from ..sync.engine._runner import SyncRunner
+from ..testing import ServerProcess
+from ._http import BareProcess, make_ops, push_bare, push_ours
 
 TOKEN = "bench-token"
 BATCH = 500

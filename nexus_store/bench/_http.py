@@ -47,9 +47,9 @@ import anyio
 import httpx
 import msgpack
 
-from nexus_store.backends import HttpBackend, RemoteOp
-from nexus_store.server._schema import ddl
-from nexus_store.testing import ServerProcess, TemporaryPostgres
+from ..backends import HttpBackend, RemoteOp
+from ..server.storage._schema import ddl
+from ..testing import ServerProcess, TemporaryPostgres
 
 OPS = 20_000
 Server = tuple[str, int]
@@ -110,7 +110,7 @@ def bare_server_main(database: str) -> None:
     from starlette.responses import Response  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
-    from nexus_store.server._run import announce, bind_socket, run_loop, serve_app  # noqa: PLC0415
+    from ..server._run import announce, bind_socket, run_loop, serve_app  # noqa: PLC0415
 
     if database.startswith("postgresql"):
         store: Any = _BarePostgres(database)
@@ -171,7 +171,7 @@ class _BareSqlite:
             "data BLOB NOT NULL, UNIQUE (collection, item_id))"
         )
         # The floor: the rows our server must write per op (its own schema, see
-        # nexus_store.server._schema), written straight from the decoded ops.
+        # nexus_store.server.storage._schema), written straight from the decoded ops.
         for statement in ddl("sqlite"):
             self.conn.execute(statement)
         self.head = 0

@@ -33,9 +33,9 @@ from typing import Any
 
 from persistqueue import SQLiteAckQueue
 
-from nexus_store import PrioritySyncQueue, SyncPriority
-from nexus_store._codec import encode
-from nexus_store._database import Database, Durability
+from .. import PrioritySyncQueue, SyncPriority
+from .._codec import encode
+from .._database import Database, Durability
 
 BATCH = 100
 

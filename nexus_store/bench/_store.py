@@ -43,8 +43,8 @@ import msgpack
 import psutil
 from pydantic import BaseModel
 
-from nexus_store import NexusStore, SyncPriority
-from nexus_store._database import Durability
+from .. import NexusStore, SyncPriority
+from .._database import Durability
 
 MIB = 1024 * 1024
 

@@ -37,10 +37,10 @@ import anyio
 import psutil
 from pydantic import BaseModel
 
-from nexus_store import NexusStore, SyncPriority
-from nexus_store.backends import HttpBackend
-from nexus_store.sync import SyncRunner
-from nexus_store.testing import ServerProcess
+from .. import NexusStore, SyncPriority
+from ..backends import HttpBackend
+from ..sync import SyncRunner
+from ..testing import ServerProcess
 
 TOKENS = {"bench-worker": "worker", "bench-direct": "direct"}
 _LAUNCHER = "from nexus_store.cli import main; main()"

@@ -25,8 +25,8 @@ def demo(
         importlib.import_module("uvicorn")
     except ImportError as exc:
         fail("demo", f"the demo runs a sync server: pip install 'nexus-store[server]' ({exc})")
-    from .._demo import run_demo  # noqa: PLC0415 - keeps `nexus-store --help` fast
     from ..testing._server import ServerStartError  # noqa: PLC0415
+    from ._demo_run import run_demo  # noqa: PLC0415 - keeps `nexus-store --help` fast
 
     try:
         result = run_demo(Console(), items=items)

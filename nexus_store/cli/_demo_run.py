@@ -23,18 +23,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._priority import SyncPriority
-from ._queue import OpState
-from ._store import NexusStore
-from .backends._base import RemoteOp
-from .backends._http import HttpBackend
-from .sync._config import BackgroundSyncConfig, BackgroundSyncStatus
-from .sync._constraints import SystemDevice
-from .sync._device import SimulatedDevice
-from .sync._factory import BackgroundSyncServiceFactory
-from .sync._progress import SyncProgress
-from .sync._runner import SyncRunner
-from .testing._server import ServerProcess
+from .._priority import SyncPriority
+from .._remote import RemoteOp
+from .._store import NexusStore
+from ..backends._http import HttpBackend
+from ..queue._queue import OpState
+from ..sync._config import BackgroundSyncConfig, BackgroundSyncStatus
+from ..sync._factory import BackgroundSyncServiceFactory
+from ..sync.device._constraints import SystemDevice
+from ..sync.device._device import SimulatedDevice
+from ..sync.engine._progress import SyncProgress
+from ..sync.engine._runner import SyncRunner
+from ..testing._server import ServerProcess
 
 __all__ = ["DemoResult", "run_demo"]
 

@@ -86,9 +86,9 @@ def jobs(
 
 
 def _show_work(console: Console, database: Database, limit: int) -> None:
-    from ..sync._work import WorkQuery, WorkState, next_schedule_time  # noqa: PLC0415
-    from ..sync._workmanager_adapter import _run_to_task_run  # noqa: PLC0415
-    from ..sync._workstore import WorkStore  # noqa: PLC0415
+    from ..sync.workmanager._adapter import _run_to_task_run  # noqa: PLC0415
+    from ..sync.workmanager._persistence import WorkStore  # noqa: PLC0415
+    from ..sync.workmanager._requests import WorkQuery, WorkState, next_schedule_time  # noqa: PLC0415
 
     store = WorkStore(database)
     unfinished = frozenset({WorkState.ENQUEUED, WorkState.RUNNING, WorkState.BLOCKED})
@@ -129,8 +129,8 @@ def _show_work(console: Console, database: Database, limit: int) -> None:
 
 
 def _show_bgtask(console: Console, database: Database, limit: int) -> None:
-    from ..sync._bgtask import _Tables  # noqa: PLC0415
-    from ..sync._bgtask_adapter import _record_to_task_run  # noqa: PLC0415
+    from ..sync.bgtask._adapter import _record_to_task_run  # noqa: PLC0415
+    from ..sync.bgtask._bgtask import _Tables  # noqa: PLC0415
 
     rows = _Tables(database, history_limit=max(limit, 1000))
     pending = rows.load_pending()

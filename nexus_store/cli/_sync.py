@@ -29,13 +29,13 @@ from rich.table import Table
 from .._database import Database
 from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
-from .._queue import OpState, PrioritySyncQueue, QueueStats
+from ..queue._queue import OpState, PrioritySyncQueue, QueueStats
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._options import DbOption, RemoteOption, TokenOption
 
 if TYPE_CHECKING:
-    from ..sync._progress import SyncSummary
+    from ..sync.engine._progress import SyncSummary
 
 _PRIORITIES = tuple(sorted(SyncPriority))
 
@@ -115,10 +115,10 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
 ) -> int:
     # Imported here so `nexus-store --help` stays quick.
     from ..backends._http import HttpBackend  # noqa: PLC0415
-    from ..sync._engine import EngineConfig  # noqa: PLC0415
-    from ..sync._progress import SyncProgress  # noqa: PLC0415
-    from ..sync._rawtable import RawCollection, discover_collections  # noqa: PLC0415
-    from ..sync._runner import SyncRunner  # noqa: PLC0415
+    from ..sync.engine._engine import EngineConfig  # noqa: PLC0415
+    from ..sync.engine._progress import SyncProgress  # noqa: PLC0415
+    from ..sync.engine._rawtable import RawCollection, discover_collections  # noqa: PLC0415
+    from ..sync.engine._runner import SyncRunner  # noqa: PLC0415
 
     try:
         backend = HttpBackend(

@@ -74,11 +74,11 @@ from typing import Any, Self
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
-from . import _codec, _timeline
-from ._backoff import RetryBackoff, plan_failure
-from ._clock import Clock, SystemClock
-from ._database import Database, Durability, SqliteFailure, translate_sqlite_error
-from ._exceptions import (
+from .. import _codec
+from .._backoff import RetryBackoff, plan_failure
+from .._clock import Clock, SystemClock
+from .._database import Database, Durability, SqliteFailure, translate_sqlite_error
+from .._exceptions import (
     CodecError,
     CorruptDatabaseError,
     ErrorKind,
@@ -88,12 +88,13 @@ from ._exceptions import (
     SchemaError,
     StoreClosedError,
 )
+from .._hlc import HybridLogicalClock
+from .._migrations import load_migrations, run_steps
+from .._priority import SyncPriority
+from .._quarantine import Quarantine
+from .._trusted import trusted_builder
+from . import _timeline
 from ._fencing import LeaseBatch, Settled, new_token
-from ._hlc import HybridLogicalClock
-from ._migrations import load_migrations, run_steps
-from ._priority import SyncPriority
-from ._quarantine import Quarantine
-from ._trusted import trusted_builder
 
 __all__ = [
     "OpKind",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
 from ._core import ConflictPolicy, Resolver, ServerCore, open_core
-from ._storage import Storage, open_storage
+from .storage import Storage, open_storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._app import create_app

@@ -48,9 +48,7 @@ from .._exceptions import (
     PermanentError,
     RetryableError,
 )
-from .._version import __version__
-from ..backends._base import Changes, PushResult, RemoteOp
-from ..backends._http_api import (
+from .._http_api import (
     EVENTS_PATH,
     HEALTH_PATH,
     JSON,
@@ -66,6 +64,8 @@ from ..backends._http_api import (
     PushRequest,
     media_type_of,
 )
+from .._remote import Changes, PushResult, RemoteOp
+from .._version import __version__
 from ._auth import TokenVerifier, bearer_token
 from ._clock_bound import ClockHeaders
 from ._core import (

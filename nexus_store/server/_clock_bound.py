@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import Clock
 from .._hlc import restamped, stamp_limit
-from ..backends._http_api import CLOCK_BOUND_HEADER, CLOCK_HEADER
+from .._http_api import CLOCK_BOUND_HEADER, CLOCK_HEADER
 
 if TYPE_CHECKING:
     from ._core import PreparedOp

@@ -1,7 +1,7 @@
 """The server core: the rules of the sync server, written once for every storage.
 
 The rules are pure functions of plain values (:func:`prepare`, :func:`decide`,
-:func:`plan_batch`); a :class:`~nexus_store.server._storage.Storage` runs
+:func:`plan_batch`); a :class:`~nexus_store.server.storage.Storage` runs
 :func:`plan_batch` inside its transaction and :class:`ServerCore` ties the two together.
 
 What the rules promise:
@@ -66,7 +66,7 @@ from .._clock import Clock, SystemClock
 from .._codec import decode, encode
 from .._exceptions import CodecError, LifecycleError, PayloadTooLargeError, PermanentError
 from .._gc import collector_paused
-from ..backends._base import (
+from .._remote import (
     MAX_REASON,
     Change,
     Changes,
@@ -77,7 +77,15 @@ from ..backends._base import (
     is_plain_op,
 )
 from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, bound_stamps, check_max_offset
-from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Storage, StoredItem, open_storage
+from .storage._base import (
+    BatchPlan,
+    BatchState,
+    ItemKey,
+    OpRecord,
+    Storage,
+    StoredItem,
+)
+from .storage._open import open_storage
 
 __all__ = [
     "Answer",

@@ -22,7 +22,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("JWT support needs PyJWT: pip install 'nexus-store[server]'") from exc
 
-from ..backends._http_api import is_loopback_host
+from .._http_api import is_loopback_host
 from ._auth import MIN_SECRET_BYTES, check_tenant_name, usable_tenant
 
 __all__ = ["JwtVerifier", "issue_jwt"]

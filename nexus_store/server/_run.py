@@ -32,7 +32,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from .._gc import set_gc_pause
-from ..backends._http_api import is_loopback_host
+from .._http_api import is_loopback_host
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
 from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, check_max_offset
 from ._limits import Limits

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
-from ._bgrequests import (
+from ._bridge import BackgroundSyncThread
+from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
+from ._factory import AdapterKind, BackgroundSyncServiceFactory, choose_adapter
+from ._noop import NoopSyncService
+from ._service import (
+    BackgroundSyncService,
+    ChangeSource,
+    CommitWatcher,
+    ServiceState,
+    StoreSyncTask,
+    TaskRun,
+)
+from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
+from ._worker import SyncWorker, WorkerLease
+from .bgtask._adapter import BGTaskSyncService
+from .bgtask._bgtask import (
+    BGTaskHandle,
+    BGTaskHandler,
+    BGTaskScheduler,
+    LaunchRecord,
+    handler_for_task,
+)
+from .bgtask._requests import (
     AppRefreshRequest,
     AppUsage,
     BGTaskRequest,
@@ -16,16 +38,10 @@ from ._bgrequests import (
     RequestKind,
     SubmissionStrategy,
 )
-from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
-from ._bgtask_adapter import BGTaskSyncService
-from ._bridge import BackgroundSyncThread
-from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
-from ._constraints import SystemDevice
-from ._device import DeviceState, DeviceStateProvider, NetworkType, SimulatedDevice
-from ._engine import EngineConfig
-from ._factory import AdapterKind, BackgroundSyncServiceFactory, choose_adapter
-from ._noop import NoopSyncService
-from ._progress import (
+from .device._constraints import SystemDevice
+from .device._device import DeviceState, DeviceStateProvider, NetworkType, SimulatedDevice
+from .engine._engine import EngineConfig
+from .engine._progress import (
     PriorityProgress,
     PrioritySummary,
     SyncEvent,
@@ -35,18 +51,10 @@ from ._progress import (
     SyncStreams,
     SyncSummary,
 )
-from ._rawtable import RawCollection, discover_collections
-from ._runner import SyncRunner, SyncTarget
-from ._service import (
-    BackgroundSyncService,
-    ChangeSource,
-    CommitWatcher,
-    ServiceState,
-    StoreSyncTask,
-    TaskRun,
-)
-from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
-from ._work import (
+from .engine._rawtable import RawCollection, discover_collections
+from .engine._runner import SyncRunner, SyncTarget
+from .workmanager._adapter import WorkManagerSyncService
+from .workmanager._requests import (
     BackoffPolicy,
     Constraints,
     DispatchOrder,
@@ -65,9 +73,7 @@ from ._work import (
     WorkRequest,
     WorkState,
 )
-from ._worker import SyncWorker, WorkerLease
-from ._workmanager import ManagerState, WorkManager, WorkWatch
-from ._workmanager_adapter import WorkManagerSyncService
+from .workmanager._workmanager import ManagerState, WorkManager, WorkWatch
 
 __all__ = [
     "AdapterKind",

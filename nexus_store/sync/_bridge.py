@@ -36,8 +36,8 @@ from .._exceptions import LifecycleError
 from .._loop import STOP_TIMEOUT, LoopThread, shared_loop
 from .._priority import SyncPriority
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
-from ._progress import SyncEvent, SyncProgress, SyncSummary
 from ._service import BackgroundSyncService, ServiceState, TaskRun
+from .engine._progress import SyncEvent, SyncProgress, SyncSummary
 
 __all__ = ["BackgroundSyncThread"]
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._device import DeviceState, NetworkType
+from .device._device import DeviceState, NetworkType
 
 __all__ = [
     "MIN_PERIODIC_INTERVAL",

@@ -22,11 +22,11 @@ from enum import StrEnum
 from typing import Any
 
 from .._clock import Clock
-from ..backends._base import RemoteBackend
+from .._remote import RemoteBackend
 from ._config import BackgroundSyncConfig
-from ._device import DeviceStateProvider
-from ._runner import SyncTarget
 from ._service import BackgroundSyncService
+from .device._device import DeviceStateProvider
+from .engine._runner import SyncTarget
 
 __all__ = ["ADAPTER_ENV", "AdapterKind", "BackgroundSyncServiceFactory", "choose_adapter"]
 
@@ -131,13 +131,13 @@ class BackgroundSyncServiceFactory:
         kind = choose_adapter(enabled=config.enabled, platform=platform)
         # Imported on demand: an app only loads the adapter it uses.
         if kind is AdapterKind.WORKMANAGER:
-            from ._workmanager_adapter import WorkManagerSyncService  # noqa: PLC0415
+            from .workmanager._adapter import WorkManagerSyncService  # noqa: PLC0415
 
             return WorkManagerSyncService(
                 store, backend, config=config, clock=clock, device=device, **options
             )
         if kind is AdapterKind.BGTASK:
-            from ._bgtask_adapter import BGTaskSyncService  # noqa: PLC0415
+            from .bgtask._adapter import BGTaskSyncService  # noqa: PLC0415
 
             return BGTaskSyncService(
                 store, backend, config=config, clock=clock, device=device, **options

@@ -17,11 +17,11 @@ import anyio.lowlevel
 
 from .._clock import Clock
 from .._priority import SyncPriority
-from ..backends._base import RemoteBackend
+from .._remote import RemoteBackend
 from ._config import BackgroundSyncConfig, ScheduleResult
-from ._device import DeviceStateProvider
-from ._runner import SyncTarget
 from ._service import BackgroundSyncService, TaskRun
+from .device._device import DeviceStateProvider
+from .engine._runner import SyncTarget
 
 __all__ = ["NoopSyncService"]
 

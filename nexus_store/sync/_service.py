@@ -68,16 +68,16 @@ from .._clock import Clock, SystemClock
 from .._database import Database
 from .._exceptions import LifecycleError, NexusStoreError, StoreClosedError, SyncError
 from .._priority import SyncPriority
-from .._queue import PrioritySyncQueue
+from .._remote import RemoteBackend
 from .._watch import ChangeOrigin, ChangeStream
-from ..backends._base import RemoteBackend
+from ..queue._queue import PrioritySyncQueue
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, unmet_constraints
-from ._constraints import SystemDevice
-from ._device import DeviceState, DeviceStateProvider
-from ._pause import PauseReason, RemotePause, RemotePauses, remote_identity
-from ._progress import SyncEvent, SyncProgress, SyncStopReason, SyncStreams, SyncSummary
-from ._runner import SyncRunner, SyncTarget
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
+from .device._constraints import SystemDevice
+from .device._device import DeviceState, DeviceStateProvider
+from .engine._pause import PauseReason, RemotePause, RemotePauses, remote_identity
+from .engine._progress import SyncEvent, SyncProgress, SyncStopReason, SyncStreams, SyncSummary
+from .engine._runner import SyncRunner, SyncTarget
 
 __all__ = [
     "SYNC_TASK_ID",
@@ -470,7 +470,7 @@ class BackgroundSyncService(abc.ABC):
             ``max_attempts`` is applied to the stores' queues.
         clock: time for schedules (a ``FakeClock`` in tests); default the store's clock.
         device: the device state for constraints; default the real machine
-            (:class:`~nexus_store.sync._constraints.SystemDevice`, probing the backend's URL).
+            (:class:`~nexus_store.sync.device.SystemDevice`, probing the backend's URL).
         change_source: what wakes the trigger loop after commits; default a
             :class:`CommitWatcher` on the store's database.
         watch_commits: ``False`` to not watch commits at all (priorities then act only

@@ -45,16 +45,16 @@ from .._clock import Clock, SystemClock
 from .._database import Database
 from .._local import MetaTable
 from .._migrations import Migrations, load_migrations
-from .._queue import OpState, PrioritySyncQueue
-from ..backends._base import RemoteBackend
+from .._remote import RemoteBackend
+from ..queue._queue import OpState, PrioritySyncQueue
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
-from ._constraints import SystemDevice
-from ._device import DeviceStateProvider
-from ._progress import SyncEvent
-from ._rawtable import RawCollection, discover_collections
 from ._service import SYNC_TASK_ID, TaskRun
-from ._work import WorkQuery, WorkState
-from ._workmanager_adapter import WorkManagerSyncService
+from .device._constraints import SystemDevice
+from .device._device import DeviceStateProvider
+from .engine._progress import SyncEvent
+from .engine._rawtable import RawCollection, discover_collections
+from .workmanager._adapter import WorkManagerSyncService
+from .workmanager._requests import WorkQuery, WorkState
 
 __all__ = [
     "LeaseAction",

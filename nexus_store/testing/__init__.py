@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._clock import FakeClock
-from ..sync._device import SimulatedDevice
+from ..sync.device._device import SimulatedDevice
 from ._clocks import SkewedClock
 from ._faults import Fault, FaultKind, FaultyBackend, InjectedFault
 from ._postgres import TemporaryPostgres, shared_postgres

@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ..backends._base import Change, ItemId, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
+from .._remote import Change, ItemId, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
 
 __all__ = [
     "BackendContract",

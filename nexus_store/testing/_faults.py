@@ -27,7 +27,7 @@ from .._exceptions import (
     RemoteError,
     ServerUnavailableError,
 )
-from ..backends._base import Changes, PushResult, RemoteBackend, RemoteOp
+from .._remote import Changes, PushResult, RemoteBackend, RemoteOp
 
 __all__ = ["Fault", "FaultKind", "FaultyBackend", "InjectedFault"]
 

@@ -31,8 +31,8 @@ import dataclasses
 from collections.abc import Mapping
 
 from .._exceptions import InvalidWorkRequestError, LifecycleError, UnknownWorkError
-from ..sync._work import ReleaseFlags, WorkInfo
-from ..sync._workmanager import DriverHooks
+from ..sync.workmanager._requests import ReleaseFlags, WorkInfo
+from ..sync.workmanager._workmanager import DriverHooks
 
 __all__ = ["WorkDriver"]
 

@@ -9,8 +9,8 @@ import pytest
 
 from nexus_store.backends import MemoryBackend, PostgresBackend
 from nexus_store.server._core import ServerCore
-from nexus_store.server._storage_memory import MemoryStorage
-from nexus_store.server._storage_sqlite import SqliteStorage
+from nexus_store.server.storage._memory import MemoryStorage
+from nexus_store.server.storage._sqlite import SqliteStorage
 from nexus_store.testing import BackendFactory, MultiTenantBackendContract
 
 

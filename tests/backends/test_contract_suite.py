@@ -12,7 +12,7 @@ import dataclasses, uuid
 import pytest
 from nexus_store.backends import MemoryBackend, RemoteBackend
 from nexus_store.server._core import ServerCore
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.testing import MultiTenantBackendContract
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nexus_store._http_api import is_loopback_host
 from nexus_store.backends import HttpBackend
-from nexus_store.backends._http_api import is_loopback_host
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from nexus_store import LifecycleError
 from nexus_store.backends import MemoryBackend, OpStatus, RemoteBackend
 from nexus_store.server._core import ServerCore
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.testing import OpWriter
 
 pytestmark = pytest.mark.anyio

@@ -26,7 +26,7 @@ from nexus_store import (
 from nexus_store._backoff import RetryBackoff
 from nexus_store._codec import decode, encode
 from nexus_store._database import Database
-from nexus_store._queue import (
+from nexus_store.queue._queue import (
     _DELETE_MANY,
     _LEASE,
     _PROMOTE,

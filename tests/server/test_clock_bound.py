@@ -13,7 +13,7 @@ from nexus_store import FakeClock
 from nexus_store.backends import HttpBackend, OpStatus, RemoteOp
 from nexus_store.server._clock_bound import bound_stamps
 from nexus_store.server._core import ServerCore, prepare
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.testing import ServerProcess
 
 T = 1_700_000_000.0

@@ -10,7 +10,7 @@ import pytest
 from nexus_store import LifecycleError, PayloadTooLargeError, PermanentError
 from nexus_store.backends import Change, Changes, OpStatus, PushResult, RemoteOp
 from nexus_store.server._core import ServerCore, open_core
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.testing import OpWriter
 
 pytestmark = pytest.mark.anyio

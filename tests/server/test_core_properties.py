@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from nexus_store.backends import Change, PushResult, RemoteOp
 from nexus_store.server._core import ConflictPolicy, ServerCore, open_core
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 
 
 async def pull_everything(core: ServerCore, tenant: str, *, limit: int = 100) -> list[Change]:

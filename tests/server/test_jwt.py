@@ -17,7 +17,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from nexus_store.server import ServerCore, create_app
 from nexus_store.server._jwt import JwtVerifier, issue_jwt
 from nexus_store.server._run import make_verifier
-from nexus_store.server._storage_memory import MemoryStorage
+from nexus_store.server.storage._memory import MemoryStorage
 
 SECRET = "a-development-secret-of-32-bytes"
 

@@ -19,7 +19,7 @@ from psycopg import errors as pg_errors
 from nexus_store import AuthError, NetworkError, ServerUnavailableError
 from nexus_store.backends import Change, OpStatus, PushResult
 from nexus_store.server._core import ServerCore
-from nexus_store.server._storage_postgres import PostgresStorage, translate_psycopg_error
+from nexus_store.server.storage._postgres import PostgresStorage, translate_psycopg_error
 from nexus_store.testing import OpWriter, shared_postgres
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

@@ -21,7 +21,7 @@ from nexus_store.server._core import (
     prepare,
     record_of,
 )
-from nexus_store.server._storage import BatchPlan, BatchState, OpRecord, StoredItem
+from nexus_store.server.storage._base import BatchPlan, BatchState, OpRecord, StoredItem
 
 
 def op(

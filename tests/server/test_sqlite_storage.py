@@ -17,10 +17,10 @@ from nexus_store import (
 )
 from nexus_store.backends import OpStatus, PushResult
 from nexus_store.server._core import ServerCore, open_core
-from nexus_store.server._storage import open_storage
-from nexus_store.server._storage_memory import MemoryStorage
-from nexus_store.server._storage_postgres import PostgresStorage
-from nexus_store.server._storage_sqlite import SqliteStorage, _serving
+from nexus_store.server.storage import open_storage
+from nexus_store.server.storage._memory import MemoryStorage
+from nexus_store.server.storage._postgres import PostgresStorage
+from nexus_store.server.storage._sqlite import SqliteStorage, _serving
 from nexus_store.testing import OpWriter
 
 

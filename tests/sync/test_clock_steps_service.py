@@ -15,9 +15,9 @@ from nexus_store import FakeClock, SyncPriority
 from nexus_store._store import NexusStore
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.sync._config import BackgroundSyncConfig
-from nexus_store.sync._device import SimulatedDevice
-from nexus_store.sync._progress import SyncEvent
-from nexus_store.sync._workmanager_adapter import WorkManagerSyncService
+from nexus_store.sync.device._device import SimulatedDevice
+from nexus_store.sync.engine._progress import SyncEvent
+from nexus_store.sync.workmanager._adapter import WorkManagerSyncService
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

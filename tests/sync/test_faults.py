@@ -18,8 +18,8 @@ from nexus_store import FakeClock, SyncPriority
 from nexus_store._store import NexusStore
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
-from nexus_store.sync._progress import SyncStopReason, SyncSummary
-from nexus_store.sync._runner import SyncRunner
+from nexus_store.sync.engine._progress import SyncStopReason, SyncSummary
+from nexus_store.sync.engine._runner import SyncRunner
 from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
 
 pytestmark = pytest.mark.anyio

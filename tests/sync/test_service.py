@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from nexus_store import FakeClock, LifecycleError, NetworkError, NexusStore, SyncPriority
-from nexus_store._queue import OpState
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
+from nexus_store.queue._queue import OpState
 from nexus_store.sync import (
     BackgroundSyncConfig,
     BackgroundSyncService,
@@ -33,7 +33,7 @@ from nexus_store.sync import (
     WorkState,
 )
 from nexus_store.sync._service import SYNC_TASK_ID
-from nexus_store.sync._workmanager_adapter import CRITICAL_WORK, HIGH_WORK, PERIODIC_WORK
+from nexus_store.sync.workmanager._adapter import CRITICAL_WORK, HIGH_WORK, PERIODIC_WORK
 
 pytestmark = pytest.mark.anyio
 

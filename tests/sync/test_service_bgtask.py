@@ -12,9 +12,9 @@ import pytest
 from pydantic import BaseModel
 
 from nexus_store import FakeClock, LifecycleError, NexusStore, SyncPriority
-from nexus_store._queue import OpState
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
+from nexus_store.queue._queue import OpState
 from nexus_store.sync import (
     AppRefreshRequest,
     BackgroundSyncConfig,
@@ -27,8 +27,8 @@ from nexus_store.sync import (
     SyncEvent,
     TaskContext,
 )
-from nexus_store.sync._bgtask_adapter import PROCESSING_IDENTIFIER, REFRESH_IDENTIFIER
 from nexus_store.sync._service import SYNC_TASK_ID
+from nexus_store.sync.bgtask._adapter import PROCESSING_IDENTIFIER, REFRESH_IDENTIFIER
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,6 @@ from nexus_store.sync import (
     SyncSummary,
     TaskOutcome,
 )
-from nexus_store.sync._bgtask_adapter import launch_budget
 from nexus_store.sync._service import (
     format_time,
     plan_requests,
@@ -26,14 +25,15 @@ from nexus_store.sync._service import (
     status_after,
     sync_outcome,
 )
-from nexus_store.sync._work import DispatchOrder, StopReason
-from nexus_store.sync._workmanager_adapter import (
+from nexus_store.sync.bgtask._adapter import launch_budget
+from nexus_store.sync.workmanager._adapter import (
     constraints_for,
     critical_request,
     high_request,
     periodic_request,
     policy_for,
 )
+from nexus_store.sync.workmanager._requests import DispatchOrder, StopReason
 
 C, H, N, L = SyncPriority.CRITICAL, SyncPriority.HIGH, SyncPriority.NORMAL, SyncPriority.LOW
 NOW = 1_700_000_000.0

@@ -24,11 +24,11 @@ from typer.testing import CliRunner
 
 from nexus_store import FakeClock, NexusStore, SyncPriority
 from nexus_store._database import Database
-from nexus_store._queue import OpState
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
+from nexus_store.queue._queue import OpState
 from nexus_store.sync import (
     BGTaskSyncService,
     DeterministicLaunchPolicy,

@@ -1,14 +1,14 @@
-"""The storage seam under the server core, and :func:`open_storage` to pick one by URL.
+"""The storage seam under the server core: what every storage implements.
 
 A storage keeps three things per tenant: the items' latest states (live or tombstone),
 the record of every op id it has answered, and the tenant's change counter (``head``).
 It does no deciding: :meth:`Storage.apply` reads what a batch touches inside one
 transaction, hands it to the core's pure planner, and writes back what the plan says.
 
-Implementations: :class:`~nexus_store.server._storage_memory.MemoryStorage`
-(``memory://``), :class:`~nexus_store.server._storage_sqlite.SqliteStorage`
-(``sqlite:///relative.db`` or ``sqlite:////absolute.db``) and
-:class:`~nexus_store.server._storage_postgres.PostgresStorage` (``postgresql://...``).
+Implementations: :class:`~nexus_store.server.storage.MemoryStorage` (``memory://``),
+:class:`~nexus_store.server.storage.SqliteStorage` (``sqlite:///relative.db`` or
+``sqlite:////absolute.db``) and :class:`~nexus_store.server.storage.PostgresStorage`
+(``postgresql://...``); :func:`~nexus_store.server.storage.open_storage` picks one by URL.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
-
-from .._database import Durability
 
 __all__ = [
     "BatchPlan",
@@ -29,7 +26,6 @@ __all__ = [
     "Planner",
     "Storage",
     "StoredItem",
-    "open_storage",
 ]
 
 ItemKey = tuple[str, str]
@@ -131,52 +127,3 @@ class Storage(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections. Idempotent."""
-
-
-def open_storage(url: str) -> Storage:
-    """Make the storage a URL names.
-
-    Args:
-        url: ``"memory://"``; ``"sqlite:///relative/path.db"`` or
-            ``"sqlite:////absolute/path.db"`` (SQLAlchemy's convention), with an optional
-            ``?durability=normal`` (``full`` by default: an acknowledged push survives
-            power loss); or ``"postgresql://..."`` (any libpq URI; ``postgres://`` too).
-
-    Raises:
-        ValueError: the URL names no known storage or is malformed.
-    """
-    scheme, sep, _ = url.partition("://")
-    scheme = scheme.lower()
-    if not sep:
-        raise ValueError(f"not a storage URL (expected scheme://...): {url!r}")
-    if scheme == "memory":
-        from ._storage_memory import MemoryStorage  # noqa: PLC0415 - load the chosen one only
-
-        return MemoryStorage()
-    if scheme == "sqlite":
-        path, durability = _sqlite_target(url)
-        from ._storage_sqlite import SqliteStorage  # noqa: PLC0415
-
-        return SqliteStorage(path, durability=durability)
-    if scheme in ("postgresql", "postgres"):
-        from ._storage_postgres import PostgresStorage  # noqa: PLC0415
-
-        return PostgresStorage(url)
-    raise ValueError(f"unknown storage scheme {scheme!r} in {url!r}")
-
-
-def _sqlite_target(url: str) -> tuple[str, Durability]:
-    parts = urlsplit(url)
-    if parts.netloc:
-        raise ValueError(
-            f"an SQLite URL has no host: use sqlite:///relative or sqlite:////abs: {url!r}"
-        )
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    if not path:
-        raise ValueError(f"an SQLite URL needs a file path: {url!r}")
-    durability: Durability = "full"
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name != "durability" or value not in ("full", "normal"):
-            raise ValueError(f"unknown SQLite URL option {name}={value!r} (durability=full|normal)")
-        durability = "full" if value == "full" else "normal"
-    return path, durability

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import anyio.lowlevel
 
-from .._exceptions import LifecycleError
-from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
+from ..._exceptions import LifecycleError
+from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 
 __all__ = ["MemoryStorage"]
 

@@ -28,15 +28,15 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import (
+from ..._exceptions import (
     AuthError,
     LifecycleError,
     NetworkError,
     RemoteError,
     ServerUnavailableError,
 )
+from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 from ._schema import SCHEMA_VERSION, check_schema_version, ddl
-from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 
 try:
     import psycopg

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .._exceptions import SchemaError
+from ..._exceptions import SchemaError
 
 __all__ = ["SCHEMA_VERSION", "Dialect", "check_schema_version", "ddl"]
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import anyio.to_thread
 
-from .._database import Database, Durability
-from .._exceptions import DatabaseError, LifecycleError, ServerUnavailableError
+from ..._database import Database, Durability
+from ..._exceptions import DatabaseError, LifecycleError, ServerUnavailableError
+from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 from ._schema import SCHEMA_VERSION, check_schema_version, ddl
-from ._storage import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 
 __all__ = ["SqliteStorage"]
 

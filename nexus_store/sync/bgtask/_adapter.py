@@ -36,31 +36,18 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._clock import Clock
-from .._exceptions import (
+from ..._clock import Clock
+from ..._exceptions import (
     LifecycleError,
     SyncError,
     TooManyPendingTaskRequestsError,
     UnavailableError,
 )
-from .._priority import SyncPriority
-from .._queue import PrioritySyncQueue
-from ..backends._base import RemoteBackend
-from ._bgrequests import (
-    DEFAULT_EXPIRATION_LEAD,
-    DEFAULT_PROCESSING_BUDGET,
-    DEFAULT_REFRESH_BUDGET,
-    AppRefreshRequest,
-    BGTaskRequest,
-    LaunchPolicy,
-    ProcessingRequest,
-)
-from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
-from ._config import BackgroundSyncConfig, ScheduleResult, unmet_constraints
-from ._device import DeviceStateProvider
-from ._progress import SyncStopReason
-from ._runner import SyncTarget
-from ._service import (
+from ..._priority import SyncPriority
+from ..._remote import RemoteBackend
+from ...queue._queue import PrioritySyncQueue
+from .._config import BackgroundSyncConfig, ScheduleResult, unmet_constraints
+from .._service import (
     SYNC_TASK_ID,
     BackgroundSyncService,
     ChangeSource,
@@ -70,7 +57,20 @@ from ._service import (
     format_time,
     sync_outcome,
 )
-from ._task import TaskOutcome
+from .._task import TaskOutcome
+from ..device._device import DeviceStateProvider
+from ..engine._progress import SyncStopReason
+from ..engine._runner import SyncTarget
+from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
+from ._requests import (
+    DEFAULT_EXPIRATION_LEAD,
+    DEFAULT_PROCESSING_BUDGET,
+    DEFAULT_REFRESH_BUDGET,
+    AppRefreshRequest,
+    BGTaskRequest,
+    LaunchPolicy,
+    ProcessingRequest,
+)
 
 __all__ = [
     "PROCESSING_IDENTIFIER",

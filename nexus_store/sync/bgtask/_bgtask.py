@@ -8,7 +8,7 @@ reusable engine that the BGTask-like :class:`BackgroundSyncService` adapter wrap
 - ``submit`` keeps at most one app-refresh and ten processing requests pending (BG-3); a
   request for a pending identifier replaces it (BG-4). Requests are one-shot (BG-6): a
   launched request is gone, and the handler resubmits to run again.
-- A :class:`~nexus_store.sync._bgrequests.LaunchPolicy` decides when a pending request
+- A :class:`~nexus_store.sync.bgtask.LaunchPolicy` decides when a pending request
   launches (BG-14), never before ``earliest_begin`` (BG-5).
 - Each launch has a time budget (BG-7). The expiration handler fires ``expiration_lead``
   seconds before it ends; at the end a task that has not called ``set_task_completed`` is
@@ -50,9 +50,9 @@ import anyio.from_thread
 import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict
 
-from .._clock import Clock, SystemClock
-from .._database import Database
-from .._exceptions import (
+from ..._clock import Clock, SystemClock
+from ..._database import Database
+from ..._exceptions import (
     ImmediateRunIneligibleError,
     LifecycleError,
     NexusStoreError,
@@ -60,7 +60,9 @@ from .._exceptions import (
     UnavailableError,
     UnknownWorkError,
 )
-from ._bgrequests import (
+from .._task import BackgroundSyncTask, TaskOutcome, TaskResult
+from ..device._device import DeviceState, DeviceStateProvider, SimulatedDevice
+from ._requests import (
     DEFAULT_EXPIRATION_LEAD,
     DEFAULT_PROCESSING_BUDGET,
     DEFAULT_REFRESH_BUDGET,
@@ -84,8 +86,6 @@ from ._bgrequests import (
     validate_identifiers,
     validate_request,
 )
-from ._device import DeviceState, DeviceStateProvider, SimulatedDevice
-from ._task import BackgroundSyncTask, TaskOutcome, TaskResult
 
 __all__ = [
     "BGTaskHandle",

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
-from .._exceptions import InvalidWorkRequestError, TooManyPendingTaskRequestsError
-from ._device import DeviceState
+from ..._exceptions import InvalidWorkRequestError, TooManyPendingTaskRequestsError
+from ..device._device import DeviceState
 
 __all__ = [
     "DEFAULT_EXPIRATION_LEAD",

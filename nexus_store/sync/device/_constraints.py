@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import anyio
 import psutil
 
-from .._clock import Clock, SystemClock
+from ..._clock import Clock, SystemClock
 from ._device import DeviceState
 
 __all__ = ["SystemDevice", "parse_reachability_target"]

@@ -3,7 +3,7 @@
 A :class:`DeviceStateProvider` answers "what is the device like now?" with a
 :class:`DeviceState`. :class:`SimulatedDevice` is a settable provider for tests and demos;
 real probes (network reachability, psutil battery, free disk) live in
-:mod:`nexus_store.sync._constraints`.
+:mod:`nexus_store.sync.device._constraints`.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from .._exceptions import AuthError, ErrorKind, PermanentError, RateLimitedError, RemoteError
-from .._priority import SyncPriority
-from ..backends._base import Change, OpResult, OpStatus, PushResult
-from ._device import DeviceState
+from ..._exceptions import AuthError, ErrorKind, PermanentError, RateLimitedError, RemoteError
+from ..._priority import SyncPriority
+from ..._remote import Change, OpResult, OpStatus, PushResult
+from ..device._device import DeviceState
 from ._progress import SyncStopReason
 
 __all__ = [

@@ -15,7 +15,7 @@ before sending anything. The same row keeps:
   provider has a new one); schedulers look again every ``auth_recheck`` seconds.
 
 A successful exchange ends the pause (and the backoff count). Deadlines are wall times moved
-back with the others when the clock steps back (:mod:`nexus_store._timeline`).
+back with the others when the clock steps back (:mod:`nexus_store.queue._timeline`).
 
 The decisions (:func:`plan_pause`, :func:`remote_identity`) are pure; :class:`RemotePauses`
 reads and writes the table.
@@ -27,10 +27,10 @@ import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .. import _timeline
-from .._backoff import RetryBackoff
-from .._database import Database
-from .._exceptions import AuthError, RateLimitedError, RemoteError, ServerUnavailableError
+from ..._backoff import RetryBackoff
+from ..._database import Database
+from ..._exceptions import AuthError, RateLimitedError, RemoteError, ServerUnavailableError
+from ...queue import _timeline
 
 __all__ = [
     "DEFAULT_AUTH_RECHECK",

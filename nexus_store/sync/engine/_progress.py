@@ -17,8 +17,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._broadcast import Broadcast, Subscription
-from .._priority import SyncPriority
+from ..._broadcast import Broadcast, Subscription
+from ..._priority import SyncPriority
 
 __all__ = [
     "Broadcast",

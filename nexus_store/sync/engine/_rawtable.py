@@ -22,14 +22,14 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._clock import Clock, SystemClock
-from .._database import Database, quote_identifier, validate_identifier
-from .._exceptions import SchemaError
-from .._local import MetaTable
-from .._quarantine import AppliedChanges, Quarantine, shape_of
-from .._queue import PrioritySyncQueue
-from .._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
-from ..backends._base import Change
+from ..._clock import Clock, SystemClock
+from ..._database import Database, quote_identifier, validate_identifier
+from ..._exceptions import SchemaError
+from ..._local import MetaTable
+from ..._quarantine import AppliedChanges, Quarantine, shape_of
+from ..._remote import Change
+from ..._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
+from ...queue._queue import PrioritySyncQueue
 
 __all__ = ["RawCollection", "discover_collections"]
 

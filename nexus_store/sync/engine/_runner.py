@@ -17,7 +17,7 @@ or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and 
 
 Every settle carries the lease's fencing token: an answer that comes after the lease
 passed to another run (it expired while the push was slow) changes nothing and is counted
-as ``stale`` (see :mod:`nexus_store._fencing`).
+as ``stale`` (see :mod:`nexus_store.queue._fencing`).
 
 The remote as a whole (see :mod:`._pause`): a run sends nothing while the remote is paused
 in the file (it asked for quiet with ``Retry-After``, or kept failing). Refused
@@ -58,18 +58,18 @@ import anyio.abc
 import anyio.to_thread
 from pydantic import ValidationError
 
-from .. import _codec
-from .._backoff import RetryBackoff
-from .._clock import Clock, SystemClock
-from .._database import Database
-from .._exceptions import AuthError, CodecError, ErrorKind, RemoteError, StoreError
-from .._gc import collector_paused
-from .._hlc import ClockReading
-from .._priority import SyncPriority
-from .._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
-from .._trusted import trusted_builder
-from ..backends._base import Change, RemoteBackend, RemoteOp, is_plain_op
-from ._device import DeviceStateProvider
+from ... import _codec
+from ..._backoff import RetryBackoff
+from ..._clock import Clock, SystemClock
+from ..._database import Database
+from ..._exceptions import AuthError, CodecError, ErrorKind, RemoteError, StoreError
+from ..._gc import collector_paused
+from ..._hlc import ClockReading
+from ..._priority import SyncPriority
+from ..._remote import Change, RemoteBackend, RemoteOp, is_plain_op
+from ..._trusted import trusted_builder
+from ...queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
+from ..device._device import DeviceStateProvider
 from ._engine import (
     Ack,
     BatchErrorAction,

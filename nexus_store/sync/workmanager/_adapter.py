@@ -33,14 +33,12 @@ from datetime import timedelta
 
 import anyio
 
-from .._clock import Clock
-from .._exceptions import LifecycleError
-from .._priority import SyncPriority
-from ..backends._base import RemoteBackend
-from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, ScheduleResult
-from ._device import DeviceStateProvider
-from ._runner import SyncTarget
-from ._service import (
+from ..._clock import Clock
+from ..._exceptions import LifecycleError
+from ..._priority import SyncPriority
+from ..._remote import RemoteBackend
+from .._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, ScheduleResult
+from .._service import (
     SYNC_TASK_ID,
     BackgroundSyncService,
     ChangeSource,
@@ -48,7 +46,9 @@ from ._service import (
     TaskRun,
     format_time,
 )
-from ._work import (
+from ..device._device import DeviceStateProvider
+from ..engine._runner import SyncTarget
+from ._requests import (
     BackoffPolicy,
     Constraints,
     DispatchOrder,

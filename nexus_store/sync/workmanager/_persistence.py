@@ -26,11 +26,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .._codec import decode, encode
-from .._database import Database
-from .._exceptions import SchemaError
-from .._priority import SyncPriority
-from ._work import (
+from ..._codec import decode, encode
+from ..._database import Database
+from ..._exceptions import SchemaError
+from ..._priority import SyncPriority
+from ._requests import (
     BackoffPolicy,
     Constraints,
     OutOfQuotaPolicy,

@@ -33,11 +33,11 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
-from .._codec import encode
-from .._exceptions import InvalidWorkRequestError, WorkDataTooLargeError
-from .._priority import SyncPriority
-from ._device import DeviceState, NetworkType
-from ._task import BackgroundSyncTask, TaskOutcome
+from ..._codec import encode
+from ..._exceptions import InvalidWorkRequestError, WorkDataTooLargeError
+from ..._priority import SyncPriority
+from .._task import BackgroundSyncTask, TaskOutcome
+from ..device._device import DeviceState, NetworkType
 
 __all__ = [
     "DEFAULT_BACKOFF_DELAY_SECONDS",

@@ -46,10 +46,10 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._broadcast import BufferedStream
-from .._clock import Clock, SystemClock
-from .._database import Database
-from .._exceptions import (
+from ..._broadcast import BufferedStream
+from ..._clock import Clock, SystemClock
+from ..._database import Database
+from ..._exceptions import (
     CodecError,
     InvalidWorkRequestError,
     LifecycleError,
@@ -57,10 +57,11 @@ from .._exceptions import (
     UnknownWorkError,
     WorkDataTooLargeError,
 )
-from ._constraints import SystemDevice
-from ._device import DeviceState, DeviceStateProvider
-from ._task import BackgroundSyncTask, TaskOutcome, TaskResult
-from ._work import (
+from .._task import BackgroundSyncTask, TaskOutcome, TaskResult
+from ..device._constraints import SystemDevice
+from ..device._device import DeviceState, DeviceStateProvider
+from ._persistence import WorkStore
+from ._requests import (
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
     OutOfQuotaPolicy,
@@ -83,7 +84,6 @@ from ._work import (
     is_unfinished,
     plan_dispatch,
 )
-from ._workstore import WorkStore
 
 __all__ = [
     "DriverHooks",
@@ -293,7 +293,7 @@ class WorkManager:
         database: the store's database; work lives in its ``nx_work*`` tables.
         clock: the time source (``FakeClock`` in tests); default the system clock.
         device: the device state provider for constraints; default the real machine
-            (:class:`~nexus_store.sync._constraints.SystemDevice`).
+            (:class:`~nexus_store.sync.device.SystemDevice`).
         policy: floors, dispatch order, slots, limits and quota; default androidx's.
         driver: a test driver (``nexus_store.testing.WorkDriver``) that overrides release.
     """

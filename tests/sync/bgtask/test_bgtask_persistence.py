@@ -17,7 +17,8 @@ import pytest
 from nexus_store import FakeClock
 from nexus_store._database import Database
 from nexus_store.sync import SimulatedDevice
-from nexus_store.sync._bgrequests import (
+from nexus_store.sync.bgtask._bgtask import BGTaskHandle, BGTaskScheduler, LaunchRecord
+from nexus_store.sync.bgtask._requests import (
     AppRefreshRequest,
     ContinuedProcessingRequest,
     DeterministicLaunchPolicy,
@@ -27,7 +28,6 @@ from nexus_store.sync._bgrequests import (
     RequestKind,
     SubmissionStrategy,
 )
-from nexus_store.sync._bgtask import BGTaskHandle, BGTaskScheduler, LaunchRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -286,10 +286,10 @@ _CHILD = textwrap.dedent(
     import anyio
     from nexus_store import FakeClock
     from nexus_store._database import Database
-    from nexus_store.sync._bgrequests import (
+    from nexus_store.sync.bgtask._requests import (
         AppRefreshRequest, DeterministicLaunchPolicy, ProcessingRequest,
     )
-    from nexus_store.sync._bgtask import BGTaskScheduler
+    from nexus_store.sync.bgtask._bgtask import BGTaskScheduler
 
     async def handler(task):
         print("launched", flush=True)

@@ -28,7 +28,13 @@ from nexus_store import (
 )
 from nexus_store._database import Database
 from nexus_store.sync import DeviceState, SimulatedDevice, TaskContext, TaskResult
-from nexus_store.sync._bgrequests import (
+from nexus_store.sync.bgtask._bgtask import (
+    BGTaskHandle,
+    BGTaskScheduler,
+    LaunchRecord,
+    handler_for_task,
+)
+from nexus_store.sync.bgtask._requests import (
     MAX_PENDING_APP_REFRESH,
     MAX_PENDING_PROCESSING,
     USAGE_WINDOW,
@@ -48,7 +54,6 @@ from nexus_store.sync._bgrequests import (
     plan_launches,
     unmet_conditions,
 )
-from nexus_store.sync._bgtask import BGTaskHandle, BGTaskScheduler, LaunchRecord, handler_for_task
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import pytest
 
 from nexus_store.sync import DeviceState, NetworkType, SimulatedDevice
 from nexus_store.sync._config import BackgroundSyncConfig, unmet_constraints
-from nexus_store.sync._constraints import SystemDevice, parse_reachability_target
+from nexus_store.sync.device._constraints import SystemDevice, parse_reachability_target
 
 
 @pytest.mark.parametrize(

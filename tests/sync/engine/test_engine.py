@@ -20,8 +20,8 @@ from nexus_store import (
     SyncPriority,
 )
 from nexus_store.backends import Change, OpResult, OpStatus, PushResult
-from nexus_store.sync._device import DeviceState
-from nexus_store.sync._engine import (
+from nexus_store.sync.device._device import DeviceState
+from nexus_store.sync.engine._engine import (
     BatchErrorAction,
     EngineConfig,
     allowed_priorities,
@@ -33,7 +33,7 @@ from nexus_store.sync._engine import (
     plan_results,
     split_batch,
 )
-from nexus_store.sync._progress import SyncStopReason
+from nexus_store.sync.engine._progress import SyncStopReason
 
 ALL = frozenset(SyncPriority)
 NOT_LOW = ALL - {SyncPriority.LOW}

@@ -33,10 +33,10 @@ from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._http import HttpBackend
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.sync._config import BackgroundSyncConfig
-from nexus_store.sync._device import SimulatedDevice
-from nexus_store.sync._progress import SyncEvent, SyncStopReason
-from nexus_store.sync._runner import SyncRunner
-from nexus_store.sync._workmanager_adapter import WorkManagerSyncService
+from nexus_store.sync.device._device import SimulatedDevice
+from nexus_store.sync.engine._progress import SyncEvent, SyncStopReason
+from nexus_store.sync.engine._runner import SyncRunner
+from nexus_store.sync.workmanager._adapter import WorkManagerSyncService
 from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
 from nexus_store.testing._faults import Fault, FaultyBackend
 
@@ -90,7 +90,7 @@ def _store(clock: FakeClock, path: str | Path = ":memory:", **kw: Any) -> NexusS
 
 def test_plan_pause_follows_retry_after_or_backs_off_with_full_jitter() -> None:
     """Retry-After sets the deadline; without it, full jitter under a capped ceiling."""
-    from nexus_store.sync._pause import PauseReason, plan_pause  # noqa: PLC0415
+    from nexus_store.sync.engine._pause import PauseReason, plan_pause  # noqa: PLC0415
 
     backoff = RetryBackoff(1.0, 2.0, 60.0, random=lambda: 0.5)
     assert plan_pause(
@@ -114,7 +114,7 @@ def test_plan_pause_follows_retry_after_or_backs_off_with_full_jitter() -> None:
 
 def test_remote_identity_is_the_url_through_wrappers() -> None:
     """Every process pausing the same server uses the same key; wrappers see through."""
-    from nexus_store.sync._pause import remote_identity  # noqa: PLC0415
+    from nexus_store.sync.engine._pause import remote_identity  # noqa: PLC0415
 
     http = HttpBackend("http://127.0.0.1:9/", token="t")
     assert remote_identity(FaultyBackend(http)) == remote_identity(http)  # type: ignore[arg-type]
@@ -252,7 +252,7 @@ def test_a_paused_remote_is_left_alone_by_a_command_in_another_process(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     """`nexus-store sync` in another process sends nothing while the file says "paused"."""
-    from nexus_store.sync._pause import RemotePauses, remote_identity  # noqa: PLC0415
+    from nexus_store.sync.engine._pause import RemotePauses, remote_identity  # noqa: PLC0415
 
     db = tmp_path / "app.db"
     store: NexusStore[Note, str] = NexusStore(db, model=Note)

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from nexus_store import DatabaseError, FakeClock, SchemaError, SyncPriority, _codec
 from nexus_store._database import Database
-from nexus_store._queue import OpState
 from nexus_store._store import NexusStore
 from nexus_store.backends import (
     Change,
@@ -23,13 +22,14 @@ from nexus_store.backends import (
     RemoteOp,
 )
 from nexus_store.backends._memory import MemoryBackend
+from nexus_store.queue._queue import OpState
 from nexus_store.server._core import ServerCore
-from nexus_store.server._storage_memory import MemoryStorage
-from nexus_store.sync._device import SimulatedDevice
-from nexus_store.sync._engine import EngineConfig
-from nexus_store.sync._progress import SyncEvent, SyncPhase, SyncProgress, SyncStopReason
-from nexus_store.sync._rawtable import RawCollection, discover_collections
-from nexus_store.sync._runner import SyncRunner, SyncTarget
+from nexus_store.server.storage._memory import MemoryStorage
+from nexus_store.sync.device._device import SimulatedDevice
+from nexus_store.sync.engine._engine import EngineConfig
+from nexus_store.sync.engine._progress import SyncEvent, SyncPhase, SyncProgress, SyncStopReason
+from nexus_store.sync.engine._rawtable import RawCollection, discover_collections
+from nexus_store.sync.engine._runner import SyncRunner, SyncTarget
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

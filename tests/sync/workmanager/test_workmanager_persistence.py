@@ -32,7 +32,7 @@ import anyio
 from nexus_store import FakeClock
 from nexus_store._database import Database
 from nexus_store.sync import SimulatedDevice, TaskResult
-from nexus_store.sync._work import (
+from nexus_store.sync.workmanager._requests import (
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
     OneTimeWorkRequestBuilder,
@@ -41,8 +41,8 @@ from nexus_store.sync._work import (
     WorkQuery,
     WorkState,
 )
-from nexus_store.sync._workmanager import WorkManager
-from nexus_store.sync._workstore import WorkStore
+from nexus_store.sync.workmanager._workmanager import WorkManager
+from nexus_store.sync.workmanager._persistence import WorkStore
 
 
 class Task:

@@ -38,7 +38,8 @@ from nexus_store.sync import (
     TaskOutcome,
     TaskResult,
 )
-from nexus_store.sync._work import (
+from nexus_store.sync.workmanager._persistence import WorkStore
+from nexus_store.sync.workmanager._requests import (
     MAX_BACKOFF_DELAY_SECONDS,
     BackoffPolicy,
     Constraints,
@@ -63,8 +64,7 @@ from nexus_store.sync._work import (
     next_run_time,
     plan_dispatch,
 )
-from nexus_store.sync._workmanager import WorkManager
-from nexus_store.sync._workstore import WorkStore
+from nexus_store.sync.workmanager._workmanager import WorkManager
 from nexus_store.testing._workdriver import WorkDriver
 
 pytestmark = pytest.mark.anyio
