@@ -1,6 +1,8 @@
 """Drain benchmark: queued saves → sync run → HttpBackend → ``nexus-store serve`` (SQLite).
 
-Run: ``python benchmarks/bench_drain.py [--quick]`` (or import and call ``run(quick)``).
+Run: ``nexus-store bench --only drain [--quick]``, or ``python -m
+nexus_store.bench._drain [--quick]`` (from a checkout also
+``python benchmarks/bench_drain.py``), or import and call ``run(quick)``.
 
 Printed from one run:
 
@@ -32,13 +34,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
-from .. import SyncPriority
+from .._priority import SyncPriority
 from .._store import NexusStore
 from ..backends import HttpBackend
 from ..sync.engine._runner import SyncRunner
@@ -129,7 +132,7 @@ def drain_child(path: str, url: str) -> None:
 def drain(path: Path, url: str) -> dict[str, Any]:
     """Run :func:`drain_child` in a fresh process and return its figures."""
     done = subprocess.run(
-        [sys.executable, __file__, "--drain-child", str(path), url],
+        [sys.executable, "-m", "nexus_store.bench._drain", "--drain-child", str(path), url],
         capture_output=True,
         text=True,
         check=False,
@@ -211,12 +214,12 @@ def _report(results: dict[str, Any]) -> None:
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--drain-child", nargs=2, metavar=("DB", "URL"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.drain_child:
         drain_child(*args.drain_child)
         return

@@ -1,6 +1,8 @@
 """HTTP sync benchmark: ``HttpBackend`` -> ``nexus-store serve`` vs a bare pipeline.
 
-Run: ``python benchmarks/bench_http.py [--quick]`` (or import and call ``run(quick)``).
+Run: ``nexus-store bench --only http [--quick]``, or ``python -m
+nexus_store.bench._http [--quick]`` (from a checkout also
+``python benchmarks/bench_http.py``), or import and call ``run(quick)``.
 
 Printed from one run, every server a subprocess on 127.0.0.1 under the same uvicorn
 settings (:func:`nexus_store.server._run.serve_app` on a socket from
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +265,7 @@ class BareProcess:
 
     def __enter__(self) -> BareProcess:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--bare-server", self.database],
+            [sys.executable, "-m", "nexus_store.bench._http", "--bare-server", self.database],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -537,12 +539,12 @@ def _report(results: dict[str, Any]) -> None:
             )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--bare-server", metavar="DATABASE", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bare_server:
         bare_server_main(args.bare_server)
         return

@@ -1,6 +1,8 @@
 """Sync queue benchmark: lease+ack throughput, and lease latency as the queue grows.
 
-Run: ``python benchmarks/bench_queue.py [--quick]`` (or import and call ``run(quick)``).
+Run: ``nexus-store bench --only queue [--quick]``, or ``python -m
+nexus_store.bench._queue [--quick]`` (from a checkout also
+``python benchmarks/bench_queue.py``), or import and call ``run(quick)``.
 
 Printed from one run, on files in a temporary directory:
 
@@ -28,14 +30,16 @@ import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from persistqueue import SQLiteAckQueue
 
-from .. import PrioritySyncQueue, SyncPriority
 from .._codec import encode
 from .._database import Database, Durability
+from .._priority import SyncPriority
+from ..queue import PrioritySyncQueue
 
 BATCH = 100
 
@@ -197,10 +201,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = run(args.quick)
     t, c = results["throughput"], results["throughput_cpu"]
     print("nexus-store sync queue benchmark" + (" (quick)" if args.quick else ""))

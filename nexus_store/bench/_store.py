@@ -1,6 +1,8 @@
 """Local store benchmark: ``save()`` and ``save_many()`` against raw sqlite3, and memory.
 
-Run: ``python benchmarks/bench_store.py [--quick]`` (or import and call ``run(quick)``).
+Run: ``nexus-store bench --only store [--quick]``, or ``python -m
+nexus_store.bench._store [--quick]`` (from a checkout also
+``python benchmarks/bench_store.py``), or import and call ``run(quick)``.
 
 Printed from one run, on files in a temporary directory:
 
@@ -35,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,9 @@ import msgpack
 import psutil
 from pydantic import BaseModel
 
-from .. import NexusStore, SyncPriority
 from .._database import Durability
+from .._priority import SyncPriority
+from .._store import NexusStore
 
 MIB = 1024 * 1024
 
@@ -255,7 +258,15 @@ def _rss_child(path: str, saves: int, batch: int) -> None:
 def bench_rss(tmp: Path, saves: int, batch: int) -> dict[str, float]:
     """Figure 5: peak RSS growth over ``saves`` saves, in a clean subprocess."""
     out = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(tmp / "rss.db"), str(saves), str(batch)],
+        [
+            sys.executable,
+            "-m",
+            "nexus_store.bench._store",
+            "--rss-child",
+            str(tmp / "rss.db"),
+            str(saves),
+            str(batch),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -283,11 +294,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rss_child:
         _rss_child(args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2]))
         return

@@ -1,7 +1,8 @@
 """Worker benchmark: CRITICAL save to server ack through ``nexus-store worker``; idle CPU.
 
-Run: ``python benchmarks/bench_worker.py [--quick] [--json]`` (or import and call
-``run(quick)``).
+Run: ``nexus-store bench --only worker [--quick]``, or ``python -m
+nexus_store.bench._worker [--quick] [--json]`` (from a checkout also
+``python benchmarks/bench_worker.py``), or import and call ``run(quick)``.
 
 Three processes on 127.0.0.1: this one is the app, ``nexus-store serve`` (SQLite storage)
 the server, ``nexus-store worker`` the daemon draining the app's file.
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,10 @@ import anyio
 import psutil
 from pydantic import BaseModel
 
-from .. import NexusStore, SyncPriority
+from .._priority import SyncPriority
+from .._store import NexusStore
 from ..backends import HttpBackend
-from ..sync import SyncRunner
+from ..sync.engine import SyncRunner
 from ..testing import ServerProcess
 
 TOKENS = {"bench-worker": "worker", "bench-direct": "direct"}
@@ -216,11 +219,11 @@ def _report(results: dict[str, Any]) -> None:
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print("nexus-store worker benchmark" + (" (quick)" if args.quick else ""))
     results = run(args.quick)
     if args.json:

@@ -1,15 +1,13 @@
-"""``nexus-store bench``: run the benchmarks of a source checkout."""
+"""``nexus-store bench``: run the benchmarks (:mod:`nexus_store.bench`)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._app import app
+from ._errors import fail
 
 
 @app.command("bench")
@@ -20,19 +18,17 @@ def bench(
     only: Annotated[
         str, typer.Option("--only", help="Comma-separated: store,queue,http,drain,worker.")
     ] = "store,queue,http,drain,worker",
-    root: Annotated[
-        Path, typer.Option("--root", help="The source checkout that holds benchmarks/.")
-    ] = Path(),
 ) -> None:
-    """Run the benchmarks in benchmarks/ (each prints ratios against an in-run baseline)."""
-    runner = root / "benchmarks" / "run.py"
-    if not runner.is_file():
-        typer.echo(
-            f"no benchmarks/run.py under {root.resolve()}: run this from a source checkout "
-            "of nexus-store, or pass --root",
-            err=True,
-        )
-        raise typer.Exit(2)
-    command = [sys.executable, str(runner), "--only", only, *(["--quick"] if quick else [])]
-    # The command is this interpreter running the checkout's own runner script.
-    raise typer.Exit(subprocess.call(command))  # noqa: S603
+    """Run the benchmarks (each prints ratios against a baseline measured in the same run)."""
+    # Loaded here: keeps `nexus-store --help` fast.
+    from ..bench import BENCHMARKS, missing_packages, run_benchmarks  # noqa: PLC0415
+
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown or not names:
+        fail("bench", f"unknown benchmark(s) {unknown}: choose from {', '.join(BENCHMARKS)}")
+    missing = missing_packages(names)
+    if missing:
+        needs = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
+        fail("bench", f'{needs}: pip install "nexus-store[bench]"')
+    raise typer.Exit(run_benchmarks(names, quick=quick))
