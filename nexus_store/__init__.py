@@ -50,8 +50,7 @@ from ._quarantine import QuarantinedChange
 from ._store import NexusStore
 from ._version import __version__
 from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
-from .queue._fencing import LeaseBatch, Settled
-from .queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
+from .queue import LeaseBatch, OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats, Settled
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sync._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult

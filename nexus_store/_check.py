@@ -35,7 +35,8 @@ from . import _codec
 from ._database import Database, quote_identifier
 from ._exceptions import CodecError, CorruptDatabaseError, DatabaseError
 from ._quarantine import decode_kept
-from .queue._queue import _TABLE_COLUMNS, damage_of
+from .queue._records import damage_of
+from .queue._schema import _TABLE_COLUMNS
 
 __all__ = ["CheckReport", "Finding", "Severity", "check_file"]
 

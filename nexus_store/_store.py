@@ -59,7 +59,7 @@ from ._priority import SyncPriority
 from ._quarantine import AppliedChanges, Quarantine, QuarantinedChange, shape_of
 from ._remote import Change, RemoteBackend
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
-from .queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
+from .queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 
 if TYPE_CHECKING:
     from .sync.device._device import DeviceStateProvider

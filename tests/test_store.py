@@ -33,7 +33,7 @@ from nexus_store._local import (
     snake_case,
 )
 from nexus_store.backends import Change
-from nexus_store.queue._queue import OpKind, OpState
+from nexus_store.queue import OpKind, OpState
 
 
 class Note(BaseModel):

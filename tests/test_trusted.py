@@ -13,7 +13,7 @@ from nexus_store import SyncPriority
 from nexus_store._remote import is_plain_op
 from nexus_store._trusted import _hash_or_none, trusted_builder
 from nexus_store.backends import OpResult, OpStatus, RemoteOp
-from nexus_store.queue._queue import OpKind, OpState, QueuedOp
+from nexus_store.queue import OpKind, OpState, QueuedOp
 from nexus_store.sync.engine._runner import _remote_op
 
 QUEUED: dict[str, Any] = {

@@ -27,7 +27,7 @@ from .._priority import SyncPriority
 from .._remote import RemoteOp
 from .._store import NexusStore
 from ..backends._http import HttpBackend
-from ..queue._queue import OpState
+from ..queue import OpState
 from ..sync._config import BackgroundSyncConfig, BackgroundSyncStatus
 from ..sync._factory import BackgroundSyncServiceFactory
 from ..sync.device._constraints import SystemDevice

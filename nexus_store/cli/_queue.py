@@ -13,7 +13,7 @@ from rich.table import Table
 from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
 from .._quarantine import Quarantine, QuarantinedChange
-from ..queue._queue import OpState, PrioritySyncQueue, QueuedOp, QueueStats
+from ..queue import OpState, PrioritySyncQueue, QueuedOp, QueueStats
 from ._app import app
 from ._errors import fail
 from ._options import DbOption

@@ -29,7 +29,7 @@ from rich.table import Table
 from .._database import Database
 from .._exceptions import NexusStoreError
 from .._priority import SyncPriority
-from ..queue._queue import OpState, PrioritySyncQueue, QueueStats
+from ..queue import OpState, PrioritySyncQueue, QueueStats
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._options import DbOption, RemoteOption, TokenOption

@@ -9,7 +9,8 @@ backoff, migrations, quarantine) and nothing above it.
 """
 
 from ._fencing import LeaseBatch, Settled
-from ._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
+from ._queue import PrioritySyncQueue
+from ._records import OpKind, OpState, QueuedOp, QueueStats
 
 __all__ = [
     "LeaseBatch",

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
-    from ._queue import QueuedOp
+    from ._records import QueuedOp
 
 __all__ = ["LeaseBatch", "Settled", "new_token"]
 

@@ -70,7 +70,7 @@ from .._exceptions import LifecycleError, NexusStoreError, StoreClosedError, Syn
 from .._priority import SyncPriority
 from .._remote import RemoteBackend
 from .._watch import ChangeOrigin, ChangeStream
-from ..queue._queue import PrioritySyncQueue
+from ..queue import PrioritySyncQueue
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, unmet_constraints
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
 from .device._constraints import SystemDevice

@@ -46,7 +46,7 @@ from .._database import Database
 from .._local import MetaTable
 from .._migrations import Migrations, load_migrations
 from .._remote import RemoteBackend
-from ..queue._queue import OpState, PrioritySyncQueue
+from ..queue import OpState, PrioritySyncQueue
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
 from ._service import SYNC_TASK_ID, TaskRun
 from .device._constraints import SystemDevice

@@ -26,17 +26,10 @@ from nexus_store import (
 from nexus_store._backoff import RetryBackoff
 from nexus_store._codec import decode, encode
 from nexus_store._database import Database
-from nexus_store.queue._queue import (
-    _DELETE_MANY,
-    _LEASE,
-    _PROMOTE,
-    OpKind,
-    OpState,
-    PrioritySyncQueue,
-    QueuedOp,
-    QueueStats,
-    upgrade_payload,
-)
+from nexus_store.queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats
+from nexus_store.queue._leasing import _LEASE, _PROMOTE
+from nexus_store.queue._settling import _DELETE_MANY
+from nexus_store.queue._upgrades import upgrade_payload
 
 C, H, N, L = SyncPriority.CRITICAL, SyncPriority.HIGH, SyncPriority.NORMAL, SyncPriority.LOW
 

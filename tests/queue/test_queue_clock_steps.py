@@ -11,7 +11,7 @@ import pytest
 
 from nexus_store import ErrorKind, FakeClock
 from nexus_store._backoff import RetryBackoff
-from nexus_store.queue._queue import PrioritySyncQueue
+from nexus_store.queue import PrioritySyncQueue
 
 HOUR = 3600.0
 

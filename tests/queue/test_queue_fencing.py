@@ -24,8 +24,7 @@ from hypothesis.stateful import (
 
 from nexus_store import ErrorKind, FakeClock
 from nexus_store._backoff import RetryBackoff
-from nexus_store.queue._fencing import LeaseBatch, Settled
-from nexus_store.queue._queue import OpState, PrioritySyncQueue
+from nexus_store.queue import LeaseBatch, OpState, PrioritySyncQueue, Settled
 
 ITEMS = ["a", "b", "c"]
 LEASERS = 3

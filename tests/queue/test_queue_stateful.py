@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from nexus_store import ErrorKind, FakeClock, SyncPriority
 from nexus_store._backoff import RetryBackoff
-from nexus_store.queue._queue import OpState, PrioritySyncQueue
+from nexus_store.queue import OpState, PrioritySyncQueue
 
 ITEMS = ["a", "b", "c"]
 BASE, FACTOR, MAX_DELAY, MAX_ATTEMPTS = 10.0, 2.0, 1000.0, 4

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from nexus_store._backoff import RetryBackoff
 from nexus_store._store import NexusStore
-from nexus_store.queue._queue import PrioritySyncQueue
+from nexus_store.queue import PrioritySyncQueue
 from nexus_store.testing import ServerProcess
 
 FAKETIME = shutil.which("faketime")
@@ -100,7 +100,7 @@ def test_a_backoff_set_before_the_step_keeps_its_length(tmp_path: Path) -> None:
         queue.nack(op.op_id, "the network is down")
     script = (
         "import sys, time\n"
-        "from nexus_store.queue._queue import PrioritySyncQueue\n"
+        "from nexus_store.queue import PrioritySyncQueue\n"
         "with PrioritySyncQueue(sys.argv[1]) as queue:\n"
         "    print(queue.next_eligible_at() - time.time())\n"
     )

@@ -23,7 +23,7 @@ from nexus_store._store import NexusStore
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.cli import app
-from nexus_store.queue._queue import PrioritySyncQueue
+from nexus_store.queue import PrioritySyncQueue
 from nexus_store.sync.engine._progress import SyncStopReason
 from nexus_store.sync.engine._runner import SyncRunner
 from nexus_store.testing import FaultMode, FaultProxy, ServerProcess, shared_postgres

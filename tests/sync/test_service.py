@@ -17,7 +17,7 @@ from nexus_store import FakeClock, LifecycleError, NetworkError, NexusStore, Syn
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
-from nexus_store.queue._queue import OpState
+from nexus_store.queue import OpState
 from nexus_store.sync import (
     BackgroundSyncConfig,
     BackgroundSyncService,

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from nexus_store import FakeClock, LifecycleError, NexusStore, SyncPriority
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
-from nexus_store.queue._queue import OpState
+from nexus_store.queue import OpState
 from nexus_store.sync import (
     AppRefreshRequest,
     BackgroundSyncConfig,

@@ -28,7 +28,7 @@ from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
-from nexus_store.queue._queue import OpState
+from nexus_store.queue import OpState
 from nexus_store.sync import (
     BGTaskSyncService,
     DeterministicLaunchPolicy,

@@ -7,7 +7,7 @@ from typing import assert_type
 from pydantic import BaseModel
 
 from nexus_store import ChangeStream, LocalChange, NexusStore, SyncPriority
-from nexus_store.queue._queue import QueuedOp
+from nexus_store.queue import QueuedOp
 
 
 class Note(BaseModel):

@@ -45,7 +45,7 @@ from ..._exceptions import (
 )
 from ..._priority import SyncPriority
 from ..._remote import RemoteBackend
-from ...queue._queue import PrioritySyncQueue
+from ...queue import PrioritySyncQueue
 from .._config import BackgroundSyncConfig, ScheduleResult, unmet_constraints
 from .._service import (
     SYNC_TASK_ID,

@@ -29,7 +29,7 @@ from ..._local import MetaTable
 from ..._quarantine import AppliedChanges, Quarantine, shape_of
 from ..._remote import Change
 from ..._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
-from ...queue._queue import PrioritySyncQueue
+from ...queue import PrioritySyncQueue
 
 __all__ = ["RawCollection", "discover_collections"]
 

@@ -68,7 +68,7 @@ from ..._hlc import ClockReading
 from ..._priority import SyncPriority
 from ..._remote import Change, RemoteBackend, RemoteOp, is_plain_op
 from ..._trusted import trusted_builder
-from ...queue._queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
+from ...queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ..device._device import DeviceStateProvider
 from ._engine import (
     Ack,

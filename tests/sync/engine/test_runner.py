@@ -22,7 +22,7 @@ from nexus_store.backends import (
     RemoteOp,
 )
 from nexus_store.backends._memory import MemoryBackend
-from nexus_store.queue._queue import OpState
+from nexus_store.queue import OpState
 from nexus_store.server._core import ServerCore
 from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.sync.device._device import SimulatedDevice
