@@ -87,8 +87,10 @@ def jobs(
 
 def _show_work(console: Console, database: Database, limit: int) -> None:
     from ..sync.workmanager._adapter import _run_to_task_run  # noqa: PLC0415
+    from ..sync.workmanager._decisions import next_schedule_time  # noqa: PLC0415
     from ..sync.workmanager._persistence import WorkStore  # noqa: PLC0415
-    from ..sync.workmanager._requests import WorkQuery, WorkState, next_schedule_time  # noqa: PLC0415
+    from ..sync.workmanager._records import WorkQuery  # noqa: PLC0415
+    from ..sync.workmanager._states import WorkState  # noqa: PLC0415
 
     store = WorkStore(database)
     unfinished = frozenset({WorkState.ENQUEUED, WorkState.RUNNING, WorkState.BLOCKED})

@@ -54,23 +54,22 @@ from .engine._progress import (
 from .engine._rawtable import RawCollection, discover_collections
 from .engine._runner import SyncRunner, SyncTarget
 from .workmanager._adapter import WorkManagerSyncService
+from .workmanager._policy import Constraints, SchedulingPolicy
+from .workmanager._records import RunRecord, WorkInfo, WorkQuery
 from .workmanager._requests import (
+    OneTimeWorkRequestBuilder,
+    PeriodicWorkRequestBuilder,
+    WorkRequest,
+)
+from .workmanager._states import (
     BackoffPolicy,
-    Constraints,
     DispatchOrder,
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
-    OneTimeWorkRequestBuilder,
     OutOfQuotaPolicy,
-    PeriodicWorkRequestBuilder,
     RunOutcome,
-    RunRecord,
-    SchedulingPolicy,
     StopReason,
     UpdateResult,
-    WorkInfo,
-    WorkQuery,
-    WorkRequest,
     WorkState,
 )
 from .workmanager._workmanager import ManagerState, WorkManager, WorkWatch

@@ -54,7 +54,8 @@ from .device._device import DeviceStateProvider
 from .engine._progress import SyncEvent
 from .engine._rawtable import RawCollection, discover_collections
 from .workmanager._adapter import WorkManagerSyncService
-from .workmanager._requests import WorkQuery, WorkState
+from .workmanager._records import WorkQuery
+from .workmanager._states import WorkState
 
 __all__ = [
     "LeaseAction",

@@ -31,7 +31,8 @@ import dataclasses
 from collections.abc import Mapping
 
 from .._exceptions import InvalidWorkRequestError, LifecycleError, UnknownWorkError
-from ..sync.workmanager._requests import ReleaseFlags, WorkInfo
+from ..sync.workmanager._decisions import ReleaseFlags
+from ..sync.workmanager._records import WorkInfo
 from ..sync.workmanager._workmanager import DriverHooks
 
 __all__ = ["WorkDriver"]

@@ -33,7 +33,7 @@ from nexus_store.sync.workmanager._adapter import (
     periodic_request,
     policy_for,
 )
-from nexus_store.sync.workmanager._requests import DispatchOrder, StopReason
+from nexus_store.sync.workmanager._states import DispatchOrder, StopReason
 
 C, H, N, L = SyncPriority.CRITICAL, SyncPriority.HIGH, SyncPriority.NORMAL, SyncPriority.LOW
 NOW = 1_700_000_000.0

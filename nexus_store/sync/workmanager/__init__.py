@@ -17,23 +17,18 @@ and worker import it, never the other way.
 """
 
 from ._adapter import WorkManagerSyncService
-from ._requests import (
+from ._policy import Constraints, SchedulingPolicy
+from ._records import RunRecord, WorkInfo, WorkQuery
+from ._requests import OneTimeWorkRequestBuilder, PeriodicWorkRequestBuilder, WorkRequest
+from ._states import (
     BackoffPolicy,
-    Constraints,
     DispatchOrder,
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
-    OneTimeWorkRequestBuilder,
     OutOfQuotaPolicy,
-    PeriodicWorkRequestBuilder,
     RunOutcome,
-    RunRecord,
-    SchedulingPolicy,
     StopReason,
     UpdateResult,
-    WorkInfo,
-    WorkQuery,
-    WorkRequest,
     WorkState,
 )
 from ._workmanager import ManagerState, WorkManager, WorkWatch

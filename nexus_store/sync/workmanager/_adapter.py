@@ -48,21 +48,16 @@ from .._service import (
 )
 from ..device._device import DeviceStateProvider
 from ..engine._runner import SyncTarget
-from ._requests import (
+from ._policy import Constraints, SchedulingPolicy
+from ._records import RunRecord, WorkInfo, WorkQuery
+from ._requests import OneTimeWorkRequestBuilder, PeriodicWorkRequestBuilder, WorkRequest
+from ._states import (
     BackoffPolicy,
-    Constraints,
     DispatchOrder,
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
-    OneTimeWorkRequestBuilder,
     OutOfQuotaPolicy,
-    PeriodicWorkRequestBuilder,
-    RunRecord,
-    SchedulingPolicy,
     StopReason,
-    WorkInfo,
-    WorkQuery,
-    WorkRequest,
     WorkState,
 )
 from ._workmanager import ReleaseControl, WorkManager, WorkWatch

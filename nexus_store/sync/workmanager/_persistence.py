@@ -30,19 +30,11 @@ from ..._codec import decode, encode
 from ..._database import Database
 from ..._exceptions import SchemaError
 from ..._priority import SyncPriority
-from ._requests import (
-    BackoffPolicy,
-    Constraints,
-    OutOfQuotaPolicy,
-    RunOutcome,
-    RunRecord,
-    StopReason,
-    WorkQuery,
-    WorkRequest,
-    WorkSpec,
-    WorkState,
-    recovered_after_crash,
-)
+from ._decisions import WorkSpec, recovered_after_crash
+from ._policy import Constraints
+from ._records import RunRecord, WorkQuery
+from ._requests import WorkRequest
+from ._states import BackoffPolicy, OutOfQuotaPolicy, RunOutcome, StopReason, WorkState
 
 __all__ = ["SCHEMA_VERSION", "WorkStore"]
 

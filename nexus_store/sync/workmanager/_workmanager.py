@@ -60,29 +60,27 @@ from ..._exceptions import (
 from .._task import BackgroundSyncTask, TaskOutcome, TaskResult
 from ..device._constraints import SystemDevice
 from ..device._device import DeviceState, DeviceStateProvider
-from ._persistence import WorkStore
-from ._requests import (
-    ExistingPeriodicWorkPolicy,
-    ExistingWorkPolicy,
-    OutOfQuotaPolicy,
+from ._decisions import (
     ReleaseFlags,
-    RunRecord,
-    SchedulingPolicy,
-    StopReason,
-    UpdateResult,
-    WorkInfo,
-    WorkQuery,
-    WorkRequest,
     WorkSpec,
-    WorkState,
     after_cancel,
     assess,
-    check_data_size,
-    clamp_periodic,
     end_of_run,
     initial_state,
     is_unfinished,
     plan_dispatch,
+)
+from ._persistence import WorkStore
+from ._policy import SchedulingPolicy, clamp_periodic
+from ._records import RunRecord, WorkInfo, WorkQuery
+from ._requests import WorkRequest, check_data_size
+from ._states import (
+    ExistingPeriodicWorkPolicy,
+    ExistingWorkPolicy,
+    OutOfQuotaPolicy,
+    StopReason,
+    UpdateResult,
+    WorkState,
 )
 
 __all__ = [

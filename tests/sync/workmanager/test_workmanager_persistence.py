@@ -32,7 +32,7 @@ import anyio
 from nexus_store import FakeClock
 from nexus_store._database import Database
 from nexus_store.sync import SimulatedDevice, TaskResult
-from nexus_store.sync.workmanager._requests import (
+from nexus_store.sync.workmanager import (
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,
     OneTimeWorkRequestBuilder,

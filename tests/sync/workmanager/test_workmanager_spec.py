@@ -38,31 +38,36 @@ from nexus_store.sync import (
     TaskOutcome,
     TaskResult,
 )
-from nexus_store.sync.workmanager._persistence import WorkStore
-from nexus_store.sync.workmanager._requests import (
-    MAX_BACKOFF_DELAY_SECONDS,
-    BackoffPolicy,
-    Constraints,
-    DispatchOrder,
-    ExistingPeriodicWorkPolicy,
-    ExistingWorkPolicy,
-    OneTimeWorkRequestBuilder,
-    OutOfQuotaPolicy,
-    PeriodicWorkRequestBuilder,
-    RunOutcome,
-    SchedulingPolicy,
-    StopReason,
-    UpdateResult,
-    WorkInfo,
-    WorkQuery,
+from nexus_store.sync.workmanager._decisions import (
     WorkSpec,
-    WorkState,
     backoff_delay,
-    clamp_periodic,
     end_of_run,
     initial_state,
     next_run_time,
     plan_dispatch,
+)
+from nexus_store.sync.workmanager._persistence import WorkStore
+from nexus_store.sync.workmanager._policy import (
+    MAX_BACKOFF_DELAY_SECONDS,
+    Constraints,
+    SchedulingPolicy,
+    clamp_periodic,
+)
+from nexus_store.sync.workmanager._records import WorkInfo, WorkQuery
+from nexus_store.sync.workmanager._requests import (
+    OneTimeWorkRequestBuilder,
+    PeriodicWorkRequestBuilder,
+)
+from nexus_store.sync.workmanager._states import (
+    BackoffPolicy,
+    DispatchOrder,
+    ExistingPeriodicWorkPolicy,
+    ExistingWorkPolicy,
+    OutOfQuotaPolicy,
+    RunOutcome,
+    StopReason,
+    UpdateResult,
+    WorkState,
 )
 from nexus_store.sync.workmanager._workmanager import WorkManager
 from nexus_store.testing._workdriver import WorkDriver
