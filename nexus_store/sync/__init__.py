@@ -61,6 +61,7 @@ from .workmanager._requests import (
     PeriodicWorkRequestBuilder,
     WorkRequest,
 )
+from .workmanager._running import ManagerState
 from .workmanager._states import (
     BackoffPolicy,
     DispatchOrder,
@@ -72,7 +73,8 @@ from .workmanager._states import (
     UpdateResult,
     WorkState,
 )
-from .workmanager._workmanager import ManagerState, WorkManager, WorkWatch
+from .workmanager._watches import WorkWatch
+from .workmanager._workmanager import WorkManager
 
 __all__ = [
     "AdapterKind",

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from .._exceptions import InvalidWorkRequestError, LifecycleError, UnknownWorkError
 from ..sync.workmanager._decisions import ReleaseFlags
 from ..sync.workmanager._records import WorkInfo
-from ..sync.workmanager._workmanager import DriverHooks
+from ..sync.workmanager._running import DriverHooks
 
 __all__ = ["WorkDriver"]
 

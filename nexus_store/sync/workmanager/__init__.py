@@ -20,6 +20,7 @@ from ._adapter import WorkManagerSyncService
 from ._policy import Constraints, SchedulingPolicy
 from ._records import RunRecord, WorkInfo, WorkQuery
 from ._requests import OneTimeWorkRequestBuilder, PeriodicWorkRequestBuilder, WorkRequest
+from ._running import ManagerState
 from ._states import (
     BackoffPolicy,
     DispatchOrder,
@@ -31,7 +32,8 @@ from ._states import (
     UpdateResult,
     WorkState,
 )
-from ._workmanager import ManagerState, WorkManager, WorkWatch
+from ._watches import WorkWatch
+from ._workmanager import WorkManager
 
 __all__ = [
     "BackoffPolicy",

@@ -51,6 +51,7 @@ from ..engine._runner import SyncTarget
 from ._policy import Constraints, SchedulingPolicy
 from ._records import RunRecord, WorkInfo, WorkQuery
 from ._requests import OneTimeWorkRequestBuilder, PeriodicWorkRequestBuilder, WorkRequest
+from ._running import ReleaseControl
 from ._states import (
     BackoffPolicy,
     DispatchOrder,
@@ -60,7 +61,8 @@ from ._states import (
     StopReason,
     WorkState,
 )
-from ._workmanager import ReleaseControl, WorkManager, WorkWatch
+from ._watches import WorkWatch
+from ._workmanager import WorkManager
 
 __all__ = [
     "CRITICAL_WORK",
