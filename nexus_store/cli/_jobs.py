@@ -132,7 +132,7 @@ def _show_work(console: Console, database: Database, limit: int) -> None:
 
 def _show_bgtask(console: Console, database: Database, limit: int) -> None:
     from ..sync.bgtask._adapter import _record_to_task_run  # noqa: PLC0415
-    from ..sync.bgtask._bgtask import _Tables  # noqa: PLC0415
+    from ..sync.bgtask._persistence import _Tables  # noqa: PLC0415
 
     rows = _Tables(database, history_limit=max(limit, 1000))
     pending = rows.load_pending()

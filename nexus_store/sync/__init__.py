@@ -17,23 +17,20 @@ from ._service import (
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
 from ._worker import SyncWorker, WorkerLease
 from .bgtask._adapter import BGTaskSyncService
-from .bgtask._bgtask import (
-    BGTaskHandle,
-    BGTaskHandler,
-    BGTaskScheduler,
-    LaunchRecord,
-    handler_for_task,
-)
-from .bgtask._requests import (
-    AppRefreshRequest,
+from .bgtask._bgtask import BGTaskScheduler
+from .bgtask._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task
+from .bgtask._launch import (
     AppUsage,
-    BGTaskRequest,
-    ContinuedProcessingRequest,
     DeterministicLaunchPolicy,
     LaunchContext,
     LaunchDecision,
     LaunchPolicy,
     OpportunisticLaunchPolicy,
+)
+from .bgtask._requests import (
+    AppRefreshRequest,
+    BGTaskRequest,
+    ContinuedProcessingRequest,
     ProcessingRequest,
     RequestKind,
     SubmissionStrategy,

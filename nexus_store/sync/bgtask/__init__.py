@@ -18,17 +18,20 @@ imports it, never the other way.
 """
 
 from ._adapter import BGTaskSyncService
-from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
-from ._requests import (
-    AppRefreshRequest,
+from ._bgtask import BGTaskScheduler
+from ._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task
+from ._launch import (
     AppUsage,
-    BGTaskRequest,
-    ContinuedProcessingRequest,
     DeterministicLaunchPolicy,
     LaunchContext,
     LaunchDecision,
     LaunchPolicy,
     OpportunisticLaunchPolicy,
+)
+from ._requests import (
+    AppRefreshRequest,
+    BGTaskRequest,
+    ContinuedProcessingRequest,
     ProcessingRequest,
     RequestKind,
     SubmissionStrategy,

@@ -61,14 +61,15 @@ from .._task import TaskOutcome
 from ..device._device import DeviceStateProvider
 from ..engine._progress import SyncStopReason
 from ..engine._runner import SyncTarget
-from ._bgtask import BGTaskHandle, BGTaskHandler, BGTaskScheduler, LaunchRecord, handler_for_task
+from ._bgtask import BGTaskScheduler
+from ._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task
+from ._launch import LaunchPolicy
 from ._requests import (
     DEFAULT_EXPIRATION_LEAD,
     DEFAULT_PROCESSING_BUDGET,
     DEFAULT_REFRESH_BUDGET,
     AppRefreshRequest,
     BGTaskRequest,
-    LaunchPolicy,
     ProcessingRequest,
 )
 

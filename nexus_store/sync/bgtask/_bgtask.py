@@ -34,479 +34,55 @@ come from any thread.
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import logging
-import math
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import MappingProxyType, TracebackType
-from typing import Any, Self, TypeAlias
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Self
 
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
-from pydantic import BaseModel, ConfigDict
 
 from ..._clock import Clock, SystemClock
 from ..._database import Database
 from ..._exceptions import (
     ImmediateRunIneligibleError,
     LifecycleError,
-    NexusStoreError,
     NotPermittedError,
     UnavailableError,
     UnknownWorkError,
 )
-from .._task import BackgroundSyncTask, TaskOutcome, TaskResult
-from ..device._device import DeviceState, DeviceStateProvider, SimulatedDevice
+from ..device._device import DeviceStateProvider, SimulatedDevice
+from ._handle import BGTaskHandle, BGTaskHandler, LaunchRecord
+from ._launch import LaunchPolicy, OpportunisticLaunchPolicy
+from ._launching import _Launching, _Phase
+from ._persistence import _Tables
 from ._requests import (
     DEFAULT_EXPIRATION_LEAD,
     DEFAULT_PROCESSING_BUDGET,
     DEFAULT_REFRESH_BUDGET,
     USAGE_WINDOW,
     AppRefreshRequest,
-    AppUsage,
     BGTaskRequest,
     ContinuedProcessingRequest,
-    LaunchContext,
-    LaunchPolicy,
-    OpportunisticLaunchPolicy,
     RequestKind,
     SubmissionStrategy,
     check_pending_limits,
     copy_request,
     handler_key,
-    plan_launches,
-    request_from_dict,
-    request_to_dict,
-    unmet_conditions,
     validate_identifiers,
     validate_request,
 )
 
-__all__ = [
-    "BGTaskHandle",
-    "BGTaskHandler",
-    "BGTaskScheduler",
-    "LaunchRecord",
-    "handler_for_task",
-]
+__all__ = ["BGTaskScheduler"]
 
 logger = logging.getLogger(__name__)
 
-BGTaskHandler: TypeAlias = Callable[["BGTaskHandle"], Awaitable[None]]
-"""``async def handler(task: BGTaskHandle) -> None``: runs one launch."""
 
-ExpirationHandler: TypeAlias = Callable[[], object]
-"""Called (synchronously) shortly before a launch's time runs out."""
-
-
-class LaunchRecord(BaseModel):
-    """One launch in the persisted history.
-
-    ``ended_at``, ``duration`` and ``success`` are ``None`` while the launch runs;
-    ``ended_at``/``duration`` stay ``None`` for a launch cut short by the process dying.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: int
-    identifier: str
-    kind: RequestKind
-    started_at: float
-    ended_at: float | None = None
-    duration: float | None = None
-    success: bool | None = None
-    message: str = ""
-
-
-async def _wait(
-    event: anyio.Event,
-    deadline: float | None,
-    now: Callable[[], float],
-    clock: Clock,
-    ready: Callable[[], None] | None = None,
-) -> None:
-    """Return when ``event`` is set or the clock reaches ``deadline`` (None: no deadline).
-
-    The delay is computed just before sleeping (no await in between), so a clock moved
-    while this task was waiting to run still wakes it at the right time. ``ready`` is
-    called once the timer is set, when the caller is really waiting.
-    """
-    if deadline is None:
-        if ready is not None:
-            ready()
-        await event.wait()
-        return
-    async with anyio.create_task_group() as tg:
-
-        async def sleeper(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            task_status.started()
-            # Runs on without yielding until the clock has registered the sleep.
-            await clock.sleep(deadline - now())
-            tg.cancel_scope.cancel()
-
-        await tg.start(sleeper)
-        if ready is not None:
-            ready()
-        await event.wait()
-        tg.cancel_scope.cancel()
-
-
-class BGTaskHandle:
-    """What a handler gets for one launch (iOS ``BGTask``).
-
-    The handler must call :meth:`set_task_completed` (BG-8). Setting
-    :attr:`expiration_handler` lets it wind down when the budget runs out (BG-7). After the
-    task is completed, or killed, the handler is cancelled at its next ``await``, as iOS
-    suspends the app.
-    """
-
-    def __init__(
-        self,
-        scheduler: BGTaskScheduler,
-        record_id: int,
-        request: BGTaskRequest,
-        *,
-        started_at: float,
-        started_mono: float,
-        budget: float | None,
-    ) -> None:
-        self._scheduler = scheduler
-        self._record_id = record_id
-        self._request = request
-        self._started_at = started_at
-        self._started_mono = started_mono
-        self._budget = budget
-        self._expiration_handler: ExpirationHandler | None = None
-        self._expired = False
-        self._expire_reason = ""
-        self._expire_at = math.inf
-        self._kill_at = math.inf
-        self._kill_message = ""
-        self._success: bool | None = None
-        self._message = ""
-        self._ended_at: float | None = None
-        self._duration: float | None = None
-        self._progress: tuple[int, int] | None = None
-        self._conditions_met = True
-        self._done = anyio.Event()
-        self._changed = anyio.Event()
-        self._finished = anyio.Event()
-        self._record: LaunchRecord | None = None
-        self.progress_data: dict[str, Any] = {}
-        """The latest progress published through a task context (see :func:`handler_for_task`)."""
-
-    @property
-    def identifier(self) -> str:
-        """The launched request's identifier."""
-        return self._request.identifier
-
-    @property
-    def kind(self) -> RequestKind:
-        """The launched request's kind."""
-        return self._request.kind
-
-    @property
-    def request(self) -> BGTaskRequest:
-        """A copy of the launched request."""
-        return copy_request(self._request)
-
-    @property
-    def started_at(self) -> float:
-        """Clock time the launch started."""
-        return self._started_at
-
-    @property
-    def budget(self) -> float | None:
-        """Seconds this launch may run (``None``: continued processing, bounded by progress)."""
-        return self._budget
-
-    @property
-    def expiration_handler(self) -> ExpirationHandler | None:
-        """Called shortly before the time runs out (BG-7); ``None`` by default (BG-8)."""
-        return self._expiration_handler
-
-    @expiration_handler.setter
-    def expiration_handler(self, handler: ExpirationHandler | None) -> None:
-        self._expiration_handler = handler
-
-    @property
-    def expired(self) -> bool:
-        """Whether expiration has begun (the expiration handler was due)."""
-        return self._expired
-
-    @property
-    def completed(self) -> bool:
-        """Whether the task was completed (by the handler, or by the system)."""
-        return self._success is not None
-
-    @property
-    def success(self) -> bool | None:
-        """The recorded result, once completed."""
-        return self._success
-
-    @property
-    def progress(self) -> tuple[int, int] | None:
-        """The last ``(completed, total)`` reported with :meth:`report_progress`."""
-        return self._progress
-
-    @property
-    def record(self) -> LaunchRecord | None:
-        """The history record, once the launch has ended and been recorded."""
-        return self._record
-
-    def set_task_completed(self, success: bool, *, message: str = "") -> None:
-        """Tell the scheduler the work is done (BG-8). Later calls are ignored.
-
-        Args:
-            success: whether the work succeeded (recorded in the history).
-            message: a note for the history.
-        """
-        default = "completed" if success else "completed unsuccessfully"
-        self._scheduler._complete(self, bool(success), message or default)
-
-    def report_progress(self, completed: int, total: int) -> None:
-        """Report progress (required of continued-processing tasks, BG-15).
-
-        A continued-processing task whose ``completed`` count does not grow for the
-        scheduler's ``progress_timeout`` is expired.
-        """
-        if completed < 0 or total < 0:
-            raise ValueError("progress counts must not be negative")
-        before = self._progress
-        self._progress = (completed, total)
-        if before is None or completed > before[0]:
-            self._scheduler._progressed(self)
-
-    async def wait_finished(self) -> LaunchRecord:
-        """Wait until the launch has ended and its history record is written."""
-        await self._finished.wait()
-        assert self._record is not None  # set before _finished
-        return self._record
-
-    def __repr__(self) -> str:
-        state = "running" if self._success is None else f"success={self._success}"
-        return f"BGTaskHandle({self.identifier!r}, {self.kind.value}, {state})"
-
-
-class _TaskContext:
-    """The :class:`~nexus_store.sync.TaskContext` a BGTask launch offers a task."""
-
-    def __init__(self, handle: BGTaskHandle) -> None:
-        self._handle = handle
-
-    @property
-    def run_attempt_count(self) -> int:
-        # BGTask has no automatic retry (BG-8): every launch is a first attempt.
-        return 0
-
-    @property
-    def input(self) -> Mapping[str, Any]:
-        return MappingProxyType({})
-
-    @property
-    def is_stopped(self) -> bool:
-        return self._handle.expired or self._handle.completed
-
-    async def set_progress(self, progress: Mapping[str, Any]) -> None:
-        if self._handle.completed:
-            return
-        self._handle.progress_data = dict(progress)
-        done, total = progress.get("done"), progress.get("total")
-        if isinstance(done, int) and isinstance(total, int):
-            self._handle.report_progress(done, total)
-        await anyio.lowlevel.checkpoint()
-
-
-def handler_for_task(task: BackgroundSyncTask) -> BGTaskHandler:
-    """Adapt a :class:`~nexus_store.sync.BackgroundSyncTask` into a BGTask handler.
-
-    The handler runs ``task.execute`` in a cancel scope that its expiration handler
-    cancels, so an expiring launch stops the run cleanly (the store's sync run puts its
-    leased ops back) and reports the launch unsuccessful before the budget ends. The
-    result maps to ``set_task_completed``: ``True``/``SUCCESS`` succeed; ``False``,
-    ``FAILURE``, ``RETRY`` (there is no automatic retry: resubmit) and exceptions fail.
-    """
-
-    async def run(handle: BGTaskHandle) -> None:
-        scope = anyio.CancelScope()
-        handle.expiration_handler = scope.cancel
-        outcome: bool | TaskResult | None = None
-        try:
-            with scope:
-                outcome = await task.execute(_TaskContext(handle))
-        except Exception as exc:
-            logger.exception("background task %s failed", task.task_id)
-            handle.set_task_completed(
-                False, message=f"{task.task_id} raised {type(exc).__name__}: {exc}"
-            )
-            return
-        if outcome is None:
-            handle.set_task_completed(False, message=f"{task.task_id} stopped: time expired")
-            return
-        if isinstance(outcome, TaskResult):
-            success = outcome.outcome is TaskOutcome.SUCCESS
-            message = outcome.message or f"{task.task_id}: {outcome.outcome.value}"
-            if outcome.outcome is TaskOutcome.RETRY:
-                message += " (no automatic retry: resubmit to run again)"
-        else:
-            success = bool(outcome)
-            message = f"{task.task_id}: {'success' if success else 'failure'}"
-        handle.set_task_completed(success, message=message)
-
-    return run
-
-
-class _Phase(enum.Enum):
-    UNSTARTED = "unstarted"
-    RUNNING = "running"
-    CLOSED = "closed"
-
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS nx_bg_requests (
-        identifier TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        submitted_at REAL NOT NULL,
-        body TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS nx_bg_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        identifier TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        duration REAL,
-        success INTEGER,
-        message TEXT NOT NULL DEFAULT ''
-    )""",
-    "CREATE INDEX IF NOT EXISTS nx_bg_history_started ON nx_bg_history (started_at)",
-    "CREATE TABLE IF NOT EXISTS nx_bg_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-_INTERRUPTED = "interrupted: the process ended before the task finished"
-_HISTORY_COLUMNS = "id, identifier, kind, started_at, ended_at, duration, success, message"
-
-
-def _row_to_record(row: tuple[Any, ...]) -> LaunchRecord:
-    rid, ident, kind, started, ended, duration, success, message = row
-    return LaunchRecord(
-        id=rid,
-        identifier=ident,
-        kind=RequestKind(kind),
-        started_at=started,
-        ended_at=ended,
-        duration=duration,
-        success=None if success is None else bool(success),
-        message=message,
-    )
-
-
-class _Tables:
-    """The scheduler's rows: pending requests, launch history, a little state."""
-
-    def __init__(self, database: Database, history_limit: int) -> None:
-        self.db = database
-        self.history_limit = history_limit
-        with database.transaction() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-
-    def load_pending(self) -> list[tuple[int, BGTaskRequest]]:
-        rows = self.db.execute("SELECT seq, body FROM nx_bg_requests ORDER BY seq")
-        loaded: list[tuple[int, BGTaskRequest]] = []
-        for seq, body in rows:
-            try:
-                loaded.append((int(seq), request_from_dict(json.loads(body))))
-            except (NexusStoreError, ValueError):
-                logger.warning("dropping an unreadable stored BGTask request: %r", body)
-        return loaded
-
-    def save_pending(self, request: BGTaskRequest, seq: int, submitted_at: float) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO nx_bg_requests (identifier, kind, seq, submitted_at, body)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    request.identifier,
-                    request.kind.value,
-                    seq,
-                    submitted_at,
-                    json.dumps(request_to_dict(request)),
-                ),
-            )
-
-    def delete_pending(self, identifiers: Iterable[str]) -> None:
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "DELETE FROM nx_bg_requests WHERE identifier = ?", [(i,) for i in identifiers]
-            )
-
-    def start_launch(self, request: BGTaskRequest, started_at: float) -> int:
-        """Remove the pending request and open a history row, in one transaction (BG-6)."""
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM nx_bg_requests WHERE identifier = ?", (request.identifier,))
-            cursor = conn.execute(
-                "INSERT INTO nx_bg_history (identifier, kind, started_at) VALUES (?, ?, ?)",
-                (request.identifier, request.kind.value, started_at),
-            )
-            rid = int(cursor.lastrowid or 0)
-            conn.execute("DELETE FROM nx_bg_history WHERE id <= ?", (rid - self.history_limit,))
-        return rid
-
-    def finish_launch(self, record: LaunchRecord) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE nx_bg_history SET ended_at = ?, duration = ?, success = ?, message = ?"
-                " WHERE id = ?",
-                (record.ended_at, record.duration, record.success, record.message, record.id),
-            )
-
-    def recover_interrupted(self) -> int:
-        """Close the rows of launches that were running when a process died."""
-        with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE nx_bg_history SET success = 0, message = ? WHERE success IS NULL",
-                (_INTERRUPTED,),
-            )
-            return cursor.rowcount
-
-    def history(self, identifier: str | None, limit: int) -> list[LaunchRecord]:
-        where, params = (
-            ("WHERE identifier = ?", (identifier, limit)) if identifier else ("", (limit,))
-        )
-        rows = self.db.execute(
-            f"SELECT {_HISTORY_COLUMNS} FROM nx_bg_history {where} ORDER BY id DESC LIMIT ?",
-            params,
-        )
-        return [_row_to_record(tuple(row)) for row in rows]
-
-    def launch_times_since(self, since: float) -> list[float]:
-        rows = self.db.execute(
-            "SELECT started_at FROM nx_bg_history WHERE started_at >= ? ORDER BY started_at",
-            (since,),
-        )
-        return [float(row[0]) for row in rows]
-
-    def get_state(self, key: str) -> str | None:
-        rows = self.db.execute("SELECT value FROM nx_bg_state WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
-
-    def set_state(self, key: str, value: str | None) -> None:
-        with self.db.transaction() as conn:
-            if value is None:
-                conn.execute("DELETE FROM nx_bg_state WHERE key = ?", (key,))
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO nx_bg_state (key, value) VALUES (?, ?)", (key, value)
-                )
-
-
-class BGTaskScheduler:
+class BGTaskScheduler(_Launching):
     """A BGTaskScheduler-like engine (see the module docstring for the rules).
 
     Args:
@@ -611,8 +187,6 @@ class BGTaskScheduler:
         for identifier, handler in (handlers or {}).items():
             self.register(identifier, handler)
 
-    # -- lifecycle --------------------------------------------------------------------
-
     async def __aenter__(self) -> Self:
         if self._phase is not _Phase.UNSTARTED:
             raise LifecycleError(f"the scheduler is {self._phase.value}; it runs once")
@@ -667,8 +241,6 @@ class BGTaskScheduler:
         if self._phase is not _Phase.RUNNING:
             raise LifecycleError(f"the scheduler is {self._phase.value}: use 'async with'")
 
-    # -- registration and requests ----------------------------------------------------
-
     @property
     def identifiers(self) -> frozenset[str]:
         """The declared identifiers (BG-1)."""
@@ -691,9 +263,6 @@ class BGTaskScheduler:
             raise LifecycleError("register every handler before the first submit or launch (BG-1)")
         self._handlers[identifier] = handler
         self._wake_loop()  # requests kept from an earlier process may now launch
-
-    def _missing_handlers(self) -> list[str]:
-        return sorted(self._declared - self._handlers.keys())
 
     def submit(self, request: BGTaskRequest) -> None:
         """Submit a request; one already pending for the identifier is replaced (BG-4).
@@ -766,8 +335,6 @@ class BGTaskScheduler:
         if identifier not in self._pending:
             return None
         return self._reasons.get(identifier, "pending: not yet planned")
-
-    # -- app and debug events -------------------------------------------------------
 
     @property
     def force_quit_active(self) -> bool:
@@ -856,8 +423,6 @@ class BGTaskScheduler:
             for probe in (AppRefreshRequest(identifier), ContinuedProcessingRequest(identifier))
         )
 
-    # -- introspection ----------------------------------------------------------------
-
     def running_task(self, identifier: str) -> BGTaskHandle | None:
         """The handle of the running launch of ``identifier``, if any."""
         return self._running.get(identifier)
@@ -894,260 +459,6 @@ class BGTaskScheduler:
         while self._passes == start and self._phase is _Phase.RUNNING:
             assert self._pass_done is not None
             await self._pass_done.wait()
-
-    # -- the loop ---------------------------------------------------------------------
-
-    def _wake_loop(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _on_device_change(self, _state: DeviceState) -> None:
-        if self._phase is not _Phase.RUNNING:
-            return
-        if threading.get_ident() == self._thread:
-            self._wake_loop()
-            return
-        # A device probe on another thread: hop onto the event loop to set the event.
-        with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(self._wake_loop, token=self._token)
-
-    async def _loop(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        task_status.started()
-        while True:
-            self._wake = anyio.Event()
-            deadline = self._plan_pass()
-            await _wait(self._wake, deadline, self._clock.now, self._clock, self._pass_finished)
-
-    def _pass_finished(self) -> None:
-        """The loop is waiting again: release :meth:`settle` callers."""
-        self._passes += 1
-        done, self._pass_done = self._pass_done, anyio.Event()
-        assert done is not None
-        done.set()
-
-    def _usage(self, now: float) -> AppUsage:
-        while self._recent and self._recent[0] < now - USAGE_WINDOW:
-            self._recent.popleft()
-        return AppUsage(launch_times=tuple(self._recent), app_last_opened=self._app_last_opened)
-
-    def _plan_pass(self) -> float | None:
-        """Look at the time and the device once: terminate, launch, and say until when to
-        sleep (a clock time; None: until woken)."""
-        now = self._clock.now()
-        device = self._device.current()
-        self._check_running_conditions(device)
-        if self._force_quit:
-            self._reasons = dict.fromkeys(self._pending, "the user force-quit the app")
-            return None
-        missing = self._missing_handlers()
-        if missing:
-            self._reasons = dict.fromkeys(self._pending, f"waiting for handlers of {missing}")
-            return None
-        self._start_queued_continued()
-        blocked = {
-            identifier: "a launch of this identifier is still running"
-            for identifier in self._pending
-            if identifier in self._running
-        }
-        requests = [request for _, request in self._pending.values()]
-        plan = plan_launches(
-            requests, LaunchContext(now, device, self._usage(now)), self._policy, blocked=blocked
-        )
-        self._reasons = dict(plan.reasons)
-        for _, queued in self._pending.values():
-            if queued.kind is RequestKind.CONTINUED_PROCESSING:
-                self._reasons[queued.identifier] = "queued: no continued-processing slot is free"
-        for request in plan.due:
-            self._launch(request)
-        deadline = plan.next_at
-        processing_running = any(h.kind is RequestKind.PROCESSING for h in self._running.values())
-        if self._unsubscribe is None and (plan.waiting_on_device or processing_running):
-            poll_at = now + self._poll
-            deadline = poll_at if deadline is None else min(deadline, poll_at)
-        return deadline
-
-    def _check_running_conditions(self, device: DeviceState) -> None:
-        """Terminate processing tasks whose conditions were met and no longer are (BG-9)."""
-        for handle in list(self._running.values()):
-            if handle.kind is not RequestKind.PROCESSING:
-                continue  # refresh tasks are not affected by device use
-            unmet = unmet_conditions(handle._request, device)
-            if handle._conditions_met and unmet:
-                self._expire(handle, "terminated: " + "; ".join(unmet))
-            handle._conditions_met = not unmet
-
-    def _continued_can_start(self, request: BGTaskRequest) -> bool:
-        if self._phase is not _Phase.RUNNING or self._force_quit:
-            return False
-        if request.identifier in self._running:
-            return False
-        running = sum(
-            1 for h in self._running.values() if h.kind is RequestKind.CONTINUED_PROCESSING
-        )
-        if running >= self._continued_slots:
-            return False
-        # FIFO: a request queued earlier goes first.
-        return not any(
-            r.kind is RequestKind.CONTINUED_PROCESSING and r.identifier != request.identifier
-            for _, r in self._pending.values()
-        )
-
-    def _start_queued_continued(self) -> None:
-        for _, request in list(self._pending.values()):
-            if request.kind is not RequestKind.CONTINUED_PROCESSING:
-                continue
-            running = sum(
-                1 for h in self._running.values() if h.kind is RequestKind.CONTINUED_PROCESSING
-            )
-            if running >= self._continued_slots:
-                return
-            if request.identifier not in self._running:
-                self._launch(request)
-
-    def _launch(self, request: BGTaskRequest) -> BGTaskHandle:
-        """Start one launch: the request leaves the pending set (BG-6) and the handler runs."""
-        assert self._tg is not None
-        key = handler_key(self._declared, request)
-        assert key is not None
-        handler = self._handlers[key]
-        self._registration_closed = True
-        now, mono = self._clock.now(), self._clock.monotonic()
-        record_id = self._tables.start_launch(request, now)
-        self._pending.pop(request.identifier, None)
-        self._reasons.pop(request.identifier, None)
-        self._recent.append(now)
-        budget = self._budgets[request.kind]
-        handle = BGTaskHandle(
-            self, record_id, request, started_at=now, started_mono=mono, budget=budget
-        )
-        if budget is None:
-            handle._expire_at = mono + self._progress_timeout
-            handle._expire_reason = f"no progress for {self._progress_timeout:g} s"
-        else:
-            handle._expire_at = mono + budget - self._lead_for(handle)
-            handle._kill_at = mono + budget
-            handle._expire_reason = f"the time budget ({budget:g} s) is running out"
-        handle._kill_message = "killed: set_task_completed was not called before the budget ended"
-        handle._conditions_met = not unmet_conditions(request, self._device.current())
-        self._running[request.identifier] = handle
-        self._notify(
-            LaunchRecord(
-                id=record_id, identifier=request.identifier, kind=request.kind, started_at=now
-            )
-        )
-        self._tg.start_soon(self._supervise, handle, handler, name=f"bgtask {request.identifier}")
-        return handle
-
-    def _lead_for(self, handle: BGTaskHandle) -> float:
-        budget = handle.budget
-        return self._lead if budget is None else min(self._lead, budget / 2)
-
-    async def _supervise(self, handle: BGTaskHandle, handler: BGTaskHandler) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._call_handler, handle, handler)
-                tg.start_soon(self._watch, handle)
-                await handle._done.wait()
-                # Completed, expired without a handler, or killed: the handler stops here.
-                tg.cancel_scope.cancel()
-        finally:
-            self._complete(handle, False, "the scheduler closed before the task finished")
-            self._record_end(handle)
-
-    async def _call_handler(self, handle: BGTaskHandle, handler: BGTaskHandler) -> None:
-        try:
-            await handler(handle)
-        except Exception as exc:
-            logger.exception("BGTask handler for %s raised", handle.identifier)
-            self._complete(handle, False, f"the handler raised {type(exc).__name__}: {exc}")
-        # A handler that returns without completing keeps the task open: the work may go
-        # on elsewhere and call set_task_completed later, or the budget ends it (BG-8).
-
-    async def _watch(self, handle: BGTaskHandle) -> None:
-        """Fire the expiration when it is due, then kill the task at its deadline (BG-7/8)."""
-        while not handle.completed:
-            now = self._clock.monotonic()
-            if not handle.expired:
-                if now >= handle._expire_at:
-                    self._expire(handle, handle._expire_reason)
-                    continue
-                target = handle._expire_at
-            else:
-                if now >= handle._kill_at:
-                    self._complete(handle, False, handle._kill_message)
-                    return
-                target = handle._kill_at
-            handle._changed = anyio.Event()
-            deadline = None if math.isinf(target) else target
-            await _wait(handle._changed, deadline, self._clock.monotonic, self._clock)
-
-    def _expire(self, handle: BGTaskHandle, reason: str) -> None:
-        """Begin expiration: call the expiration handler and set the kill deadline; with no
-        expiration handler, mark the task complete and unsuccessful now (BG-8)."""
-        if handle.completed or handle.expired:
-            return
-        handle._expired = True
-        handle._changed.set()
-        callback = handle.expiration_handler
-        if callback is None:
-            self._complete(
-                handle,
-                False,
-                f"{reason}; no expiration handler was set, so the task was marked "
-                "complete and unsuccessful",
-            )
-            return
-        # An early expiry (simulated, device in use, user cancel) leaves only the lead time.
-        handle._kill_at = min(handle._kill_at, self._clock.monotonic() + self._lead_for(handle))
-        handle._kill_message = f"{reason}; killed: set_task_completed was not called in time"
-        try:
-            callback()
-        except Exception:
-            logger.exception("the expiration handler of %s raised", handle.identifier)
-
-    def _progressed(self, handle: BGTaskHandle) -> None:
-        if handle.kind is RequestKind.CONTINUED_PROCESSING and not handle.expired:
-            handle._expire_at = self._clock.monotonic() + self._progress_timeout
-            handle._changed.set()
-
-    def _complete(self, handle: BGTaskHandle, success: bool, message: str) -> None:
-        if handle.completed:
-            return
-        handle._success = success
-        handle._message = message
-        handle._ended_at = self._clock.now()
-        handle._duration = max(0.0, self._clock.monotonic() - handle._started_mono)
-        handle._done.set()
-        handle._changed.set()
-
-    def _record_end(self, handle: BGTaskHandle) -> None:
-        record = LaunchRecord(
-            id=handle._record_id,
-            identifier=handle.identifier,
-            kind=handle.kind,
-            started_at=handle.started_at,
-            ended_at=handle._ended_at,
-            duration=handle._duration,
-            success=handle._success,
-            message=handle._message,
-        )
-        try:
-            self._tables.finish_launch(record)
-        except NexusStoreError:
-            logger.exception("could not record the end of %s", handle.identifier)
-        handle._record = record
-        if self._running.get(handle.identifier) is handle:
-            del self._running[handle.identifier]
-        handle._finished.set()
-        self._notify(record)
-        self._wake_loop()
-
-    def _notify(self, record: LaunchRecord) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback(record)
-            except Exception:
-                logger.exception("a BGTask launch listener raised")
 
     def __repr__(self) -> str:
         return (

@@ -17,13 +17,16 @@ import pytest
 from nexus_store import FakeClock
 from nexus_store._database import Database
 from nexus_store.sync import SimulatedDevice
-from nexus_store.sync.bgtask._bgtask import BGTaskHandle, BGTaskScheduler, LaunchRecord
-from nexus_store.sync.bgtask._requests import (
-    AppRefreshRequest,
-    ContinuedProcessingRequest,
+from nexus_store.sync.bgtask._bgtask import BGTaskScheduler
+from nexus_store.sync.bgtask._handle import BGTaskHandle, LaunchRecord
+from nexus_store.sync.bgtask._launch import (
     DeterministicLaunchPolicy,
     LaunchPolicy,
     OpportunisticLaunchPolicy,
+)
+from nexus_store.sync.bgtask._requests import (
+    AppRefreshRequest,
+    ContinuedProcessingRequest,
     ProcessingRequest,
     RequestKind,
     SubmissionStrategy,
@@ -286,7 +289,7 @@ _CHILD = textwrap.dedent(
     import anyio
     from nexus_store import FakeClock
     from nexus_store._database import Database
-    from nexus_store.sync.bgtask._requests import (
+    from nexus_store.sync.bgtask import (
         AppRefreshRequest, DeterministicLaunchPolicy, ProcessingRequest,
     )
     from nexus_store.sync.bgtask._bgtask import BGTaskScheduler

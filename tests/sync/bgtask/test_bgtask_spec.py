@@ -28,31 +28,29 @@ from nexus_store import (
 )
 from nexus_store._database import Database
 from nexus_store.sync import DeviceState, SimulatedDevice, TaskContext, TaskResult
-from nexus_store.sync.bgtask._bgtask import (
-    BGTaskHandle,
-    BGTaskScheduler,
-    LaunchRecord,
-    handler_for_task,
+from nexus_store.sync.bgtask._bgtask import BGTaskScheduler
+from nexus_store.sync.bgtask._handle import BGTaskHandle, LaunchRecord, handler_for_task
+from nexus_store.sync.bgtask._launch import (
+    AppUsage,
+    DeterministicLaunchPolicy,
+    LaunchContext,
+    LaunchDecision,
+    LaunchPolicy,
+    OpportunisticLaunchPolicy,
+    plan_launches,
+    unmet_conditions,
 )
 from nexus_store.sync.bgtask._requests import (
     MAX_PENDING_APP_REFRESH,
     MAX_PENDING_PROCESSING,
     USAGE_WINDOW,
     AppRefreshRequest,
-    AppUsage,
     BGTaskRequest,
     ContinuedProcessingRequest,
-    DeterministicLaunchPolicy,
-    LaunchContext,
-    LaunchDecision,
-    LaunchPolicy,
-    OpportunisticLaunchPolicy,
     ProcessingRequest,
     RequestKind,
     SubmissionStrategy,
     check_pending_limits,
-    plan_launches,
-    unmet_conditions,
 )
 
 pytestmark = pytest.mark.anyio
