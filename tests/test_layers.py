@@ -71,10 +71,15 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         "service",
         (
             "nexus_store.sync._bridge",
+            "nexus_store.sync._changes",
             "nexus_store.sync._config",
+            "nexus_store.sync._decisions",
             "nexus_store.sync._noop",
             "nexus_store.sync._service",
+            "nexus_store.sync._service_base",
+            "nexus_store.sync._store_task",
             "nexus_store.sync._task",
+            "nexus_store.sync._triggers",
         ),
     ),
     # The schedulers, each with its service adapter.

@@ -24,7 +24,7 @@ from ._errors import fail
 from ._options import DbOption
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..sync._service import TaskRun
+    from ..sync._task import TaskRun
 
 
 def _tables(database: Database) -> set[str]:
@@ -37,7 +37,7 @@ def _tables(database: Database) -> set[str]:
 
 def _when(seconds: float | None) -> str:
     # Imported here so `nexus-store --help` stays quick.
-    from ..sync._service import format_time  # noqa: PLC0415
+    from ..sync._decisions import format_time  # noqa: PLC0415
 
     if seconds is None:
         return "-"

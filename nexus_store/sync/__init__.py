@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from ._bridge import BackgroundSyncThread
-from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
+from ._changes import ChangeSource, CommitWatcher
+from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, ServiceState
 from ._factory import AdapterKind, BackgroundSyncServiceFactory, choose_adapter
 from ._noop import NoopSyncService
-from ._service import (
-    BackgroundSyncService,
-    ChangeSource,
-    CommitWatcher,
-    ServiceState,
-    StoreSyncTask,
-    TaskRun,
-)
-from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult
+from ._service import BackgroundSyncService
+from ._store_task import StoreSyncTask
+from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult, TaskRun
 from ._worker import SyncWorker, WorkerLease
 from .bgtask._adapter import BGTaskSyncService
 from .bgtask._bgtask import BGTaskScheduler

@@ -35,8 +35,9 @@ from .. import _unclosed
 from .._exceptions import LifecycleError
 from .._loop import STOP_TIMEOUT, LoopThread, shared_loop
 from .._priority import SyncPriority
-from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult
-from ._service import BackgroundSyncService, ServiceState, TaskRun
+from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, ServiceState
+from ._service import BackgroundSyncService
+from ._task import TaskRun
 from .engine._progress import SyncEvent, SyncProgress, SyncSummary
 
 __all__ = ["BackgroundSyncThread"]

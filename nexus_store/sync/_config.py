@@ -20,6 +20,7 @@ __all__ = [
     "BackgroundSyncConfig",
     "BackgroundSyncStatus",
     "ScheduleResult",
+    "ServiceState",
     "unmet_constraints",
 ]
 
@@ -133,3 +134,11 @@ def unmet_constraints(config: BackgroundSyncConfig, state: DeviceState) -> list[
     if config.requires_device_idle and not state.idle:
         unmet.append("idle: the device is in use")
     return unmet
+
+
+class ServiceState(StrEnum):
+    """The lifecycle of a :class:`BackgroundSyncService`."""
+
+    UNSTARTED = "unstarted"
+    RUNNING = "running"
+    STOPPED = "stopped"

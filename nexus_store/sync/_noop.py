@@ -19,7 +19,8 @@ from .._clock import Clock
 from .._priority import SyncPriority
 from .._remote import RemoteBackend
 from ._config import BackgroundSyncConfig, ScheduleResult
-from ._service import BackgroundSyncService, TaskRun
+from ._service import BackgroundSyncService
+from ._task import TaskRun
 from .device._device import DeviceStateProvider
 from .engine._runner import SyncTarget
 

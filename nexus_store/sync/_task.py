@@ -1,14 +1,23 @@
-"""What a scheduler runs: a background task and the result it reports."""
+"""What a scheduler runs: a background task, the result it reports, its run history."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BackgroundSyncTask", "TaskContext", "TaskOutcome", "TaskResult"]
+__all__ = [
+    "BackgroundSyncTask",
+    "RegisteredTask",
+    "TaskContext",
+    "TaskOutcome",
+    "TaskResult",
+    "TaskRun",
+]
 
 
 class TaskOutcome(StrEnum):
@@ -84,3 +93,40 @@ class BackgroundSyncTask(Protocol):
     async def execute(self, context: TaskContext) -> bool | TaskResult:
         """Do the work once."""
         ...
+
+
+class TaskRun(BaseModel):
+    """One run from the persisted run history, whatever the adapter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    """The task (``nexus-store.sync`` for the store's sync)."""
+    source: str
+    """What the scheduler ran: a work id (WorkManager-like) or a task identifier (BGTask-like)."""
+    started_at: float
+    ended_at: float | None = None
+    duration: float | None = None
+    success: bool | None = None
+    """``None`` while running, or for a run the process did not live to finish."""
+    outcome: str
+    """``success``, ``failure``, ``retry``, ``stopped``, ``cancelled``, ``interrupted`` or
+    ``running``."""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RegisteredTask:
+    """An app job registered with :meth:`BackgroundSyncService.register_task`."""
+
+    task: BackgroundSyncTask
+    interval: timedelta | None
+    """Periodic when set; one run per service start otherwise."""
+    initial_delay: timedelta
+    constrained: bool
+    """Whether the config's constraints apply to it."""
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self.task.task_id

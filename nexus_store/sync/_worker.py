@@ -48,7 +48,8 @@ from .._migrations import Migrations, load_migrations
 from .._remote import RemoteBackend
 from ..queue import OpState, PrioritySyncQueue
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
-from ._service import SYNC_TASK_ID, TaskRun
+from ._store_task import SYNC_TASK_ID
+from ._task import TaskRun
 from .device._constraints import SystemDevice
 from .device._device import DeviceStateProvider
 from .engine._progress import SyncEvent

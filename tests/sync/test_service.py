@@ -32,7 +32,7 @@ from nexus_store.sync import (
     WorkQuery,
     WorkState,
 )
-from nexus_store.sync._service import SYNC_TASK_ID
+from nexus_store.sync._store_task import SYNC_TASK_ID
 from nexus_store.sync.workmanager._adapter import CRITICAL_WORK, HIGH_WORK, PERIODIC_WORK
 
 pytestmark = pytest.mark.anyio

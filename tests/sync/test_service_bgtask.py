@@ -27,7 +27,7 @@ from nexus_store.sync import (
     SyncEvent,
     TaskContext,
 )
-from nexus_store.sync._service import SYNC_TASK_ID
+from nexus_store.sync._store_task import SYNC_TASK_ID
 from nexus_store.sync.bgtask._adapter import PROCESSING_IDENTIFIER, REFRESH_IDENTIFIER
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ from nexus_store.sync import (
     SyncSummary,
     TaskOutcome,
 )
-from nexus_store.sync._service import (
+from nexus_store.sync._decisions import (
     format_time,
     plan_requests,
     run_budget,

@@ -46,18 +46,12 @@ from ..._exceptions import (
 from ..._priority import SyncPriority
 from ..._remote import RemoteBackend
 from ...queue import PrioritySyncQueue
-from .._config import BackgroundSyncConfig, ScheduleResult, unmet_constraints
-from .._service import (
-    SYNC_TASK_ID,
-    BackgroundSyncService,
-    ChangeSource,
-    RegisteredTask,
-    ServiceState,
-    TaskRun,
-    format_time,
-    sync_outcome,
-)
-from .._task import TaskOutcome
+from .._changes import ChangeSource
+from .._config import BackgroundSyncConfig, ScheduleResult, ServiceState, unmet_constraints
+from .._decisions import format_time, sync_outcome
+from .._service import BackgroundSyncService
+from .._store_task import SYNC_TASK_ID
+from .._task import RegisteredTask, TaskOutcome, TaskRun
 from ..device._device import DeviceStateProvider
 from ..engine._progress import SyncStopReason
 from ..engine._runner import SyncTarget

@@ -37,15 +37,12 @@ from ..._clock import Clock
 from ..._exceptions import LifecycleError
 from ..._priority import SyncPriority
 from ..._remote import RemoteBackend
+from .._changes import ChangeSource
 from .._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, ScheduleResult
-from .._service import (
-    SYNC_TASK_ID,
-    BackgroundSyncService,
-    ChangeSource,
-    RegisteredTask,
-    TaskRun,
-    format_time,
-)
+from .._decisions import format_time
+from .._service import BackgroundSyncService
+from .._store_task import SYNC_TASK_ID
+from .._task import RegisteredTask, TaskRun
 from ..device._device import DeviceStateProvider
 from ..engine._runner import SyncTarget
 from ._policy import Constraints, SchedulingPolicy
