@@ -93,6 +93,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync.__init__",
             "nexus_store.sync._factory",
             "nexus_store.sync._worker",
+            "nexus_store.sync._worker_lease",
         ),
     ),
     (8, "test kit", ("nexus_store.testing",)),

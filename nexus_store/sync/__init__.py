@@ -10,7 +10,8 @@ from ._noop import NoopSyncService
 from ._service import BackgroundSyncService
 from ._store_task import StoreSyncTask
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult, TaskRun
-from ._worker import SyncWorker, WorkerLease
+from ._worker import SyncWorker
+from ._worker_lease import WorkerLease
 from .bgtask._adapter import BGTaskSyncService
 from .bgtask._bgtask import BGTaskScheduler
 from .bgtask._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task

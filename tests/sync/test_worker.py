@@ -35,7 +35,7 @@ from nexus_store.sync import (
     SimulatedDevice,
     WorkerLease,
 )
-from nexus_store.sync._worker import LeaseAction, LeaseRow, clamp_lease, decide_lease
+from nexus_store.sync._worker_lease import LeaseAction, LeaseRow, clamp_lease, decide_lease
 from nexus_store.testing import ServerProcess
 
 TOKENS = {f"tok{i}": f"tenant{i}" for i in range(8)}
