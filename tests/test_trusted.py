@@ -14,7 +14,7 @@ from nexus_store._remote import is_plain_op
 from nexus_store._trusted import _hash_or_none, trusted_builder
 from nexus_store.backends import OpResult, OpStatus, RemoteOp
 from nexus_store.queue import OpKind, OpState, QueuedOp
-from nexus_store.sync.engine._runner import _remote_op
+from nexus_store.sync.engine._push import _remote_op
 
 QUEUED: dict[str, Any] = {
     "op_id": "0190c3a2-0000-7000-8000-000000000001",

@@ -45,7 +45,8 @@ from .engine._progress import (
     SyncSummary,
 )
 from .engine._rawtable import RawCollection, discover_collections
-from .engine._runner import SyncRunner, SyncTarget
+from .engine._runner import SyncRunner
+from .engine._target import SyncTarget
 from .workmanager._adapter import WorkManagerSyncService
 from .workmanager._policy import Constraints, SchedulingPolicy
 from .workmanager._records import RunRecord, WorkInfo, WorkQuery

@@ -26,7 +26,7 @@ from .._remote import RemoteBackend
 from ._config import BackgroundSyncConfig
 from ._service import BackgroundSyncService
 from .device._device import DeviceStateProvider
-from .engine._runner import SyncTarget
+from .engine._target import SyncTarget
 
 __all__ = ["ADAPTER_ENV", "AdapterKind", "BackgroundSyncServiceFactory", "choose_adapter"]
 

@@ -22,7 +22,7 @@ from ._config import BackgroundSyncConfig, ScheduleResult
 from ._service import BackgroundSyncService
 from ._task import TaskRun
 from .device._device import DeviceStateProvider
-from .engine._runner import SyncTarget
+from .engine._target import SyncTarget
 
 __all__ = ["NoopSyncService"]
 

@@ -80,7 +80,7 @@ from .device._constraints import SystemDevice
 from .device._device import DeviceState, DeviceStateProvider
 from .engine._pause import PauseReason, RemotePauses
 from .engine._progress import SyncStreams, SyncSummary
-from .engine._runner import SyncTarget
+from .engine._target import SyncTarget
 
 __all__ = ["BackgroundSyncService"]
 

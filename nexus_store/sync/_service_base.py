@@ -31,7 +31,7 @@ from ._task import RegisteredTask, TaskRun
 from .device._device import DeviceStateProvider
 from .engine._pause import RemotePauses
 from .engine._progress import SyncEvent, SyncProgress, SyncStreams, SyncSummary
-from .engine._runner import SyncTarget
+from .engine._target import SyncTarget
 
 __all__: list[str] = []
 

@@ -54,7 +54,7 @@ from .._store_task import SYNC_TASK_ID
 from .._task import RegisteredTask, TaskOutcome, TaskRun
 from ..device._device import DeviceStateProvider
 from ..engine._progress import SyncStopReason
-from ..engine._runner import SyncTarget
+from ..engine._target import SyncTarget
 from ._bgtask import BGTaskScheduler
 from ._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task
 from ._launch import LaunchPolicy

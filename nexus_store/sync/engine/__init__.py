@@ -24,7 +24,8 @@ from ._progress import (
     SyncSummary,
 )
 from ._rawtable import RawCollection, discover_collections
-from ._runner import SyncRunner, SyncTarget
+from ._runner import SyncRunner
+from ._target import SyncTarget
 
 __all__ = [
     "EngineConfig",

@@ -44,7 +44,7 @@ from .._service import BackgroundSyncService
 from .._store_task import SYNC_TASK_ID
 from .._task import RegisteredTask, TaskRun
 from ..device._device import DeviceStateProvider
-from ..engine._runner import SyncTarget
+from ..engine._target import SyncTarget
 from ._policy import Constraints, SchedulingPolicy
 from ._records import RunRecord, WorkInfo, WorkQuery
 from ._requests import OneTimeWorkRequestBuilder, PeriodicWorkRequestBuilder, WorkRequest

@@ -29,7 +29,8 @@ from nexus_store.sync.device._device import SimulatedDevice
 from nexus_store.sync.engine._engine import EngineConfig
 from nexus_store.sync.engine._progress import SyncEvent, SyncPhase, SyncProgress, SyncStopReason
 from nexus_store.sync.engine._rawtable import RawCollection, discover_collections
-from nexus_store.sync.engine._runner import SyncRunner, SyncTarget
+from nexus_store.sync.engine._runner import SyncRunner
+from nexus_store.sync.engine._target import SyncTarget
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

@@ -1,0 +1,402 @@
+"""The push half of a sync run: lease batches, send them, settle the answers in order.
+
+Batches are leased per priority (``LOW`` left out on a metered network or low battery),
+prepared for the wire (an op that cannot be sent is dead-lettered with the reason), pushed,
+and their answers settled behind the pushes, in order, each in a worker thread: acks with
+the server's version, conflicts by the resolver, rejections dead-lettered, failures
+backing off. A batch refused as too large is split until the bad op is alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from pydantic import ValidationError
+
+from ... import _codec
+from ..._exceptions import CodecError, ErrorKind, RemoteError
+from ..._gc import collector_paused
+from ..._priority import SyncPriority
+from ..._remote import RemoteOp, is_plain_op
+from ..._trusted import trusted_builder
+from ...queue import OpKind, PrioritySyncQueue, QueuedOp
+from ._engine import (
+    Ack,
+    BatchErrorAction,
+    Failure,
+    ResultPlan,
+    budget_left,
+    fit_batch,
+    hold_back,
+    item_key,
+    plan_batch_error,
+    plan_results,
+    split_batch,
+)
+from ._progress import SyncStopReason
+from ._run import _Leased, _Run, _RunnerBase
+
+logger = logging.getLogger("nexus_store.sync")
+
+__all__: list[str] = []
+
+
+class _Settler:
+    """Settles result plans in order, each in a worker thread, behind the pushes."""
+
+    def __init__(self, runner: _Pushing, run: _Run, group: anyio.abc.TaskGroup) -> None:
+        self._runner = runner
+        self._run = run
+        self._group = group
+        self._last: anyio.Event | None = None
+
+    def submit(self, plan: ResultPlan) -> None:
+        """Settle ``plan`` after every plan submitted before it."""
+        previous, done = self._last, anyio.Event()
+        self._last = done
+        self._group.start_soon(self._settle_after, previous, plan, done)
+
+    async def _settle_after(
+        self, previous: anyio.Event | None, plan: ResultPlan, done: anyio.Event
+    ) -> None:
+        if previous is not None:
+            await previous.wait()
+        await self._runner._settle(self._run, plan)
+        done.set()
+        self._runner._publish_progress(self._run)
+
+    async def wait(self) -> None:
+        """Wait until every submitted plan is settled."""
+        if self._last is not None:
+            await self._last.wait()
+
+
+def _prepare(op: QueuedOp, token: int) -> _Leased:
+    """Build the wire op of a queued op (in the lease thread: decoding is CPU work)."""
+    size = len(op.payload or b"")
+    data: dict[str, Any] | None = None
+    if op.kind is OpKind.UPSERT:
+        try:
+            decoded = _codec.decode(op.payload or b"")
+        except CodecError:
+            return _Leased(op, None, size, "the queued payload cannot be decoded", token)
+        if not isinstance(decoded, dict):
+            return _Leased(op, None, size, "the queued payload is not a record (a map)", token)
+        data = decoded
+    remote = _wire_op(op, data)
+    if remote is not None:
+        return _Leased(op, remote, size, token=token)
+    try:
+        remote = RemoteOp(
+            op_id=op.op_id,
+            collection=op.collection,
+            item_id=op.item_id,
+            kind=op.kind.value,
+            data=data,
+            base_version=op.base_version,
+            hlc=op.hlc,
+            schema_version=op.schema_version,
+        )
+    except ValidationError as exc:
+        # Written by another producer with values the wire cannot carry: a poison op.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        return _Leased(op, None, size, f"the op cannot be sent: {problems}", token)
+    return _Leased(op, remote, size, token=token)
+
+
+_remote_op = trusted_builder(
+    RemoteOp,
+    {
+        "op_id": "o",
+        "collection": "c",
+        "item_id": 1,
+        "kind": "upsert",
+        "data": {"a": 1},
+        "base_version": 0,
+        "hlc": "h",
+        "schema_version": 1,
+    },
+)
+
+
+def _wire_op(op: QueuedOp, data: dict[str, Any] | None) -> RemoteOp | None:
+    """The wire op, built without validation when its values need none (what a store
+    queues); ``None``: validate it (and learn why it cannot be sent)."""
+    kind = op.kind.value
+    fields = (op.op_id, op.collection, op.item_id, kind, data, op.base_version, op.hlc)
+    if not is_plain_op(*fields, op.schema_version):
+        return None
+    return _remote_op(
+        {
+            "op_id": op.op_id,
+            "collection": op.collection,
+            "item_id": op.item_id,
+            "kind": kind,
+            "data": data,
+            "base_version": op.base_version,
+            "hlc": op.hlc,
+            "schema_version": op.schema_version,
+        }
+    )
+
+
+class _Pushing(_RunnerBase):
+    """A sync run's push: leasing, sending, settling and releasing ops."""
+
+    # -- push ---------------------------------------------------------------------------------
+
+    async def _push(self, run: _Run) -> None:
+        """Push batch after batch, keeping the local work off the critical path.
+
+        Pushes go one at a time, in lease order (so the server sees priority order), but
+        while batch *k* is on the wire the next batch is leased and batch *k - 1*'s results
+        are settled, in worker threads. Per-item order does not depend on this: the queue
+        never hands out an op while an earlier op of its item is leased.
+        """
+        async with anyio.create_task_group() as group:
+            settler = _Settler(self, run, group)
+            batch = await self._lease(run)
+            while True:
+                left = budget_left(run.started, self.clock.monotonic(), self.budget)
+                if run.stop is None and left is not None and left <= 0:
+                    run.stop = SyncStopReason.BUDGET
+                if run.stop is not None:
+                    await self._release(run, batch)
+                    break
+                if not batch:
+                    # Acks still being settled may unblock more ops: look once more.
+                    await settler.wait()
+                    batch = await self._lease(run)
+                    if not batch:
+                        run.stop = SyncStopReason.DRAINED
+                        break
+                self._count_batch(run)
+                ahead: list[list[_Leased]] = []
+                async with anyio.create_task_group() as prefetch:
+                    prefetch.start_soon(self._lease_into, run, ahead)
+                    await self._push_batch(run, batch, settler)
+                batch = ahead[0]
+            await settler.wait()
+
+    async def _lease(self, run: _Run) -> list[_Leased]:
+        with anyio.CancelScope(shield=True):
+            batch = await anyio.to_thread.run_sync(self._lease_batch, run.allowed)
+            for leased in batch:
+                run.held[leased.op.op_id] = leased
+        return batch
+
+    async def _lease_into(self, run: _Run, out: list[list[_Leased]]) -> None:
+        out.append(await self._lease(run))
+
+    def _count_batch(self, run: _Run) -> None:
+        # Ops unblocked during the run (or raised in priority) join the total.
+        held = Counter(x.op.priority for x in run.held.values())
+        for priority, count in held.items():
+            run.total[priority] = max(run.total.get(priority, 0), run.done[priority] + count)
+
+    @collector_paused()
+    def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
+        """Lease the next batch (in a worker thread), trimmed to the byte budget."""
+        size = self.config.batch_size
+        ops: list[tuple[QueuedOp, int]] = []
+        if len(self._groups) == 1:
+            group = self._groups[0]
+            names = [t.collection for t in group]
+            batch = group[0].queue.lease(
+                size, self.lease_for, collections=names, priorities=sorted(allowed)
+            )
+            ops = [(op, batch.token) for op in batch]
+        else:
+            # Several queues: keep one priority order across them.
+            for priority in sorted(allowed):
+                for group in self._groups:
+                    if len(ops) >= size:
+                        break
+                    batch = group[0].queue.lease(
+                        size - len(ops),
+                        self.lease_for,
+                        collections=[t.collection for t in group],
+                        priorities=[priority],
+                    )
+                    ops += [(op, batch.token) for op in batch]
+        keep = fit_batch([len(op.payload or b"") for op, _ in ops], self.config.max_batch_bytes)
+        if keep < len(ops):
+            self._release_ops(ops[keep:])
+            ops = ops[:keep]
+        return [_prepare(op, token) for op, token in ops]
+
+    def _release_ops(self, ops: Sequence[tuple[QueuedOp, int]]) -> int:
+        by_lease: dict[tuple[int, int], tuple[PrioritySyncQueue, list[str]]] = {}
+        for op, token in ops:
+            queue = self._by_collection[op.collection].queue
+            by_lease.setdefault((id(queue), token), (queue, []))[1].append(op.op_id)
+        return sum(queue.release(ids, token=token) for (_, token), (queue, ids) in by_lease.items())
+
+    async def _release(self, run: _Run, leased: Sequence[_Leased]) -> None:
+        if not leased:
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._release_ops, [(x.op, x.token) for x in leased])
+            for x in leased:
+                run.held.pop(x.op.op_id, None)
+            run.released += len(leased)
+
+    async def _release_held(self, run: _Run) -> None:
+        await self._release(run, list(run.held.values()))
+
+    async def _push_batch(self, run: _Run, batch: list[_Leased], settler: _Settler) -> None:
+        parts: list[list[_Leased]] = [batch]
+        blocked: set[tuple[str, str]] = set()
+        while parts:
+            part, held_back = hold_back(parts.pop(0), blocked)
+            await self._release(run, held_back)
+            unsendable = [x for x in part if x.remote is None]
+            if unsendable:
+                settler.submit(
+                    ResultPlan(
+                        (),
+                        tuple(
+                            Failure(x.op.op_id, x.problem, ErrorKind.PERMANENT) for x in unsendable
+                        ),
+                    )
+                )
+                part = [x for x in part if x.remote is not None]
+            if not part:
+                continue
+            remote = [x.remote for x in part if x.remote is not None]
+            run.requests += 1
+            try:
+                result = await self.backend.push(remote)
+            except RemoteError as exc:
+                plan = plan_batch_error(
+                    exc,
+                    batch_len=len(part),
+                    consecutive_failures=run.consecutive_failures,
+                    max_consecutive_failures=self.config.max_consecutive_failures,
+                )
+                if plan.action is BatchErrorAction.SPLIT:
+                    first, second = split_batch(part)
+                    parts[:0] = [first, second]
+                    continue
+                run.error = plan.reason
+                if plan.action is BatchErrorAction.RELEASE:
+                    await self._release(run, part)
+                else:
+                    whole = tuple(
+                        Failure(x.op.op_id, plan.reason, plan.kind, plan.retry_after) for x in part
+                    )
+                    settler.submit(ResultPlan((), whole))
+                blocked.update(item_key(x) for x in part)
+                if plan.counts_as_failure:
+                    run.consecutive_failures += 1
+                if plan.pause:
+                    await self._pause(run, exc)
+                if plan.stop is not None:
+                    run.stop = plan.stop
+                    await self._release(run, [x for rest in parts for x in rest])
+                    return
+                continue
+            run.consecutive_failures = 0
+            await self._exchanged(run)
+            self._observe_server_clock()
+            with collector_paused():
+                decided = plan_results([x.op.op_id for x in part], result)
+            settler.submit(decided)
+            failed_ids = {f.op_id for f in decided.failures}
+            blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
+
+    async def _settle(self, run: _Run, plan: ResultPlan) -> None:
+        """Apply a result plan to the queue and tables (shielded), then count it."""
+        held = run.held
+        acks = [(held[a.op_id], a) for a in plan.acks if a.op_id in held]
+        failures = [(held[f.op_id], f) for f in plan.failures if f.op_id in held]
+        with anyio.CancelScope(shield=True):
+            stale = await anyio.to_thread.run_sync(self._settle_locally, acks, failures)
+            if stale:
+                # Our lease on these passed to another run (it expired while we pushed):
+                # theirs to settle; the server answers them again by op id.
+                logger.warning(
+                    "%d answers came after their lease passed on: not settled", len(stale)
+                )
+                run.stale += len(stale)
+                for op_id in stale:
+                    held.pop(op_id, None)
+                acks = [(x, a) for x, a in acks if a.op_id not in stale]
+                failures = [(x, f) for x, f in failures if f.op_id not in stale]
+            for leased, ack in acks:
+                held.pop(leased.op.op_id, None)
+                priority = leased.op.priority
+                run.pushed[priority] += 1
+                run.done[priority] += 1
+                if ack.conflict:
+                    run.conflicts[priority] += 1
+            for leased, failure in failures:
+                held.pop(leased.op.op_id, None)
+                priority = leased.op.priority
+                run.done[priority] += 1
+                # The queue dead-letters permanent errors (and ops out of attempts).
+                dead = failure.kind is ErrorKind.PERMANENT or (
+                    failure.kind is not ErrorKind.AUTH
+                    and leased.op.attempts + 1
+                    >= self._by_collection[leased.op.collection].queue.max_attempts
+                )
+                (run.dead if dead else run.failed)[priority] += 1
+
+    @collector_paused()
+    def _settle_locally(
+        self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
+    ) -> set[str]:
+        """Settle in the database; returns the op ids refused as stale (see _fencing)."""
+        stale: set[str] = set()
+        by_lease: dict[tuple[str, int], list[tuple[_Leased, Ack]]] = defaultdict(list)
+        for leased, ack in acks:
+            by_lease[leased.op.collection, leased.token].append((leased, ack))
+        for (collection, token), leased_acks in by_lease.items():
+            items = leased_acks
+            target = self._by_collection[collection]
+            # Conflicts leave the next op of the item on its old base version, so the
+            # server's conflict rule decides about it too.
+            versions = {
+                a.op_id: a.version for _, a in items if a.version is not None and not a.conflict
+            }
+            # Not durable: a power loss can only undo acks, and a re-sent op is answered
+            # again by op id (see PrioritySyncQueue.ack).
+            with target.database.transaction(durable=False):
+                settled = target.queue.ack(
+                    [a.op_id for _, a in items], versions=versions, token=token
+                )
+                if settled.stale:
+                    stale.update(settled.stale)
+                    items = [(x, a) for x, a in items if a.op_id not in stale]
+                adopted = [ack.adopt for _, ack in items if ack.adopt is not None]
+                if adopted:
+                    target.apply_remote_changes(adopted)
+                target.apply_acks(
+                    (leased.op.item_id, ack.version)
+                    for leased, ack in items
+                    if ack.version is not None and not ack.conflict
+                )
+        grouped: dict[tuple[str, int, ErrorKind, str, float | None], list[str]] = defaultdict(list)
+        for leased, failure in failures:
+            key = (
+                leased.op.collection,
+                leased.token,
+                failure.kind,
+                failure.reason,
+                failure.retry_after,
+            )
+            grouped[key].append(failure.op_id)
+        for (collection, token, kind, reason, retry_after), ids in grouped.items():
+            queue = self._by_collection[collection].queue
+            stale.update(
+                queue.nack(ids, reason, kind=kind, retry_after=retry_after, token=token).stale
+            )
+        return stale
