@@ -64,7 +64,17 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (3, "engine", ("nexus_store.sync.engine",)),
     (3, "check", ("nexus_store._check",)),
     # The store facade: its sync() is one engine run.
-    (4, "store", ("nexus_store._store",)),
+    (
+        4,
+        "store",
+        (
+            "nexus_store._store",
+            "nexus_store._store_base",
+            "nexus_store._store_open",
+            "nexus_store._store_reads",
+            "nexus_store._store_sync",
+        ),
+    ),
     # The background service's base (service, config, status, task, no-op, bridge).
     (
         5,
