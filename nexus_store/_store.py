@@ -33,12 +33,14 @@ from ._clock import Clock, SystemClock
 from ._database import Database, Durability
 from ._exceptions import ItemValidationError, LifecycleError
 from ._hlc import HybridLogicalClock
-from ._local import LocalTable, MetaTable, PreparedItem, TableSpec, snake_case
+from ._local import LocalTable
 from ._loop import in_event_loop
+from ._meta import MetaTable
 from ._migrations import Migrations
 from ._priority import SyncPriority
 from ._quarantine import Quarantine
 from ._remote import RemoteBackend
+from ._tablespec import PreparedItem, TableSpec, snake_case
 from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
 from .queue import OpKind, PrioritySyncQueue
 

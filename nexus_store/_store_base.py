@@ -19,7 +19,8 @@ from ._clock import Clock
 from ._database import Database
 from ._exceptions import StoreClosedError
 from ._hlc import HybridLogicalClock
-from ._local import LocalTable, MetaTable
+from ._local import LocalTable
+from ._meta import MetaTable
 from ._remote import RemoteBackend
 from ._watch import ChangeLog, ChangeSignal, ChangeStream
 from .queue import PrioritySyncQueue

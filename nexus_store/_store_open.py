@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ._database import Database, quote_identifier
 from ._exceptions import CorruptDatabaseError, LifecycleError, SchemaError
-from ._local import MetaTable
 from ._loop import STOP_TIMEOUT, close_on_bound_loop
+from ._meta import MetaTable
 from ._migrations import Migrations, run_steps
 from ._remote import RemoteBackend
 from ._watch import ChangeStream

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._local import ItemKey
+from ._tablespec import ItemKey
 from ._watch import ChangeStream
 from .queue import OpState, QueuedOp
 

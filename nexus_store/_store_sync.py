@@ -20,11 +20,12 @@ from pydantic import ValidationError
 
 from ._exceptions import ItemValidationError, MigrationError, SyncError
 from ._hlc import ClockReading
-from ._local import ItemKey, MetaTable, PreparedItem, remote_change_action
 from ._loop import shared_loop
+from ._meta import MetaTable
 from ._migrations import run_steps
 from ._quarantine import AppliedChanges, Quarantine, QuarantinedChange, shape_of
 from ._remote import Change, RemoteBackend
+from ._tablespec import ItemKey, PreparedItem, remote_change_action
 from ._watch import ChangeKind, ChangeOrigin
 from .queue import OpState
 

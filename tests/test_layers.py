@@ -50,7 +50,9 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         "local tables",
         (
             "nexus_store._local",
+            "nexus_store._meta",
             "nexus_store._quarantine",
+            "nexus_store._tablespec",
             "nexus_store._watch",
         ),
     ),

@@ -24,7 +24,7 @@ from nexus_store import (
 )
 from nexus_store._codec import decode
 from nexus_store._database import Database
-from nexus_store._local import (
+from nexus_store._tablespec import (
     ColumnKind,
     column_kind,
     order_by_sql,

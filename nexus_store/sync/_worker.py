@@ -42,7 +42,7 @@ import anyio.to_thread
 
 from .._clock import Clock, SystemClock
 from .._database import Database
-from .._local import MetaTable
+from .._meta import MetaTable
 from .._migrations import Migrations, load_migrations
 from .._remote import RemoteBackend
 from ..queue import PrioritySyncQueue

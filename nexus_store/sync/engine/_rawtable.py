@@ -25,7 +25,7 @@ from typing import Any
 from ..._clock import Clock, SystemClock
 from ..._database import Database, quote_identifier, validate_identifier
 from ..._exceptions import SchemaError
-from ..._local import MetaTable
+from ..._meta import MetaTable
 from ..._quarantine import AppliedChanges, Quarantine, shape_of
 from ..._remote import Change
 from ..._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
