@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..server._core import ConflictPolicy, ServerCore
+from ..server._core import ServerCore
+from ..server._rules import ConflictPolicy
 from ..server.storage._memory import MemoryStorage
 from ._in_process import InProcessBackend
 

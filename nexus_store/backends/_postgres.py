@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..server._core import ConflictPolicy, ServerCore
+from ..server._core import ServerCore
+from ..server._rules import ConflictPolicy
 from ._in_process import InProcessBackend
 
 __all__ = ["PostgresBackend"]

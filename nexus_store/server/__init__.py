@@ -12,7 +12,8 @@ uvicorn) load on first use of the names that need them.
 from typing import TYPE_CHECKING, Any
 
 from ._auth import ChainVerifier, SignedTokenVerifier, StaticTokenVerifier, TokenVerifier
-from ._core import ConflictPolicy, Resolver, ServerCore, open_core
+from ._core import ServerCore, open_core
+from ._rules import ConflictPolicy, Resolver
 from .storage import Storage, open_storage
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -68,18 +68,10 @@ from .._remote import Changes, PushResult, RemoteOp
 from .._version import __version__
 from ._auth import TokenVerifier, bearer_token
 from ._clock_bound import ClockHeaders
-from ._core import (
-    Answer,
-    Page,
-    PreparedOp,
-    change_fields,
-    item_id_of,
-    prepare,
-    prepare_wire,
-    refused,
-)
 from ._events import ChangeNotifier, EventStreamResponse
 from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_after_header
+from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
+from ._rules import Answer, Page, change_fields
 
 __all__ = ["CoreLike", "create_app", "openapi_schema"]
 

@@ -26,7 +26,7 @@ from .._hlc import restamped, stamp_limit
 from .._http_api import CLOCK_BOUND_HEADER, CLOCK_HEADER
 
 if TYPE_CHECKING:
-    from ._core import PreparedOp
+    from ._prepare import PreparedOp
 
 __all__ = ["DEFAULT_MAX_CLOCK_OFFSET", "ClockHeaders", "bound_stamps", "check_max_offset"]
 

@@ -38,8 +38,8 @@ from ._clock_bound import DEFAULT_MAX_CLOCK_OFFSET, check_max_offset
 from ._limits import Limits
 
 if TYPE_CHECKING:
-    from ._core import ConflictPolicy
     from ._limits_postgres import PostgresRateLimiter
+    from ._rules import ConflictPolicy
 
 __all__ = [
     "ANNOUNCE_PREFIX",

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nexus_store.backends import Change, PushResult, RemoteOp
-from nexus_store.server._core import ConflictPolicy, ServerCore, open_core
+from nexus_store.server._core import ServerCore, open_core
+from nexus_store.server._rules import ConflictPolicy
 from nexus_store.server.storage._memory import MemoryStorage
 
 

@@ -10,17 +10,8 @@ from hypothesis import strategies as st
 
 from nexus_store._codec import decode
 from nexus_store.backends import Change, OpResult, OpStatus, PushResult, RemoteOp
-from nexus_store.server._core import (
-    ConflictPolicy,
-    answer_of,
-    canonical,
-    decide,
-    item_id_of,
-    item_key_of,
-    plan_batch,
-    prepare,
-    record_of,
-)
+from nexus_store.server._prepare import canonical, item_id_of, item_key_of, prepare
+from nexus_store.server._rules import ConflictPolicy, answer_of, decide, plan_batch, record_of
 from nexus_store.server.storage._base import BatchPlan, BatchState, OpRecord, StoredItem
 
 
