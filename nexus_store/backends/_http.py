@@ -34,38 +34,20 @@ logged (once per change) on the ``nexus_store.backends`` logger.
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
-import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import anyio
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .. import _codec
 from .._clock import Clock, SystemClock
-from .._exceptions import (
-    AuthError,
-    CodecError,
-    LifecycleError,
-    NetworkError,
-    PayloadTooLargeError,
-    PermanentError,
-    ProtocolError,
-    RateLimitedError,
-    RemoteError,
-    ServerUnavailableError,
-)
+from .._exceptions import LifecycleError, NetworkError, ProtocolError, RemoteError
 from .._gc import collector_paused
 from .._hlc import ClockReading
 from .._http_api import (
-    CLOCK_BOUND_HEADER,
-    CLOCK_HEADER,
     EVENTS_PATH,
     JSON,
     MSGPACK,
@@ -73,322 +55,28 @@ from .._http_api import (
     PUSH_PATH,
     HeadEvent,
     is_loopback_host,
-    media_type_of,
-    parse_clock_header,
 )
-from .._remote import MAX_RETRY_AFTER, Changes, PushResult, RemoteBackend, RemoteOp
+from .._remote import Changes, PushResult, RemoteBackend, RemoteOp
 from .._version import __version__
+from ._event_stream import EventStreamDecoder
+from ._http_wire import (
+    _ERROR_BODY_BYTES,
+    _decode,
+    _OversizedResponseError,
+    _validate,
+    check_changes,
+    check_push_result,
+    clock_reading,
+    encode_ops,
+    error_for_status,
+    idempotency_key,
+)
 from ._pause import RemotePause, pause_for
-from ._tokens import RefreshingTokenProvider, TokenProvider, TokenSource
+from ._tokens import TokenProvider, TokenSource
 
-__all__ = [
-    "EventStreamDecoder",
-    "HttpBackend",
-    "RefreshingTokenProvider",
-    "TokenProvider",
-    "check_changes",
-    "check_push_result",
-    "clock_reading",
-    "encode_ops",
-    "error_for_status",
-    "idempotency_key",
-    "parse_retry_after",
-]
+__all__ = ["HttpBackend"]
 
 logger = logging.getLogger("nexus_store.backends")
-
-_M = TypeVar("_M", bound=BaseModel)
-_OPS = TypeAdapter(list[RemoteOp])
-_ERROR_BODY_BYTES = 8 * 1024
-_MAX_EVENT_BYTES = 64 * 1024
-_MAX_DETAIL_CHARS = 200
-
-
-# -- pure parts: tested with plain inputs ---------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
-
-    Args:
-        value: the header value, if any.
-        now: the current wall time (seconds since the epoch).
-
-    Returns:
-        The seconds (``0.0`` for a date in the past), or ``None`` if absent or unreadable.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():  # str.isdigit also accepts "²" and other digits
-        return float(text)
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if 0 <= seconds < float("inf") else None  # also refuses NaN
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is always GMT
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _detail(body: bytes, content_type: str | None) -> str:
-    """A short, printable reason from an error body (the server's ``detail`` if JSON)."""
-    text = body.decode("utf-8", "replace")
-    if media_type_of(content_type) == "json":
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
-            text = parsed["detail"]
-    text = "".join(c if c.isprintable() else " " for c in text).strip()
-    return text[:_MAX_DETAIL_CHARS] or "no detail"
-
-
-def error_for_status(
-    status: int, headers: Mapping[str, str], body: bytes, *, now: float
-) -> RemoteError | None:
-    """The error a response status stands for (``None`` for 200).
-
-    Args:
-        status: the HTTP status.
-        headers: the response headers (``retry-after``, ``content-type``).
-        body: the (start of the) response body, for the message.
-        now: wall time, to read an HTTP-date ``Retry-After``.
-    """
-    if status == 200:
-        return None
-    reason = _detail(body, headers.get("content-type"))
-    retry_after = parse_retry_after(headers.get("retry-after"), now)
-    if retry_after is not None:
-        retry_after = min(retry_after, MAX_RETRY_AFTER)
-    if status in (401, 403):
-        return AuthError(f"the server refused the credentials (HTTP {status}): {reason}")
-    if status == 413:
-        return PayloadTooLargeError(f"the server refused the request size (HTTP 413): {reason}")
-    if status == 429:
-        return RateLimitedError(f"rate limited (HTTP 429): {reason}", retry_after=retry_after)
-    if 500 <= status <= 599:
-        return ServerUnavailableError(
-            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after
-        )
-    if 400 <= status <= 499:
-        return PermanentError(f"the server refused the request (HTTP {status}): {reason}")
-    return ProtocolError(f"unexpected HTTP status {status}")
-
-
-def clock_reading(
-    headers: Mapping[str, str], *, sent: float, received: float
-) -> ClockReading | None:
-    """The server's clock as an answer's headers state it (``None``: not stated).
-
-    Args:
-        headers: the response headers (``Nexus-Clock``, ``Nexus-Clock-Bound``).
-        sent: local wall time when the request was sent.
-        received: local wall time when the answer arrived.
-    """
-    millis = parse_clock_header(headers.get(CLOCK_HEADER))
-    if millis is None:
-        return None
-    bound = parse_clock_header(headers.get(CLOCK_BOUND_HEADER))
-    return ClockReading(
-        server_time=millis / 1000,
-        local_time=(sent + received) / 2,
-        max_offset=None if bound is None else bound / 1000,
-    )
-
-
-def idempotency_key(ops: Sequence[RemoteOp]) -> str:
-    """The batch's ``Idempotency-Key``: a hash of its op ids, in order."""
-    digest = hashlib.sha256()
-    for op in ops:
-        digest.update(op.op_id.encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"]) -> bytes:
-    """The body of a push: ``{"ops": [...]}`` in the wire format.
-
-    Ops are sent as their fields, data as given, when the codec takes every value as it
-    is (JSON-like data, what a store queues); otherwise (dates, sets, ...) through the
-    model's JSON serialisation, as one call for the batch.
-
-    Raises:
-        CodecError: the ops cannot be encoded at all.
-    """
-    # A RemoteOp keeps its field values in __dict__ (and nothing else: extra fields are
-    # forbidden), which is exactly the op's wire form: no copy per op. A subclass may
-    # hold more, so it goes through the model's serialisation.
-    fields = [op.__dict__ for op in ops if type(op) is RemoteOp]
-    if len(fields) == len(ops):
-        try:
-            return _encode_body({"ops": fields}, wire_format)
-        except (CodecError, TypeError, ValueError):
-            pass
-    return _encode_body({"ops": _OPS.dump_python(list(ops), mode="json")}, wire_format)
-
-
-def _encode_body(body: dict[str, Any], wire_format: Literal["msgpack", "json"]) -> bytes:
-    if wire_format == "msgpack":
-        return _codec.encode(body)
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult:
-    """Check that ``result`` answers ``ops`` one for one, in order.
-
-    A result carrying an item (the server's copy after a conflict or a merge) must carry
-    the op's own item, or the client would overwrite another one with it.
-
-    Raises:
-        ProtocolError: a missing, extra, reordered or foreign op id, or a foreign item.
-    """
-    if len(result.results) != len(ops):
-        raise ProtocolError(f"the server answered {len(result.results)} results for {len(ops)} ops")
-    for position, (op, answer) in enumerate(zip(ops, result.results, strict=True)):
-        if answer.op_id != op.op_id:
-            raise ProtocolError(f"result {position} answers another op id than the one sent")
-        item = answer.item
-        if item is not None and (
-            item.collection != op.collection
-            or item.item_id != op.item_id
-            or type(item.item_id) is not type(op.item_id)
-        ):
-            raise ProtocolError(f"result {position} carries another item than the op's")
-    return result
-
-
-def check_changes(
-    changes: Changes, *, cursor: int, limit: int, collections: Sequence[str] | None
-) -> Changes:
-    """Check that a page of changes is what was asked for.
-
-    Every change must be after ``cursor`` and at most the page's new cursor, in strictly
-    increasing order, within ``limit`` and ``collections``; a page that says there is
-    more must move the cursor forward (or a client would ask for it forever).
-
-    Raises:
-        ProtocolError: the page breaks one of these rules.
-    """
-    if changes.cursor < cursor:
-        raise ProtocolError(f"the server moved the cursor backwards ({cursor} -> {changes.cursor})")
-    if len(changes.changes) > limit:
-        raise ProtocolError(
-            f"the server returned {len(changes.changes)} changes for a limit of {limit}"
-        )
-    previous = cursor
-    wanted = set(collections) if collections is not None else None
-    for change in changes.changes:
-        if not previous < change.version <= changes.cursor:
-            raise ProtocolError("the server returned changes out of order or beyond its cursor")
-        if wanted is not None and change.collection not in wanted:
-            raise ProtocolError("the server returned a change of a collection not asked for")
-        previous = change.version
-    if changes.has_more and changes.cursor == cursor:
-        raise ProtocolError("the server says there is more but did not move the cursor")
-    return changes
-
-
-class EventStreamDecoder:
-    """Splits a ``text/event-stream`` byte stream into events (``{"event", "data", "id"}``).
-
-    Args:
-        max_event_bytes: the largest event accepted.
-    """
-
-    def __init__(self, max_event_bytes: int = _MAX_EVENT_BYTES) -> None:
-        self._buffer = b""
-        self._max = max_event_bytes
-        self._after_cr = False
-
-    def feed(self, chunk: bytes) -> list[dict[str, str]]:
-        """Add bytes; return the events they complete.
-
-        Line ends may be CRLF, LF or CR, and a CRLF may arrive split over two chunks (a
-        CR that ends one chunk ends its line at once; an LF that then starts the next
-        chunk is the rest of that line end, not an empty line of its own).
-
-        Raises:
-            ProtocolError: an event larger than the limit, or not UTF-8.
-        """
-        if not chunk:
-            return []
-        if self._after_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        self._after_cr = chunk.endswith(b"\r")
-        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        events = []
-        while (end := self._buffer.find(b"\n\n")) >= 0:
-            raw, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-            event = self._parse(raw)
-            if event is not None:
-                events.append(event)
-        if len(self._buffer) > self._max:
-            raise ProtocolError("an event-stream event exceeds the size limit")
-        return events
-
-    @staticmethod
-    def _parse(raw: bytes) -> dict[str, str] | None:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("an event-stream event is not UTF-8") from exc
-        fields: dict[str, str] = {}
-        data: list[str] = []
-        for line in text.split("\n"):
-            if not line or line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                data.append(value)
-            elif name in ("event", "id", "retry"):
-                fields[name] = value
-        if not data:
-            return None
-        fields["data"] = "\n".join(data)
-        fields.setdefault("event", "message")
-        return fields
-
-
-class _OversizedResponseError(ProtocolError):
-    """A response body over ``max_response_bytes`` (a pull retries with a smaller page)."""
-
-
-def _decode(body: bytes, content_type: str | None) -> Any:
-    fmt = media_type_of(content_type)
-    if fmt == "msgpack":
-        try:
-            return _codec.decode(body)
-        except CodecError as exc:
-            raise ProtocolError(f"the response is not valid msgpack: {exc}") from exc
-    if fmt == "json":
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError("the response is not valid JSON") from exc
-    raise ProtocolError(f"the response has an unexpected content type {content_type!r}")
-
-
-def _validate(model: type[_M], value: Any) -> _M:
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ProtocolError(
-            f"the response is not a valid {model.__name__} ({where}: {first['msg']})"
-        ) from exc
-
-
-# -- the backend ---------------------------------------------------------------------------
 
 
 class HttpBackend(RemoteBackend):

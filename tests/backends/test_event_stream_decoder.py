@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_store.backends._http import EventStreamDecoder
+from nexus_store.backends._event_stream import EventStreamDecoder
 
 STREAM = {
     "crlf": b': keep-alive\r\n\r\nid: 1\r\nevent: head\r\ndata: {"head": 1}\r\n\r\n'

@@ -38,8 +38,8 @@ from nexus_store.backends import (
     PushResult,
     RemoteOp,
 )
-from nexus_store.backends._http import (
-    EventStreamDecoder,
+from nexus_store.backends._event_stream import EventStreamDecoder
+from nexus_store.backends._http_wire import (
     check_changes,
     check_push_result,
     clock_reading,
