@@ -30,7 +30,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
-from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -57,11 +56,8 @@ from .._http_api import (
     OPENAPI_PATH,
     PULL_PATH,
     PUSH_PATH,
-    ErrorBody,
-    HeadEvent,
     Health,
     LimitsInfo,
-    PushRequest,
     media_type_of,
 )
 from .._remote import Changes, PushResult, RemoteOp
@@ -70,13 +66,13 @@ from ._auth import TokenVerifier, bearer_token
 from ._clock_bound import ClockHeaders
 from ._events import ChangeNotifier, EventStreamResponse
 from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_after_header
+from ._openapi import openapi_schema
 from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
 from ._rules import Answer, Page, change_fields
 
-__all__ = ["CoreLike", "create_app", "openapi_schema"]
+__all__ = ["CoreLike", "create_app"]
 
 _log = logging.getLogger("nexus_store.server")
-
 BodyFormat = Literal["msgpack", "json"]
 _MAX_COLLECTIONS = 100
 
@@ -268,139 +264,6 @@ def _collections_param(request: Request) -> list[str] | None:
     if len(names) > _MAX_COLLECTIONS or any(not 1 <= len(n) <= 63 for n in names):
         raise _HttpError(400, "bad_parameter", "collections: 1 to 100 names of 1 to 63 characters")
     return names
-
-
-def openapi_schema() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the API, built from the pydantic models' schemas."""
-    _, top = models_json_schema(
-        [
-            (PushRequest, "validation"),
-            (PushResult, "serialization"),
-            (Changes, "serialization"),
-            (ErrorBody, "serialization"),
-            (Health, "serialization"),
-            (HeadEvent, "serialization"),
-        ],
-        ref_template="#/components/schemas/{model}",
-    )
-    schemas = top.get("$defs", {})
-
-    def ref(name: str) -> dict[str, str]:
-        return {"$ref": f"#/components/schemas/{name}"}
-
-    def body(name: str) -> dict[str, Any]:
-        return {MSGPACK: {"schema": ref(name)}, JSON: {"schema": ref(name)}}
-
-    def error(description: str) -> dict[str, Any]:
-        return {"description": description, "content": {JSON: {"schema": ref("ErrorBody")}}}
-
-    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
-    common = {
-        "401": error("Missing, unknown or expired bearer token."),
-        "429": {**error("The tenant's rate limit was reached."), "headers": retry_after},
-        "503": {**error("Storage unavailable; retry later."), "headers": retry_after},
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "nexus-store sync server",
-            "version": __version__,
-            "description": (
-                "Push batches of ops, pull changes after a cursor, listen for news. Every "
-                "answer carries the server's clock (Nexus-Clock, ms since the epoch) and its "
-                "bound on clock offsets (Nexus-Clock-Bound, ms): ops stamped further ahead "
-                "are applied with the server's time."
-            ),
-        },
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            PUSH_PATH: {
-                "post": {
-                    "operationId": "push",
-                    "summary": "Apply a batch of ops (idempotent by op_id).",
-                    "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
-                    ],
-                    "requestBody": {"required": True, "content": body("PushRequest")},
-                    "responses": {
-                        "200": {
-                            "description": "One result per op, in order.",
-                            "content": body("PushResult"),
-                        },
-                        "400": error("Not a valid batch."),
-                        "413": error("Body or batch too large."),
-                        "415": error("Neither msgpack nor JSON."),
-                        **common,
-                    },
-                }
-            },
-            PULL_PATH: {
-                "get": {
-                    "operationId": "pull",
-                    "summary": "Changes after a cursor, in sequence order.",
-                    "parameters": [
-                        {
-                            "name": "cursor",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1},
-                        },
-                        {
-                            "name": "collections",
-                            "in": "query",
-                            "schema": {"type": "array", "items": {"type": "string"}},
-                            "style": "form",
-                            "explode": True,
-                        },
-                    ],
-                    "responses": {
-                        "200": {"description": "A page of changes.", "content": body("Changes")},
-                        "400": error("Bad parameters."),
-                        **common,
-                    },
-                }
-            },
-            EVENTS_PATH: {
-                "get": {
-                    "operationId": "events",
-                    "summary": "Server-sent events: the tenant's head, each time it grows.",
-                    "responses": {
-                        "200": {
-                            "description": "event: head, data: HeadEvent (JSON).",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        },
-                        **common,
-                    },
-                }
-            },
-            HEALTH_PATH: {
-                "get": {
-                    "operationId": "health",
-                    "security": [],
-                    "summary": "Liveness, version and limits.",
-                    "responses": {
-                        "200": {"description": "Up.", "content": {JSON: {"schema": ref("Health")}}}
-                    },
-                }
-            },
-            OPENAPI_PATH: {
-                "get": {
-                    "operationId": "openapi",
-                    "security": [],
-                    "summary": "This description.",
-                    "responses": {"200": {"description": "OpenAPI 3.1 document."}},
-                }
-            },
-        },
-    }
 
 
 class _Endpoints:
