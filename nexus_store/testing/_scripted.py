@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._proxy import _IO_ERRORS, _read_request
+from ._http1 import _IO_ERRORS, _read_request
 
 __all__ = ["RawAnswer", "ScriptedRequest", "ScriptedServer", "http_answer"]
 
