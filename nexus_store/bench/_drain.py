@@ -46,7 +46,8 @@ from .._store import NexusStore
 from ..backends import HttpBackend
 from ..sync.engine._runner import SyncRunner
 from ..testing import ServerProcess
-from ._http import BareProcess, make_ops, push_bare, push_ours
+from ._bare import BareProcess, push_bare
+from ._http import make_ops, push_ours
 
 TOKEN = "bench-token"
 BATCH = 500
