@@ -8,6 +8,7 @@ background sync service drains to a remote backend.
 from typing import TYPE_CHECKING, Any
 
 from ._backoff import RetryBackoff
+from ._changelog import ChangeKind, ChangeOrigin, LocalChange
 from ._clock import Clock, FakeClock, SystemClock
 from ._exceptions import (
     AuthError,
@@ -49,7 +50,7 @@ from ._priority import SyncPriority
 from ._quarantine import QuarantinedChange
 from ._store import NexusStore
 from ._version import __version__
-from ._watch import ChangeKind, ChangeOrigin, ChangeStream, LocalChange
+from ._watch import ChangeStream
 from .queue import LeaseBatch, OpKind, OpState, PrioritySyncQueue, QueuedOp, QueueStats, Settled
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Self
 import anyio.to_thread
 
 from . import _unclosed
+from ._changelog import ChangeKind, ChangeLog, ChangeOrigin
 from ._clock import Clock, SystemClock
 from ._database import Database, Durability
 from ._exceptions import ItemValidationError, LifecycleError
@@ -41,7 +42,7 @@ from ._priority import SyncPriority
 from ._quarantine import Quarantine
 from ._remote import RemoteBackend
 from ._tablespec import PreparedItem, TableSpec, snake_case
-from ._watch import ChangeKind, ChangeLog, ChangeOrigin, ChangeStream, signal_for
+from ._watch import ChangeStream, signal_for
 from .queue import OpKind, PrioritySyncQueue
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
+from ._changelog import ChangeLog
 from ._clock import Clock
 from ._database import Database
 from ._exceptions import StoreClosedError
@@ -22,7 +23,7 @@ from ._hlc import HybridLogicalClock
 from ._local import LocalTable
 from ._meta import MetaTable
 from ._remote import RemoteBackend
-from ._watch import ChangeLog, ChangeSignal, ChangeStream
+from ._watch import ChangeSignal, ChangeStream
 from .queue import PrioritySyncQueue
 
 if TYPE_CHECKING:

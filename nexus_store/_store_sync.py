@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ._changelog import ChangeKind, ChangeOrigin
 from ._exceptions import ItemValidationError, MigrationError, SyncError
 from ._hlc import ClockReading
 from ._loop import shared_loop
@@ -26,7 +27,6 @@ from ._migrations import run_steps
 from ._quarantine import AppliedChanges, Quarantine, QuarantinedChange, shape_of
 from ._remote import Change, RemoteBackend
 from ._tablespec import ItemKey, PreparedItem, remote_change_action
-from ._watch import ChangeKind, ChangeOrigin
 from .queue import OpState
 
 if TYPE_CHECKING:

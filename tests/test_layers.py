@@ -49,6 +49,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         1,
         "local tables",
         (
+            "nexus_store._changelog",
             "nexus_store._local",
             "nexus_store._meta",
             "nexus_store._quarantine",

@@ -14,8 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from nexus_store import ChangeKind, ChangeOrigin, FakeClock, LocalChange, NexusStore
+from nexus_store._changelog import CHANGE_LOG_KEEP, ChangeLog
 from nexus_store._database import Database
-from nexus_store._watch import CHANGE_LOG_KEEP, ChangeLog, ChangeStream
+from nexus_store._watch import ChangeStream
 from nexus_store.backends import Change
 
 WAIT = 10.0  # upper bound for anything to arrive; the tests never wait this long when passing

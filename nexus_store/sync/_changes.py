@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
+from .._changelog import ChangeOrigin
 from .._database import Database
 from .._exceptions import StoreClosedError
-from .._watch import ChangeOrigin, ChangeStream
+from .._watch import ChangeStream
 
 __all__ = ["ChangeSource", "CommitWatcher"]
 

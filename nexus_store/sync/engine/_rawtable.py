@@ -22,13 +22,14 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..._changelog import ChangeKind, ChangeLog, ChangeOrigin
 from ..._clock import Clock, SystemClock
 from ..._database import Database, quote_identifier, validate_identifier
 from ..._exceptions import SchemaError
 from ..._meta import MetaTable
 from ..._quarantine import AppliedChanges, Quarantine, shape_of
 from ..._remote import Change
-from ..._watch import ChangeKind, ChangeLog, ChangeOrigin, signal_for
+from ..._watch import signal_for
 from ...queue import PrioritySyncQueue
 
 __all__ = ["RawCollection", "discover_collections"]
