@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backoff import RetryBackoff
 from ._changelog import ChangeKind, ChangeOrigin, LocalChange
-from ._clock import Clock, FakeClock, SystemClock
+from ._clock import Clock, SystemClock
 from ._exceptions import (
     AuthError,
     CodecError,
@@ -84,7 +84,6 @@ __all__ = [
     "CorruptDatabaseError",
     "DatabaseError",
     "ErrorKind",
-    "FakeClock",
     "ImmediateRunIneligibleError",
     "InvalidWorkRequestError",
     "ItemValidationError",

@@ -83,7 +83,7 @@ class NexusStore(_Opening[T, ID], _Reads[T, ID]):
             registered with the queue, run on local rows of an older version when the store
             opens, tried on pulled changes that do not fit, and recorded in the file by
             import path so that other processes (a worker) find them.
-        clock: where time is read (a :class:`~nexus_store.FakeClock` in tests).
+        clock: where time is read (a :class:`~nexus_store.testing.FakeClock` in tests).
         max_attempts: failed sends after which an op is dead-lettered.
 
     Raises:

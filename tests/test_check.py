@@ -10,10 +10,11 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from nexus_store import CorruptDatabaseError, FakeClock, NexusStore, PrioritySyncQueue
+from nexus_store import CorruptDatabaseError, NexusStore, PrioritySyncQueue
 from nexus_store._check import Severity, check_file
 from nexus_store._database import Database
 from nexus_store.cli import app
+from nexus_store.testing import FakeClock
 
 
 class Note(BaseModel):

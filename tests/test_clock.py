@@ -6,7 +6,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from nexus_store import Clock, FakeClock, SystemClock
+from nexus_store import Clock, SystemClock
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -6,14 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_store import FakeClock
-from nexus_store._hlc import (
-    ClockReading,
-    HybridLogicalClock,
-    parse_stamp,
-    restamped,
-    stamp_limit,
-)
+from nexus_store._hlc import ClockReading, HybridLogicalClock, parse_stamp, restamped, stamp_limit
+from nexus_store.testing import FakeClock
 
 
 def test_stamps_increase_when_wall_time_stands_still_or_goes_back() -> None:

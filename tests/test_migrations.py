@@ -20,18 +20,11 @@ from typing import Any
 import anyio
 import pytest
 
-from nexus_store import (
-    FakeClock,
-    MigrationError,
-    Migrations,
-    NexusStore,
-    OpState,
-    SchemaError,
-)
+from nexus_store import MigrationError, Migrations, NexusStore, OpState, SchemaError
 from nexus_store._codec import decode
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
-from nexus_store.testing import ServerProcess
+from nexus_store.testing import FakeClock, ServerProcess
 
 _LAUNCHER = "from nexus_store.cli import main; main()"
 

@@ -10,11 +10,12 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from nexus_store import FakeClock, NexusStore
+from nexus_store import NexusStore
 from nexus_store._database import Database
 from nexus_store.backends import Change, MemoryBackend
 from nexus_store.cli import app
-from nexus_store.sync import RawCollection, SyncRunner
+from nexus_store.sync.engine import RawCollection, SyncRunner
+from nexus_store.testing import FakeClock
 
 
 class Loose(BaseModel):

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, create_model
 
-from nexus_store import FakeClock, ItemValidationError, NexusStore
+from nexus_store import ItemValidationError, NexusStore
 from nexus_store._codec import decode
+from nexus_store.testing import FakeClock
 
 
 class Color(enum.Enum):

@@ -16,12 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
-from nexus_store import (
-    FakeClock,
-    NexusStore,
-    SchemaError,
-    SyncPriority,
-)
+from nexus_store import NexusStore, SchemaError, SyncPriority
 from nexus_store._codec import decode
 from nexus_store._database import Database
 from nexus_store._tablespec import (
@@ -34,6 +29,7 @@ from nexus_store._tablespec import (
 )
 from nexus_store.backends import Change
 from nexus_store.queue import OpKind, OpState
+from nexus_store.testing import FakeClock
 
 
 class Note(BaseModel):

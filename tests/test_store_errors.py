@@ -14,13 +14,13 @@ from pydantic import BaseModel, create_model
 from nexus_store import (
     CorruptDatabaseError,
     DatabaseError,
-    FakeClock,
     ItemValidationError,
     NexusStore,
     SchemaError,
     StoreClosedError,
 )
 from nexus_store.backends import Change
+from nexus_store.testing import FakeClock
 
 X = TypeVar("X")
 

@@ -13,11 +13,12 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import ChangeKind, ChangeOrigin, FakeClock, LocalChange, NexusStore
+from nexus_store import ChangeKind, ChangeOrigin, LocalChange, NexusStore
 from nexus_store._changelog import CHANGE_LOG_KEEP, ChangeLog
 from nexus_store._database import Database
 from nexus_store._watch import ChangeStream
 from nexus_store.backends import Change
+from nexus_store.testing import FakeClock
 
 WAIT = 10.0  # upper bound for anything to arrive; the tests never wait this long when passing
 

@@ -8,7 +8,7 @@ Printed from one run:
 
 1. Drain of 100,000 queued saves (about 200 bytes each, the workload of
    ``bench_http.py``) from a store file (WAL, ``synchronous=FULL``) by one
-   :class:`~nexus_store.sync.SyncRunner` run (batches of 500, push only) through
+   :class:`~nexus_store.sync.engine.SyncRunner` run (batches of 500, push only) through
    :class:`~nexus_store.backends.HttpBackend` to ``nexus-store serve`` on SQLite, in ops/s,
    and as a ratio to the **bare pipeline** of ``bench_http.py`` (a minimal Starlette route
    that unpacks msgpack and upserts in one SQLite transaction, fed pre-built dicts by

@@ -2,7 +2,7 @@
 
 The command does not know the app's models, so it works on the file alone: it pushes
 the queued ops as they are (already encoded) and applies pulled changes to the tables
-through :class:`~nexus_store.sync.RawCollection` (see there for how values are stored).
+through :class:`~nexus_store.sync.engine.RawCollection` (see there for how values are stored).
 Schema migrations registered in the app are not applied here: ops queued under an
 older schema version are sent as queued.
 

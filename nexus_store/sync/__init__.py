@@ -1,4 +1,27 @@
-"""Moving data and deciding when: the sync engine and the background sync service."""
+"""Background sync: the service an app holds, its configuration and factory, and what it reports.
+
+- :class:`BackgroundSyncService` (``initialize``, ``schedule_sync``, ``cancel_sync``,
+  ``status_stream``, ``is_supported``), made for the platform by
+  :class:`BackgroundSyncServiceFactory` from a :class:`BackgroundSyncConfig`;
+  :class:`BackgroundSyncThread` runs one for a synchronous app; :class:`SyncWorker` runs
+  one as a daemon beside the app (``nexus-store worker``).
+- The adapters: :class:`WorkManagerSyncService` (desktop, server, Android),
+  :class:`BGTaskSyncService` (iOS), :class:`NoopSyncService` (no background execution).
+- The app's own jobs: :class:`BackgroundSyncTask` with its :class:`TaskContext` and
+  :class:`TaskResult`; the persisted history as :class:`TaskRun`.
+- What a run reports: :class:`SyncProgress`, :class:`SyncEvent`, :class:`SyncSummary`.
+- The device the constraints are checked against: :class:`DeviceState`,
+  :class:`SystemDevice`.
+
+The rooms below keep their own doors: :mod:`nexus_store.sync.engine` (one sync run:
+``SyncRunner``, ``RawCollection``, ``EngineConfig``), :mod:`nexus_store.sync.workmanager`
+and :mod:`nexus_store.sync.bgtask` (the schedulers, their requests and records),
+:mod:`nexus_store.sync.device` (device state, ``SimulatedDevice``).
+
+Imports run downward only: the rooms never import this door; the service's base sits
+below the schedulers, and the factory and the worker, which choose and run a scheduler,
+sit above them.
+"""
 
 from __future__ import annotations
 
@@ -12,72 +35,21 @@ from ._store_task import StoreSyncTask
 from ._task import BackgroundSyncTask, TaskContext, TaskOutcome, TaskResult, TaskRun
 from ._worker import SyncWorker
 from ._worker_lease import WorkerLease
-from .bgtask._adapter import BGTaskSyncService
-from .bgtask._bgtask import BGTaskScheduler
-from .bgtask._handle import BGTaskHandle, BGTaskHandler, LaunchRecord, handler_for_task
-from .bgtask._launch import (
-    AppUsage,
-    DeterministicLaunchPolicy,
-    LaunchContext,
-    LaunchDecision,
-    LaunchPolicy,
-    OpportunisticLaunchPolicy,
-)
-from .bgtask._requests import (
-    AppRefreshRequest,
-    BGTaskRequest,
-    ContinuedProcessingRequest,
-    ProcessingRequest,
-    RequestKind,
-    SubmissionStrategy,
-)
-from .device._constraints import SystemDevice
-from .device._device import DeviceState, DeviceStateProvider, NetworkType, SimulatedDevice
-from .engine._engine import EngineConfig
-from .engine._progress import (
+from .bgtask import BGTaskSyncService
+from .device import DeviceState, DeviceStateProvider, NetworkType, SystemDevice
+from .engine import (
     PriorityProgress,
     PrioritySummary,
     SyncEvent,
     SyncPhase,
     SyncProgress,
     SyncStopReason,
-    SyncStreams,
     SyncSummary,
 )
-from .engine._rawtable import RawCollection, discover_collections
-from .engine._runner import SyncRunner
-from .engine._target import SyncTarget
-from .workmanager._adapter import WorkManagerSyncService
-from .workmanager._policy import Constraints, SchedulingPolicy
-from .workmanager._records import RunRecord, WorkInfo, WorkQuery
-from .workmanager._requests import (
-    OneTimeWorkRequestBuilder,
-    PeriodicWorkRequestBuilder,
-    WorkRequest,
-)
-from .workmanager._running import ManagerState
-from .workmanager._states import (
-    BackoffPolicy,
-    DispatchOrder,
-    ExistingPeriodicWorkPolicy,
-    ExistingWorkPolicy,
-    OutOfQuotaPolicy,
-    RunOutcome,
-    StopReason,
-    UpdateResult,
-    WorkState,
-)
-from .workmanager._watches import WorkWatch
-from .workmanager._workmanager import WorkManager
+from .workmanager import WorkManagerSyncService
 
 __all__ = [
     "AdapterKind",
-    "AppRefreshRequest",
-    "AppUsage",
-    "BGTaskHandle",
-    "BGTaskHandler",
-    "BGTaskRequest",
-    "BGTaskScheduler",
     "BGTaskSyncService",
     "BackgroundSyncConfig",
     "BackgroundSyncService",
@@ -85,67 +57,29 @@ __all__ = [
     "BackgroundSyncStatus",
     "BackgroundSyncTask",
     "BackgroundSyncThread",
-    "BackoffPolicy",
     "ChangeSource",
     "CommitWatcher",
-    "Constraints",
-    "ContinuedProcessingRequest",
-    "DeterministicLaunchPolicy",
     "DeviceState",
     "DeviceStateProvider",
-    "DispatchOrder",
-    "EngineConfig",
-    "ExistingPeriodicWorkPolicy",
-    "ExistingWorkPolicy",
-    "LaunchContext",
-    "LaunchDecision",
-    "LaunchPolicy",
-    "LaunchRecord",
-    "ManagerState",
     "NetworkType",
     "NoopSyncService",
-    "OneTimeWorkRequestBuilder",
-    "OpportunisticLaunchPolicy",
-    "OutOfQuotaPolicy",
-    "PeriodicWorkRequestBuilder",
     "PriorityProgress",
     "PrioritySummary",
-    "ProcessingRequest",
-    "RawCollection",
-    "RequestKind",
-    "RunOutcome",
-    "RunRecord",
     "ScheduleResult",
-    "SchedulingPolicy",
     "ServiceState",
-    "SimulatedDevice",
-    "StopReason",
     "StoreSyncTask",
-    "SubmissionStrategy",
     "SyncEvent",
     "SyncPhase",
     "SyncProgress",
-    "SyncRunner",
     "SyncStopReason",
-    "SyncStreams",
     "SyncSummary",
-    "SyncTarget",
     "SyncWorker",
     "SystemDevice",
     "TaskContext",
     "TaskOutcome",
     "TaskResult",
     "TaskRun",
-    "UpdateResult",
-    "WorkInfo",
-    "WorkManager",
     "WorkManagerSyncService",
-    "WorkQuery",
-    "WorkRequest",
-    "WorkState",
-    "WorkWatch",
     "WorkerLease",
     "choose_adapter",
-    "discover_collections",
-    "handler_for_task",
 ]

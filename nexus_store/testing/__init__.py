@@ -1,8 +1,8 @@
 """The public test kit: fakes that are real implementations, and contract suites.
 
-- :class:`~nexus_store.FakeClock`: time that moves only when told to.
+- :class:`~nexus_store.testing.FakeClock`: time that moves only when told to.
 - :class:`SkewedClock`: a device's wall clock off by a fixed amount from a base clock.
-- :class:`~nexus_store.sync.SimulatedDevice`: a settable device state.
+- :class:`~nexus_store.sync.device.SimulatedDevice`: a settable device state.
 - :class:`FaultProxy`: an HTTP fault proxy on 127.0.0.1 (drops, resets, stalls, 503/429).
 - :class:`ScriptedServer`: an HTTP server on 127.0.0.1 whose answers are bytes a test
   chooses (:class:`RawAnswer`, :func:`http_answer`): garbage, truncation, trickles, hangs.

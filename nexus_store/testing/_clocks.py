@@ -1,7 +1,7 @@
 """A clock that is off by a fixed amount from another: a device whose clock is wrong.
 
 :class:`SkewedClock` reads its wall time from a base clock (usually a
-:class:`~nexus_store.FakeClock` shared by every simulated device and server) plus an
+:class:`~nexus_store.testing.FakeClock` shared by every simulated device and server) plus an
 offset, so a test can run a client 24 hours fast beside a correct server and move time
 for both with one ``advance``. Its monotonic time and sleeps are the base clock's: only
 the wall clock is wrong, as on a real device.

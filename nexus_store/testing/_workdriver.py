@@ -8,7 +8,7 @@ Two modes, as androidx ``work-testing`` has:
   :meth:`WorkDriver.set_all_constraints_met`. Backoff after a retry is still timed by the
   clock (androidx ``TestScheduler`` checks ``calculateNextRunTime`` for backed-off work).
 - **virtual clock** (``WorkDriver(virtual_clock=True)``): only advancing the
-  :class:`~nexus_store.FakeClock` releases delays, so the two delay methods raise
+  :class:`~nexus_store.testing.FakeClock` releases delays, so the two delay methods raise
   :class:`~nexus_store.LifecycleError`; constraints come from the device, and
   ``set_all_constraints_met`` still overrides them for one run (as in androidx's
   time-based mode).
@@ -39,7 +39,7 @@ __all__ = ["WorkDriver"]
 
 
 class WorkDriver:
-    """Releases work of one :class:`~nexus_store.sync.WorkManager` on demand (WM-23).
+    """Releases work of one :class:`~nexus_store.sync.workmanager.WorkManager` on demand (WM-23).
 
     Args:
         virtual_clock: use the virtual-clock mode (only the clock releases delays).

@@ -12,10 +12,10 @@ import msgpack
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, NexusStore, RateLimitedError, ServerUnavailableError
+from nexus_store import NexusStore, RateLimitedError, ServerUnavailableError
 from nexus_store.backends import HttpBackend, RemoteOp
 from nexus_store.backends._pause import RemotePause, pause_for
-from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
+from nexus_store.testing import FakeClock, FaultMode, FaultProxy, ServerProcess
 
 pytestmark = pytest.mark.anyio
 

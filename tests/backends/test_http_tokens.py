@@ -15,10 +15,10 @@ import msgpack
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import AuthError, FakeClock, NexusStore
+from nexus_store import AuthError, NexusStore
 from nexus_store.backends import HttpBackend, RefreshingTokenProvider, RemoteOp
 from nexus_store.server import SignedTokenVerifier
-from nexus_store.testing import FaultProxy, ServerProcess
+from nexus_store.testing import FakeClock, FaultProxy, ServerProcess
 
 pytestmark = pytest.mark.anyio
 

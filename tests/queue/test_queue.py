@@ -15,7 +15,6 @@ import pytest
 from nexus_store import (
     CorruptDatabaseError,
     ErrorKind,
-    FakeClock,
     MigrationError,
     OpNotFoundError,
     QueueError,
@@ -30,6 +29,7 @@ from nexus_store.queue import OpKind, OpState, PrioritySyncQueue, QueuedOp, Queu
 from nexus_store.queue._leasing import _LEASE, _PROMOTE
 from nexus_store.queue._settling import _DELETE_MANY
 from nexus_store.queue._upgrades import upgrade_payload
+from nexus_store.testing import FakeClock
 
 C, H, N, L = SyncPriority.CRITICAL, SyncPriority.HIGH, SyncPriority.NORMAL, SyncPriority.LOW
 

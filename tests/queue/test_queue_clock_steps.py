@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_store import ErrorKind, FakeClock
+from nexus_store import ErrorKind
 from nexus_store._backoff import RetryBackoff
 from nexus_store.queue import PrioritySyncQueue
+from nexus_store.testing import FakeClock
 
 HOUR = 3600.0
 

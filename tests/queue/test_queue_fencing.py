@@ -22,9 +22,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from nexus_store import ErrorKind, FakeClock
+from nexus_store import ErrorKind
 from nexus_store._backoff import RetryBackoff
 from nexus_store.queue import LeaseBatch, OpState, PrioritySyncQueue, Settled
+from nexus_store.testing import FakeClock
 
 ITEMS = ["a", "b", "c"]
 LEASERS = 3

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from nexus_store import ErrorKind, FakeClock, SyncPriority
+from nexus_store import ErrorKind, SyncPriority
 from nexus_store._backoff import RetryBackoff
 from nexus_store.queue import OpState, PrioritySyncQueue
+from nexus_store.testing import FakeClock
 
 ITEMS = ["a", "b", "c"]
 BASE, FACTOR, MAX_DELAY, MAX_ATTEMPTS = 10.0, 2.0, 1000.0, 4

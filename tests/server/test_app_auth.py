@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nexus_store import FakeClock
 from nexus_store.server._auth import (
     ChainVerifier,
     SignedTokenVerifier,
@@ -14,6 +13,7 @@ from nexus_store.server._auth import (
     TokenVerifier,
     bearer_token,
 )
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_store import FakeClock
 from nexus_store.server._limits import (
     Bucket,
     Limits,
@@ -16,6 +15,7 @@ from nexus_store.server._limits import (
     retry_after_header,
     take_token,
 )
+from nexus_store.testing import FakeClock
 
 
 @pytest.mark.parametrize(

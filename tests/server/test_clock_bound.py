@@ -9,13 +9,12 @@ import anyio
 import httpx
 import pytest
 
-from nexus_store import FakeClock
 from nexus_store.backends import HttpBackend, OpStatus, RemoteOp
 from nexus_store.server._clock_bound import bound_stamps
 from nexus_store.server._core import ServerCore
 from nexus_store.server._prepare import prepare
 from nexus_store.server.storage._memory import MemoryStorage
-from nexus_store.testing import ServerProcess
+from nexus_store.testing import FakeClock, ServerProcess
 
 T = 1_700_000_000.0
 MS = int(T * 1000)

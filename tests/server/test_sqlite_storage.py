@@ -9,12 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nexus_store import (
-    CorruptDatabaseError,
-    DatabaseError,
-    SchemaError,
-    ServerUnavailableError,
-)
+from nexus_store import CorruptDatabaseError, DatabaseError, SchemaError, ServerUnavailableError
 from nexus_store.backends import OpStatus, PushResult
 from nexus_store.server._core import ServerCore, open_core
 from nexus_store.server.storage import open_storage

@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, NexusStore, NexusStoreError, OpState
+from nexus_store import NexusStore, NexusStoreError, OpState
 from nexus_store.backends import HttpBackend
-from nexus_store.testing import RawAnswer, ScriptedRequest, ScriptedServer, http_answer
+from nexus_store.testing import FakeClock, RawAnswer, ScriptedRequest, ScriptedServer, http_answer
 
 pytestmark = pytest.mark.anyio
 

@@ -19,13 +19,13 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, NexusStore
+from nexus_store import NexusStore
 from nexus_store.backends import HttpBackend
 from nexus_store.server import StaticTokenVerifier, create_app
 from nexus_store.server._core import ServerCore
 from nexus_store.server.storage._memory import MemoryStorage
 from nexus_store.sync import SyncSummary
-from nexus_store.testing import SkewedClock
+from nexus_store.testing import FakeClock, SkewedClock
 
 pytestmark = pytest.mark.anyio
 

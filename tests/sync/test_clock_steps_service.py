@@ -11,13 +11,14 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, SyncPriority
+from nexus_store import SyncPriority
 from nexus_store._store import NexusStore
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.sync._config import BackgroundSyncConfig
 from nexus_store.sync.device._device import SimulatedDevice
 from nexus_store.sync.engine._progress import SyncEvent
 from nexus_store.sync.workmanager._adapter import WorkManagerSyncService
+from nexus_store.testing import FakeClock
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

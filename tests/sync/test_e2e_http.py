@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
-from nexus_store import FakeClock, SyncPriority
+from nexus_store import SyncPriority
 from nexus_store._database import Database
 from nexus_store._store import NexusStore
 from nexus_store.backends import Change
@@ -26,7 +26,7 @@ from nexus_store.cli import app
 from nexus_store.queue import PrioritySyncQueue
 from nexus_store.sync.engine._progress import SyncStopReason
 from nexus_store.sync.engine._runner import SyncRunner
-from nexus_store.testing import FaultMode, FaultProxy, ServerProcess, shared_postgres
+from nexus_store.testing import FakeClock, FaultMode, FaultProxy, ServerProcess, shared_postgres
 
 pytestmark = pytest.mark.anyio
 

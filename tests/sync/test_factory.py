@@ -13,11 +13,11 @@ from nexus_store.sync import (
     BackgroundSyncServiceFactory,
     BGTaskSyncService,
     NoopSyncService,
-    SimulatedDevice,
     WorkManagerSyncService,
     choose_adapter,
 )
 from nexus_store.sync._factory import ADAPTER_ENV
+from nexus_store.sync.device import SimulatedDevice
 
 
 class Note(BaseModel):

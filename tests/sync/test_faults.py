@@ -14,13 +14,13 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, SyncPriority
+from nexus_store import SyncPriority
 from nexus_store._store import NexusStore
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.sync.engine._progress import SyncStopReason, SyncSummary
 from nexus_store.sync.engine._runner import SyncRunner
-from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
+from nexus_store.testing import FakeClock, FaultMode, FaultProxy, ServerProcess
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from nexus_store import FakeClock, LifecycleError, NetworkError, NexusStore, SyncPriority
+from nexus_store import LifecycleError, NetworkError, NexusStore, SyncPriority
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
@@ -24,16 +24,16 @@ from nexus_store.sync import (
     BackgroundSyncStatus,
     ScheduleResult,
     ServiceState,
-    SimulatedDevice,
     SyncEvent,
     TaskContext,
     TaskResult,
     WorkManagerSyncService,
-    WorkQuery,
-    WorkState,
 )
 from nexus_store.sync._store_task import SYNC_TASK_ID
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.sync.workmanager import WorkQuery, WorkState
 from nexus_store.sync.workmanager._adapter import CRITICAL_WORK, HIGH_WORK, PERIODIC_WORK
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

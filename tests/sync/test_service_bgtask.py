@@ -11,24 +11,23 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, LifecycleError, NexusStore, SyncPriority
+from nexus_store import LifecycleError, NexusStore, SyncPriority
 from nexus_store.backends import Changes, PushResult, RemoteBackend, RemoteOp
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.queue import OpState
 from nexus_store.sync import (
-    AppRefreshRequest,
     BackgroundSyncConfig,
     BackgroundSyncService,
     BGTaskSyncService,
-    DeterministicLaunchPolicy,
-    ProcessingRequest,
     ScheduleResult,
-    SimulatedDevice,
     SyncEvent,
     TaskContext,
 )
 from nexus_store.sync._store_task import SYNC_TASK_ID
+from nexus_store.sync.bgtask import AppRefreshRequest, DeterministicLaunchPolicy, ProcessingRequest
 from nexus_store.sync.bgtask._adapter import PROCESSING_IDENTIFIER, REFRESH_IDENTIFIER
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

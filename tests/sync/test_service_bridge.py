@@ -7,18 +7,19 @@ import threading
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, LifecycleError, NexusStore, SyncPriority
+from nexus_store import LifecycleError, NexusStore, SyncPriority
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.sync import (
     BackgroundSyncConfig,
     BackgroundSyncStatus,
     BackgroundSyncThread,
     ScheduleResult,
-    SimulatedDevice,
     SyncEvent,
     SyncProgress,
     WorkManagerSyncService,
 )
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock
 
 
 class Note(BaseModel):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, NexusStore, SyncError, SyncPriority
+from nexus_store import NexusStore, SyncError, SyncPriority
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.sync import (
     BackgroundSyncConfig,
     BackgroundSyncStatus,
     NoopSyncService,
     ScheduleResult,
-    SimulatedDevice,
 )
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

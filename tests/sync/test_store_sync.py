@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from nexus_store import ErrorKind, NexusStore, StoreClosedError, SyncError, SyncPriority
 from nexus_store.backends import MemoryBackend
-from nexus_store.sync import SimulatedDevice
+from nexus_store.sync.device import SimulatedDevice
 
 
 class Note(BaseModel):

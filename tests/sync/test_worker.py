@@ -22,21 +22,18 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from nexus_store import FakeClock, NexusStore, SyncPriority
+from nexus_store import NexusStore, SyncPriority
 from nexus_store._database import Database
 from nexus_store.backends import Change
 from nexus_store.backends._http import HttpBackend
 from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
 from nexus_store.queue import OpState
-from nexus_store.sync import (
-    BGTaskSyncService,
-    DeterministicLaunchPolicy,
-    SimulatedDevice,
-    WorkerLease,
-)
+from nexus_store.sync import BGTaskSyncService, WorkerLease
 from nexus_store.sync._worker_lease import LeaseAction, LeaseRow, clamp_lease, decide_lease
-from nexus_store.testing import ServerProcess
+from nexus_store.sync.bgtask import DeterministicLaunchPolicy
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock, ServerProcess
 
 TOKENS = {f"tok{i}": f"tenant{i}" for i in range(8)}
 _LAUNCHER = "from nexus_store.cli import main; main()"

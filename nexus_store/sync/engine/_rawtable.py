@@ -60,7 +60,7 @@ def discover_collections(database: Database) -> list[str]:
 class RawCollection:
     """One collection of a store file, synced without its model.
 
-    Implements :class:`~nexus_store.sync.SyncTarget`.
+    Implements :class:`~nexus_store.sync.engine.SyncTarget`.
 
     Args:
         database: the store's database.

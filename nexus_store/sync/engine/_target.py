@@ -23,7 +23,7 @@ __all__ = ["SyncTarget"]
 class SyncTarget(Protocol):
     """The local side of one collection, as a sync run sees it.
 
-    :class:`~nexus_store.NexusStore` is one; :class:`~nexus_store.sync.RawCollection`
+    :class:`~nexus_store.NexusStore` is one; :class:`~nexus_store.sync.engine.RawCollection`
     is one that needs no model (for the command line and workers).
     """
 

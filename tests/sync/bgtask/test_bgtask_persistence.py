@@ -14,9 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from nexus_store import FakeClock
 from nexus_store._database import Database
-from nexus_store.sync import SimulatedDevice
 from nexus_store.sync.bgtask._bgtask import BGTaskScheduler
 from nexus_store.sync.bgtask._handle import BGTaskHandle, LaunchRecord
 from nexus_store.sync.bgtask._launch import (
@@ -31,6 +29,8 @@ from nexus_store.sync.bgtask._requests import (
     RequestKind,
     SubmissionStrategy,
 )
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -287,7 +287,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import anyio
-    from nexus_store import FakeClock
+    from nexus_store.testing import FakeClock
     from nexus_store._database import Database
     from nexus_store.sync.bgtask import (
         AppRefreshRequest, DeterministicLaunchPolicy, ProcessingRequest,

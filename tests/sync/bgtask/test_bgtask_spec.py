@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nexus_store import (
-    FakeClock,
     ImmediateRunIneligibleError,
     InvalidWorkRequestError,
     LifecycleError,
@@ -27,7 +26,7 @@ from nexus_store import (
     UnknownWorkError,
 )
 from nexus_store._database import Database
-from nexus_store.sync import DeviceState, SimulatedDevice, TaskContext, TaskResult
+from nexus_store.sync import DeviceState, TaskContext, TaskResult
 from nexus_store.sync.bgtask._bgtask import BGTaskScheduler
 from nexus_store.sync.bgtask._handle import BGTaskHandle, LaunchRecord, handler_for_task
 from nexus_store.sync.bgtask._launch import (
@@ -52,6 +51,8 @@ from nexus_store.sync.bgtask._requests import (
     SubmissionStrategy,
     check_pending_limits,
 )
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

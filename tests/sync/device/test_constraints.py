@@ -9,8 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nexus_store.sync import DeviceState, NetworkType, SimulatedDevice
+from nexus_store.sync import DeviceState, NetworkType
 from nexus_store.sync._config import BackgroundSyncConfig, unmet_constraints
+from nexus_store.sync.device import SimulatedDevice
 from nexus_store.sync.device._constraints import SystemDevice, parse_reachability_target
 
 

@@ -20,7 +20,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import FakeClock, SyncPriority
+from nexus_store import SyncPriority
 from nexus_store._backoff import RetryBackoff
 from nexus_store._exceptions import (
     AuthError,
@@ -37,7 +37,7 @@ from nexus_store.sync.device._device import SimulatedDevice
 from nexus_store.sync.engine._progress import SyncEvent, SyncStopReason
 from nexus_store.sync.engine._runner import SyncRunner
 from nexus_store.sync.workmanager._adapter import WorkManagerSyncService
-from nexus_store.testing import FaultMode, FaultProxy, ServerProcess
+from nexus_store.testing import FakeClock, FaultMode, FaultProxy, ServerProcess
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import DatabaseError, FakeClock, SchemaError, SyncPriority, _codec
+from nexus_store import DatabaseError, SchemaError, SyncPriority, _codec
 from nexus_store._database import Database
 from nexus_store._store import NexusStore
 from nexus_store.backends import (
@@ -31,6 +31,7 @@ from nexus_store.sync.engine._progress import SyncEvent, SyncPhase, SyncProgress
 from nexus_store.sync.engine._rawtable import RawCollection, discover_collections
 from nexus_store.sync.engine._runner import SyncRunner
 from nexus_store.sync.engine._target import SyncTarget
+from nexus_store.testing import FakeClock
 from nexus_store.testing._faults import Fault, FaultyBackend
 
 pytestmark = pytest.mark.anyio

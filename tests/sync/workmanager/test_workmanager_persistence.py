@@ -29,9 +29,10 @@ import sys
 
 import anyio
 
-from nexus_store import FakeClock
+from nexus_store.testing import FakeClock
 from nexus_store._database import Database
-from nexus_store.sync import SimulatedDevice, TaskResult
+from nexus_store.sync import TaskResult
+from nexus_store.sync.device import SimulatedDevice
 from nexus_store.sync.workmanager import (
     ExistingPeriodicWorkPolicy,
     ExistingWorkPolicy,

@@ -22,7 +22,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nexus_store import (
-    FakeClock,
     InvalidWorkRequestError,
     LifecycleError,
     SyncPriority,
@@ -30,14 +29,8 @@ from nexus_store import (
     WorkDataTooLargeError,
 )
 from nexus_store._database import Database
-from nexus_store.sync import (
-    DeviceState,
-    NetworkType,
-    SimulatedDevice,
-    TaskContext,
-    TaskOutcome,
-    TaskResult,
-)
+from nexus_store.sync import DeviceState, NetworkType, TaskContext, TaskOutcome, TaskResult
+from nexus_store.sync.device import SimulatedDevice
 from nexus_store.sync.workmanager._decisions import (
     WorkSpec,
     backoff_delay,
@@ -70,6 +63,7 @@ from nexus_store.sync.workmanager._states import (
     WorkState,
 )
 from nexus_store.sync.workmanager._workmanager import WorkManager
+from nexus_store.testing import FakeClock
 from nexus_store.testing._workdriver import WorkDriver
 
 pytestmark = pytest.mark.anyio
