@@ -89,6 +89,8 @@ EXPORTED = {
         "run_benchmark",
         "run_benchmarks",
     ],
+    "nexus_store.dashboard": [],
+    "nexus_store.files": [],
     "nexus_store.queue": [
         "LeaseBatch",
         "OpKind",

@@ -95,6 +95,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._triggers",
         ),
     ),
+    (5, "files", ("nexus_store.files",)),
     # The schedulers, each with its service adapter.
     (6, "workmanager", ("nexus_store.sync.workmanager",)),
     (6, "bgtask", ("nexus_store.sync.bgtask",)),
@@ -110,6 +111,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         ),
     ),
     (8, "test kit", ("nexus_store.testing",)),
+    (9, "dashboard", ("nexus_store.dashboard",)),
     (9, "bench", ("nexus_store.bench",)),
     (10, "cli", ("nexus_store.cli",)),
     (11, "door", ("nexus_store.__init__", "nexus_store.__main__")),
