@@ -1,6 +1,6 @@
 """The BGTask-like adapter: the background sync service on :class:`~._bgtask.BGTaskScheduler`.
 
-iOS-style scheduling (``specs/scheduling.md`` BG-1…BG-14), with these identifiers declared
+iOS-style scheduling (statements BG-1…BG-14), with these identifiers declared
 up front (BG-1):
 
 - ``nexus-store.sync.refresh``: an app-refresh request for the periodic sync. Requests are

@@ -1,7 +1,8 @@
 """A BGTaskScheduler-like runtime: declared identifiers, one-shot requests, time budgets.
 
-It reproduces iOS's BackgroundTasks scheduler (``specs/scheduling.md`` BG-1…BG-15) as a
-reusable engine that the BGTask-like :class:`BackgroundSyncService` adapter wraps:
+It reproduces iOS's BackgroundTasks scheduler (statements BG-1…BG-15, pinned one by one in
+``tests/sync/bgtask/test_bgtask_spec.py``) as a reusable engine that the BGTask-like
+:class:`BackgroundSyncService` adapter wraps:
 
 - Identifiers are declared when the scheduler is built; every one needs a handler,
   registered before the first submit, in every process (BG-1).

@@ -1,4 +1,7 @@
-"""The BGTask-like scheduler against the BG-1…BG-15 statements of specs/scheduling.md.
+"""The BGTask-like scheduler against its statements BG-1…BG-15, one test (or more) each.
+
+Each test names the statement it pins, after iOS's BackgroundTasks framework: declared
+identifiers, one pending refresh, ``earliest_begin``, budgets and expiration, no retry.
 
 Every test is driven by a FakeClock, a SimulatedDevice and the simulate APIs; every wait
 is bounded by ``anyio.fail_after``.

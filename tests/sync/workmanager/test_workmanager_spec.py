@@ -1,4 +1,4 @@
-"""The WorkManager-like scheduler against the WM-1..WM-23 statements of specs/scheduling.md.
+"""The WorkManager-like scheduler against its statements WM-1..WM-23, after Android's WorkManager.
 
 Each test names the statement it pins. Time is a FakeClock, the device a SimulatedDevice;
 nothing sleeps: tests wait on WorkInfo subscriptions, worker events or ``settle()``, each
