@@ -1,7 +1,7 @@
 """One SQLite connection, shared by a store's tables and its sync queue.
 
 The item write and its queue op must commit in one transaction, so the local tables
-(:mod:`._local`) and the queue (:mod:`._queue`) use the same :class:`Database`: one
+(:mod:`._local`) and the queue (:mod:`.queue`) use the same :class:`Database`: one
 ``sqlite3`` connection in autocommit mode, transactions opened explicitly with
 ``BEGIN IMMEDIATE`` under a re-entrant lock (which is what makes the store thread-safe).
 

@@ -1,4 +1,4 @@
-"""The shape of the sync server's HTTP API, shared by :class:`HttpBackend` and the server.
+"""The shape of the sync server's HTTP API, shared by ``HttpBackend`` and the server.
 
 Kept free of Starlette and httpx so the client and the server agree on one definition
 of paths, media types and bodies without either importing the other's stack.

@@ -1,7 +1,7 @@
 """Local tables: one SQLite table per collection, mapped from a pydantic model.
 
-A model's top-level fields become columns (see :func:`column_kind` for the type of each),
-the id field is the primary key, and four bookkeeping columns follow the item:
+A model's top-level fields become columns (see :func:`~._tablespec.column_kind` for the type
+of each), the id field is the primary key, and four bookkeeping columns follow the item:
 
 - ``_nx_version``: the item's server version (0 until the server acknowledged a write);
 - ``_nx_deleted``: 1 for a tombstone (a deleted item that syncs its deletion);

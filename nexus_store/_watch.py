@@ -19,7 +19,7 @@ rows in two ways:
   ``PRAGMA data_version``, which the stream polls every ``poll_interval`` seconds (a
   cheap read that touches no table).
 
-The log is bounded: it keeps the last :data:`CHANGE_LOG_KEEP` rows. A stream that falls
+The log is bounded: it keeps the last :data:`~._changelog.CHANGE_LOG_KEEP` rows. A stream that falls
 further behind than that skips what was pruned and counts it in
 :attr:`ChangeStream.skipped`. ``since=`` resumes after a seq of an earlier stream; changes
 committed while no stream was open anywhere were not logged and are not replayed.

@@ -1,6 +1,6 @@
 """What every part of the queue shares: its state, its checks, and two writes.
 
-:class:`PrioritySyncQueue` is made of parts, one concept each: producing (enqueue),
+:class:`~nexus_store.PrioritySyncQueue` is made of parts, one concept each: producing (enqueue),
 leasing, settling (acks, nacks, releases, dead letters), reading (listings, stats,
 schedules) and upgrading payloads of older schema versions. Each part is a class on top
 of :class:`QueueBase`, which declares the state they share (set by the queue's
@@ -52,7 +52,7 @@ _HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND cha
 
 
 class QueueBase:
-    """The state and shared steps of the queue's parts (see :class:`PrioritySyncQueue`)."""
+    """The state and shared steps of the parts of :class:`~nexus_store.PrioritySyncQueue`."""
 
     database: Database
     max_attempts: int

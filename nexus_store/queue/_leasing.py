@@ -62,9 +62,9 @@ class _Leasing(_Upgrading):
         wall clock did since it was queued. Payloads of an older schema version are
         upgraded first; those that cannot be are dead-lettered and not returned.
 
-        The ops are held under a new fencing token (``batch.token``): pass it to
-        :meth:`ack`, :meth:`nack` and :meth:`release`, and a settle that comes after the
-        lease passed to another holder changes nothing (see :mod:`._fencing`).
+        The ops are held under a new fencing token (``batch.token``): pass it to ``ack``,
+        ``nack`` and ``release``, and a settle that comes after the lease passed to another
+        holder changes nothing (see :mod:`._fencing`).
 
         Args:
             max_ops: the most ops to return.

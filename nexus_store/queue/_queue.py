@@ -2,7 +2,7 @@
 
 Every local write is recorded as an op in the table ``nx_queue`` of the same database, in
 the same transaction as the write (a transactional outbox). A sync run leases a batch,
-pushes it, and acks or nacks each op. Payloads are opaque bytes (:mod:`._codec` encodes
+pushes it, and acks or nacks each op. Payloads are opaque bytes (:mod:`.._codec` encodes
 them); only schema migrations decode them.
 
 Rules:
@@ -50,7 +50,7 @@ Rules:
   later write coalesce into an op the server may already hold under its op id.
 - **Failures**: :meth:`~PrioritySyncQueue.nack` counts an attempt and waits
   ``max(retry_after, backoff)``; permanent errors, unresolved conflicts and ``max_attempts``
-  dead-letter the op with its reason (see :mod:`._backoff`). Refused credentials
+  dead-letter the op with its reason (see :mod:`.._backoff`). Refused credentials
   (``AUTH``) count no attempt. :meth:`~PrioritySyncQueue.end_backoff` lets ops that failed
   while the remote was unreachable go again as soon as it answers. Dead ops can be listed,
   retried (re-enqueued at the back, same op id) or discarded.

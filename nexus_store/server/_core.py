@@ -96,7 +96,7 @@ class ServerCore:
 
     Args:
         storage: where the data lives (see :func:`~nexus_store.server.open_storage`).
-        conflict_policy: ``"lww"`` (default), ``"server_wins"`` or a :data:`Resolver`.
+        conflict_policy: ``"lww"`` (default), ``"server_wins"`` or a :data:`~._rules.Resolver`.
         max_batch: the most ops one push may carry.
         max_pull: the most changes one pull returns, whatever ``limit`` asks.
         max_clock_offset: seconds an op's stamp may be ahead of ``clock`` before it is

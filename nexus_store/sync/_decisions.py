@@ -115,7 +115,7 @@ def plan_requests(
         stale: priorities whose eligible ops the last run saw and could not send, with
             nothing changed since: not asked for again (the loop guard).
         paused_until: the deadline of the remote's pause, if it has one (see
-            :mod:`._pause`; for refused credentials, when to look again).
+            :mod:`.engine._pause`; for refused credentials, when to look again).
         queued: whether any op (of any priority) is queued.
         resumed: whether a run was already asked for since this pause ended (a run that
             does not reach the remote leaves the pause as it was: it is resumed once).

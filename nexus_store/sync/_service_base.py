@@ -102,7 +102,7 @@ class _ServiceBase(abc.ABC):
 
     @abc.abstractmethod
     async def _waits(self) -> list[str]:
-        """What scheduled sync runs wait for, in words (for :meth:`why_not_running`)."""
+        """What scheduled sync runs wait for, in words (for ``why_not_running``)."""
 
     @abc.abstractmethod
     async def _history(self, task_id: str | None, limit: int) -> list[TaskRun]:
@@ -177,5 +177,5 @@ class _ServiceBase(abc.ABC):
 
     @property
     def registered_tasks(self) -> Mapping[str, RegisteredTask]:
-        """The app tasks registered with :meth:`register_task`."""
+        """The app tasks registered with :meth:`~._service.BackgroundSyncService.register_task`."""
         return dict(self._tasks)

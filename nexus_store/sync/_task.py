@@ -117,7 +117,7 @@ class TaskRun(BaseModel):
 
 @dataclass(frozen=True)
 class RegisteredTask:
-    """An app job registered with :meth:`BackgroundSyncService.register_task`."""
+    """An app job registered with :meth:`~nexus_store.sync.BackgroundSyncService.register_task`."""
 
     task: BackgroundSyncTask
     interval: timedelta | None

@@ -240,7 +240,7 @@ class _Triggering(_ServiceBase):
         return plan.wake_at
 
     def _remote_pause(self) -> RemotePause | None:
-        """The backend's pause recorded in the file, if any (see :mod:`._pause`)."""
+        """The backend's pause recorded in the file, if any (see :mod:`.engine._pause`)."""
         if self._backend is None:
             return None
         if self._pauses is None:

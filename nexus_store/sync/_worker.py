@@ -9,10 +9,11 @@ only saves (its commits go to the file), the worker drains the queue to the remo
   the dead worker had leased (the server dedupes a batch it already applied by op id, so
   every op takes effect once), and WorkManager work found RUNNING runs again (WM-22). A
   worker that cannot renew in time (stalled, or its lease was taken) stops draining and
-  waits again. The decision is :func:`decide_lease`, a pure function of the row and the time.
-  A lease renewed at a wall time later than now (the clock stepped back since) is first
-  clamped to end one ttl from now (:func:`clamp_lease`, written back), so a dead holder's
-  lease never outlasts its ttl by the size of the step.
+  waits again. The decision is :func:`~._worker_lease.decide_lease`, a pure function of
+  the row and the time. A lease renewed at a wall time later than now (the clock stepped
+  back since) is first clamped to end one ttl from now
+  (:func:`~._worker_lease.clamp_lease`, written back), so a dead holder's lease never
+  outlasts its ttl by the size of the step.
 - **Prompt wake-up.** ``watchfiles`` watches the database's ``-wal`` file (SQLite appends
   every commit there), so a commit in another process wakes the worker within
   ``watch_step_ms`` milliseconds; it then looks at the queue: an eligible ``CRITICAL`` op

@@ -60,7 +60,7 @@ class OpRecord:
     version: int | None
     """For a plain acceptance (most ops): the version it produced; ``result`` is then ``None``."""
     result: bytes | None
-    """Any other answer, encoded (see :func:`~nexus_store.server._core.answer_of`)."""
+    """Any other answer, encoded (see :func:`~nexus_store.server._rules.answer_of`)."""
 
 
 @dataclass(frozen=True, slots=True)

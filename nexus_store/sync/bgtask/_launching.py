@@ -42,7 +42,7 @@ class _Phase(enum.Enum):
 
 
 class _SchedulerBase:
-    """The state the scheduler's parts share (set by :meth:`BGTaskScheduler.__init__`)."""
+    """The state the scheduler's parts share (set by :meth:`~._bgtask.BGTaskScheduler.__init__`)."""
 
     _declared: frozenset[str]
     _clock: Clock

@@ -52,7 +52,7 @@ DEFAULT_PROCESSING_BUDGET = 300.0
 DEFAULT_EXPIRATION_LEAD = 5.0
 """How long before the end of the budget the expiration handler fires (BG-7)."""
 USAGE_WINDOW = 24 * 3600.0
-"""The window :class:`AppUsage` counts launches over (the daily budget)."""
+"""The window :class:`~._launch.AppUsage` counts launches over (the daily budget)."""
 _MAX_IDENTIFIER = 255
 _WILDCARD = ".*"
 

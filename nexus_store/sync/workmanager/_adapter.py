@@ -17,9 +17,9 @@ unique work:
   ``high_priority_debounce``, unique with ``KEEP``: saves during the wait join that run.
 
 Eligible work starts in priority order (expedited, then ``SyncPriority``, then FIFO:
-:attr:`~._work.DispatchOrder.PRIORITY`, our departure from WM-21). The periodic floor is
+:attr:`~._states.DispatchOrder.PRIORITY`, our departure from WM-21). The periodic floor is
 androidx's 15 minutes unless the config lowers ``min_periodic_floor``; then the desktop
-policy (:meth:`~._work.SchedulingPolicy.desktop`) is used, explicitly and logged.
+policy (:meth:`~._policy.SchedulingPolicy.desktop`) is used, explicitly and logged.
 
 App jobs registered with :meth:`~BackgroundSyncService.register_task` become unique work
 named by their task id (periodic: ``UPDATE``; one-time: ``KEEP``).

@@ -127,7 +127,7 @@ def next_run_time(spec: WorkSpec) -> float:
 
 
 def next_schedule_time(spec: WorkSpec) -> float:
-    """What :class:`WorkInfo` reports: the next run time while ENQUEUED, else infinity."""
+    """What ``WorkInfo`` reports: the next run time while ENQUEUED, else infinity."""
     return next_run_time(spec) if spec.state is WorkState.ENQUEUED else math.inf
 
 

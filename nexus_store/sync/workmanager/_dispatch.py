@@ -47,7 +47,7 @@ logger = logging.getLogger("nexus_store.sync.workmanager")
 
 
 class _ManagerBase:
-    """The state the WorkManager's parts share (set by :meth:`WorkManager.__init__`)."""
+    """The state the WorkManager's parts share (set by ``WorkManager.__init__``)."""
 
     _database: Database
     _clock: Clock

@@ -163,7 +163,7 @@ class _WorkRequestBuilder:
         return self
 
     def set_priority(self, priority: SyncPriority | int | str) -> Self:
-        """The priority used by :attr:`DispatchOrder.PRIORITY` (ignored in FIFO order)."""
+        """The priority used by :attr:`~._states.DispatchOrder.PRIORITY` (ignored in FIFO order)."""
         self._priority = SyncPriority.coerce(priority)
         return self
 

@@ -34,7 +34,7 @@ __all__ = ["DriverHooks", "ManagerState", "ReleaseControl", "StoppableTask"]
 
 
 class ManagerState(StrEnum):
-    """The lifecycle of a :class:`WorkManager`."""
+    """The lifecycle of a :class:`~._workmanager.WorkManager`."""
 
     UNSTARTED = "unstarted"
     RUNNING = "running"
