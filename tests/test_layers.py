@@ -1,10 +1,11 @@
-"""The package's layout: imports run downward only, and no subpackages import each other.
+"""The package's layout: imports run downward only, and the subpackages form no loop.
 
 Every module of ``nexus_store`` belongs to a room, and every room to a layer (the map
 below, lowest layer first; the most specific prefix wins). A module may import a module
-of its own room, or of a room on a lower layer; nothing else. Every import counts, also
-one inside a function (a lazy import) or under ``TYPE_CHECKING``. Imports by a string
-(``importlib.import_module``, the doors' lazy tables) stay inside their own package.
+of its own room, or of a room on a lower layer; nothing else. Every import statement
+counts, also one inside a function (a lazy import) or under ``TYPE_CHECKING``. Imports by
+a string are not seen here: the doors' lazy tables name modules of their own package,
+and the package's door (the top layer) loads the background service on first use.
 
 The README's "How the code is laid out" tells the same story in words.
 """
