@@ -17,6 +17,9 @@ from ._exceptions import ErrorKind
 
 __all__ = ["FailurePlan", "RetryBackoff", "plan_failure"]
 
+# Jitter needs no secrecy, only independence from the app's own (possibly seeded) generator.
+_jitter = _random.Random()  # noqa: S311
+
 
 class RetryBackoff:
     """Exponential backoff with full jitter.
@@ -31,7 +34,9 @@ class RetryBackoff:
         max_delay: the largest ceiling, in seconds.
         jitter: draw the wait uniformly below the ceiling (``True``, default) or use the
             ceiling itself.
-        random: a source of floats in ``[0, 1)``; inject a fixed one in tests.
+        random: a source of floats in ``[0, 1)``; inject a fixed one in tests. By default a
+            generator of the package's own, so an app's seeded ``random`` module is neither
+            read nor advanced.
 
     Raises:
         ValueError: for a non-positive base, a factor below 1 or a max_delay below base.
@@ -44,7 +49,7 @@ class RetryBackoff:
         max_delay: float = 3600.0,
         *,
         jitter: bool = True,
-        random: Callable[[], float] = _random.random,
+        random: Callable[[], float] | None = None,
     ) -> None:
         if not (math.isfinite(base) and base > 0):
             raise ValueError(f"base must be a positive number of seconds, not {base!r}")
@@ -56,7 +61,7 @@ class RetryBackoff:
         self.factor = float(factor)
         self.max_delay = float(max_delay)
         self.jitter = jitter
-        self._random = random
+        self._random = random if random is not None else _jitter.random
 
     def ceiling(self, attempts: int) -> float:
         """The largest delay after ``attempts`` failures (``attempts >= 1``).

@@ -14,6 +14,7 @@ that its blocking ``close()`` runs ``aclose()`` there (:func:`close_on_bound_loo
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -49,11 +50,18 @@ STOP_TIMEOUT = 5.0
 
 
 def in_event_loop() -> bool:
-    """Whether the calling thread is running an async event loop (asyncio or trio)."""
+    """Whether the calling thread is running an async event loop (asyncio or trio).
+
+    Also true outside any task while an asyncio loop runs (a callback, or a finalizer the
+    garbage collector ran there), where anyio cannot tell.
+    """
     try:
         anyio.lowlevel.current_token()
     except RuntimeError:
-        return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
     return True
 
 
