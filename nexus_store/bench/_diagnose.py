@@ -1,0 +1,101 @@
+"""What limited a sync load run, decided from its figures (a pure function).
+
+The first line :func:`limits` returns is the main limit; the rest are what else was seen.
+The rules, in order:
+
+- the server said no: rate limits (429), server errors (5xx), timeouts, broken
+  connections, answers that were not the protocol;
+- the client side could not keep up: a client process near a full core, its event loop
+  late by more than 50 ms at p99, or scheduled saves starting late (open loop);
+- the machine: clients and server together near every core (they share this machine);
+- the server process near a full core (one process serves one core);
+- otherwise: in an open loop the server kept up (the load offered was the limit), in a
+  closed loop each client waits for its answer, so the server's answer time is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["RunShape", "limits"]
+
+_BUSY = 85.0
+"""Percent of a core above which a process counts as saturated."""
+_LAG_MS = 50.0
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The figures the diagnosis reads."""
+
+    offered_ops_s: float | None
+    applied_ops_s: float
+    errors: Mapping[str, int]
+    requests: int
+    client_cpu: Sequence[float]
+    """Percent of a core, per client process."""
+    loop_lag_p99_ms: float
+    late_p99_s: float
+    interval: float | None
+    cpu_count: int
+    server_cpu: Sequence[float] = field(default_factory=list)
+    """Percent of a core, per server process (empty: not known)."""
+    server_is_local: bool = False
+
+
+def limits(shape: RunShape) -> list[str]:
+    """What limited the run, main limit first (see the module docstring)."""
+    out: list[str] = []
+    errors = shape.errors
+    said = {
+        "429": "rate limits: {n:,} requests answered 429 (the server's --rate)",
+        "5xx": "server errors: {n:,} requests answered 5xx",
+        "timeout": "timeouts: {n:,} requests got no answer in time",
+        "connection": "connections: {n:,} requests could not connect or lost the connection",
+        "protocol": "garbage: {n:,} answers were not the sync protocol",
+        "auth": "credentials: {n:,} requests were refused (401/403)",
+        "4xx": "refused requests: {n:,} answered 4xx",
+    }
+    for kind, text in said.items():
+        if errors.get(kind):
+            out.append(text.format(n=errors[kind]))
+    busiest = max(shape.client_cpu, default=0.0)
+    late = shape.interval is not None and shape.late_p99_s > 0.25 * shape.interval
+    if busiest >= _BUSY or shape.loop_lag_p99_ms > _LAG_MS or late:
+        why = [f"busiest client process {busiest:.0f}% of a core"]
+        why.append(f"event loop late {shape.loop_lag_p99_ms:.0f} ms at p99")
+        if shape.interval is not None:
+            why.append(f"saves started {shape.late_p99_s * 1000:.0f} ms late at p99")
+        out.append(
+            "client CPU: the simulated clients could not keep their pace ("
+            + ", ".join(why)
+            + "); add --processes or run the clients on another machine"
+        )
+    used = sum(shape.client_cpu) + (sum(shape.server_cpu) if shape.server_is_local else 0.0)
+    if shape.server_is_local and used >= _BUSY * shape.cpu_count:
+        out.append(
+            f"the machine's CPUs: clients and server together used {used / 100:.1f} of "
+            f"{shape.cpu_count} cores"
+        )
+    for n, cpu in enumerate(shape.server_cpu):
+        if cpu >= _BUSY:
+            out.append(f"server CPU: server process {n + 1} used {cpu:.0f}% of a core")
+    if not out:
+        offered = shape.offered_ops_s
+        if offered is not None and shape.applied_ops_s >= 0.95 * offered:
+            out.append(
+                "nothing: the server kept up with the offered load "
+                f"({offered:,.0f} ops/s); raise --rate to find its limit"
+            )
+        elif offered is not None:
+            out.append(
+                f"the server's answer time: it applied {shape.applied_ops_s:,.0f} of "
+                f"{offered:,.0f} ops/s offered without errors or a busy client"
+            )
+        else:
+            out.append(
+                "the server's answer time (closed loop: each client waits for its answer "
+                "before it pushes again; add --clients for more load)"
+            )
+    return out
