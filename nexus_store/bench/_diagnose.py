@@ -5,8 +5,10 @@ The rules, in order:
 
 - the server said no: rate limits (429), server errors (5xx), timeouts, broken
   connections, answers that were not the protocol;
-- the client side could not keep up: a client process near a full core, its event loop
-  late by more than 50 ms at p99, or scheduled saves starting late (open loop);
+- the client side could not keep up: a client process near a full core, or at least half
+  a core while its event loop runs late by more than 50 ms at p99 or scheduled saves
+  start late (open loop); late at less than half a core means the processes waited for
+  a CPU that other work held;
 - the machine: clients and server together near every core (they share this machine);
 - the server process near a full core (one process serves one core);
 - otherwise: in an open loop the server kept up (the load offered was the limit), in a
@@ -62,15 +64,20 @@ def limits(shape: RunShape) -> list[str]:
             out.append(text.format(n=errors[kind]))
     busiest = max(shape.client_cpu, default=0.0)
     late = shape.interval is not None and shape.late_p99_s > 0.25 * shape.interval
-    if busiest >= _BUSY or shape.loop_lag_p99_ms > _LAG_MS or late:
-        why = [f"busiest client process {busiest:.0f}% of a core"]
-        why.append(f"event loop late {shape.loop_lag_p99_ms:.0f} ms at p99")
-        if shape.interval is not None:
-            why.append(f"saves started {shape.late_p99_s * 1000:.0f} ms late at p99")
+    lagging = shape.loop_lag_p99_ms > _LAG_MS
+    pace = f"event loop late {shape.loop_lag_p99_ms:.0f} ms at p99"
+    if shape.interval is not None:
+        pace += f", saves started {shape.late_p99_s * 1000:.0f} ms late at p99"
+    if busiest >= _BUSY or ((late or lagging) and busiest >= _BUSY / 2):
         out.append(
-            "client CPU: the simulated clients could not keep their pace ("
-            + ", ".join(why)
-            + "); add --processes or run the clients on another machine"
+            f"client CPU: the simulated clients could not keep their pace (busiest client "
+            f"process {busiest:.0f}% of a core, {pace}); add --processes, or run the "
+            "clients on another machine"
+        )
+    elif late or lagging:
+        out.append(
+            f"CPU time: the client processes waited for a CPU ({pace}, at only "
+            f"{busiest:.0f}% of a core each): other work on this machine competes for it"
         )
     used = sum(shape.client_cpu) + (sum(shape.server_cpu) if shape.server_is_local else 0.0)
     if shape.server_is_local and used >= _BUSY * shape.cpu_count:

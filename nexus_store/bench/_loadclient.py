@@ -45,6 +45,7 @@ from .._exceptions import RemoteError
 from .._priority import SyncPriority
 from .._store import NexusStore
 from ..backends import HttpBackend
+from ..queue import PrioritySyncQueue
 from ..sync.engine import SyncRunner, SyncSummary
 from ._plan import Action, action_cycle
 from ._recorder import Recorder, TimedBackend, item_id
@@ -102,6 +103,10 @@ class Orders:
         data["clients"] = [(int(c), str(u)) for c, u in data["clients"]]
         data["mix"] = tuple(data["mix"])
         return cls(**data)
+
+
+def _next_eligible(queue: PrioritySyncQueue) -> float | None:
+    return queue.next_eligible_at()
 
 
 class _Client:
@@ -191,9 +196,9 @@ class _Client:
         if summary.paused_until is not None:
             when = summary.paused_until.timestamp()
         else:
-            when = (
-                await anyio.to_thread.run_sync(lambda: self.store.queue.next_eligible_at()) or now
-            )
+            queue = self.store.queue
+            eligible: float | None = await anyio.to_thread.run_sync(_next_eligible, queue)
+            when = now if eligible is None else eligible
         await anyio.sleep(max(0.01, min(when, until, now + 1.0) - now))
 
     async def pull_once(self) -> None:

@@ -34,8 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from persistqueue import SQLiteAckQueue
-
 from .._codec import encode
 from .._database import Database, Durability
 from .._priority import SyncPriority
@@ -88,6 +86,8 @@ def bench_throughput(
     With ``durability="normal"`` persist-queue's connection gets ``synchronous=NORMAL``
     too: neither side syncs per commit, which leaves the CPU cost of each.
     """
+    from persistqueue import SQLiteAckQueue  # noqa: PLC0415 - the bench extra, for this figure
+
     queue = PrioritySyncQueue(tmp / f"ours-{durability}.db", durability=durability)
     fill(queue, ours_ops)
     theirs = SQLiteAckQueue(str(tmp / f"persistqueue-{durability}"))

@@ -181,7 +181,8 @@ def sync_figures(
         keep_up = Target(">=", targets.min_ops_s)
     elif offered:
         keep_up = Target(">=", round(0.95 * offered, 1))
-    add("offered_ops_s", "ops/s offered (open loop)", offered, "ops/s")
+    if offered:
+        add("offered_ops_s", "ops/s offered (open loop)", offered, "ops/s")
     add(
         "applied_ops_s",
         "ops/s applied",
