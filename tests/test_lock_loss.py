@@ -91,6 +91,12 @@ _ALLOWED_FILE_ACCESS = {
     # The benchmark tool reads a process's own counters from /proc: never a database.
     ("bench/_drain.py", "open"),
     ("bench/_http.py", "read_text"),
+    # The benchmark tool: the CPU's name from /proc, a client process's log, and the
+    # --json files it writes and reads back for --compare: never a database.
+    ("bench/_machine.py", "read_text"),
+    ("bench/_loadrun.py", "read_text"),
+    ("bench/_report.py", "write_text"),
+    ("bench/_report.py", "read_text"),
 }
 _FILE_OPENERS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "fdopen"}
 

@@ -235,6 +235,7 @@ def sync_command(
     outputs.precheck(plots=True)
     err = Console(stderr=True)
     started = now_iso()
+    _announce(config, counts, err, yes)  # before anything is sent
     probe = new_collection()
     infos = [
         check_remote(
@@ -247,7 +248,6 @@ def sync_command(
         )
         for url in config.urls
     ]
-    _announce(config, counts, err, yes)
     counter = None
     if verify:
         counter = count_by_pull(

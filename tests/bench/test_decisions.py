@@ -1,0 +1,209 @@
+"""The benchmark tool's decisions, as pure functions: plans, consent, targets, diagnoses, counts."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import pytest
+
+from nexus_store.bench._diagnose import RunShape, limits
+from nexus_store.bench._figures import Figure, Target, compare, figure_from_json, missed
+from nexus_store.bench._options import LoadOptions
+from nexus_store.bench._plan import (
+    CONSENT_FREE_OPS,
+    BenchInputError,
+    LoadConfig,
+    action_cycle,
+    check_config,
+    needs_consent,
+    parse_mix,
+    plan,
+)
+from nexus_store.bench._recorder import error_kind, item_id, parse_item_id
+from nexus_store.bench._stats import cdf, percentile, summary
+from nexus_store.bench._verify import Tally
+from nexus_store import NetworkError, ProtocolError, RateLimitedError, ServerUnavailableError
+
+LOCAL = ("http://127.0.0.1:8765",)
+FAR = ("https://sync.example.com",)
+
+
+def test_mix_is_read_and_spread_evenly() -> None:
+    """--mix 8:1:1 gives 8 pushes, 1 pull, 1 poke per round, the rare ones apart."""
+    assert parse_mix("8:1:1") == (8, 1, 1)
+    assert parse_mix("3") == (3, 0, 0)
+    cycle = action_cycle((8, 1, 1))
+    assert len(cycle) == 10
+    assert cycle.count("push") == 8
+    assert cycle.index("pull") != cycle.index("poke") - 1 or cycle.count("pull") == 1
+
+
+@pytest.mark.parametrize("text", ["", "a:b", "0:1:1", "1:2:3:4", "-1:1", "5000"])
+def test_a_bad_mix_is_refused(text: str) -> None:
+    """A mix that is not up to three weights with a push above 0 is refused in one line."""
+    with pytest.raises(BenchInputError):
+        parse_mix(text)
+
+
+def test_the_plan_counts_an_open_loop() -> None:
+    """An open loop offers --rate ops/s for warm-up plus duration: that many ops at most."""
+    config = LoadConfig(urls=LOCAL, clients=200, batch=100, rate=20_000, duration=300, warmup=10)
+    load = plan(config)
+    assert load.offered_ops_s == 20_000
+    assert load.total_ops == 20_000 * 310
+    assert config.interval == 1.0
+    assert "200 clients" in load.describe(config)
+
+
+def test_a_closed_loop_has_no_count_unless_ops_bound_it() -> None:
+    """A closed loop is bounded by time alone; --ops bounds each client's writes."""
+    assert plan(LoadConfig(urls=LOCAL)).total_ops is None
+    assert plan(LoadConfig(urls=LOCAL, clients=3, ops=1000)).total_ops == 3000
+
+
+def test_consent_is_needed_only_far_away_and_beyond_the_free_amount() -> None:
+    """--yes is needed for a host that is not this machine, past the default amount."""
+    small = LoadConfig(urls=FAR, clients=2, ops=100)
+    big = LoadConfig(urls=FAR, clients=20, ops=CONSENT_FREE_OPS)
+    closed = LoadConfig(urls=FAR, clients=2)
+    assert not needs_consent(plan(small), small)
+    assert needs_consent(plan(big), big)
+    assert needs_consent(plan(closed), closed)
+    here = LoadConfig(urls=LOCAL, clients=200, duration=300)
+    assert not needs_consent(plan(here), here)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"urls": ("ftp://x",)}, "needs an http"),
+        ({"clients": 0}, "--clients"),
+        ({"batch": 0}, "--batch"),
+        ({"duration": 0}, "--duration"),
+        ({"rate": -1.0}, "--rate"),
+    ],
+)
+def test_bad_options_are_refused(change: dict[str, object], message: str) -> None:
+    """Options that cannot make a run are refused before anything is sent."""
+    config = LoadConfig(urls=LOCAL)
+    with pytest.raises(BenchInputError, match=message):
+        check_config(LoadConfig(**{**config.__dict__, **change}))  # type: ignore[arg-type]
+
+
+def test_standard_preset_fills_what_was_not_said() -> None:
+    """--standard is 200 clients x 100 ops/s for 5 minutes with a 2,000 ops/s target."""
+    config, counts, targets = LoadOptions(standard=True).resolve(LOCAL)
+    assert (counts, config.batch, config.rate, config.duration) == ([200], 100, 20_000, 300)
+    assert targets.min_ops_s == 2_000
+    config, counts, _ = LoadOptions(standard=True, clients="50,100").resolve(LOCAL)
+    assert counts == [50, 100]
+    with pytest.raises(BenchInputError):
+        LoadOptions(standard=True, quick=True).resolve(LOCAL)
+
+
+def test_targets_and_missed_figures() -> None:
+    """A target holds or not; a missing value never meets one."""
+    assert Target(">=", 2000).met(2000)
+    assert not Target("<", 500).met(500)
+    assert not Target("==", 0).met(None)
+    assert not Target("<", 1).met(math.nan)
+    figures = [
+        Figure("a", "g", "a", 10, "ops/s", "higher", Target(">=", 20)),
+        Figure("b", "g", "b", 10, "ms"),
+    ]
+    assert [f.key for f in missed(figures)] == ["a"]
+
+
+def test_figures_survive_json_and_compare_by_direction() -> None:
+    """Figures read back from JSON compare with a new run: better/worse by their direction."""
+    old = [
+        Figure("ops", "g", "ops", 1000, "ops/s", "higher", Target(">=", 2000)),
+        Figure("p99", "g", "p99", 100, "ms", "lower"),
+        Figure("gone", "g", "gone", 1, ""),
+    ]
+    back = [figure_from_json(f.to_json()) for f in old]
+    assert back[0].target == Target(">=", 2000)
+    new = [
+        Figure("ops", "g", "ops", 1500, "ops/s", "higher"),
+        Figure("p99", "g", "p99", 102, "ms", "lower"),
+    ]
+    changes = {c.figure.key: c for c in compare(back, new)}
+    assert changes["ops"].verdict == "better"
+    assert changes["p99"].verdict == "same"
+    assert set(changes) == {"ops", "p99"}
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    """p50/p99 by nearest rank; a CDF keeps both ends."""
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert summary(values)["max"] == 100
+    assert math.isnan(summary([])["p99"])
+    points = cdf(values, points=10)
+    assert points[0] == (1, 0.01)
+    assert points[-1] == (100, 1.0)
+
+
+def test_errors_are_counted_by_kind() -> None:
+    """429, 5xx, timeouts, broken connections and garbage are told apart."""
+    assert error_kind(RateLimitedError("slow down")) == "429"
+    assert error_kind(ServerUnavailableError("503")) == "5xx"
+    assert error_kind(NetworkError("POST /v1/push: timed out (ReadTimeout)")) == "timeout"
+    assert error_kind(NetworkError("refused")) == "connection"
+    assert error_kind(ProtocolError("garbage")) == "protocol"
+
+
+def test_item_ids_name_their_client_and_number() -> None:
+    """An item id round-trips to (client, number); other ids are not ours."""
+    assert parse_item_id(item_id(42, 123456)) == (42, 123456)
+    assert parse_item_id("note-1") is None
+    assert parse_item_id(7) is None
+
+
+def _bits(*seqs: int) -> bytes:
+    out = bytearray(4)
+    for seq in seqs:
+        out[seq // 8] |= 1 << (seq % 8)
+    return bytes(out)
+
+
+def test_the_tally_finds_lost_duplicated_and_unacknowledged_items() -> None:
+    """Acked but absent is lost; seen twice is duplicated; present but not acked is counted."""
+    tally = Tally({1: _bits(0, 1, 2)})
+    for seq in (0, 2, 2, 5):
+        tally.see(item_id(1, seq))
+    tally.see("someone-else")
+    result = tally.result("pull")
+    assert (result.acked, result.lost, result.duplicated) == (3, 1, 1)
+    assert result.applied_unacked == 1
+    assert result.server_items == 3
+    assert base64.b64encode(_bits(0)) == b"AQAAAA=="
+
+
+def _shape(**change: object) -> RunShape:
+    base = RunShape(
+        offered_ops_s=None,
+        applied_ops_s=1000.0,
+        errors={},
+        requests=100,
+        client_cpu=[40.0],
+        loop_lag_p99_ms=5.0,
+        late_p99_s=0.0,
+        interval=None,
+        cpu_count=2,
+    )
+    return RunShape(**{**base.__dict__, **change})  # type: ignore[arg-type]
+
+
+def test_the_diagnosis_names_what_limited_the_run() -> None:
+    """Rate limits first, then a busy client, a busy server, or the server's answer time."""
+    assert limits(_shape(errors={"429": 3}))[0].startswith("rate limits: 3")
+    assert limits(_shape(client_cpu=[97.0]))[0].startswith("client CPU")
+    assert limits(_shape(loop_lag_p99_ms=400.0, client_cpu=[20.0]))[0].startswith("CPU time")
+    busy_server = limits(_shape(server_cpu=[99.0], server_is_local=True))
+    assert any(line.startswith("server CPU") for line in busy_server)
+    kept_up = limits(_shape(offered_ops_s=1000.0, interval=1.0))
+    assert kept_up[0].startswith("nothing: the server kept up")
+    assert limits(_shape())[0].startswith("the server's answer time")
