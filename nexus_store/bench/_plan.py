@@ -129,7 +129,7 @@ class LoadPlan:
         amount = (
             f"at most {self.total_ops:,} ops ({_size(self.total_bytes or 0)})"
             if self.total_ops is not None
-            else "ops without a count limit"
+            else "as many ops as the server answers in that time"
         )
         return (
             f"{config.clients:,} clients x {config.batch} ops per push"

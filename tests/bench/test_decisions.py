@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from nexus_store import NetworkError, ProtocolError, RateLimitedError, ServerUnavailableError
 from nexus_store.bench._diagnose import RunShape, limits
 from nexus_store.bench._figures import Figure, Target, compare, figure_from_json, missed
 from nexus_store.bench._options import LoadOptions
@@ -23,7 +24,6 @@ from nexus_store.bench._plan import (
 from nexus_store.bench._recorder import error_kind, item_id, parse_item_id
 from nexus_store.bench._stats import cdf, percentile, summary
 from nexus_store.bench._verify import Tally
-from nexus_store import NetworkError, ProtocolError, RateLimitedError, ServerUnavailableError
 
 LOCAL = ("http://127.0.0.1:8765",)
 FAR = ("https://sync.example.com",)
