@@ -22,7 +22,7 @@ import json
 import secrets
 import sqlite3
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -199,22 +199,25 @@ class DatabaseCounter:
         self.tenant = tenant
         self._ops_before = 0
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, read as they come (a run may hold millions of items)."""
         if self.url.startswith("sqlite"):
             uri = Path(_sqlite_path(self.url)).absolute().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True)
             try:
-                return conn.execute(sql, params).fetchall()
+                yield from conn.execute(sql, params)
             finally:
                 conn.close()
+            return
         import psycopg  # noqa: PLC0415 - the postgres extra
 
-        with psycopg.connect(self.url) as pg:
-            return pg.execute(sql.replace("?", "%s"), params).fetchall()
+        with psycopg.connect(self.url) as pg, pg.cursor(name="bench_count") as cursor:
+            cursor.execute(sql.replace("?", "%s"), params)
+            yield from cursor
 
     def _ops(self) -> int:
-        rows = self._query("SELECT count(*) FROM nx_ops WHERE tenant = ?", (self.tenant,))
-        return int(rows[0][0])
+        rows = self._rows("SELECT count(*) FROM nx_ops WHERE tenant = ?", (self.tenant,))
+        return int(list(rows)[0][0])
 
     def mark(self) -> None:
         """Note the ops applied so far (before a run)."""
@@ -222,7 +225,7 @@ class DatabaseCounter:
 
     def __call__(self, collection: str, acked: Mapping[int, bytes]) -> Verification:
         tally = Tally(acked)
-        for (key,) in self._query(
+        for (key,) in self._rows(
             "SELECT item_key FROM nx_items WHERE tenant = ? AND collection = ?",
             (self.tenant, collection),
         ):
