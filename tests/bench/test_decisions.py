@@ -23,6 +23,7 @@ from nexus_store.bench._plan import (
 )
 from nexus_store.bench._recorder import error_kind, item_id, parse_item_id
 from nexus_store.bench._stats import cdf, percentile, summary
+from nexus_store.bench._syncresult import SyncTargets, merge_results, sync_figures
 from nexus_store.bench._verify import Tally
 
 LOCAL = ("http://127.0.0.1:8765",)
@@ -207,3 +208,45 @@ def test_the_diagnosis_names_what_limited_the_run() -> None:
     kept_up = limits(_shape(offered_ops_s=1000.0, interval=1.0))
     assert kept_up[0].startswith("nothing: the server kept up")
     assert limits(_shape())[0].startswith("the server's answer time")
+
+
+def _part(acked_at: dict[str, int], push_ms: list[float]) -> dict[str, object]:
+    return {
+        "acked_at": acked_at,
+        "errors_at": {},
+        "errors": {"429": 1},
+        "requests": 100,
+        "push_ms": push_ms,
+        "pull_ms": [],
+        "poke_ms": [],
+        "critical_ms": [30.0],
+        "written": sum(acked_at.values()),
+        "ops_status": {"accepted": sum(acked_at.values())},
+        "drain_s": 0.5,
+        "undrained_clients": 0,
+        "pending": [[0.2, {"HIGH": 5, "NORMAL": 10}], [1.5, {"HIGH": 0, "NORMAL": 3}]],
+        "lag_ms": [1.0],
+        "late_s": [0.0],
+        "cpu": {"percent_of_core": 30.0},
+    }
+
+
+def test_applied_ops_count_only_the_measured_window() -> None:
+    """Acks in the warm-up are not counted; processes add up; errors are a share of requests."""
+    config = LoadConfig(urls=LOCAL, clients=4, warmup=1, duration=2)
+    parts = [
+        _part({"0": 500, "1": 100, "2": 300}, [10.0, 20.0]),
+        _part({"0": 500, "1": 100, "2": 100, "3": 999}, [30.0]),
+    ]
+    run = merge_results(
+        config, parts, processes=2, server=None, verification=None, collection="bench_x"
+    )
+    assert run["applied_ops_s"] == (100 + 300 + 100 + 100) / 2
+    assert run["push_ms"]["max"] == 30.0
+    assert run["error_rate_pct"] == 1.0
+    assert run["limits"][0].startswith("rate limits: 2")
+    assert run["series"]["pending"][0] == (0, {"HIGH": 10, "NORMAL": 20})
+    assert run["series"]["throughput"][-1] == (3, 999)
+    figures = {f.key: f for f in sync_figures(run, SyncTargets(), key="k", group="g")}
+    assert figures["k.error_rate_pct"].met is False
+    assert figures["k.push_p99_ms"].met is True
