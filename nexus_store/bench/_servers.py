@@ -216,8 +216,8 @@ class DatabaseCounter:
             yield from cursor
 
     def _ops(self) -> int:
-        rows = self._rows("SELECT count(*) FROM nx_ops WHERE tenant = ?", (self.tenant,))
-        return int(list(rows)[0][0])
+        (row,) = self._rows("SELECT count(*) FROM nx_ops WHERE tenant = ?", (self.tenant,))
+        return int(row[0])
 
     def mark(self) -> None:
         """Note the ops applied so far (before a run)."""
