@@ -142,6 +142,7 @@ class _Client:
         self.done_at: float | None = None
         self.busy: set[Action] = set()
         self.skipped = 0
+        self.missed = 0
 
     def _items(self, count: int) -> list[BenchItem]:
         items = [
@@ -262,6 +263,10 @@ class _Client:
             while not self.out_of_ops:
                 due = start + phase + k * interval
                 if due >= load_end:
+                    break
+                if time.time() >= load_end:
+                    # Fallen behind: what was due before the end is not sent after it.
+                    self.missed = math.ceil((load_end - start - phase) / interval) - k
                     break
                 await anyio.sleep(max(0.0, due - time.time()))
                 late.append(max(0.0, time.time() - due))
@@ -448,6 +453,7 @@ class _Process:
             "lag_ms": self.lag_ms,
             "late_s": self.late,
             "skipped_actions": sum(c.skipped for c in self.clients),
+            "missed_actions": sum(c.missed for c in self.clients),
             "cpu": self.cpu,
             **self.recorder.to_json(),
         }
