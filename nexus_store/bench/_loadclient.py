@@ -381,7 +381,8 @@ class _Process:
                 return
             client = self.clients[k % len(self.clients)]
             k += 1
-            if not client.load_over:
+            # Only into a client still at work: a finished one would never push it.
+            if not client.load_over and not client.out_of_ops and client.done_at is None:
                 await client.save_probe()
 
     async def _sample_once(self) -> None:
