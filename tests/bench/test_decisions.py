@@ -10,6 +10,7 @@ import pytest
 from nexus_store import NetworkError, ProtocolError, RateLimitedError, ServerUnavailableError
 from nexus_store.bench._diagnose import RunShape, limits
 from nexus_store.bench._figures import Figure, Target, compare, figure_from_json, missed
+from nexus_store.bench._machine import command_line
 from nexus_store.bench._options import LoadOptions
 from nexus_store.bench._plan import (
     CONSENT_FREE_OPS,
@@ -250,3 +251,11 @@ def test_applied_ops_count_only_the_measured_window() -> None:
     figures = {f.key: f for f in sync_figures(run, SyncTargets(), key="k", group="g")}
     assert figures["k.error_rate_pct"].met is False
     assert figures["k.push_p99_ms"].met is True
+
+
+def test_the_kept_command_line_hides_the_token() -> None:
+    """--token's value never reaches the --json file."""
+    kept = command_line(["nexus-store", "bench", "sync", "--token", "s3cret", "--token=x2"])
+    assert "s3cret" not in kept
+    assert "--token=x2" not in kept
+    assert kept[:3] == ["nexus-store", "bench", "sync"]
