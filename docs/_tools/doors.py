@@ -13,6 +13,7 @@ Pure functions of a griffe package (no I/O), shared by the page generator
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import griffe
@@ -168,9 +169,11 @@ def door_page(door: griffe.Module, home: dict[str, str]) -> str:
 
 
 def summary_line(door: griffe.Module) -> str:
-    """The first line of a door's docstring."""
+    """The first line of a door's docstring, its Sphinx roles shown as code."""
     text = door.docstring.value if door.docstring else ""
-    return text.strip().splitlines()[0] if text.strip() else ""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.sub(r":\w+:`~?([^`]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", first)
+    return first.replace("``", "`")
 
 
 def index_page(doors: list[griffe.Module]) -> str:
