@@ -77,7 +77,7 @@ class _StoreBase(Generic[T, ID]):
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether :meth:`~nexus_store.NexusStore.close` was called."""
         return self._closed
 
     def _check_open(self) -> None:

@@ -1,3 +1,3 @@
 """The package version, single-sourced for pyproject and ``nexus_store.__version__``."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -51,7 +51,7 @@ class ScheduleResult(StrEnum):
 class BackgroundSyncConfig(BaseModel):
     """Configuration of the background sync service.
 
-    Args:
+    Attributes:
         enabled: when False the factory returns the no-op adapter.
         min_interval: period of the scheduled (periodic) run that sends ``NORMAL`` ops.
             Clamped up to ``min_periodic_floor`` (15 minutes by default, as on Android).

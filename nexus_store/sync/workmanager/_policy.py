@@ -100,7 +100,7 @@ _NO_CONSTRAINTS = Constraints()
 class SchedulingPolicy(BaseModel):
     """Tunables of the scheduler; the defaults are androidx's (``SchedulingPolicy.android()``).
 
-    Args:
+    Attributes:
         min_periodic_interval: the periodic floor (WM-1). Lower it only through
             :meth:`desktop` or explicitly; the runtime logs a lowered floor.
         min_periodic_flex: the flex floor (WM-2); at most ``min_periodic_interval``.
