@@ -18,6 +18,7 @@ for the items, ``nx_ops`` for the ops applied: more ops than items is a duplicat
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import secrets
 import sqlite3
@@ -33,7 +34,7 @@ from ._loadrun import BenchRunError
 from ._plan import BenchInputError
 from ._verify import Tally, Verification
 
-__all__ = ["DatabaseCounter", "LocalServers", "resolve_database"]
+__all__ = ["DatabaseCounter", "LocalServers", "missing_for", "resolve_database"]
 
 TENANT = "bench"
 WIRE_TENANT = "bench-wire"
@@ -61,6 +62,14 @@ def _sqlite_path(url: str) -> str:
     return path[1:] if path.startswith("/") else path
 
 
+def missing_for(kind: str) -> list[str]:
+    """The packages a local server on ``kind`` storage needs that cannot be imported."""
+    needed = ["starlette", "uvicorn", "jwt"]
+    if kind == "postgres":
+        needed.append("psycopg")
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 class LocalServers:
     """Server processes on 127.0.0.1 over one storage (see the module docstring).
 
@@ -76,6 +85,12 @@ class LocalServers:
         self.count = servers if servers is not None else (1 if self.kind == "sqlite" else 2)
         if self.count < 1:
             raise BenchInputError("--servers must be at least 1")
+        missing = missing_for(self.kind)
+        if missing:
+            raise BenchInputError(
+                f"bench server runs the server here, which needs {', '.join(missing)}: "
+                'pip install "nexus-store[bench]"'
+            )
         if self.kind == "sqlite" and self.count > 1:
             raise BenchInputError(
                 "several server processes need PostgreSQL storage (--database postgres): "

@@ -260,14 +260,17 @@ def sync_figures(
             target=Target("==", 0),
             note=how,
         )
+        # Through the sync API an item reads as its latest state: an op applied twice to
+        # it is visible only in the server's own tables (``bench server`` reads them).
+        by_pull = verification["method"] == "pull"
         add(
             "duplicated",
-            "applied more than once",
+            "returned more than once" if by_pull else "applied more than once",
             verification["duplicated"],
             "",
             better="lower",
             target=Target("==", 0),
-            note=how,
+            note=how + (": items, not ops" if by_pull else ""),
         )
     server = run.get("server")
     if server:

@@ -174,8 +174,11 @@ def bench(
         str, typer.Option("--only", help="Suite: comma-separated store,queue,http,drain,worker.")
     ] = "store,queue,http,drain,worker",
 ) -> None:
-    """Run benchmarks. Alone (with --quick, --only), the developer suite: each benchmark
-    prints ratios against a baseline measured in the same run."""
+    """Run benchmarks: local, sync, server; alone, the developer suite.
+
+    Alone (with --quick, --only), each benchmark of the developer suite prints ratios
+    against a baseline measured in the same run.
+    """
     if ctx.invoked_subcommand is not None:
         return
     # Loaded here: keeps `nexus-store --help` fast.
@@ -205,8 +208,11 @@ def local(
     compare: CompareOption = None,
     check: CheckOption = False,
 ) -> None:
-    """The store and the queue on this disk: saves/s at each durability, save_many, lease+ack,
-    each beside raw sqlite3 doing the same work; the disk's synced commit latency."""
+    """The store and the queue on this disk, beside raw sqlite3 doing the same work.
+
+    Saves per second at each durability, save_many, lease+ack, and the disk's synced
+    commit latency.
+    """
     from ..bench import Outputs, console, local_command  # noqa: PLC0415
 
     outputs = Outputs(json=json_file, compare=compare, check=check)
@@ -266,8 +272,12 @@ def sync(  # noqa: PLR0917 - typer reads each option from a parameter
     compare: CompareOption = None,
     check: CheckOption = False,
 ) -> None:
-    """Load a sync server you run with simulated clients (each its own store file):
-    applied ops/s, push/pull latency, errors by kind, time to drain, CRITICAL latency."""
+    """Load a sync server you run with simulated clients, each with its own store file.
+
+    Applied ops/s, push/pull latency, errors by kind, time to drain, the latency of a
+    CRITICAL save under load, and what limited the run; afterwards the run's items are
+    counted on the server (nothing lost, nothing applied twice).
+    """
     from ..bench import LoadOptions, Outputs, console, sync_command  # noqa: PLC0415
 
     def call() -> int:
@@ -347,8 +357,11 @@ def server(  # noqa: PLR0917 - typer reads each option from a parameter
     compare: CompareOption = None,
     check: CheckOption = False,
 ) -> None:
-    """Start a sync server here (SQLite or PostgreSQL) and load it as `bench sync` does,
-    beside the bare pipeline and the floor; the server's RSS and CPU too."""
+    """Start a sync server here (SQLite or PostgreSQL) and load it as `bench sync` does.
+
+    Beside the load: the server alone, the bare pipeline and the floor; the server's RSS
+    and CPU.
+    """
     from ..bench import LoadOptions, Outputs, console, server_command  # noqa: PLC0415
 
     def call() -> int:
