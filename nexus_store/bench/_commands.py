@@ -11,6 +11,7 @@ sent; a run that breaks raises :class:`~._loadrun.BenchRunError`.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,11 @@ def _finish(
     if outputs.compare is not None:
         print_compare(out, outputs.compare, figures)
     if outputs.json is not None:
+        # Without --db, every file of a run (stores, a started server's database) goes
+        # into the system's temporary folder: that is the disk the figures depend on.
+        where = disk if disk is not None else Path(tempfile.gettempdir())
         doc = document(
-            subcommand, figures, results, config=config, started_at=started_at, disk=disk
+            subcommand, figures, results, config=config, started_at=started_at, disk=where
         )
         write_json(outputs.json, doc)
         out.print(f"figures kept in {outputs.json}")

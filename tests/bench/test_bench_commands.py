@@ -144,6 +144,7 @@ def test_sync_measures_a_real_server_and_keeps_json_plots_and_comparison(
     figures = _figures(doc)
     assert figures["sync.c2.push_p99_ms"]["target"] == "< 500"
     assert figures["sync.c2.lost"]["met"] is True
+    assert doc["machine"]["disk"]["path"]
     for name in ("throughput.png", "latency_cdf.png", "drain.png"):
         assert _is_png(tmp_path / "charts" / name), name
 
