@@ -42,6 +42,12 @@ def _health(url: str, timeout: float) -> Health:
         raise BenchInputError(f"cannot reach {url}: {_reason(exc)}") from exc
     except httpx.HTTPError as exc:
         raise BenchInputError(f"{url} answered garbage: {_reason(exc)}") from exc
+    if response.is_redirect and response.headers.get("location"):
+        # A proxy sending http to https, or a moved deployment: name the address to give.
+        raise BenchInputError(
+            f"{url} redirects GET {HEALTH_PATH} to {response.headers['location']}: "
+            "give the server's own address as --remote"
+        )
     if response.status_code != 200:
         raise BenchInputError(
             f"{url} is not a nexus-store sync server: GET {HEALTH_PATH} answered "

@@ -244,6 +244,10 @@ def test_a_far_host_needs_yes_before_anything_is_sent(tmp_path: Path) -> None:
         (RawAnswer(http_answer(404, b"not here")), "is not a nexus-store sync server"),
         (RawAnswer(b"\x00\x01garbage\r\n\r\n"), "answered garbage"),
         (RawAnswer(http_answer(200, b"<html>hi</html>")), "is not a nexus-store sync server"),
+        (
+            RawAnswer(http_answer(301, headers={"location": "https://sync.example.com/health"})),
+            "redirects GET /health to https://sync.example.com/health",
+        ),
     ],
 )
 async def test_a_server_that_is_not_ours_is_one_line(
