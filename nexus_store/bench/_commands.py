@@ -164,6 +164,7 @@ def _sweep(
     server_pids: Sequence[int],
     err: Console,
     prepare: Callable[[], None] | None = None,
+    database_pid: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[Figure]]:
     runs: list[dict[str, Any]] = []
     figures: list[Figure] = []
@@ -208,6 +209,7 @@ def _sweep(
                 collection=new_collection(),
                 counter=counter,
                 server_pids=server_pids,
+                database_pid=database_pid,
                 progress=show,
             )
         runs.append(run)
@@ -319,6 +321,7 @@ def server_command(
             targets,
             counter=counter,
             server_pids=local.pids,
+            database_pid=local.database_pid,
             err=err,
             prepare=counter.mark,
         )

@@ -9,7 +9,8 @@ The rules, in order:
   a core while its event loop runs late by more than 50 ms at p99 or scheduled saves
   start late (open loop); late at less than half a core means the processes waited for
   a CPU that other work held;
-- the machine: clients and server together near every core (they share this machine);
+- the machine: clients and server (and a database server started here) together near
+  every core (they share this machine);
 - the server process near a full core (one process serves one core);
 - otherwise: in an open loop the server kept up (the load offered was the limit), in a
   closed loop each client waits for its answer, so the server's answer time is.
@@ -44,6 +45,8 @@ class RunShape:
     server_cpu: Sequence[float] = field(default_factory=list)
     """Percent of a core, per server process (empty: not known)."""
     server_is_local: bool = False
+    database_cpu: float = 0.0
+    """Percent of a core used by a database server on this machine (0: none, or not known)."""
 
 
 def limits(shape: RunShape) -> list[str]:
@@ -79,11 +82,12 @@ def limits(shape: RunShape) -> list[str]:
             f"CPU time: the client processes waited for a CPU ({pace}, at only "
             f"{busiest:.0f}% of a core each): other work on this machine competes for it"
         )
-    used = sum(shape.client_cpu) + (sum(shape.server_cpu) if shape.server_is_local else 0.0)
+    server_side = sum(shape.server_cpu) + shape.database_cpu if shape.server_is_local else 0.0
+    used = sum(shape.client_cpu) + server_side
     if shape.server_is_local and used >= _BUSY * shape.cpu_count:
+        who = "clients, server and database" if shape.database_cpu else "clients and server"
         out.append(
-            f"the machine's CPUs: clients and server together used {used / 100:.1f} of "
-            f"{shape.cpu_count} cores"
+            f"the machine's CPUs: {who} together used {used / 100:.1f} of {shape.cpu_count} cores"
         )
     for n, cpu in enumerate(shape.server_cpu):
         if cpu >= _BUSY:

@@ -130,9 +130,11 @@ class _ClientProcess:
 
 
 class _ServerSampler:
-    """RSS and CPU of the server processes (when they run on this machine)."""
+    """RSS and CPU of the server processes (when they run on this machine), and the CPU of
+    the database server under them (a PostgreSQL started here: its main process and the
+    backends it forks, which come and go with connections)."""
 
-    def __init__(self, pids: Sequence[int]) -> None:
+    def __init__(self, pids: Sequence[int], database_pid: int | None = None) -> None:
         self.processes: list[psutil.Process] = []
         for pid in pids:
             with contextlib.suppress(psutil.Error):
@@ -142,6 +144,24 @@ class _ServerSampler:
         self._cpu_before: list[float] | None = None
         self._wall_before = 0.0
         self.cpu: list[float] = []
+        self._database: psutil.Process | None = None
+        if database_pid is not None:
+            with contextlib.suppress(psutil.Error):
+                self._database = psutil.Process(database_pid)
+        self._database_before: dict[int, float] = {}
+        self.database_cpu: float | None = None
+
+    def _database_cpu(self) -> dict[int, float]:
+        """CPU seconds of the database server's processes, by pid."""
+        if self._database is None:
+            return {}
+        out: dict[int, float] = {}
+        with contextlib.suppress(psutil.Error):
+            for p in [self._database, *self._database.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    out[p.pid] = times.user + times.system
+        return out
 
     def _cpu(self) -> list[float]:
         out = []
@@ -163,6 +183,7 @@ class _ServerSampler:
         self.rss_total_peak = max(self.rss_total_peak, total)
 
     def window_start(self) -> None:
+        self._database_before = self._database_cpu()
         self._cpu_before, self._wall_before = self._cpu(), time.perf_counter()
 
     def window_end(self) -> None:
@@ -171,16 +192,24 @@ class _ServerSampler:
         seconds = max(1e-9, time.perf_counter() - self._wall_before)
         after = self._cpu()
         self.cpu = [100 * (b - a) / seconds for a, b in zip(self._cpu_before, after, strict=True)]
+        if self._database is not None:
+            # A backend forked during the window counts from 0; one that ended is missed.
+            spent = self._database_cpu()
+            used = sum(t - self._database_before.get(pid, 0.0) for pid, t in spent.items())
+            self.database_cpu = 100 * used / seconds
 
     def to_json(self) -> dict[str, Any] | None:
         if not self.processes:
             return None
-        return {
+        out: dict[str, Any] = {
             "processes": len(self.processes),
             "rss_peak_mib": [round(r, 1) for r in self.rss_peak],
             "rss_total_peak_mib": round(self.rss_total_peak, 1),
             "cpu_percent_of_core": [round(c, 1) for c in self.cpu],
         }
+        if self.database_cpu is not None:
+            out["database_cpu_percent_of_core"] = round(self.database_cpu, 1)
+        return out
 
 
 def _split(config: LoadConfig, processes: int) -> list[list[tuple[int, str]]]:
@@ -203,6 +232,7 @@ def run_load(
     collection: str,
     counter: ItemCounter | None = None,
     server_pids: Sequence[int] = (),
+    database_pid: int | None = None,
     progress: Callable[[Snapshot], None] | None = None,
     folder: Path | None = None,
 ) -> dict[str, Any]:
@@ -214,6 +244,8 @@ def run_load(
         collection: the collection the clients write (a fresh one per run).
         counter: counts the run's items on the server afterwards (``None``: not counted).
         server_pids: server processes on this machine to sample (RSS, CPU).
+        database_pid: the main process of a database server on this machine under them
+            (its CPU, with the processes it forks).
         progress: called about twice a second.
         folder: where the clients' store files go (a temporary folder by default; removed
             afterwards either way).
@@ -222,7 +254,7 @@ def run_load(
         BenchRunError: a client process failed or did not get ready.
     """
     processes = process_count(config)
-    sampler = _ServerSampler(server_pids)
+    sampler = _ServerSampler(server_pids, database_pid)
     with tempfile.TemporaryDirectory(prefix="nexus-bench-clients-", dir=folder) as tmp:
         logs = [
             tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below

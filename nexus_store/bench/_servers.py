@@ -153,6 +153,17 @@ class LocalServers:
         """The servers' process ids."""
         return [p.pid for p in self.processes]
 
+    @property
+    def database_pid(self) -> int | None:
+        """The main process of the PostgreSQL started here (``None``: none started)."""
+        if self._postgres is None:
+            return None
+        # PostgreSQL writes its main process id on the first line of postmaster.pid.
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            marker = self._postgres.directory / "pgdata" / "postmaster.pid"
+            return int(marker.read_text().splitlines()[0])
+        return None
+
     def scratch_database(self, folder: str) -> str | None:
         """A storage of its own for a baseline beside these servers: a file in
         ``folder`` (SQLite), a new database (the benchmark's own PostgreSQL), or ``None``

@@ -111,6 +111,7 @@ def merge_results(
         cpu_count=cpu_count or os.cpu_count() or 1,
         server_cpu=server_cpu,
         server_is_local=server_is_local or bool(server),
+        database_cpu=float((server or {}).get("database_cpu_percent_of_core") or 0.0),
     )
     push_ms = [x for p in parts for x in p["push_ms"]]
     return {
@@ -290,6 +291,14 @@ def sync_figures(
             "% of a core",
             note="summed over processes",
         )
+        if server.get("database_cpu_percent_of_core") is not None:
+            add(
+                "database_cpu_pct",
+                "database server CPU",
+                server["database_cpu_percent_of_core"],
+                "% of a core",
+                note="PostgreSQL, summed over its processes",
+            )
     cpu = [c for c in run["client_cpu_percent"] if not math.isnan(c)]
     add(
         "client_cpu_pct",

@@ -201,6 +201,7 @@ def test_server_runs_postgresql_with_two_server_processes(tmp_path: Path) -> Non
     doc = json.loads((tmp_path / "out.json").read_text())
     run = doc["results"]["runs"][0]
     assert run["server"]["processes"] == 2
+    assert run["server"]["database_cpu_percent_of_core"] > 0
     assert run["verification"]["method"] == "database"
     assert run["verification"]["lost"] == 0
     assert run["verification"]["duplicated"] == 0

@@ -211,6 +211,15 @@ def test_the_diagnosis_names_what_limited_the_run() -> None:
     assert limits(_shape())[0].startswith("the server's answer time")
 
 
+def test_a_local_database_counts_towards_the_machines_cpus() -> None:
+    """Clients, server and a database started here filling every core: the machine's CPUs."""
+    alone = _shape(client_cpu=[60.0], server_cpu=[60.0], server_is_local=True)
+    assert not any(line.startswith("the machine's CPUs") for line in limits(alone))
+    shared = _shape(client_cpu=[60.0], server_cpu=[60.0], server_is_local=True, database_cpu=60.0)
+    said = [line for line in limits(shared) if line.startswith("the machine's CPUs")]
+    assert said == ["the machine's CPUs: clients, server and database together used 1.8 of 2 cores"]
+
+
 def _part(acked_at: dict[str, int], push_ms: list[float]) -> dict[str, object]:
     return {
         "acked_at": acked_at,
