@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._baseline import baseline_figures, wire_baselines
 from ._figures import Figure, missed
-from ._loadrun import Snapshot, new_collection, process_count, run_load
+from ._loadrun import BenchRunError, Snapshot, new_collection, process_count, run_load
 from ._local import local_figures, run_local
 from ._machine import now_iso
 from ._plan import BenchInputError, LoadConfig, check_config, needs_consent, plan
@@ -78,8 +78,12 @@ def _finish(
     disk: Path | None = None,
     runs: Sequence[dict[str, Any]] = (),
     targets: SyncTargets | None = None,
+    sweep: _Sweep | None = None,
 ) -> int:
     out.print(figures_table(figures, title))
+    stopped = sweep.stopped if sweep is not None else None
+    if stopped is not None:
+        out.print(f"[bold red]{stopped}[/]: the figures above are of the runs before it")
     for run in runs:
         lines = run["limits"]
         out.print(f"[bold]What limited the run of {run['clients']} clients:[/] {lines[0]}")
@@ -100,7 +104,11 @@ def _finish(
         p99 = targets.max_push_p99_ms if targets is not None else 500.0
         paths = plot_runs(runs, outputs.plot, label=title, p99_target=p99)
         out.print(f"charts drawn: {', '.join(str(p) for p in paths)}")
+    if sweep is not None and sweep.interrupted:
+        return 130
     failed = missed(figures)
+    if stopped is not None:
+        return 1
     if failed:
         names = ", ".join(f"{f.group}: {f.label}" for f in failed)
         out.print(f"[bold red]{len(failed)} target(s) NOT met:[/] {names}")
@@ -154,6 +162,16 @@ def _announce(config: LoadConfig, counts: Sequence[int], err: Console, yes: bool
             )
 
 
+@dataclass
+class _Sweep:
+    """The runs of a sweep, and why it stopped early (``None``: it did not)."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    stopped: str | None = None
+    interrupted: bool = False
+
+
 def _sweep(
     config: LoadConfig,
     counts: Sequence[int],
@@ -165,56 +183,79 @@ def _sweep(
     err: Console,
     prepare: Callable[[], None] | None = None,
     database_pid: int | None = None,
-) -> tuple[list[dict[str, Any]], list[Figure]]:
-    runs: list[dict[str, Any]] = []
-    figures: list[Figure] = []
+) -> _Sweep:
+    """Each client count's run in turn; one that stops ends the sweep, keeping those done
+    (with none done, its error goes up as it came)."""
+    done = _Sweep()
     for n in counts:
-        step = config.with_clients(n)
-        check_config(step)
-        if prepare is not None:
-            prepare()
-        total = step.warmup + step.duration
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=err) as bar:
-            task = bar.add_task(f"{n} clients", total=total, info="starting")
-            last = [0.0, 0]
+        try:
+            run = _one_run(config, n, token, counter, server_pids, err, prepare, database_pid)
+        except (BenchRunError, KeyboardInterrupt) as exc:
+            if not done.runs:
+                raise
+            done.interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = "interrupted" if done.interrupted else str(exc)
+            done.stopped = f"the run of {n} clients stopped: {reason}"
+            return done
+        done.runs.append(run)
+        done.figures += sync_figures(run, targets, key=f"sync.c{n}", group=f"sync, {n} clients")
+    return done
 
-            def show(
-                s: Snapshot,
-                task: Any = task,
-                bar: Progress = bar,
-                last: Any = last,
-                total: float = total,
-            ) -> None:
-                rate = 0.0
-                if s.t > last[0]:
-                    rate = (s.acked - last[1]) / (s.t - last[0])
-                last[0], last[1] = s.t, s.acked
-                info = (
-                    f"{s.phase}: {s.acked:,} acked, {rate:,.0f} ops/s, {s.errors:,} errors, "
-                    f"{s.live:,} queued"
-                )
-                if s.phase == "drain":
-                    info += f", {s.drained}/{s.clients} drained"
-                bar.update(task, completed=min(max(s.t, 0.0), total), info=info)
 
-            run = run_load(
-                step,
-                token,
-                collection=new_collection(),
-                counter=counter,
-                server_pids=server_pids,
-                database_pid=database_pid,
-                progress=show,
+def _one_run(
+    config: LoadConfig,
+    n: int,
+    token: str | None,
+    counter: ItemCounter | None,
+    server_pids: Sequence[int],
+    err: Console,
+    prepare: Callable[[], None] | None,
+    database_pid: int | None,
+) -> dict[str, Any]:
+    """One run of ``n`` clients, with its progress bar."""
+    step = config.with_clients(n)
+    check_config(step)
+    if prepare is not None:
+        prepare()
+    total = step.warmup + step.duration
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(f"{n} clients", total=total, info="starting")
+        last = [0.0, 0]
+
+        def show(
+            s: Snapshot,
+            task: Any = task,
+            bar: Progress = bar,
+            last: Any = last,
+            total: float = total,
+        ) -> None:
+            rate = 0.0
+            if s.t > last[0]:
+                rate = (s.acked - last[1]) / (s.t - last[0])
+            last[0], last[1] = s.t, s.acked
+            info = (
+                f"{s.phase}: {s.acked:,} acked, {rate:,.0f} ops/s, {s.errors:,} errors, "
+                f"{s.live:,} queued"
             )
-        runs.append(run)
-        figures += sync_figures(run, targets, key=f"sync.c{n}", group=f"sync, {n} clients")
-    return runs, figures
+            if s.phase == "drain":
+                info += f", {s.drained}/{s.clients} drained"
+            bar.update(task, completed=min(max(s.t, 0.0), total), info=info)
+
+        return run_load(
+            step,
+            token,
+            collection=new_collection(),
+            counter=counter,
+            server_pids=server_pids,
+            database_pid=database_pid,
+            progress=show,
+        )
 
 
 def _config_json(config: LoadConfig, counts: Sequence[int], targets: SyncTargets) -> dict[str, Any]:
@@ -262,7 +303,7 @@ def sync_command(
             page=infos[0].max_pull_limit,
             allow_insecure_http=config.allow_insecure_http,
         )
-    runs, figures = _sweep(
+    sweep = _sweep(
         config, counts, token, targets, counter=counter, server_pids=server_pids, err=err
     )
     servers = ", ".join(f"{i.url} (nexus-store {i.version})" for i in infos)
@@ -270,13 +311,18 @@ def sync_command(
         out,
         "sync",
         f"nexus-store bench sync against {servers}",
-        figures,
-        {"servers": [dataclasses.asdict(i) for i in infos], "runs": runs},
+        sweep.figures,
+        {
+            "servers": [dataclasses.asdict(i) for i in infos],
+            "runs": sweep.runs,
+            "stopped": sweep.stopped,
+        },
         config=_config_json(config, counts, targets),
         outputs=outputs,
         started_at=started,
-        runs=runs,
+        runs=sweep.runs,
         targets=targets,
+        sweep=sweep,
     )
 
 
@@ -314,7 +360,7 @@ def server_command(
             )
             figures += baseline_figures(wire, local.label)
         counter = local.counter()
-        runs, sync_figs = _sweep(
+        sweep = _sweep(
             config,
             counts,
             local.token,
@@ -325,7 +371,7 @@ def server_command(
             err=err,
             prepare=counter.mark,
         )
-        figures += sync_figs
+        figures += sweep.figures
         label = local.label
     config_json = _config_json(config, counts, targets)
     config_json.update({"database": database, "servers": len(config.urls), "baseline": baseline})
@@ -334,10 +380,11 @@ def server_command(
         "server",
         f"nexus-store bench server: {label}",
         figures,
-        {"storage": label, "wire": wire, "runs": runs},
+        {"storage": label, "wire": wire, "runs": sweep.runs, "stopped": sweep.stopped},
         config=config_json,
         outputs=outputs,
         started_at=started,
-        runs=runs,
+        runs=sweep.runs,
         targets=targets,
+        sweep=sweep,
     )

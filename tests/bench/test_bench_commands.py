@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import psutil
 import pytest
 
 from nexus_store.testing import (
@@ -264,3 +268,42 @@ async def test_a_server_that_is_not_ours_is_one_line(
             lambda: _run(["sync", "--remote", scripted.url, *SHORT], tmp_path)
         )
     _one_line(done, text)
+
+
+def _client_processes(pid: int) -> int:
+    with contextlib.suppress(psutil.Error):
+        return sum(
+            "nexus_store.bench._loadclient" in " ".join(child.cmdline())
+            for child in psutil.Process(pid).children()
+        )
+    return 0
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_runs_done(tmp_path: Path, server: ServerProcess) -> None:
+    """Ctrl-C during a sweep's second run: the first run's figures are printed and kept."""
+    env = {k: v for k, v in os.environ.items() if k != "NEXUS_STORE_TOKEN"}
+    env["NEXUS_STORE_TOKEN"] = TOKEN
+    args = ["--quick", "--clients", "1,2", "--duration", "5", "--warmup", "0"]
+    with subprocess.Popen(
+        [*_CLI, "bench", "sync", "--remote", server.base_url, *args, "--json", "out.json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        process_group=0,  # a terminal's Ctrl-C reaches the whole group, client processes too
+    ) as proc:
+        # The first run has one client process, the second two: wait for the second.
+        deadline = time.monotonic() + 120
+        while _client_processes(proc.pid) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the second run did not start"
+            time.sleep(0.05)  # polling another process's children: no event to wait on
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "the run of 2 clients stopped: " in out, out + err
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert [run["clients"] for run in doc["results"]["runs"]] == [1]
+    assert doc["results"]["stopped"].startswith("the run of 2 clients stopped")
+    assert doc["results"]["runs"][0]["verification"]["lost"] == 0
