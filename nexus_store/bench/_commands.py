@@ -155,6 +155,11 @@ def _announce(config: LoadConfig, counts: Sequence[int], err: Console, yes: bool
             f"about to send: {load.describe(step)} "
             f"({process_count(step)} client processes, {step.client_durability} durability)"
         )
+        if not load.loopback:
+            err.print(
+                "  each run writes its items into a new collection (bench_...) of the token's "
+                "tenant on the server, and leaves them there: use a tenant of its own"
+            )
         if needs_consent(load, step) and not yes:
             raise BenchInputError(
                 f"this run sends more than a default amount to {', '.join(load.hosts)}, "

@@ -240,6 +240,8 @@ def test_a_far_host_needs_yes_before_anything_is_sent(tmp_path: Path) -> None:
     )
     _one_line(done, "pass --yes")
     assert "about to send: 200 clients" in done.stderr
+    said = " ".join(done.stderr.split())  # the terminal's width wraps the lines
+    assert "of the token's tenant on the server, and leaves them there" in said
 
 
 @pytest.mark.anyio
