@@ -28,6 +28,8 @@ edge that meets them; nothing above the edge catches a foreign exception.
     ├── SyncError                     a sync run could not proceed
     │   └── SyncCancelledError        a run was cancelled (its leased ops went back)
     ├── LifecycleError                a service used in the wrong state
+    ├── BenchInputError               (nexus_store.bench) an option or remote it cannot use
+    ├── BenchRunError                 (nexus_store.bench) a benchmark's client process failed
     └── SchedulingError               background scheduling refused a request
         ├── InvalidWorkRequestError   a work request that cannot be built (WM-14, WM-15)
         ├── WorkDataTooLargeError     input/output/progress data over 10 KB (WM-20)

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import psutil
 
+from .._exceptions import NexusStoreError
 from ._plan import LoadConfig
 from ._syncresult import merge_results
 from ._verify import ItemCounter, decode_bitmaps
@@ -35,7 +36,7 @@ __all__ = ["BenchRunError", "Snapshot", "new_collection", "run_load"]
 _READY_TIMEOUT = 120.0
 
 
-class BenchRunError(RuntimeError):
+class BenchRunError(NexusStoreError, RuntimeError):
     """A client process failed (its last lines are in the message)."""
 
 

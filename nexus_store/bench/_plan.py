@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from .._exceptions import NexusStoreError
 from .._http_api import is_loopback_host
 
 __all__ = [
@@ -41,7 +42,7 @@ _WIRE_OVERHEAD = 150
 """Bytes an op carries on the wire besides its payload (op id, stamp, field names)."""
 
 
-class BenchInputError(ValueError):
+class BenchInputError(NexusStoreError, ValueError):
     """An option or a remote the benchmark cannot use: one line says why."""
 
 

@@ -7,7 +7,14 @@ import math
 
 import pytest
 
-from nexus_store import NetworkError, ProtocolError, RateLimitedError, ServerUnavailableError
+from nexus_store import (
+    NetworkError,
+    NexusStoreError,
+    ProtocolError,
+    RateLimitedError,
+    ServerUnavailableError,
+)
+from nexus_store.bench import BenchRunError
 from nexus_store.bench._diagnose import RunShape, limits
 from nexus_store.bench._figures import Figure, Target, compare, figure_from_json, missed
 from nexus_store.bench._machine import command_line
@@ -268,3 +275,11 @@ def test_the_kept_command_line_hides_the_token() -> None:
     assert "s3cret" not in kept
     assert "--token=x2" not in kept
     assert kept[:3] == ["nexus-store", "bench", "sync"]
+
+
+def test_bench_errors_belong_to_the_package_exception_tree() -> None:
+    """BenchInputError and BenchRunError derive from NexusStoreError (and keep their bases)."""
+    assert issubclass(BenchInputError, NexusStoreError)
+    assert issubclass(BenchInputError, ValueError)
+    assert issubclass(BenchRunError, NexusStoreError)
+    assert issubclass(BenchRunError, RuntimeError)
