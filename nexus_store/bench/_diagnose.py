@@ -9,6 +9,8 @@ The rules, in order:
   a core while its event loop runs late by more than 50 ms at p99 or scheduled saves
   start late (open loop); late at less than half a core means the processes waited for
   a CPU that other work held;
+- other work on the machine: a load average above what the run's own processes (each
+  counts at most 1) explain by more than half the CPUs;
 - the machine: clients and server (and a database server started here) together near
   every core (they share this machine);
 - the server process near a full core (one process serves one core);
@@ -47,6 +49,8 @@ class RunShape:
     server_is_local: bool = False
     database_cpu: float = 0.0
     """Percent of a core used by a database server on this machine (0: none, or not known)."""
+    load_average: float | None = None
+    """The machine's 1-minute load average at the end of the measured window."""
 
 
 def limits(shape: RunShape) -> list[str]:
@@ -81,6 +85,15 @@ def limits(shape: RunShape) -> list[str]:
         out.append(
             f"CPU time: the client processes waited for a CPU ({pace}, at only "
             f"{busiest:.0f}% of a core each): other work on this machine competes for it"
+        )
+    own = len(shape.client_cpu) + (
+        len(shape.server_cpu) + (1 if shape.database_cpu else 0) if shape.server_is_local else 0
+    )
+    if shape.load_average is not None and shape.load_average - own > shape.cpu_count / 2:
+        out.append(
+            f"other work on this machine: load average {shape.load_average:.1f} on "
+            f"{shape.cpu_count} CPUs, more than this run's {own} processes explain; the "
+            "figures are below what this set-up can do"
         )
     server_side = sum(shape.server_cpu) + shape.database_cpu if shape.server_is_local else 0.0
     used = sum(shape.client_cpu) + server_side

@@ -145,6 +145,7 @@ class _ServerSampler:
         self._cpu_before: list[float] | None = None
         self._wall_before = 0.0
         self.cpu: list[float] = []
+        self.load_average: float | None = None
         self._database: psutil.Process | None = None
         if database_pid is not None:
             with contextlib.suppress(psutil.Error):
@@ -193,6 +194,8 @@ class _ServerSampler:
         seconds = max(1e-9, time.perf_counter() - self._wall_before)
         after = self._cpu()
         self.cpu = [100 * (b - a) / seconds for a, b in zip(self._cpu_before, after, strict=True)]
+        with contextlib.suppress(OSError):
+            self.load_average = os.getloadavg()[0]
         if self._database is not None:
             # A backend forked during the window counts from 0; one that ended is missed.
             spent = self._database_cpu()
@@ -312,6 +315,7 @@ def run_load(
         server=sampler.to_json(),
         verification=verification,
         collection=collection,
+        load_average=sampler.load_average,
     )
 
 

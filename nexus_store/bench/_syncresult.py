@@ -77,8 +77,10 @@ def merge_results(
     collection: str,
     cpu_count: int | None = None,
     server_is_local: bool = False,
+    load_average: float | None = None,
 ) -> dict[str, Any]:
-    """One run's figures from the results of its client processes."""
+    """One run's figures from the results of its client processes (``load_average``: the
+    machine's 1-minute load average at the end of the measured window)."""
     acked_at = merge_counts(p["acked_at"] for p in parts)
     errors_at = merge_counts(p["errors_at"] for p in parts)
     seconds_with_acks = [int(s) for s, n in acked_at.items() if n]
@@ -112,6 +114,7 @@ def merge_results(
         server_cpu=server_cpu,
         server_is_local=server_is_local or bool(server),
         database_cpu=float((server or {}).get("database_cpu_percent_of_core") or 0.0),
+        load_average=load_average,
     )
     push_ms = [x for p in parts for x in p["push_ms"]]
     return {
@@ -148,6 +151,7 @@ def merge_results(
         "skipped_actions": sum(int(p.get("skipped_actions", 0)) for p in parts),
         "missed_actions": sum(int(p.get("missed_actions", 0)) for p in parts),
         "server": server,
+        "load_average": load_average,
         "verification": None if verification is None else verification.to_json(),
         "limits": limits(shape),
         "series": {

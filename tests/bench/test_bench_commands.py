@@ -144,6 +144,7 @@ def test_sync_measures_a_real_server_and_keeps_json_plots_and_comparison(
     assert run["verification"]["duplicated"] == 0
     assert run["verification"]["server_items"] == run["written"]
     assert run["server"]["rss_total_peak_mib"] > 0
+    assert run["load_average"] >= 0
     assert set(run["errors"]) >= {"429", "5xx", "timeout"}
     figures = _figures(doc)
     assert figures["sync.c2.push_p99_ms"]["target"] == "< 500"

@@ -283,3 +283,16 @@ def test_bench_errors_belong_to_the_package_exception_tree() -> None:
     assert issubclass(BenchInputError, ValueError)
     assert issubclass(BenchRunError, NexusStoreError)
     assert issubclass(BenchRunError, RuntimeError)
+
+
+def test_other_work_on_the_machine_is_named_from_the_load_average() -> None:
+    """A load average the run's own processes cannot explain is named; one they can is not."""
+    ours = _shape(client_cpu=[90.0, 90.0], server_cpu=[90.0], server_is_local=True)
+    quiet = limits(_shape(**{**ours.__dict__, "load_average": 3.0}))
+    assert not any(line.startswith("other work") for line in quiet)
+    busy = limits(_shape(**{**ours.__dict__, "load_average": 7.6}))
+    said = [line for line in busy if line.startswith("other work")]
+    assert said == [
+        "other work on this machine: load average 7.6 on 2 CPUs, more than this run's 3 "
+        "processes explain; the figures are below what this set-up can do"
+    ]
