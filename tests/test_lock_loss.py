@@ -97,6 +97,9 @@ _ALLOWED_FILE_ACCESS = {
     ("bench/_loadrun.py", "read_text"),
     ("bench/_report.py", "write_text"),
     ("bench/_report.py", "read_text"),
+    # bench server: the main process id PostgreSQL writes into postmaster.pid (a text file
+    # of PostgreSQL's, not a database file of SQLite's).
+    ("bench/_servers.py", "read_text"),
 }
 _FILE_OPENERS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "fdopen"}
 
