@@ -88,7 +88,7 @@ class LocalServers:
         missing = missing_for(self.kind)
         if missing:
             raise BenchInputError(
-                f"bench server runs the server here, which needs {', '.join(missing)}: "
+                f"starting a server here needs {', '.join(missing)}: "
                 'pip install "nexus-store[bench]"'
             )
         if self.kind == "sqlite" and self.count > 1:
