@@ -49,6 +49,7 @@ from .._gc import collector_paused
 from .._hlc import ClockReading
 from .._http_api import (
     EVENTS_PATH,
+    HEALTH_PATH,
     JSON,
     MSGPACK,
     PULL_PATH,
@@ -231,6 +232,35 @@ class HttpBackend(RemoteBackend):
             with collector_paused():  # a page may hold thousands of changes
                 changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
+
+    async def probe(self) -> None:
+        """Ask the server whether it answers at all: ``GET /health``, one small request.
+
+        Sync runs probe a remote that could not be reached (or was down) before sending it
+        anything else. No token is sent (the endpoint needs none, and a refused token must
+        not make a reachable server look down). Any ``200`` counts.
+
+        Raises:
+            RemoteError: no answer, or an error status (a ``Retry-After`` pause in force
+                raises without sending).
+            LifecycleError: the backend is closed.
+        """
+        if self._closed:
+            raise LifecycleError("the HttpBackend is closed")
+        self._pause.check()
+        request = self._client.build_request("GET", HEALTH_PATH, headers={"accept": JSON})
+        sent = self._clock.now()
+        response = await self._send(request)
+        self._note_clock(response.headers, sent)
+        payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
+        error = error_for_status(
+            response.status_code, response.headers, payload, now=self._clock.now()
+        )
+        if error is not None:
+            seconds = pause_for(response.status_code, error.retry_after)
+            if seconds is not None:
+                self._pause.start(seconds, error)
+            raise error
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent.

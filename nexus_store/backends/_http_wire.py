@@ -119,7 +119,7 @@ def error_for_status(
         return RateLimitedError(f"rate limited (HTTP 429): {reason}", retry_after=retry_after)
     if 500 <= status <= 599:
         return ServerUnavailableError(
-            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after
+            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after, status=status
         )
     if 400 <= status <= 499:
         return PermanentError(f"the server refused the request (HTTP {status}): {reason}")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ..._exceptions import AuthError, RemoteError
 from ..._remote import Change
+from ._engine import FailureScope, failure_scope
 from ._run import _PAUSE_STOPS, _Run, _RunnerBase
 from ._target import SyncTarget
 
@@ -55,7 +56,11 @@ class _Pulling(_RunnerBase):
                     changes = await self.backend.pull(cursor, page, collections=[target.collection])
                 except RemoteError as exc:
                     run.error = f"pull: {type(exc).__name__}: {exc}"
-                    if isinstance(exc, AuthError) or exc.retry_after is not None:
+                    if (
+                        isinstance(exc, AuthError)
+                        or exc.retry_after is not None
+                        or failure_scope(exc) is FailureScope.REMOTE
+                    ):
                         await self._pause(run, exc)
                         assert run.paused is not None
                         run.stop = _PAUSE_STOPS[run.paused.reason]

@@ -29,6 +29,7 @@ from ...queue import OpKind, PrioritySyncQueue, QueuedOp
 from ._engine import (
     Ack,
     BatchErrorAction,
+    BatchErrorPlan,
     Failure,
     ResultPlan,
     budget_left,
@@ -38,6 +39,7 @@ from ._engine import (
     plan_batch_error,
     plan_results,
     split_batch,
+    split_depth,
 )
 from ._progress import SyncStopReason
 from ._run import _Leased, _Run, _RunnerBase
@@ -276,15 +278,12 @@ class _Pushing(_RunnerBase):
             try:
                 result = await self.backend.push(remote)
             except RemoteError as exc:
-                plan = plan_batch_error(
-                    exc,
-                    batch_len=len(part),
-                    consecutive_failures=run.consecutive_failures,
-                    max_consecutive_failures=self.config.max_consecutive_failures,
-                )
+                plan = await self._plan_error(run, exc, len(part))
                 if plan.action is BatchErrorAction.SPLIT:
                     first, second = split_batch(part)
                     parts[:0] = [first, second]
+                    if plan.counts_as_failure:
+                        run.consecutive_failures += 1
                     continue
                 run.error = plan.reason
                 if plan.action is BatchErrorAction.RELEASE:
@@ -312,6 +311,27 @@ class _Pushing(_RunnerBase):
             settler.submit(decided)
             failed_ids = {f.op_id for f in decided.failures}
             blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
+
+    async def _plan_error(self, run: _Run, error: RemoteError, batch_len: int) -> BatchErrorPlan:
+        """Decide about a failed batch, probing the remote first when that decision needs
+        to know whether the remote answers at all (see :func:`plan_batch_error`)."""
+        config = self.config
+
+        def plan(*, probed: bool = False) -> BatchErrorPlan:
+            return plan_batch_error(
+                error,
+                batch_len=batch_len,
+                consecutive_failures=run.consecutive_failures,
+                max_consecutive_failures=config.max_consecutive_failures,
+                answered=run.exchanged or run.reachable,
+                probed=probed,
+                depth=split_depth(config.batch_size),
+            )
+
+        decided = plan()
+        if decided.action is BatchErrorAction.PROBE:
+            decided = plan(probed=await self._probe(run) is not None)
+        return decided
 
     async def _settle(self, run: _Run, plan: ResultPlan) -> None:
         """Apply a result plan to the queue and tables (shielded), then count it."""
