@@ -48,6 +48,11 @@ logger = logging.getLogger("nexus_store.sync")
 
 __all__: list[str] = []
 
+_CHUNK = 128
+"""The most ops one local write transaction of a run leases or settles. A transaction holds
+the file's write lock, so an app saving beside a run (or a worker) waits for at most one
+such chunk (about a millisecond), not a whole batch."""
+
 
 class _Settler:
     """Settles result plans in order, each in a worker thread, behind the pushes."""
@@ -212,10 +217,14 @@ class _Pushing(_RunnerBase):
         if len(self._groups) == 1:
             group = self._groups[0]
             names = [t.collection for t in group]
-            batch = group[0].queue.lease(
-                size, self.lease_for, collections=names, priorities=sorted(allowed)
-            )
-            ops = [(op, batch.token) for op in batch]
+            while len(ops) < size:
+                want = min(_CHUNK, size - len(ops))
+                batch = group[0].queue.lease(
+                    want, self.lease_for, collections=names, priorities=sorted(allowed)
+                )
+                ops += [(op, batch.token) for op in batch]
+                if len(batch) < want:
+                    break
         else:
             # Several queues: keep one priority order across them.
             for priority in sorted(allowed):
@@ -379,8 +388,13 @@ class _Pushing(_RunnerBase):
         by_lease: dict[tuple[str, int], list[tuple[_Leased, Ack]]] = defaultdict(list)
         for leased, ack in acks:
             by_lease[leased.op.collection, leased.token].append((leased, ack))
-        for (collection, token), leased_acks in by_lease.items():
-            items = leased_acks
+        chunks = [
+            (key, leased_acks[start : start + _CHUNK])
+            for key, leased_acks in by_lease.items()
+            for start in range(0, len(leased_acks), _CHUNK)
+        ]
+        for (collection, token), chunk in chunks:
+            items = chunk
             target = self._by_collection[collection]
             # Conflicts leave the next op of the item on its old base version, so the
             # server's conflict rule decides about it too.
