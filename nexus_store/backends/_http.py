@@ -54,6 +54,8 @@ from .._http_api import (
     MSGPACK,
     PULL_PATH,
     PUSH_PATH,
+    SKIP_WRITER_PARAM,
+    WRITER_HEADER,
     HeadEvent,
     is_loopback_host,
 )
@@ -183,7 +185,9 @@ class HttpBackend(RemoteBackend):
 
     # -- the seam ----------------------------------------------------------------------
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    writer_aware = True
+
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Send a batch; return one validated result per op, in order.
 
         Raises:
@@ -193,6 +197,8 @@ class HttpBackend(RemoteBackend):
             return PushResult(results=[])
         content = encode_ops(ops, self._wire_format)
         headers = {"content-type": self._media_type, "idempotency-key": idempotency_key(ops)}
+        if writer is not None:
+            headers[WRITER_HEADER] = str(writer)
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers
         )
@@ -201,7 +207,12 @@ class HttpBackend(RemoteBackend):
         return check_push_result(ops, result)
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Fetch the changes after ``cursor`` (validated against what was asked).
 
@@ -216,10 +227,14 @@ class HttpBackend(RemoteBackend):
         if collections is not None and not collections:
             return Changes(changes=[], cursor=cursor, has_more=False)
         while True:
-            params = httpx.QueryParams(
-                [("cursor", cursor), ("limit", limit)]
-                + [("collections", name) for name in collections or ()]
-            )
+            pairs: list[tuple[str, str | int | float | bool | None]] = [
+                ("cursor", cursor),
+                ("limit", limit),
+            ]
+            pairs += [("collections", name) for name in collections or ()]
+            if skip_writer is not None:
+                pairs.append((SKIP_WRITER_PARAM, skip_writer))
+            params = httpx.QueryParams(pairs)
             try:
                 response_headers, payload = await self._call("GET", PULL_PATH, params=params)
             except _OversizedResponseError:

@@ -173,6 +173,7 @@ class FaultyBackend(RemoteBackend):
         if pull_error > 1:
             raise ValueError("pull_error is a probability (at most 1)")
         self.inner = inner
+        self.writer_aware = inner.writer_aware  # writer ids go through as they are
         self._scripts: dict[Verb, deque[Fault | None]] = {
             "push": deque(push_faults),
             "pull": deque(pull_faults),
@@ -226,21 +227,34 @@ class FaultyBackend(RemoteBackend):
             raise fault.error()
         return fault
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Push through the inner backend unless a fault says otherwise."""
         fault = await self._begin("push")
-        result = await self.inner.push(ops)
+        if writer is None:
+            result = await self.inner.push(ops)
+        else:
+            result = await self.inner.push(ops, writer=writer)
         if fault is not None and fault.kind is FaultKind.DROP_RESPONSE:
             self.dropped.append(result)
             raise fault.error()
         return result
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Pull through the inner backend unless a fault says otherwise."""
         fault = await self._begin("pull")
-        changes = await self.inner.pull(cursor, limit, collections=collections)
+        if skip_writer is None:
+            changes = await self.inner.pull(cursor, limit, collections=collections)
+        else:
+            changes = await self.inner.pull(
+                cursor, limit, collections=collections, skip_writer=skip_writer
+            )
         if fault is not None and fault.kind is FaultKind.DROP_RESPONSE:
             raise fault.error()
         return changes

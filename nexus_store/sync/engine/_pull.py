@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..._exceptions import AuthError, RemoteError
-from ..._remote import Change
+from ..._remote import Change, Changes
 from ._engine import FailureScope, failure_scope
 from ._run import _PAUSE_STOPS, _Run, _RunnerBase
 from ._target import SyncTarget
@@ -39,6 +39,16 @@ def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> t
 class _Pulling(_RunnerBase):
     """A sync run's pull."""
 
+    async def _pull_page(self, run: _Run, target: SyncTarget, cursor: int, page: int) -> Changes:
+        """One page of the target's changes, without what this run pushed (a writer-aware
+        backend leaves those out: the store has them already)."""
+        collections = [target.collection]
+        if self.backend.writer_aware:
+            return await self.backend.pull(
+                cursor, page, collections=collections, skip_writer=run.writer
+            )
+        return await self.backend.pull(cursor, page, collections=collections)
+
     # -- pull ---------------------------------------------------------------------------------
 
     async def _pull(self, run: _Run) -> None:
@@ -53,7 +63,7 @@ class _Pulling(_RunnerBase):
             while True:
                 run.requests += 1
                 try:
-                    changes = await self.backend.pull(cursor, page, collections=[target.collection])
+                    changes = await self._pull_page(run, target, cursor, page)
                 except RemoteError as exc:
                     run.error = f"pull: {type(exc).__name__}: {exc}"
                     if (

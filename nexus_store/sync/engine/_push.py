@@ -285,7 +285,10 @@ class _Pushing(_RunnerBase):
             remote = [x.remote for x in part if x.remote is not None]
             run.requests += 1
             try:
-                result = await self.backend.push(remote)
+                if self.backend.writer_aware:
+                    result = await self.backend.push(remote, writer=run.writer)
+                else:
+                    result = await self.backend.push(remote)
             except RemoteError as exc:
                 plan = await self._plan_error(run, exc, len(part))
                 if plan.action is BatchErrorAction.SPLIT:

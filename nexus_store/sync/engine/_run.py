@@ -112,6 +112,9 @@ class _Run:
     with its backoff growing)."""
     revived: int = 0
     """Ops whose backoff ended when the remote first answered during the pull."""
+    writer: int = 0
+    """The run's id as a writer (random, positive): its pushes carry it, and its pulls
+    leave out what it pushed itself (echo suppression), with a writer-aware backend."""
 
 
 class _RunnerBase:

@@ -13,7 +13,10 @@ or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and 
 3. repeat while there is eligible work, budget, and the remote answers;
 4. pull the changes after each collection's stored cursor, page by page, applying them
    without overwriting items that still have pending ops (each page and its cursor in
-   one transaction).
+   one transaction). A run is a *writer* with a random id: with a writer-aware backend
+   its pushes carry it and its pulls leave out what it pushed itself (the store has it),
+   so a run never downloads its own changes back, while every change by anyone else
+   still comes (echo suppression; the page's cursor moves past the skipped ones).
 
 Every settle carries the lease's fencing token: an answer that comes after the lease
 passed to another run (it expired while the push was slow) changes nothing and is counted
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -213,6 +217,7 @@ class SyncRunner(_Pushing, _Pulling):
         device = self.device.current() if self.device is not None else None
         wall = self.clock.now()
         run = _Run(
+            writer=secrets.randbits(62) + 1,
             run_id=uuid.uuid4().hex,
             started=self.clock.monotonic(),
             started_at=datetime.fromtimestamp(wall, UTC),
