@@ -23,7 +23,7 @@ from ... import _codec
 from ..._exceptions import CodecError, ErrorKind, RemoteError
 from ..._gc import collector_paused
 from ..._priority import SyncPriority
-from ..._remote import RemoteOp, is_plain_op
+from ..._remote import PushResult, RemoteOp, is_plain_op
 from ..._trusted import trusted_builder
 from ...queue import OpKind, PrioritySyncQueue, QueuedOp
 from ._engine import (
@@ -285,10 +285,7 @@ class _Pushing(_RunnerBase):
             remote = [x.remote for x in part if x.remote is not None]
             run.requests += 1
             try:
-                if self.backend.writer_aware:
-                    result = await self.backend.push(remote, writer=run.writer)
-                else:
-                    result = await self.backend.push(remote)
+                result = await self._send(run, remote)
             except RemoteError as exc:
                 plan = await self._plan_error(run, exc, len(part))
                 if plan.action is BatchErrorAction.SPLIT:
@@ -323,6 +320,12 @@ class _Pushing(_RunnerBase):
             settler.submit(decided)
             failed_ids = {f.op_id for f in decided.failures}
             blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
+
+    async def _send(self, run: _Run, ops: list[RemoteOp]) -> PushResult:
+        """Push ``ops``, as the run's writer when the backend records writers."""
+        if self.backend.writer_aware:
+            return await self.backend.push(ops, writer=run.writer)
+        return await self.backend.push(ops)
 
     async def _plan_error(self, run: _Run, error: RemoteError, batch_len: int) -> BatchErrorPlan:
         """Decide about a failed batch, probing the remote first when that decision needs
