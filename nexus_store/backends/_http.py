@@ -68,11 +68,11 @@ from ._http_wire import (
     _OversizedResponseError,
     _validate,
     check_changes,
-    check_push_result,
     clock_reading,
     encode_ops,
     error_for_status,
     idempotency_key,
+    push_result_of,
 )
 from ._pause import RemotePause, pause_for
 from ._tokens import TokenProvider, TokenSource
@@ -203,8 +203,7 @@ class HttpBackend(RemoteBackend):
             "POST", PUSH_PATH, content=content, headers=headers
         )
         with collector_paused():
-            result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
-        return check_push_result(ops, result)
+            return push_result_of(ops, _decode(payload, response_headers.get("content-type")))
 
     async def pull(
         self,
