@@ -217,14 +217,10 @@ class _Pushing(_RunnerBase):
         if len(self._groups) == 1:
             group = self._groups[0]
             names = [t.collection for t in group]
-            while len(ops) < size:
-                want = min(_CHUNK, size - len(ops))
-                batch = group[0].queue.lease(
-                    want, self.lease_for, collections=names, priorities=sorted(allowed)
-                )
-                ops += [(op, batch.token) for op in batch]
-                if len(batch) < want:
-                    break
+            batch = group[0].queue.lease(
+                size, self.lease_for, collections=names, priorities=sorted(allowed), chunk=_CHUNK
+            )
+            ops = [(op, batch.token) for op in batch]
         else:
             # Several queues: keep one priority order across them.
             for priority in sorted(allowed):
