@@ -54,6 +54,18 @@ the file's write lock, so an app saving beside a run (or a worker) waits for at 
 such chunk (about a millisecond), not a whole batch."""
 
 
+_WINDOW = 2
+"""The most push requests of one run on the wire at once (once the remote answered)."""
+
+
+async def _drain_window(window: anyio.Semaphore) -> None:
+    """Wait until no push of the window is in flight."""
+    for _ in range(_WINDOW):
+        await window.acquire()
+    for _ in range(_WINDOW):
+        window.release()
+
+
 class _Settler:
     """Settles result plans in order, each in a worker thread, behind the pushes."""
 
@@ -163,11 +175,19 @@ class _Pushing(_RunnerBase):
     async def _push(self, run: _Run) -> None:
         """Push batch after batch, keeping the local work off the critical path.
 
-        Pushes go one at a time, in lease order (so the server sees priority order), but
-        while batch *k* is on the wire the next batch is leased and batch *k - 1*'s results
-        are settled, in worker threads. Per-item order does not depend on this: the queue
-        never hands out an op while an earlier op of its item is leased.
+        While batch *k* is on the wire the next batch is leased and earlier batches' results
+        are settled, in worker threads. Once the remote has answered in this run (and as
+        long as no batch failed since), up to :data:`_WINDOW` batches of one priority are
+        on the wire at once, so the server is not idle while the client prepares or
+        settles; before that, one at a time (a remote that refuses the first batch gets
+        one request). A batch of another priority, or of several, waits until every batch
+        before it was answered: the server applies priorities in order; within one
+        priority, batches in flight together may be applied in either order. Per-item order does not
+        depend on any of this: the queue never hands out an op while an earlier op of its
+        item is leased, so two batches in flight never hold ops of the same item.
         """
+        window = anyio.Semaphore(_WINDOW)
+        flying: set[SyncPriority] = set()  # the priority of the batches that may be in flight
         async with anyio.create_task_group() as group:
             settler = _Settler(self, run, group)
             batch = await self._lease(run)
@@ -179,19 +199,49 @@ class _Pushing(_RunnerBase):
                     await self._release(run, batch)
                     break
                 if not batch:
-                    # Acks still being settled may unblock more ops: look once more.
+                    # Pushes in flight and acks still being settled may unblock more ops
+                    # (or stop the run): look once more when they are done.
+                    await _drain_window(window)
                     await settler.wait()
+                    if run.stop is not None:
+                        continue
                     batch = await self._lease(run)
                     if not batch:
                         run.stop = SyncStopReason.DRAINED
                         break
                 self._count_batch(run)
+                level = {x.op.priority for x in batch}
+                alongside = run.exchanged and not run.consecutive_failures and len(level) == 1
+                if not alongside or level != flying:
+                    # Another priority: the batches before it must have arrived first.
+                    await _drain_window(window)
+                await window.acquire()
+                if run.stop is not None:
+                    window.release()
+                    continue  # released above, on the next round
                 ahead: list[list[_Leased]] = []
-                async with anyio.create_task_group() as prefetch:
-                    prefetch.start_soon(self._lease_into, run, ahead)
-                    await self._push_batch(run, batch, settler)
+                flying = level
+                if alongside:
+                    group.start_soon(self._push_in_window, run, batch, settler, window)
+                    await self._lease_into(run, ahead)
+                else:
+                    try:
+                        async with anyio.create_task_group() as prefetch:
+                            prefetch.start_soon(self._lease_into, run, ahead)
+                            await self._push_batch(run, batch, settler)
+                    finally:
+                        window.release()
                 batch = ahead[0]
+            await _drain_window(window)
             await settler.wait()
+
+    async def _push_in_window(
+        self, run: _Run, batch: list[_Leased], settler: _Settler, window: anyio.Semaphore
+    ) -> None:
+        try:
+            await self._push_batch(run, batch, settler)
+        finally:
+            window.release()
 
     async def _lease(self, run: _Run) -> list[_Leased]:
         with anyio.CancelScope(shield=True):

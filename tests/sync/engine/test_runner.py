@@ -746,3 +746,62 @@ def test_raw_collection_refuses_tables_a_store_did_not_make() -> None:
     with pytest.raises(SchemaError, match="not made by a store"):
         RawCollection(db, "plain")
     assert discover_collections(db) == []
+
+
+class _Overlap(RemoteBackend):
+    """Holds each push until the next one arrives (or a short wait passes), noting which
+    pushes were on the wire together."""
+
+    def __init__(self, inner: RemoteBackend) -> None:
+        self.inner = inner
+        self.flying: list[list[RemoteOp]] = []
+        self.together: list[list[list[RemoteOp]]] = []
+        self.arrived = anyio.Event()
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        self.flying.append(list(ops))
+        if len(self.flying) > 1:
+            self.together.append([list(batch) for batch in self.flying])
+        self.arrived.set()
+        self.arrived = anyio.Event()
+        with anyio.move_on_after(0.05):
+            await self.arrived.wait()
+        self.flying.remove(list(ops))
+        return await self.inner.push(ops)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        return await self.inner.pull(cursor, limit, collections=collections)
+
+
+async def test_batches_of_one_priority_go_two_at_a_time_and_never_share_an_item() -> None:
+    """Once the remote answered, two batches of one priority may be on the wire together
+    (never more, never of two priorities, never two ops of one item); every op arrives
+    once and the server sees the priorities in order."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(400):
+        store.save(Note(id=f"n{i % 150}", text=f"t{i}"), priority=SyncPriority(i // 100))
+
+    def critical(item_id: object) -> bool:
+        # Coalescing keeps an item's most urgent priority: n0..n99 CRITICAL, the rest HIGH.
+        return int(str(item_id)[1:]) < 100
+
+    core = ServerCore(MemoryStorage())
+    backend = _Overlap(MemoryBackend(core))
+    summary = await SyncRunner(store, backend, batch_size=20).run()
+    assert summary.ok
+    assert store.queue.stats().total == 0
+    assert backend.together, "no two batches were ever on the wire together"
+    for batches in backend.together:
+        assert len(batches) == 2
+        ops = [op for batch in batches for op in batch]
+        assert len({op.item_id for op in ops}) == len(ops)
+        assert len({critical(op.item_id) for op in ops}) == 1
+    stored = {c.item_id: c for c in await _server_items(core)}
+    order = sorted(stored.values(), key=lambda c: c.version)
+    assert [critical(c.item_id) for c in order] == [True] * 100 + [False] * 50
+    assert {k: v.data["text"] for k, v in stored.items() if v.data} == {
+        f"n{i % 150}": f"t{i}" for i in range(400)
+    }
