@@ -139,7 +139,19 @@ class RateLimitedError(RetryableError):
 
 
 class ServerUnavailableError(RetryableError):
-    """The remote is failing or overloaded (HTTP 5xx)."""
+    """The remote is failing or overloaded (HTTP 5xx).
+
+    ``status`` is the HTTP status when there was one: 502, 503 and 504 say the remote (or
+    a gateway before it) is down or overloaded, whatever was sent; 500 and the others say
+    the server failed while handling this request, which may be the request's doing.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        """The HTTP status of the answer, if the failure came as one."""
 
 
 class ProtocolError(RetryableError):

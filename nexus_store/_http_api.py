@@ -6,9 +6,13 @@ of paths, media types and bodies without either importing the other's stack.
 Endpoints (all but ``/health`` and ``/openapi.json`` need ``Authorization: Bearer ...``):
 
 - ``POST /v1/push``: body :class:`PushRequest` (msgpack or JSON by ``Content-Type``);
-  answers a :class:`~nexus_store.backends.PushResult` in the request's format.
-- ``GET /v1/pull?cursor=N&limit=N&collections=a&collections=b``: answers
-  :class:`~nexus_store.backends.Changes` (msgpack if ``Accept`` asks for it, else JSON).
+  answers a :class:`~nexus_store.backends.PushResult` in the request's format. The
+  optional header ``Nexus-Writer`` names the writer (a sync run's id, a positive 63-bit
+  integer), recorded with what the batch writes.
+- ``GET /v1/pull?cursor=N&limit=N&collections=a&collections=b&skip_writer=W``: answers
+  :class:`~nexus_store.backends.Changes` (msgpack if ``Accept`` asks for it, else JSON);
+  with ``skip_writer``, items whose latest state that writer made are left out and the
+  cursor of a page that is not full moves to the tenant's head (echo suppression).
 - ``GET /v1/events``: a server-sent-events stream of :class:`HeadEvent` for the tenant.
 - ``GET /health``: :class:`Health`.
 
@@ -40,6 +44,8 @@ __all__ = [
     "OPENAPI_PATH",
     "PULL_PATH",
     "PUSH_PATH",
+    "SKIP_WRITER_PARAM",
+    "WRITER_HEADER",
     "ErrorBody",
     "HeadEvent",
     "Health",
@@ -62,6 +68,11 @@ JSON = "application/json"
 MSGPACK_ALIASES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 """Content types read as msgpack (the registered name and two common older ones)."""
 
+
+WRITER_HEADER = "nexus-writer"
+"""Request header of a push: the writer (a sync run's id) to record with its changes."""
+SKIP_WRITER_PARAM = "skip_writer"
+"""Query parameter of a pull: leave out changes whose latest state this writer made."""
 
 CLOCK_HEADER = "nexus-clock"
 """Response header: the server's wall time when it answered, in ms since the epoch."""

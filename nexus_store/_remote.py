@@ -189,9 +189,19 @@ class RemoteBackend(abc.ABC):
     transport's own exceptions.
     """
 
+    writer_aware: bool = False
+    """Whether the backend honours ``writer=`` on :meth:`push` and ``skip_writer=`` on
+    :meth:`pull` (echo suppression: a sync run's pull then leaves out what that run pushed).
+    A sync run passes them only to a backend that says so, so a backend written before them
+    keeps working with its old signatures."""
+
     @abc.abstractmethod
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Send a batch of ops; return one result per op, in order.
+
+        Args:
+            ops: the batch.
+            writer: who sends it (a sync run's random id), recorded with what it writes.
 
         Raises:
             RemoteError: the batch as a whole failed (nothing in it may be acked).
@@ -199,7 +209,12 @@ class RemoteBackend(abc.ABC):
 
     @abc.abstractmethod
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Return changes with a sequence greater than ``cursor``, at most ``limit``.
 
@@ -207,6 +222,8 @@ class RemoteBackend(abc.ABC):
             cursor: the ``cursor`` of the previous page (0 for the beginning).
             limit: the most changes to return.
             collections: only these collections (all of the tenant's when ``None``).
+            skip_writer: leave out items whose latest state this writer pushed (the
+                caller has them); the page's cursor may then move past them.
         """
 
     _binding: LoopBinding | None = None

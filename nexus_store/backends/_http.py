@@ -49,10 +49,13 @@ from .._gc import collector_paused
 from .._hlc import ClockReading
 from .._http_api import (
     EVENTS_PATH,
+    HEALTH_PATH,
     JSON,
     MSGPACK,
     PULL_PATH,
     PUSH_PATH,
+    SKIP_WRITER_PARAM,
+    WRITER_HEADER,
     HeadEvent,
     is_loopback_host,
 )
@@ -65,11 +68,11 @@ from ._http_wire import (
     _OversizedResponseError,
     _validate,
     check_changes,
-    check_push_result,
     clock_reading,
     encode_ops,
     error_for_status,
     idempotency_key,
+    push_result_of,
 )
 from ._pause import RemotePause, pause_for
 from ._tokens import TokenProvider, TokenSource
@@ -182,7 +185,9 @@ class HttpBackend(RemoteBackend):
 
     # -- the seam ----------------------------------------------------------------------
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    writer_aware = True
+
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Send a batch; return one validated result per op, in order.
 
         Raises:
@@ -192,15 +197,21 @@ class HttpBackend(RemoteBackend):
             return PushResult(results=[])
         content = encode_ops(ops, self._wire_format)
         headers = {"content-type": self._media_type, "idempotency-key": idempotency_key(ops)}
+        if writer is not None:
+            headers[WRITER_HEADER] = str(writer)
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers
         )
         with collector_paused():
-            result = _validate(PushResult, _decode(payload, response_headers.get("content-type")))
-        return check_push_result(ops, result)
+            return push_result_of(ops, _decode(payload, response_headers.get("content-type")))
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Fetch the changes after ``cursor`` (validated against what was asked).
 
@@ -215,10 +226,14 @@ class HttpBackend(RemoteBackend):
         if collections is not None and not collections:
             return Changes(changes=[], cursor=cursor, has_more=False)
         while True:
-            params = httpx.QueryParams(
-                [("cursor", cursor), ("limit", limit)]
-                + [("collections", name) for name in collections or ()]
-            )
+            pairs: list[tuple[str, str | int | float | bool | None]] = [
+                ("cursor", cursor),
+                ("limit", limit),
+            ]
+            pairs += [("collections", name) for name in collections or ()]
+            if skip_writer is not None:
+                pairs.append((SKIP_WRITER_PARAM, skip_writer))
+            params = httpx.QueryParams(pairs)
             try:
                 response_headers, payload = await self._call("GET", PULL_PATH, params=params)
             except _OversizedResponseError:
@@ -231,6 +246,35 @@ class HttpBackend(RemoteBackend):
             with collector_paused():  # a page may hold thousands of changes
                 changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
+
+    async def probe(self) -> None:
+        """Ask the server whether it answers at all: ``GET /health``, one small request.
+
+        Sync runs probe a remote that could not be reached (or was down) before sending it
+        anything else. No token is sent (the endpoint needs none, and a refused token must
+        not make a reachable server look down). Any ``200`` counts.
+
+        Raises:
+            RemoteError: no answer, or an error status (a ``Retry-After`` pause in force
+                raises without sending).
+            LifecycleError: the backend is closed.
+        """
+        if self._closed:
+            raise LifecycleError("the HttpBackend is closed")
+        self._pause.check()
+        request = self._client.build_request("GET", HEALTH_PATH, headers={"accept": JSON})
+        sent = self._clock.now()
+        response = await self._send(request)
+        self._note_clock(response.headers, sent)
+        payload = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
+        error = error_for_status(
+            response.status_code, response.headers, payload, now=self._clock.now()
+        )
+        if error is not None:
+            seconds = pause_for(response.status_code, error.retry_after)
+            if seconds is not None:
+                self._pause.start(seconds, error)
+            raise error
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent.

@@ -32,7 +32,8 @@ from .._exceptions import (
 )
 from .._hlc import ClockReading
 from .._http_api import CLOCK_BOUND_HEADER, CLOCK_HEADER, media_type_of, parse_clock_header
-from .._remote import MAX_RETRY_AFTER, Changes, PushResult, RemoteOp
+from .._remote import MAX_INT, MAX_RETRY_AFTER, Changes, OpResult, OpStatus, PushResult, RemoteOp
+from .._trusted import trusted_builder
 
 __all__ = [
     "check_changes",
@@ -42,6 +43,7 @@ __all__ = [
     "error_for_status",
     "idempotency_key",
     "parse_retry_after",
+    "push_result_of",
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -119,7 +121,7 @@ def error_for_status(
         return RateLimitedError(f"rate limited (HTTP 429): {reason}", retry_after=retry_after)
     if 500 <= status <= 599:
         return ServerUnavailableError(
-            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after
+            f"the server failed (HTTP {status}): {reason}", retry_after=retry_after, status=status
         )
     if 400 <= status <= 499:
         return PermanentError(f"the server refused the request (HTTP {status}): {reason}")
@@ -206,6 +208,61 @@ def check_push_result(ops: Sequence[RemoteOp], result: PushResult) -> PushResult
         ):
             raise ProtocolError(f"result {position} carries another item than the op's")
     return result
+
+
+_op_result = trusted_builder(
+    OpResult,
+    {
+        "op_id": "o",
+        "status": OpStatus.ACCEPTED,
+        "version": 1,
+        "item": None,
+        "reason": None,
+        "retry_after": None,
+    },
+)
+_push_result = trusted_builder(PushResult, {"results": []})
+_ACCEPTED = OpStatus.ACCEPTED
+
+
+def push_result_of(ops: Sequence[RemoteOp], decoded: Any) -> PushResult:
+    """The validated answer to a push of ``ops``, from its decoded body.
+
+    The common answer (every op accepted, in order, with its version) is checked field by
+    field and built without pydantic's validation, which cost more than the rest of the
+    client's work per op; any other answer is validated in full (:func:`check_push_result`).
+
+    Raises:
+        ProtocolError: the body is not a valid answer to these ops.
+    """
+    raw = decoded.get("results") if type(decoded) is dict and len(decoded) == 1 else None
+    if type(raw) is list and len(raw) == len(ops):
+        built: list[OpResult] = []
+        for op, answer in zip(ops, raw, strict=True):
+            if (
+                type(answer) is not dict
+                or len(answer) != 3
+                or answer.get("status") != "accepted"
+                or answer.get("op_id") != op.op_id
+                or type(version := answer.get("version")) is not int
+                or not 1 <= version <= MAX_INT
+            ):
+                break
+            built.append(
+                _op_result(
+                    {
+                        "op_id": op.op_id,
+                        "status": _ACCEPTED,
+                        "version": version,
+                        "item": None,
+                        "reason": None,
+                        "retry_after": None,
+                    }
+                )
+            )
+        else:
+            return _push_result({"results": built})
+    return check_push_result(ops, _validate(PushResult, decoded))
 
 
 def check_changes(

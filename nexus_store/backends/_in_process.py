@@ -31,21 +31,30 @@ class InProcessBackend(RemoteBackend):
         self._loop_bound = loop_bound
         self._closed = False
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    writer_aware = True
+
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Apply ``ops`` on the core, in one storage transaction; see :meth:`RemoteBackend.push`."""
         self._check_open()
         if self._loop_bound:
             self._bind_loop()
-        return await self._core.push(self.tenant, ops)
+        return await self._core.push(self.tenant, ops, writer=writer)
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Changes after ``cursor``; see :meth:`RemoteBackend.pull`."""
         self._check_open()
         if self._loop_bound:
             self._bind_loop()
-        return await self._core.pull(self.tenant, cursor, limit, collections=collections)
+        return await self._core.pull(
+            self.tenant, cursor, limit, collections=collections, skip_writer=skip_writer
+        )
 
     async def aclose(self) -> None:
         """Close this client (and the core, if it owns it). Idempotent."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Iterable
 
 from .._priority import SyncPriority
@@ -54,6 +55,7 @@ class _Leasing(_Upgrading):
         *,
         collections: str | Iterable[str] | None = None,
         priorities: Iterable[SyncPriority | int | str] | None = None,
+        chunk: int | None = None,
     ) -> LeaseBatch:
         """Hand out the next eligible ops, in queue order, until ``lease_for`` seconds pass.
 
@@ -72,6 +74,11 @@ class _Leasing(_Upgrading):
             collections: only ops of these collections (all by default).
             priorities: only ops of these (effective) priorities (all by default); e.g.
                 without ``LOW`` on a metered network.
+            chunk: lease in transactions of at most this many ops, so that a writer beside
+                the lease (an app saving) waits for one chunk, not for the whole batch.
+                The chunks commit without waiting for the disk and one durable commit
+                after the last makes them all durable before the batch is returned: one
+                disk sync per batch, as for an unchunked lease. ``None``: one transaction.
 
         Returns:
             The leased ops (state ``LEASED``), most urgent first, with their token.
@@ -85,6 +92,10 @@ class _Leasing(_Upgrading):
             raise ValueError(f"max_ops must be a positive int, not {max_ops!r}")
         if not (isinstance(lease_for, int | float) and math.isfinite(lease_for) and lease_for > 0):
             raise ValueError(f"lease_for must be a positive number of seconds, not {lease_for!r}")
+        if chunk is not None and (
+            isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
+        ):
+            raise ValueError(f"chunk must be a positive int or None, not {chunk!r}")
         allowed = (
             _ALL_PRIORITIES
             if priorities is None
@@ -98,25 +109,54 @@ class _Leasing(_Upgrading):
             names = json.dumps(sorted(set(chosen)))
         now = self._clock.now()
         until = now + float(lease_for)
-        token = new_token()
-        leased = LeaseBatch(token=token)
-        with self.database.transaction() as conn:
-            _timeline.observe(conn, now)
-            conn.execute(_PROMOTE, (now,))
-            for priority in allowed:
-                # Bounded: each round leases rows or dead-letters at least one op.
-                while len(leased) < max_ops:
-                    want = max_ops - len(leased)
-                    if names is None:
-                        rows = conn.execute(_LEASE, (until, now, int(priority), want)).fetchall()
-                    else:
-                        params = (until, now, int(priority), want, names)
-                        rows = conn.execute(_LEASE_IN, params).fetchall()
-                    if not rows:
-                        break
-                    good, failed = self._upgrade_rows(conn, rows, now)
-                    conn.executemany(_LEASE_RECORD, [(row[0], until, now, token) for row in good])
-                    leased += map(_to_op, good)
-                    if not failed and len(rows) < want:
-                        break
+        leased = LeaseBatch(token=new_token())
+        if chunk is None or chunk >= max_ops:
+            with self.database.transaction() as conn:
+                self._lease_into(conn, leased, max_ops, allowed, names, now, until)
+            return leased
+        # A lease must be durable before any of its ops is sent (a lease undone by a power
+        # loss would let a later write coalesce into an op the server may hold): the chunks
+        # skip the disk sync, and the watermark written after them syncs them all at once.
+        while len(leased) < max_ops:
+            want = min(chunk, max_ops - len(leased))
+            before = len(leased)
+            with self.database.transaction(durable=False) as conn:
+                self._lease_into(conn, leased, before + want, allowed, names, now, until)
+            if len(leased) - before < want:
+                break
+        if leased:
+            # (Should this commit fail, the ops stay leased until their lease runs out.)
+            with self.database.transaction() as conn:
+                _timeline.mark(conn, now)
         return leased
+
+    def _lease_into(  # noqa: PLR0917 - the lease's state, passed as it is
+        self,
+        conn: sqlite3.Connection,
+        leased: LeaseBatch,
+        max_ops: int,
+        allowed: Iterable[SyncPriority],
+        names: str | None,
+        now: float,
+        until: float,
+    ) -> None:
+        """Lease eligible ops into ``leased`` until it holds ``max_ops``, in one transaction."""
+        token = leased.token
+        _timeline.observe(conn, now)
+        conn.execute(_PROMOTE, (now,))
+        for priority in allowed:
+            # Bounded: each round leases rows or dead-letters at least one op.
+            while len(leased) < max_ops:
+                want = max_ops - len(leased)
+                if names is None:
+                    rows = conn.execute(_LEASE, (until, now, int(priority), want)).fetchall()
+                else:
+                    params = (until, now, int(priority), want, names)
+                    rows = conn.execute(_LEASE_IN, params).fetchall()
+                if not rows:
+                    break
+                good, failed = self._upgrade_rows(conn, rows, now)
+                conn.executemany(_LEASE_RECORD, [(row[0], until, now, token) for row in good])
+                leased += map(_to_op, good)
+                if not failed and len(rows) < want:
+                    break

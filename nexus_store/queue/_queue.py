@@ -47,7 +47,8 @@ Rules:
   the next durable commit syncs them too. An undone ack leaves an op that was leased,
   so nothing coalesces into it; it is sent again and the server, which keeps its answer by
   op id, answers it again. Leases stay durable: a lease undone by a power loss would let a
-  later write coalesce into an op the server may already hold under its op id.
+  later write coalesce into an op the server may already hold under its op id (a lease in
+  chunks syncs the disk once, after its last chunk, before it returns the batch).
 - **Failures**: :meth:`~PrioritySyncQueue.nack` counts an attempt and waits
   ``max(retry_after, backoff)``; permanent errors, unresolved conflicts and ``max_attempts``
   dead-letter the op with its reason (see :mod:`.._backoff`). Refused credentials

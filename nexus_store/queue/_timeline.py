@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["SCHEMA", "SLACK", "lag", "observe", "read_watermark"]
+__all__ = ["SCHEMA", "SLACK", "lag", "mark", "observe", "read_watermark"]
 
 SLACK = 1.0
 """Seconds the watermark may trail the latest deadline set (it is rewritten at most once
@@ -37,6 +37,10 @@ _READ = "SELECT wall FROM nx_clock WHERE name = 'deadlines'"
 _WRITE = (
     "INSERT INTO nx_clock (name, wall) VALUES ('deadlines', ?) "
     "ON CONFLICT (name) DO UPDATE SET wall = excluded.wall"
+)
+_RAISE = (
+    "INSERT INTO nx_clock (name, wall) VALUES ('deadlines', ?) "
+    "ON CONFLICT (name) DO UPDATE SET wall = max(wall, excluded.wall)"
 )
 _EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 # Every persisted deadline of the package, moved back by ?1 seconds (a step back noticed at
@@ -99,3 +103,10 @@ def observe(conn: sqlite3.Connection, now: float) -> float:
             conn.execute(statement, (shift, now))
     conn.execute(_WRITE, (now,))
     return shift
+
+
+def mark(conn: sqlite3.Connection, now: float) -> None:
+    """Write the watermark for deadlines set at wall time ``now`` (after :func:`observe` in
+    the same or an earlier transaction), whether or not it moves: a write, so that a
+    durable commit of it also syncs the commits before it that skipped the disk."""
+    conn.execute(_RAISE, (now,))

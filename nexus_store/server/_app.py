@@ -56,6 +56,8 @@ from .._http_api import (
     OPENAPI_PATH,
     PULL_PATH,
     PUSH_PATH,
+    SKIP_WRITER_PARAM,
+    WRITER_HEADER,
     Health,
     LimitsInfo,
     media_type_of,
@@ -90,7 +92,9 @@ class CoreLike(Protocol):
         """Seconds an op's stamp may be ahead of :attr:`clock` (stated in every answer)."""
         ...
 
-    async def apply(self, tenant: str, ops: Sequence[PreparedOp]) -> list[Answer]:
+    async def apply(
+        self, tenant: str, ops: Sequence[PreparedOp], *, writer: int | None = None
+    ) -> list[Answer]:
         """Apply a batch of prepared ops for ``tenant``; one plain answer per op, in order."""
         ...
 
@@ -101,8 +105,9 @@ class CoreLike(Protocol):
         limit: int = 500,
         *,
         collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Page:
-        """Stored changes of ``tenant`` after ``cursor``."""
+        """Stored changes of ``tenant`` after ``cursor`` (without ``skip_writer``'s)."""
         ...
 
     async def head(self, tenant: str) -> int:
@@ -257,6 +262,15 @@ def _int_param(request: Request, name: str, default: int, *, minimum: int) -> in
     return int(raw)
 
 
+def _writer(raw: str | None, name: str) -> int | None:
+    """A writer id (a positive 63-bit integer) from a header or query parameter."""
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) < 2**63:
+        raise _HttpError(400, "bad_parameter", f"{name} must be an integer in [1, 2**63)")
+    return int(raw)
+
+
 def _collections_param(request: Request) -> list[str] | None:
     names = request.query_params.getlist("collections")
     if not names:
@@ -335,8 +349,9 @@ class _Endpoints:
         ):
             raise _HttpError(413, "batch_too_large", f"a batch may hold at most {max_ops} ops")
         ops = _parse_ops(body, fmt)
+        writer = _writer(request.headers.get(WRITER_HEADER), WRITER_HEADER)
         try:
-            answers = await self.core.apply(tenant, ops) if ops else []
+            answers = await self.core.apply(tenant, ops, writer=writer) if ops else []
         except NexusStoreError as exc:
             raise _core_error(exc) from exc
         if len(answers) != len(ops):
@@ -354,8 +369,11 @@ class _Endpoints:
         cursor = _int_param(request, "cursor", 0, minimum=0)
         limit = min(_int_param(request, "limit", 500, minimum=1), self.limits.max_pull_limit)
         collections = _collections_param(request)
+        skip = _writer(request.query_params.get(SKIP_WRITER_PARAM), SKIP_WRITER_PARAM)
         try:
-            page = await self.core.page(tenant, cursor, limit, collections=collections)
+            page = await self.core.page(
+                tenant, cursor, limit, collections=collections, skip_writer=skip
+            )
         except NexusStoreError as exc:
             raise _core_error(exc) from exc
         return _render_page(page, "msgpack" if _accepts_msgpack(request) else "json")

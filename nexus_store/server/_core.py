@@ -39,6 +39,12 @@ What the rules promise:
   skips a change that commits later).
 - **Pulls** return each item's latest state (tombstones included) with a version after
   the cursor, ordered by version.
+- **Echo suppression.** A push may name its writer (a sync run's random id); a pull that
+  names the same writer leaves out the items whose latest state that writer made (the
+  client has them already), while every change by anyone else still comes. Such a page's
+  cursor moves to the tenant's head as read *before* the page (every change up to it is
+  committed, in sequence), so a client whose own pushes were all that happened skips them
+  without downloading them.
 - **Tenants** share nothing: the tenant is part of every key, op ids included.
 - **Bounded clocks.** An op stamped more than ``max_clock_offset`` seconds ahead of the
   server's clock is applied re-stamped with the server's time (see
@@ -145,7 +151,9 @@ class ServerCore:
             await self._storage.open()
             self._opened = True
 
-    async def push(self, tenant: str, ops: Sequence[RemoteOp]) -> PushResult:
+    async def push(
+        self, tenant: str, ops: Sequence[RemoteOp], *, writer: int | None = None
+    ) -> PushResult:
         """Apply a batch of ops for ``tenant``; one result per op, in order.
 
         Raises:
@@ -154,11 +162,16 @@ class ServerCore:
             LifecycleError: the core was closed.
         """
         self._check_batch(tenant, len(ops))
-        answers = await self.apply(tenant, [prepare(op) for op in ops])
+        answers = await self.apply(tenant, [prepare(op) for op in ops], writer=writer)
         return PushResult.model_validate({"results": answers})
 
-    async def apply(self, tenant: str, ops: Sequence[PreparedOp]) -> list[Answer]:
+    async def apply(
+        self, tenant: str, ops: Sequence[PreparedOp], *, writer: int | None = None
+    ) -> list[Answer]:
         """:meth:`push` for prepared ops, answering plain dicts (what the server sends).
+
+        ``writer`` (a sync run's id) is recorded on the items the batch writes (see
+        :meth:`page`).
 
         Raises:
             PayloadTooLargeError: more than ``max_batch`` ops.
@@ -179,7 +192,7 @@ class ServerCore:
         def planner(state: BatchState) -> BatchPlan:
             return plan_batch(ops, state, policy=policy)
 
-        plan = await self._storage.apply(tenant, keys, op_ids, planner)
+        plan = await self._storage.apply(tenant, keys, op_ids, planner, writer=writer)
         return plan.results
 
     def _check_batch(self, tenant: str, size: int) -> None:
@@ -196,15 +209,19 @@ class ServerCore:
         limit: int = 500,
         *,
         collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
-        """Return ``tenant``'s changes after ``cursor`` (at most ``min(limit, max_pull)``).
+        """Return ``tenant``'s changes after ``cursor`` (at most ``min(limit, max_pull)``),
+        without those ``skip_writer`` made (see :meth:`page`).
 
         Raises:
             PermanentError: a negative cursor or a limit below 1.
             RemoteError: the storage failed.
             LifecycleError: the core was closed.
         """
-        page = await self.page(tenant, cursor, limit, collections=collections)
+        page = await self.page(
+            tenant, cursor, limit, collections=collections, skip_writer=skip_writer
+        )
         with collector_paused():  # a page may hold thousands of changes
             return Changes.model_validate(
                 {
@@ -221,8 +238,13 @@ class ServerCore:
         limit: int = 500,
         *,
         collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Page:
         """:meth:`pull` as stored states (data still encoded): what the server sends.
+
+        With ``skip_writer``, items whose latest state that writer made are left out, and
+        a page that is not full moves the cursor to the head read before it (echo
+        suppression: see the module docstring).
 
         Raises:
             PermanentError: a negative cursor or a limit below 1.
@@ -237,9 +259,20 @@ class ServerCore:
         wanted = None if collections is None else list(dict.fromkeys(collections))
         if wanted == []:
             return Page([], cursor, has_more=False)
-        rows = await self._storage.changes(tenant, cursor, limit + 1, wanted)
+        if skip_writer is None:
+            rows = await self._storage.changes(tenant, cursor, limit + 1, wanted)
+            items = rows[:limit]
+            return Page(items, items[-1].version if items else cursor, has_more=len(rows) > limit)
+        # Every change up to the head read first is committed (changes commit in sequence
+        # order): a page that holds all of the others' up to it may move the cursor there.
+        head = await self._storage.head(tenant)
+        rows = await self._storage.changes(
+            tenant, cursor, limit + 1, wanted, skip_writer=skip_writer, upto=head
+        )
         items = rows[:limit]
-        return Page(items, items[-1].version if items else cursor, has_more=len(rows) > limit)
+        if len(rows) > limit:
+            return Page(items, items[-1].version, has_more=True)
+        return Page(items, max(cursor, head), has_more=False)
 
     async def head(self, tenant: str) -> int:
         """The tenant's latest change sequence (0 if none): what an SSE poke announces."""

@@ -121,6 +121,9 @@ class _SchemaWatch:
     async def changes(self) -> AsyncIterator[None]:
         async for _ in self._inner.changes():
             version = await anyio.to_thread.run_sync(_schema_version, self._database)
+            # The app's commits woke us: checkpoint them here, on the worker's connection,
+            # so that the app's saves do not (SQLite checkpoints in the committing call).
+            await anyio.to_thread.run_sync(self._database.checkpoint)
             if version != self._version:
                 self._version = version
                 found = await anyio.to_thread.run_sync(discover_collections, self._database)

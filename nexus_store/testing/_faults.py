@@ -42,7 +42,10 @@ class FaultKind(StrEnum):
     NETWORK = "network"
     """The request never arrived: ``NetworkError``; nothing was applied."""
     UNAVAILABLE = "unavailable"
-    """The server failed (HTTP 5xx): ``ServerUnavailableError``; nothing was applied."""
+    """The server is down (HTTP 503): ``ServerUnavailableError``; nothing was applied."""
+    SERVER_ERROR = "server_error"
+    """The server failed on this request (HTTP 500): ``ServerUnavailableError``; nothing
+    was applied."""
     RATE_LIMITED = "rate_limited"
     """The server asked to slow down (HTTP 429): ``RateLimitedError``; nothing applied."""
     PERMANENT = "permanent"
@@ -61,6 +64,8 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     message: str = "injected fault"
+    status: int | None = None
+    """The HTTP status a server error stands for (``UNAVAILABLE``: 503, ``SERVER_ERROR``: 500)."""
 
     @classmethod
     def drop_response(cls) -> Fault:
@@ -74,8 +79,15 @@ class Fault:
 
     @classmethod
     def unavailable(cls, retry_after: float | None = None) -> Fault:
-        """A retryable server failure, optionally with a retry-after."""
-        return cls(FaultKind.UNAVAILABLE, retry_after, message="injected: server unavailable")
+        """The server is down (503), optionally with a retry-after."""
+        return cls(
+            FaultKind.UNAVAILABLE, retry_after, message="injected: server unavailable", status=503
+        )
+
+    @classmethod
+    def server_error(cls) -> Fault:
+        """The server failed while handling the request (500): what was sent may be why."""
+        return cls(FaultKind.SERVER_ERROR, message="injected: server error", status=500)
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 1.0) -> Fault:
@@ -101,8 +113,10 @@ class Fault:
         """The exception this fault raises (``DELAY`` raises none; this is unused then)."""
         if self.kind in (FaultKind.DROP_RESPONSE, FaultKind.NETWORK):
             return NetworkError(self.message)
-        if self.kind is FaultKind.UNAVAILABLE:
-            return ServerUnavailableError(self.message, retry_after=self.retry_after)
+        if self.kind in (FaultKind.UNAVAILABLE, FaultKind.SERVER_ERROR):
+            return ServerUnavailableError(
+                self.message, retry_after=self.retry_after, status=self.status
+            )
         if self.kind is FaultKind.RATE_LIMITED:
             return RateLimitedError(self.message, retry_after=self.retry_after)
         if self.kind is FaultKind.AUTH:
@@ -159,6 +173,7 @@ class FaultyBackend(RemoteBackend):
         if pull_error > 1:
             raise ValueError("pull_error is a probability (at most 1)")
         self.inner = inner
+        self.writer_aware = inner.writer_aware  # writer ids go through as they are
         self._scripts: dict[Verb, deque[Fault | None]] = {
             "push": deque(push_faults),
             "pull": deque(pull_faults),
@@ -212,21 +227,34 @@ class FaultyBackend(RemoteBackend):
             raise fault.error()
         return fault
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Push through the inner backend unless a fault says otherwise."""
         fault = await self._begin("push")
-        result = await self.inner.push(ops)
+        if writer is None:
+            result = await self.inner.push(ops)
+        else:
+            result = await self.inner.push(ops, writer=writer)
         if fault is not None and fault.kind is FaultKind.DROP_RESPONSE:
             self.dropped.append(result)
             raise fault.error()
         return result
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Pull through the inner backend unless a fault says otherwise."""
         fault = await self._begin("pull")
-        changes = await self.inner.pull(cursor, limit, collections=collections)
+        if skip_writer is None:
+            changes = await self.inner.pull(cursor, limit, collections=collections)
+        else:
+            changes = await self.inner.pull(
+                cursor, limit, collections=collections, skip_writer=skip_writer
+            )
         if fault is not None and fault.kind is FaultKind.DROP_RESPONSE:
             raise fault.error()
         return changes

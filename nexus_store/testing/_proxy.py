@@ -13,6 +13,8 @@ fault with probability ``rate`` (seeded, so a run is repeatable):
 - ``TRUNCATE``: forward, then send the response headers and half the body, and close.
 - ``UNAVAILABLE``: answer ``503`` without forwarding.
 - ``RATE_LIMITED``: answer ``429`` with ``Retry-After`` without forwarding.
+- ``SERVER_ERROR``: answer ``500`` without forwarding (with ``body_contains``: a server
+  that fails on one op, a poison op).
 
 It understands just enough HTTP/1.1 (request line, headers, ``Content-Length`` and
 chunked bodies, keep-alive) to act per request; every decision and what it did is
@@ -64,6 +66,7 @@ class FaultMode(StrEnum):
     TRUNCATE = "truncate"
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
 
 
 @dataclass
@@ -82,6 +85,7 @@ class ProxyStats:
     truncated: int = 0
     unavailable: int = 0
     rate_limited: int = 0
+    server_errors: int = 0
     upstream_errors: int = 0
     """Requests whose forwarding failed (target down, connection broken)."""
 
@@ -104,6 +108,7 @@ class _Fault:
     path_prefix: str | None = None
     retry_after: float = 1.0
     stall_for: float | None = None
+    body_contains: bytes | None = None
 
 
 class _Upstream:
@@ -184,6 +189,7 @@ class FaultProxy:
         path_prefix: str | None = None,
         retry_after: float = 1.0,
         stall_for: float | None = None,
+        body_contains: bytes | None = None,
     ) -> None:
         """Switch the fault injected from the next request on.
 
@@ -194,10 +200,11 @@ class FaultProxy:
             retry_after: the ``Retry-After`` seconds of ``RATE_LIMITED`` answers.
             stall_for: most seconds a ``STALL`` holds a request (default: until the client
                 gives up or the fault changes).
+            body_contains: only requests whose body holds these bytes are candidates.
         """
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
-        self._fault = _Fault(mode, rate, path_prefix, retry_after, stall_for)
+        self._fault = _Fault(mode, rate, path_prefix, retry_after, stall_for, body_contains)
         # Wake stalled requests so they notice the change.
         self._fault_changed.set()
         self._fault_changed = anyio.Event()
@@ -254,11 +261,13 @@ class FaultProxy:
 
     # -- per connection ------------------------------------------------------------------------
 
-    def _decide(self, path: str) -> FaultMode:
+    def _decide(self, path: str, body: bytes) -> FaultMode:
         fault = self._fault
         if fault.mode is FaultMode.PASS:
             return FaultMode.PASS
         if fault.path_prefix is not None and not path.startswith(fault.path_prefix):
+            return FaultMode.PASS
+        if fault.body_contains is not None and fault.body_contains not in body:
             return FaultMode.PASS
         if fault.rate < 1.0 and self._random.random() >= fault.rate:
             return FaultMode.PASS
@@ -299,7 +308,7 @@ class FaultProxy:
         method, _, rest = request.start_line.partition(" ")
         path = rest.split(" ", 1)[0]
         self.stats.requests += 1
-        action = self._decide(path)
+        action = self._decide(path, request.body)
         self.log.append(ProxyRecord(time.monotonic(), method, path, action))
         fault = self._fault
         if action is FaultMode.RESET:
@@ -309,6 +318,10 @@ class FaultProxy:
         if action is FaultMode.UNAVAILABLE:
             self.stats.unavailable += 1
             await client.send(_canned(503, "Service Unavailable"))
+            return not _wants_close(request)
+        if action is FaultMode.SERVER_ERROR:
+            self.stats.server_errors += 1
+            await client.send(_canned(500, "Internal Server Error"))
             return not _wants_close(request)
         if action is FaultMode.RATE_LIMITED:
             self.stats.rate_limited += 1

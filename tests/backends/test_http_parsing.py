@@ -40,12 +40,14 @@ from nexus_store.backends import (
 )
 from nexus_store.backends._event_stream import EventStreamDecoder
 from nexus_store.backends._http_wire import (
+    _validate,
     check_changes,
     check_push_result,
     clock_reading,
     error_for_status,
     idempotency_key,
     parse_retry_after,
+    push_result_of,
 )
 
 pytestmark = pytest.mark.anyio
@@ -709,3 +711,68 @@ def test_clock_headers_are_read_strictly() -> None:
     for junk in ("", "-5", "1e9", "٣", "1" * 16, "12.5", " "):
         assert clock_reading({"nexus-clock": junk}, sent=0, received=0) is None
     assert clock_reading({}, sent=0, received=0) is None
+
+
+_ANSWER_VALUES = st.one_of(
+    st.integers(min_value=-2, max_value=3),
+    st.sampled_from([2**63 - 1, 2**63, True, False, None, 1.0, "1", "accepted", "retry"]),
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.just("plain"),
+            st.dictionaries(
+                st.sampled_from(["op_id", "status", "version", "reason", "extra"]),
+                _ANSWER_VALUES,
+                max_size=4,
+            ),
+        ),
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_the_fast_answer_path_agrees_with_full_validation(
+    answers: list[object], wrap_more: bool
+) -> None:
+    """push_result_of accepts exactly what full validation accepts, with equal results."""
+    ops = [op(n) for n in range(len(answers))]
+    raw = [
+        {"op_id": o.op_id, "status": "accepted", "version": n + 1}
+        if a == "plain"
+        else ({"op_id": o.op_id, **a} if isinstance(a, dict) and "op_id" not in a else a)
+        for n, (o, a) in enumerate(zip(ops, answers, strict=True))
+    ]
+    body: dict[str, object] = {"results": raw}
+    if wrap_more:
+        body["more"] = 1
+    try:
+        expected: PushResult | None = check_push_result(ops, _validate(PushResult, body))
+    except ProtocolError:
+        expected = None
+    try:
+        got: PushResult | None = push_result_of(ops, body)
+    except ProtocolError:
+        got = None
+    assert got == expected
+
+
+def test_the_fast_answer_path_refuses_what_validation_refuses() -> None:
+    """A wrong op id, a bool or out-of-range version, an extra key: all refused."""
+    ops = [op(1)]
+    for bad in (
+        {"op_id": "other", "status": "accepted", "version": 1},
+        {"op_id": ops[0].op_id, "status": "accepted", "version": True},
+        {"op_id": ops[0].op_id, "status": "accepted", "version": 0},
+        {"op_id": ops[0].op_id, "status": "accepted", "version": 2**63},
+        {"op_id": ops[0].op_id, "status": "accepted", "version": 1, "extra": 1},
+    ):
+        with pytest.raises(ProtocolError):
+            push_result_of(ops, {"results": [bad]})
+    good = push_result_of(
+        ops, {"results": [{"op_id": ops[0].op_id, "status": "accepted", "version": 7}]}
+    )
+    assert good == PushResult(
+        results=[OpResult(op_id=ops[0].op_id, status=OpStatus.ACCEPTED, version=7)]
+    )

@@ -69,6 +69,37 @@ def test_lease_order_is_priority_then_fifo(queue: PrioritySyncQueue) -> None:
     assert queue.lease(10) == []
 
 
+def test_a_lease_in_chunks_hands_out_what_one_transaction_would(
+    queue: PrioritySyncQueue, clock: FakeClock
+) -> None:
+    """``lease(n, chunk=k)`` hands out the same ops in the same order under one token, and
+    records the deadline watermark (the durable commit after the chunks)."""
+    prios = [L, N, C, H]
+    for i in range(23):
+        queue.enqueue("notes", f"i{i:02d}", b"x", priority=prios[i % 4])
+    other = PrioritySyncQueue(clock=clock)
+    try:
+        for i in range(23):
+            other.enqueue("notes", f"i{i:02d}", b"x", priority=prios[i % 4])
+        whole = other.lease(20)
+    finally:
+        other.close()
+    chunked = queue.lease(20, chunk=3)
+    assert ids(chunked) == ids(whole)
+    assert {op.state for op in chunked} == {OpState.LEASED}
+    assert ids(queue.lease(20, chunk=3)) == ["i12", "i16", "i20"]  # the last LOW ones
+    assert queue.lease(5, chunk=2) == []
+    with queue.database.reading() as conn:
+        assert conn.execute("SELECT wall FROM nx_clock").fetchone() == (clock.now(),)
+
+
+@pytest.mark.parametrize("chunk", [0, -1, True, 1.5])
+def test_a_lease_refuses_a_bad_chunk(queue: PrioritySyncQueue, chunk: Any) -> None:
+    """``chunk`` must be a positive int (or None)."""
+    with pytest.raises(ValueError, match="chunk"):
+        queue.lease(5, chunk=chunk)
+
+
 def test_enqueue_returns_a_typed_record_with_a_uuid_op_id(
     queue: PrioritySyncQueue, clock: FakeClock
 ) -> None:

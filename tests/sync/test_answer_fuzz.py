@@ -446,7 +446,8 @@ def check(
     clock: FakeClock,
     summary: SyncSummary,
 ) -> None:
-    """No false acks; bad answers back off (or pause the remote); bad pages change nothing."""
+    """No false acks; bad answers back off (the op, or the whole remote when it answered
+    nothing well); bad pages change nothing."""
     for item, op_id in sent.items():
         queued = store.queue.pending(store.collection, item, states=tuple(OpState))
         if not queued:  # acked
@@ -459,9 +460,10 @@ def check(
         assert op_id not in verdict.acked_validly, "a valid acceptance was not acked"
         if op_id in verdict.answered_badly and op.state is OpState.PENDING:
             if op.attempts == 0:
-                # Not the op's failure (throttled, refused credentials, the remote down):
-                # given back untouched, and the run stopped with the remote paused.
-                assert summary.stop_reason in _PAUSING, f"{op_id} neither backed off nor paused"
+                # Not the op's failure (throttled, refused credentials, the remote down or
+                # answering nothing well): given back untouched, the remote paused.
+                paused = summary.paused_until is not None or summary.stop_reason in _PAUSING
+                assert paused, f"{op_id} neither backed off nor paused"
                 continue
             assert op.next_attempt_at > clock.now(), "an op answered badly did not back off"
     cursor = store.pull_cursor()
@@ -570,7 +572,8 @@ async def test_a_version_of_2_63_is_a_protocol_error_and_the_op_backs_off() -> N
     ids=["silence", "headers then silence", "an answer trickled a byte at a time"],
 )
 async def test_stalled_answers_end_in_a_network_error(answer: RawAnswer) -> None:
-    """A server that stalls or trickles its answer costs at most the backend's deadline."""
+    """A server that stalls or trickles its answer costs at most the backend's deadline,
+    and pauses the remote (the op is not charged)."""
     clock = FakeClock()
     store: NexusStore[Note, str] = NexusStore(":memory:", model=Note, clock=clock)
     store.save(Note(id="n1"))
@@ -587,4 +590,7 @@ async def test_stalled_answers_end_in_a_network_error(answer: RawAnswer) -> None
     assert summary.pushed == 0
     assert summary.error is not None
     assert "NetworkError" in summary.error
-    assert op.next_attempt_at > clock.now()
+    # Not the op's failure: it goes back untouched, and the remote waits out a pause.
+    assert op.attempts == 0
+    assert summary.paused_until is not None
+    assert summary.paused_until.timestamp() > clock.now()

@@ -82,7 +82,9 @@ async def test_the_periodic_run_keeps_its_interval_when_the_clock_steps_back(
 async def test_a_retry_after_a_failed_run_is_not_held_by_a_step_back(tmp_path: Path) -> None:
     """A CRITICAL save whose run failed is retried at its backoff, not an hour later."""
     clock = FakeClock()
-    faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.network()])
+    # A 500 on the op alone (the remote answers the probe): the op is charged and the run
+    # asks the scheduler to retry.
+    faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.server_error()])
     store = NexusStore(tmp_path / "app.db", model=Note, clock=clock, backend=faulty)
     service = WorkManagerSyncService(
         store,

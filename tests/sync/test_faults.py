@@ -236,13 +236,18 @@ async def _drain(
     runs: int = 60,
     **kw: Any,
 ) -> list[SyncSummary]:
-    """Run until the queue has no live op, jumping the fake clock over backoffs."""
+    """Run until the queue has no live op, jumping the fake clock over backoffs and the
+    remote's pauses."""
     summaries = []
     for _ in range(runs):
-        summaries.append(await SyncRunner(store, backend, **kw).run())
+        summary = await SyncRunner(store, backend, **kw).run()
+        summaries.append(summary)
         if store.queue.stats().live == 0:
             return summaries
-        clock.set(max(op.next_attempt_at for op in store.queue.pending()) + 0.001)
+        due = [op.next_attempt_at for op in store.queue.pending()]
+        if summary.paused_until is not None:
+            due.append(summary.paused_until.timestamp())
+        clock.set(max([clock.now(), *due]) + 0.001)
     raise AssertionError(f"the queue did not drain: {store.queue.stats()}")
 
 
@@ -269,25 +274,27 @@ async def test_responses_dropped_after_commit_still_apply_every_op_once(
 
 
 async def test_503_then_429_backs_off_and_honours_retry_after(server: ServerProcess) -> None:
-    """503s back off exponentially with jitter; after a 429 no request comes before Retry-After."""
+    """503s pause the remote (backoff with jitter, no attempt charged to the ops); after a
+    429 no request comes before Retry-After."""
     clock = FakeClock()
     store = _store(clock, 50)
     async with _client(server, clock=clock) as (proxy, through, direct):
         proxy.set_fault(FaultMode.UNAVAILABLE, path_prefix="/v1/push")
-        ceilings = []
+        waits = []
         for attempt in (1, 2, 3):
+            summary = await SyncRunner(store, through, pull=False).run()
+            assert proxy.count(path_prefix="/v1/push") == attempt
+            assert all(op.attempts == 0 for op in store.queue.pending())
+            assert summary.paused_until is not None
+            waits.append(summary.paused_until.timestamp() - clock.now())
+            # Before the pause ends nothing is sent.
             await SyncRunner(store, through, pull=False).run()
             assert proxy.count(path_prefix="/v1/push") == attempt
-            times = [op.next_attempt_at - clock.now() for op in store.queue.pending()]
-            assert len(set(times)) > 1  # jitter: not all at once
-            ceilings.append(max(times))
-            # Before the earliest retry time nothing is sent.
-            await SyncRunner(store, through, pull=False).run()
-            assert proxy.count(path_prefix="/v1/push") == attempt
-            clock.advance(max(times) + 0.001)
-        assert ceilings[0] <= 1.0
-        assert ceilings[1] <= 2.0
-        assert ceilings[2] <= 4.0
+            clock.advance(waits[-1] + 0.001)
+        assert 0 <= waits[0] <= 0.5  # the probe backoff: ceilings of 0.5 s, 1 s, 2 s
+        assert waits[1] <= 1.0
+        assert waits[2] <= 2.0
+        assert proxy.count(path_prefix="/health") == 2  # each run after a pause probed first
         proxy.set_fault(FaultMode.RATE_LIMITED, path_prefix="/v1/push", retry_after=60)
         await SyncRunner(store, through, pull=False).run()
         assert proxy.count(path_prefix="/v1/push") == 4

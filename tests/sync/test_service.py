@@ -381,23 +381,26 @@ async def test_cancel_sync_stops_a_run_and_gives_its_ops_back(clock: FakeClock) 
 
 
 async def test_unreachable_remote_fails_and_backs_off(clock: FakeClock) -> None:
-    """A run that cannot reach the remote ends FAILED; its work backs off and runs again."""
+    """A run that cannot reach the remote ends FAILED and pauses the remote (the op is not
+    charged); the service runs again when the pause ends, not after the scheduler's backoff."""
     with make_store(clock, backend=Down()) as store:
         service = make_service(store, clock, backoff_delay=timedelta(seconds=30))
         recorder = Recorder(service)
         async with service:
             store.save(Note(id="x"), priority=SyncPriority.CRITICAL)
             await recorder.runs(1)
-            await recorder.until(lambda: recorder.statuses[-1] is S.SCHEDULED)
             assert S.FAILED in recorder.statuses
             assert recorder.sync_events()[0].success is False
+            await service.settle()
             why = await service.why_not_running()
-            assert "expedited run (CRITICAL): backing off until" in why, why
-            clock.advance(3600)  # past the work's backoff and the op's own
+            assert "the remote is paused (unavailable) until" in why, why
+            clock.advance(4.001)  # past the longest probe backoff
             await recorder.runs(2)
-            await settled_work(service, CRITICAL_WORK, WorkState.ENQUEUED)
+            await service.settle()
             runs = await service.run_history(SYNC_TASK_ID)
-            assert [r.outcome for r in runs] == ["retry", "retry"]
+            assert [r.outcome for r in runs] == ["failure", "failure"]
+            [op] = store.queue.pending()
+            assert op.attempts == 0
 
 
 async def test_sync_now_runs_whatever_the_schedule(

@@ -44,6 +44,9 @@ class StoredItem:
     data: bytes | None
     hlc: str
     schema_version: int
+    writer: int | None = None
+    """Who made this state: the id of the sync run that pushed it, if it said (see
+    :meth:`Storage.changes`, ``skip_writer``)."""
 
     @property
     def key(self) -> ItemKey:
@@ -105,21 +108,38 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def apply(
-        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+        self,
+        tenant: str,
+        keys: Sequence[ItemKey],
+        op_ids: Sequence[str],
+        plan: Planner,
+        *,
+        writer: int | None = None,
     ) -> BatchPlan:
         """Run one batch in one transaction.
 
         Read the tenant's head, the records of ``op_ids`` and the items at ``keys``, while
         holding the tenant's write lock (so concurrent batches of a tenant, from any
-        process, serialize); call ``plan`` once with them; write the plan's items, records
-        and head; commit; return the plan.
+        process, serialize); call ``plan`` once with them; write the plan's items (with
+        ``writer``), records and head; commit; return the plan.
         """
 
     @abc.abstractmethod
     async def changes(
-        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+        self,
+        tenant: str,
+        cursor: int,
+        limit: int,
+        collections: Sequence[str] | None,
+        *,
+        skip_writer: int | None = None,
+        upto: int | None = None,
     ) -> list[StoredItem]:
-        """Return up to ``limit`` items with ``version > cursor``, ordered by version."""
+        """Return up to ``limit`` items with ``version > cursor``, ordered by version.
+
+        ``skip_writer`` leaves out items whose latest state that writer made; ``upto``
+        leaves out versions above it.
+        """
 
     @abc.abstractmethod
     async def head(self, tenant: str) -> int:

@@ -61,7 +61,13 @@ class MemoryStorage(Storage):
         return tenant
 
     async def apply(
-        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+        self,
+        tenant: str,
+        keys: Sequence[ItemKey],
+        op_ids: Sequence[str],
+        plan: Planner,
+        *,
+        writer: int | None = None,
     ) -> BatchPlan:
         """Plan and apply one batch atomically."""
         await anyio.lowlevel.checkpoint()
@@ -74,6 +80,7 @@ class MemoryStorage(Storage):
             )
             result = plan(state)
             for item in sorted(result.writes, key=lambda w: w.version):
+                item.writer = writer
                 data.add(item)
             for record in result.records:
                 data.records[record.op_id] = record
@@ -81,7 +88,14 @@ class MemoryStorage(Storage):
             return result
 
     async def changes(
-        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+        self,
+        tenant: str,
+        cursor: int,
+        limit: int,
+        collections: Sequence[str] | None,
+        *,
+        skip_writer: int | None = None,
+        upto: int | None = None,
     ) -> list[StoredItem]:
         """Items changed after ``cursor``, in version order."""
         await anyio.lowlevel.checkpoint()
@@ -91,10 +105,16 @@ class MemoryStorage(Storage):
             data = self._tenant(tenant)
             versions = data.versions
             for index in range(bisect.bisect_right(versions, cursor), len(versions)):
-                key = data.by_version.get(versions[index])
+                version = versions[index]
+                if upto is not None and version > upto:
+                    break
+                key = data.by_version.get(version)
                 if key is None or (wanted is not None and key[0] not in wanted):
                     continue
-                out.append(data.items[key])
+                item = data.items[key]
+                if skip_writer is not None and item.writer == skip_writer:
+                    continue
+                out.append(item)
                 if len(out) >= limit:
                     break
         return out

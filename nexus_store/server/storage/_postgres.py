@@ -36,7 +36,7 @@ from ..._exceptions import (
     ServerUnavailableError,
 )
 from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
-from ._schema import SCHEMA_VERSION, check_schema_version, ddl
+from ._schema import ADD_WRITER, SCHEMA_VERSION, check_schema_version, ddl
 
 try:
     import psycopg
@@ -68,11 +68,11 @@ _SELECT_ITEMS = (
     "WHERE tenant = %s AND collection = k.collection AND item_key = k.item_key LIMIT 1) AS i"
 )
 _UPSERT_ITEMS = (
-    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) SELECT %s, * FROM unnest("
+    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}, writer) SELECT %s, *, %s::bigint FROM unnest("
     "%b::text[], %b::text[], %b::bigint[], %b::boolean[], %b::bytea[], %b::text[], %b::bigint[]) "
     "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = EXCLUDED.version, "
     "deleted = EXCLUDED.deleted, data = EXCLUDED.data, hlc = EXCLUDED.hlc, "
-    "schema_version = EXCLUDED.schema_version"
+    "schema_version = EXCLUDED.schema_version, writer = EXCLUDED.writer"
 )
 _INSERT_RECORDS = (
     "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, result, created_at) "
@@ -82,6 +82,7 @@ _INSERT_RECORDS = (
 _SET_HEAD = "UPDATE nx_tenants SET head = %s WHERE tenant = %s"
 _SELECT_HEAD = "SELECT head FROM nx_tenants WHERE tenant = %s"
 _CHANGES = f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = %s AND version > %s"
+_NOT_BY = " AND version <= %s::bigint AND writer IS DISTINCT FROM %s::bigint"
 _IN_COLLECTIONS = " AND collection = ANY(%s)"
 _ORDER = " ORDER BY version LIMIT %s"
 
@@ -156,6 +157,14 @@ class PostgresStorage(Storage):
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     for statement in ddl("postgresql"):
                         await conn.execute(statement)
+                    # ALTER TABLE locks the table even when the column exists: only when
+                    # it is missing (a database of the first layout).
+                    cur = await conn.execute(
+                        "SELECT 1 FROM information_schema.columns WHERE table_name = "
+                        "'nx_items' AND column_name = 'writer' AND table_schema = current_schema()"
+                    )
+                    if await cur.fetchone() is None:
+                        await conn.execute(ADD_WRITER["postgresql"])
                     cur = await conn.execute(
                         "SELECT value FROM nx_meta WHERE key = 'schema_version'"
                     )
@@ -169,7 +178,13 @@ class PostgresStorage(Storage):
             self._opened = True
 
     async def apply(
-        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+        self,
+        tenant: str,
+        keys: Sequence[ItemKey],
+        op_ids: Sequence[str],
+        plan: Planner,
+        *,
+        writer: int | None = None,
     ) -> BatchPlan:
         """Run the batch in one transaction, holding the tenant's counter row."""
         await self.open()
@@ -188,12 +203,16 @@ class PostgresStorage(Storage):
                 )
                 items = {(r[0], r[1]): _item(r) for r in await cur.fetchall()}
                 result = plan(BatchState(head=head, items=items, records=records))
-                await self._write(conn, tenant, head, result)
+                await self._write(conn, tenant, head, result, writer)
         return result
 
     @staticmethod
     async def _write(
-        conn: psycopg.AsyncConnection[Any], tenant: str, head: int, result: BatchPlan
+        conn: psycopg.AsyncConnection[Any],
+        tenant: str,
+        head: int,
+        result: BatchPlan,
+        writer: int | None,
     ) -> None:
         writes, records = result.writes, result.records
         if writes:
@@ -201,6 +220,7 @@ class PostgresStorage(Storage):
                 _UPSERT_ITEMS,
                 (
                     tenant,
+                    writer,
                     [w.collection for w in writes],
                     [w.item_key for w in writes],
                     [w.version for w in writes],
@@ -226,16 +246,27 @@ class PostgresStorage(Storage):
             await conn.execute(_SET_HEAD, (result.head, tenant))
 
     async def changes(
-        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+        self,
+        tenant: str,
+        cursor: int,
+        limit: int,
+        collections: Sequence[str] | None,
+        *,
+        skip_writer: int | None = None,
+        upto: int | None = None,
     ) -> list[StoredItem]:
         """One statement, so one snapshot: a prefix of the tenant's sequence."""
         await self.open()
-        params: tuple[object, ...]
-        if collections is None:
-            sql, params = _CHANGES + _ORDER, (tenant, cursor, limit)
-        else:
-            sql = _CHANGES + _IN_COLLECTIONS + _ORDER
-            params = (tenant, cursor, list(collections), limit)
+        sql = _CHANGES
+        params: tuple[object, ...] = (tenant, cursor)
+        if skip_writer is not None or upto is not None:
+            sql += _NOT_BY
+            params += (2**63 - 1 if upto is None else upto, skip_writer)
+        if collections is not None:
+            sql += _IN_COLLECTIONS
+            params += (list(collections),)
+        sql += _ORDER
+        params += (limit,)
         with _translated():
             async with self._connection() as conn:
                 cur = await conn.execute(sql, params)

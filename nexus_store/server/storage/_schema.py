@@ -5,11 +5,15 @@
     nx_meta     (key PRIMARY KEY, value)                 schema_version
     nx_tenants  (tenant PRIMARY KEY, head)               each tenant's change counter
     nx_items    (tenant, collection, item_key) PRIMARY KEY, version UNIQUE per tenant,
-                deleted, data (msgpack), hlc, schema_version
+                deleted, data (msgpack), hlc, schema_version, writer
     nx_ops      (tenant, op_id) PRIMARY KEY, fingerprint, version | result (msgpack),
                 created_at
 
 Items hold only each item's latest state; a pull reads them by ``(tenant, version)``.
+``writer`` is the id of the sync run that pushed the state (``NULL`` when it did not say):
+a run's pull leaves out what that run pushed itself (echo suppression). It was added after
+version 1 of the schema without a version bump (older code ignores it): :func:`ddl` adds it
+to a database that lacks it.
 In SQLite ``nx_items`` keeps its rowid (its rows, a few hundred bytes, are too big for a
 ``WITHOUT ROWID`` table to pay off: measured 25% slower), the small ``nx_*`` tables do not.
 ``nx_ops`` keeps every answered op id (the idempotency record); its primary key is what
@@ -22,7 +26,7 @@ from typing import Literal
 
 from ..._exceptions import SchemaError
 
-__all__ = ["SCHEMA_VERSION", "Dialect", "check_schema_version", "ddl"]
+__all__ = ["ADD_WRITER", "SCHEMA_VERSION", "Dialect", "check_schema_version", "ddl"]
 
 SCHEMA_VERSION = 1
 """Bumped when the tables change; a database from a newer version is refused."""
@@ -61,6 +65,7 @@ _DDL = (
         data {blob},
         hlc TEXT NOT NULL,
         schema_version {int} NOT NULL,
+        writer {int},
         PRIMARY KEY (tenant, collection, item_key)
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS nx_items_by_version ON nx_items (tenant, version)",
@@ -74,6 +79,14 @@ _DDL = (
         PRIMARY KEY (tenant, op_id)
     ){tail}""",
 )
+
+
+ADD_WRITER: dict[Dialect, str] = {
+    "sqlite": "ALTER TABLE nx_items ADD COLUMN writer INTEGER",
+    "postgresql": "ALTER TABLE nx_items ADD COLUMN IF NOT EXISTS writer BIGINT",
+}
+"""The statement that gives a database of the first layout its ``writer`` column (SQLite
+has no ``IF NOT EXISTS`` here: run it when ``PRAGMA table_info`` lacks the column)."""
 
 
 def ddl(dialect: Dialect) -> list[str]:

@@ -32,7 +32,7 @@ import anyio.to_thread
 from ..._database import Database, Durability
 from ..._exceptions import DatabaseError, LifecycleError, ServerUnavailableError
 from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
-from ._schema import SCHEMA_VERSION, check_schema_version, ddl
+from ._schema import ADD_WRITER, SCHEMA_VERSION, check_schema_version, ddl
 
 __all__ = ["SqliteStorage"]
 
@@ -51,10 +51,10 @@ _SELECT_ITEMS = (
 _MAX_PARAMS = 4096
 """Most keys bound in one read (SQLite allows 32766 parameters); more take several reads."""
 _UPSERT_ITEM = (
-    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = excluded.version, "
     "deleted = excluded.deleted, data = excluded.data, hlc = excluded.hlc, "
-    "schema_version = excluded.schema_version"
+    "schema_version = excluded.schema_version, writer = excluded.writer"
 )
 # Plain acceptances (most records) and other answers apart: fewer values to bind per row.
 _INSERT_ACCEPTED = (
@@ -68,6 +68,7 @@ _SET_HEAD = (
     "ON CONFLICT (tenant) DO UPDATE SET head = excluded.head"
 )
 _CHANGES = f"SELECT {_ITEM_COLUMNS} FROM nx_items WHERE tenant = ? AND version > ?"
+_NOT_BY = " AND version <= ? AND writer IS NOT ?"
 _IN_COLLECTIONS = " AND collection IN (SELECT value FROM json_each(?))"
 _ORDER = " ORDER BY version LIMIT ?"
 
@@ -100,6 +101,9 @@ class SqliteStorage(Storage):
             with self._writer.transaction() as conn:
                 for statement in ddl("sqlite"):
                     conn.execute(statement)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(nx_items)")}
+                if "writer" not in columns:
+                    conn.execute(ADD_WRITER["sqlite"])
                 row = conn.execute("SELECT value FROM nx_meta WHERE key = 'schema_version'")
                 found = row.fetchone()
                 check_schema_version(None if found is None else found[0])
@@ -118,16 +122,27 @@ class SqliteStorage(Storage):
         self._closed = False
 
     async def apply(
-        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+        self,
+        tenant: str,
+        keys: Sequence[ItemKey],
+        op_ids: Sequence[str],
+        plan: Planner,
+        *,
+        writer: int | None = None,
     ) -> BatchPlan:
         """Run the batch in one transaction in a worker thread."""
         self._check_open()
         return await anyio.to_thread.run_sync(
-            self._apply_blocking, tenant, keys, op_ids, plan, limiter=self._write_limiter
+            self._apply_blocking, tenant, keys, op_ids, plan, writer, limiter=self._write_limiter
         )
 
     def _apply_blocking(
-        self, tenant: str, keys: Sequence[ItemKey], op_ids: Sequence[str], plan: Planner
+        self,
+        tenant: str,
+        keys: Sequence[ItemKey],
+        op_ids: Sequence[str],
+        plan: Planner,
+        writer: int | None,
     ) -> BatchPlan:
         with _serving(self.path), self._writer.transaction() as conn:
             row = conn.execute(_SELECT_HEAD, (tenant,)).fetchone()
@@ -159,6 +174,7 @@ class SqliteStorage(Storage):
                             w.data,
                             w.hlc,
                             w.schema_version,
+                            writer,
                         )
                         for w in result.writes
                     ],
@@ -186,16 +202,27 @@ class SqliteStorage(Storage):
         return result
 
     async def changes(
-        self, tenant: str, cursor: int, limit: int, collections: Sequence[str] | None
+        self,
+        tenant: str,
+        cursor: int,
+        limit: int,
+        collections: Sequence[str] | None,
+        *,
+        skip_writer: int | None = None,
+        upto: int | None = None,
     ) -> list[StoredItem]:
         """Read a page of changes on a reader connection."""
         self._check_open()
-        params: tuple[object, ...]
-        if collections is None:
-            sql, params = _CHANGES + _ORDER, (tenant, cursor, limit)
-        else:
-            sql = _CHANGES + _IN_COLLECTIONS + _ORDER
-            params = (tenant, cursor, json.dumps(list(collections)), limit)
+        sql = _CHANGES
+        params: tuple[object, ...] = (tenant, cursor)
+        if skip_writer is not None or upto is not None:
+            sql += _NOT_BY
+            params += (2**63 - 1 if upto is None else upto, skip_writer)
+        if collections is not None:
+            sql += _IN_COLLECTIONS
+            params += (json.dumps(list(collections)),)
+        sql += _ORDER
+        params += (limit,)
         rows = await anyio.to_thread.run_sync(self._read, sql, params, limiter=self._read_limiter)
         return [_item(r) for r in rows]
 

@@ -9,12 +9,17 @@ comes from here:
 - what each per-op answer means for the queue (:func:`plan_results`): accepted → ack
   with the server version; conflict → adopt the server's copy, then ack; rejected →
   dead-letter with the reason; retry → nack with the server's ``retry_after``;
-- what a failure of a whole batch means (:func:`plan_batch_error`): refused credentials,
-  or a remote asking for quiet (429, or 503 with ``Retry-After``) → give the ops back
-  untouched (no attempt counted: nothing is wrong with them), pause the remote and stop;
-  other retryable failures → nack every op (the queue backs off with jitter), and at the
-  consecutive-failure limit stop and pause the remote with a backoff; permanent (e.g.
-  413) → split the batch in halves, or dead-letter a single op;
+- what a failure of a whole batch means (:func:`plan_batch_error`). An attempt is counted
+  only where the failure can be the op's: a remote that is down is not the ops' fault.
+  Refused credentials, a remote asking for quiet (429, or 503 with ``Retry-After``), and a
+  remote that cannot be reached or says it is down (a connection failure, 502/503/504,
+  :func:`failure_scope`) → give the ops back untouched, pause the remote and stop. A
+  failure that may come from what was sent (500, a malformed answer) is first checked
+  against the remote: if nothing in this run got an answer yet, the remote is probed with
+  a cheap request; when the remote answers others, the batch is split in halves down to
+  the op that fails alone, which is nacked (an attempt counted; at ``max_attempts`` it is
+  dead-lettered); if even the probe gets no answer, the remote is down (release and
+  pause). Permanent (e.g. 413) → split the batch in halves, or dead-letter a single op;
 - which ops must wait because an earlier op of the same item did not go through
   (:func:`hold_back`), and when a run stops (:func:`budget_left`).
 """
@@ -26,7 +31,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from ..._exceptions import AuthError, ErrorKind, PermanentError, RateLimitedError, RemoteError
+from ..._exceptions import (
+    AuthError,
+    ErrorKind,
+    NetworkError,
+    PermanentError,
+    RateLimitedError,
+    RemoteError,
+    ServerUnavailableError,
+)
 from ..._priority import SyncPriority
 from ..._remote import Change, OpResult, OpStatus, PushResult
 from ..device._device import DeviceState
@@ -38,9 +51,11 @@ __all__ = [
     "BatchErrorPlan",
     "EngineConfig",
     "Failure",
+    "FailureScope",
     "ResultPlan",
     "allowed_priorities",
     "budget_left",
+    "failure_scope",
     "fit_batch",
     "hold_back",
     "is_offline",
@@ -48,6 +63,7 @@ __all__ = [
     "plan_batch_error",
     "plan_results",
     "split_batch",
+    "split_depth",
 ]
 
 T = TypeVar("T")
@@ -262,14 +278,47 @@ class BatchErrorAction(StrEnum):
     """What to do with a batch whose request failed as a whole."""
 
     NACK = "nack"
-    """Nack every op (``kind``, ``retry_after``): the queue retries them later."""
+    """Nack every op (``kind``, ``retry_after``): an attempt is counted, the queue retries
+    them later (or dead-letters them at ``max_attempts``)."""
     RELEASE = "release"
     """Give every op back untouched: the failure says nothing about them (refused
-    credentials, a remote asking for quiet), so no attempt is counted."""
+    credentials, a remote asking for quiet, a remote that is down), so no attempt is
+    counted."""
     SPLIT = "split"
-    """Push the two halves separately (a permanent error may come from one op)."""
+    """Push the two halves separately (the failure may come from one op)."""
     DEAD_LETTER = "dead_letter"
     """The single op can never be sent as it is: dead-letter it with ``reason``."""
+    PROBE = "probe"
+    """Nothing in this run got an answer yet: ask the remote something cheap, then decide
+    again (``answered`` if it answered, ``probed`` if it did not)."""
+
+
+class FailureScope(StrEnum):
+    """Whose failure a whole-batch error can be."""
+
+    REMOTE = "remote"
+    """The remote is unreachable or down, whatever was sent: a connection failure, 502,
+    503, 504 (also a 429 without ``Retry-After``)."""
+    MAYBE_OP = "maybe_op"
+    """The server failed while handling this batch (500 and other 5xx, a malformed or
+    wrongly typed answer, a storage error): what was sent may be the cause."""
+
+
+_REMOTE_STATUSES = frozenset({502, 503, 504})
+
+
+def failure_scope(error: RemoteError) -> FailureScope:
+    """Whether a retryable whole-batch error can be the ops' doing (see :class:`FailureScope`)."""
+    if isinstance(error, NetworkError | RateLimitedError):
+        return FailureScope.REMOTE
+    if isinstance(error, ServerUnavailableError) and error.status in _REMOTE_STATUSES:
+        return FailureScope.REMOTE
+    return FailureScope.MAYBE_OP
+
+
+def split_depth(batch_size: int) -> int:
+    """Halvings (:func:`split_batch`) that take a batch of ``batch_size`` ops down to one."""
+    return max(0, batch_size - 1).bit_length()
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,14 +352,23 @@ def plan_batch_error(
     batch_len: int,
     consecutive_failures: int,
     max_consecutive_failures: int,
+    answered: bool = False,
+    probed: bool = False,
+    depth: int = 0,
 ) -> BatchErrorPlan:
     """Decide what a batch-level remote error means.
 
     Args:
         error: what the backend raised for the whole request.
         batch_len: ops in the failed request.
-        consecutive_failures: whole-batch failures in a row before this one.
+        consecutive_failures: whole-batch failures in a row (no answer in between)
+            before this one.
         max_consecutive_failures: the run's limit (:class:`EngineConfig`).
+        answered: whether the remote answered any request of this run (a push, a pull
+            or a probe).
+        probed: whether the remote was just probed for this failure and did not answer.
+        depth: halvings allowed on top of ``max_consecutive_failures`` to bisect a
+            failing batch down to one op (:func:`split_depth` of the run's batch size).
     """
     reason = f"{type(error).__name__}: {error}"
     if isinstance(error, PermanentError) or error.kind is ErrorKind.PERMANENT:
@@ -333,7 +391,7 @@ def plan_batch_error(
             stop=SyncStopReason.AUTH,
             pause=True,
         )
-    if isinstance(error, RateLimitedError) or error.retry_after is not None:
+    if error.retry_after is not None:
         # The remote told us to come back later (or to slow down): every request waits,
         # and the ops, which did nothing wrong, go back untouched.
         return BatchErrorPlan(
@@ -345,12 +403,38 @@ def plan_batch_error(
             stop=SyncStopReason.RATE_LIMITED,
             pause=True,
         )
-    last = consecutive_failures + 1 >= max_consecutive_failures
+    remote_down = BatchErrorPlan(
+        BatchErrorAction.RELEASE,
+        ErrorKind.RETRYABLE,
+        reason,
+        stop=SyncStopReason.FAILURES,
+        pause=True,
+    )
+    if failure_scope(error) is FailureScope.REMOTE:
+        # Down or unreachable: however long it lasts, no op is any closer to the dead
+        # letters for it.
+        return remote_down
+    if not answered:
+        # Nobody in this run got an answer: is the remote there at all?
+        return (
+            remote_down
+            if probed
+            else BatchErrorPlan(
+                BatchErrorAction.PROBE, ErrorKind.RETRYABLE, reason, counts_as_failure=False
+            )
+        )
+    # The remote answers others: the failure may be this batch's. Bisect to the op (each
+    # halving counts as a failure, so a remote failing everything stops the run after
+    # about log2(batch) requests, not one request per op).
+    last = consecutive_failures + 1 >= max_consecutive_failures + depth
+    if batch_len > 1:
+        if last:
+            return remote_down
+        return BatchErrorPlan(BatchErrorAction.SPLIT, ErrorKind.RETRYABLE, reason)
     return BatchErrorPlan(
         BatchErrorAction.NACK,
         ErrorKind.RETRYABLE,
         reason,
-        error.retry_after,
         stop=SyncStopReason.FAILURES if last else None,
         pause=last,
     )

@@ -6,10 +6,14 @@ store's file (table ``nx_remote``, one row per remote identity), where every syn
 ``store.sync()`` in a loop, the background service, a worker in another process — reads it
 before sending anything. The same row keeps:
 
-- a **backoff** for a remote that fails without saying when to come back (429/503 without
-  ``Retry-After``, a network that is down, a run whose batches keep failing): full jitter,
+- a **backoff** for a remote that fails without saying when to come back: full jitter,
   ``[0, min(cap, base * 2**(n-1))]`` after the ``n``-th failure in a row, so many clients
-  that failed together do not come back together;
+  that failed together do not come back together. A remote that cannot be reached or is
+  down (``UNAVAILABLE``: a connection failure, 5xx without ``Retry-After``) is looked at
+  again soon, cheaply: the next run first *probes* it (``GET /health`` for
+  ``HttpBackend``) and sends nothing else until it answers, so the probe backoff is short
+  (0.5 s doubling, at most 4 s: a healed remote is noticed within 4 s). A 429 without
+  ``Retry-After`` (``RATE_LIMITED``) waits the remote backoff (1 s doubling, at most 60 s);
 - an **auth pause** after the remote refused our credentials: runs still try (the backend
   does not resend a token the server refused, so a try costs no request until the token
   provider has a new one); schedulers look again every ``auth_recheck`` seconds.
@@ -34,6 +38,7 @@ from ...queue import _timeline
 
 __all__ = [
     "DEFAULT_AUTH_RECHECK",
+    "DEFAULT_PROBE_BACKOFF",
     "DEFAULT_REMOTE_BACKOFF",
     "PauseReason",
     "RemotePause",
@@ -50,6 +55,13 @@ def DEFAULT_REMOTE_BACKOFF() -> RetryBackoff:  # noqa: N802 - a factory read lik
     """The backoff of a remote failing without ``Retry-After``: full jitter, 1 s doubling,
     capped at 60 s (a healed network is noticed within a minute)."""
     return RetryBackoff(base=1.0, factor=2.0, max_delay=60.0)
+
+
+def DEFAULT_PROBE_BACKOFF() -> RetryBackoff:  # noqa: N802 - a factory read like a constant
+    """The backoff between probes of a remote that could not be reached or was down: full
+    jitter, 0.5 s doubling, capped at 4 s (a probe is one small request; a healed remote
+    is noticed within 4 s)."""
+    return RetryBackoff(base=0.5, factor=2.0, max_delay=4.0)
 
 
 class PauseReason(StrEnum):
@@ -102,6 +114,7 @@ def plan_pause(
     now: float,
     backoff: RetryBackoff,
     auth_recheck: float = DEFAULT_AUTH_RECHECK,
+    probe_backoff: RetryBackoff | None = None,
 ) -> tuple[PauseReason, float]:
     """The pause a remote error calls for: its reason and deadline.
 
@@ -109,20 +122,19 @@ def plan_pause(
         error: what the remote (or the backend on its behalf) raised.
         failures: failed exchanges in a row before this one.
         now: wall time.
-        backoff: the remote's backoff (full jitter, capped).
+        backoff: the backoff of a remote rate-limiting us without ``Retry-After``.
         auth_recheck: seconds until an auth pause is looked at again.
+        probe_backoff: the backoff of an ``UNAVAILABLE`` remote, which the next run
+            probes before sending anything (``backoff`` if not given).
     """
     if isinstance(error, AuthError):
         return PauseReason.AUTH, now + auth_recheck
     asked = isinstance(error, RateLimitedError | ServerUnavailableError)
     if asked and error.retry_after is not None:
         return PauseReason.RATE_LIMITED, now + error.retry_after
-    reason = (
-        PauseReason.RATE_LIMITED
-        if isinstance(error, RateLimitedError)
-        else (PauseReason.UNAVAILABLE)
-    )
-    return reason, now + backoff.delay(failures + 1)
+    if isinstance(error, RateLimitedError):
+        return PauseReason.RATE_LIMITED, now + backoff.delay(failures + 1)
+    return PauseReason.UNAVAILABLE, now + (probe_backoff or backoff).delay(failures + 1)
 
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS nx_remote (
@@ -182,7 +194,13 @@ class RemotePauses:
         return RemotePause(self.remote, _REASONS[reason], float(until), int(failures))
 
     def pause(
-        self, error: RemoteError, *, now: float, backoff: RetryBackoff, auth_recheck: float
+        self,
+        error: RemoteError,
+        *,
+        now: float,
+        backoff: RetryBackoff,
+        auth_recheck: float,
+        probe_backoff: RetryBackoff | None = None,
     ) -> RemotePause:
         """Record that the remote failed with ``error``; returns the pause now in force.
 
@@ -197,7 +215,12 @@ class RemotePauses:
             row = conn.execute(_GET, (self.remote,)).fetchone()
             failures = 0 if row is None or row[0] == PauseReason.AUTH else int(row[2])
             reason, until = plan_pause(
-                error, failures=failures, now=now, backoff=backoff, auth_recheck=auth_recheck
+                error,
+                failures=failures,
+                now=now,
+                backoff=backoff,
+                auth_recheck=auth_recheck,
+                probe_backoff=probe_backoff,
             )
             if row is not None and row[0] != PauseReason.AUTH and reason is not PauseReason.AUTH:
                 until = max(until, float(row[1]))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..._exceptions import AuthError, RemoteError
-from ..._remote import Change
+from ..._remote import Change, Changes
+from ._engine import FailureScope, failure_scope
 from ._run import _PAUSE_STOPS, _Run, _RunnerBase
 from ._target import SyncTarget
 
@@ -38,6 +39,16 @@ def _apply_page(target: SyncTarget, changes: Sequence[Change], cursor: int) -> t
 class _Pulling(_RunnerBase):
     """A sync run's pull."""
 
+    async def _pull_page(self, run: _Run, target: SyncTarget, cursor: int, page: int) -> Changes:
+        """One page of the target's changes, without what this run pushed (a writer-aware
+        backend leaves those out: the store has them already)."""
+        collections = [target.collection]
+        if self.backend.writer_aware:
+            return await self.backend.pull(
+                cursor, page, collections=collections, skip_writer=run.writer
+            )
+        return await self.backend.pull(cursor, page, collections=collections)
+
     # -- pull ---------------------------------------------------------------------------------
 
     async def _pull(self, run: _Run) -> None:
@@ -52,10 +63,14 @@ class _Pulling(_RunnerBase):
             while True:
                 run.requests += 1
                 try:
-                    changes = await self.backend.pull(cursor, page, collections=[target.collection])
+                    changes = await self._pull_page(run, target, cursor, page)
                 except RemoteError as exc:
                     run.error = f"pull: {type(exc).__name__}: {exc}"
-                    if isinstance(exc, AuthError) or exc.retry_after is not None:
+                    if (
+                        isinstance(exc, AuthError)
+                        or exc.retry_after is not None
+                        or failure_scope(exc) is FailureScope.REMOTE
+                    ):
                         await self._pause(run, exc)
                         assert run.paused is not None
                         run.stop = _PAUSE_STOPS[run.paused.reason]

@@ -23,12 +23,13 @@ from ... import _codec
 from ..._exceptions import CodecError, ErrorKind, RemoteError
 from ..._gc import collector_paused
 from ..._priority import SyncPriority
-from ..._remote import RemoteOp, is_plain_op
+from ..._remote import PushResult, RemoteOp, is_plain_op
 from ..._trusted import trusted_builder
 from ...queue import OpKind, PrioritySyncQueue, QueuedOp
 from ._engine import (
     Ack,
     BatchErrorAction,
+    BatchErrorPlan,
     Failure,
     ResultPlan,
     budget_left,
@@ -38,6 +39,7 @@ from ._engine import (
     plan_batch_error,
     plan_results,
     split_batch,
+    split_depth,
 )
 from ._progress import SyncStopReason
 from ._run import _Leased, _Run, _RunnerBase
@@ -45,6 +47,23 @@ from ._run import _Leased, _Run, _RunnerBase
 logger = logging.getLogger("nexus_store.sync")
 
 __all__: list[str] = []
+
+_CHUNK = 128
+"""The most ops one local write transaction of a run leases or settles. A transaction holds
+the file's write lock, so an app saving beside a run (or a worker) waits for at most one
+such chunk (about a millisecond), not a whole batch."""
+
+
+_WINDOW = 2
+"""The most push requests of one run on the wire at once (once the remote answered)."""
+
+
+async def _drain_window(window: anyio.Semaphore) -> None:
+    """Wait until no push of the window is in flight."""
+    for _ in range(_WINDOW):
+        await window.acquire()
+    for _ in range(_WINDOW):
+        window.release()
 
 
 class _Settler:
@@ -156,11 +175,19 @@ class _Pushing(_RunnerBase):
     async def _push(self, run: _Run) -> None:
         """Push batch after batch, keeping the local work off the critical path.
 
-        Pushes go one at a time, in lease order (so the server sees priority order), but
-        while batch *k* is on the wire the next batch is leased and batch *k - 1*'s results
-        are settled, in worker threads. Per-item order does not depend on this: the queue
-        never hands out an op while an earlier op of its item is leased.
+        While batch *k* is on the wire the next batch is leased and earlier batches' results
+        are settled, in worker threads. Once the remote has answered in this run (and as
+        long as no batch failed since), up to :data:`_WINDOW` batches of one priority are
+        on the wire at once, so the server is not idle while the client prepares or
+        settles; before that, one at a time (a remote that refuses the first batch gets
+        one request). A batch of another priority, or of several, waits until every batch
+        before it was answered: the server applies priorities in order; within one
+        priority, batches in flight together may be applied in either order. Per-item order does not
+        depend on any of this: the queue never hands out an op while an earlier op of its
+        item is leased, so two batches in flight never hold ops of the same item.
         """
+        window = anyio.Semaphore(_WINDOW)
+        flying: set[SyncPriority] = set()  # the priority of the batches that may be in flight
         async with anyio.create_task_group() as group:
             settler = _Settler(self, run, group)
             batch = await self._lease(run)
@@ -172,19 +199,49 @@ class _Pushing(_RunnerBase):
                     await self._release(run, batch)
                     break
                 if not batch:
-                    # Acks still being settled may unblock more ops: look once more.
+                    # Pushes in flight and acks still being settled may unblock more ops
+                    # (or stop the run): look once more when they are done.
+                    await _drain_window(window)
                     await settler.wait()
+                    if run.stop is not None:
+                        continue
                     batch = await self._lease(run)
                     if not batch:
                         run.stop = SyncStopReason.DRAINED
                         break
                 self._count_batch(run)
+                level = {x.op.priority for x in batch}
+                alongside = run.exchanged and not run.consecutive_failures and len(level) == 1
+                if not alongside or level != flying:
+                    # Another priority: the batches before it must have arrived first.
+                    await _drain_window(window)
+                await window.acquire()
+                if run.stop is not None:
+                    window.release()
+                    continue  # released above, on the next round
                 ahead: list[list[_Leased]] = []
-                async with anyio.create_task_group() as prefetch:
-                    prefetch.start_soon(self._lease_into, run, ahead)
-                    await self._push_batch(run, batch, settler)
+                flying = level
+                if alongside:
+                    group.start_soon(self._push_in_window, run, batch, settler, window)
+                    await self._lease_into(run, ahead)
+                else:
+                    try:
+                        async with anyio.create_task_group() as prefetch:
+                            prefetch.start_soon(self._lease_into, run, ahead)
+                            await self._push_batch(run, batch, settler)
+                    finally:
+                        window.release()
                 batch = ahead[0]
+            await _drain_window(window)
             await settler.wait()
+
+    async def _push_in_window(
+        self, run: _Run, batch: list[_Leased], settler: _Settler, window: anyio.Semaphore
+    ) -> None:
+        try:
+            await self._push_batch(run, batch, settler)
+        finally:
+            window.release()
 
     async def _lease(self, run: _Run) -> list[_Leased]:
         with anyio.CancelScope(shield=True):
@@ -211,7 +268,7 @@ class _Pushing(_RunnerBase):
             group = self._groups[0]
             names = [t.collection for t in group]
             batch = group[0].queue.lease(
-                size, self.lease_for, collections=names, priorities=sorted(allowed)
+                size, self.lease_for, collections=names, priorities=sorted(allowed), chunk=_CHUNK
             )
             ops = [(op, batch.token) for op in batch]
         else:
@@ -274,17 +331,14 @@ class _Pushing(_RunnerBase):
             remote = [x.remote for x in part if x.remote is not None]
             run.requests += 1
             try:
-                result = await self.backend.push(remote)
+                result = await self._send(run, remote)
             except RemoteError as exc:
-                plan = plan_batch_error(
-                    exc,
-                    batch_len=len(part),
-                    consecutive_failures=run.consecutive_failures,
-                    max_consecutive_failures=self.config.max_consecutive_failures,
-                )
+                plan = await self._plan_error(run, exc, len(part))
                 if plan.action is BatchErrorAction.SPLIT:
                     first, second = split_batch(part)
                     parts[:0] = [first, second]
+                    if plan.counts_as_failure:
+                        run.consecutive_failures += 1
                     continue
                 run.error = plan.reason
                 if plan.action is BatchErrorAction.RELEASE:
@@ -312,6 +366,33 @@ class _Pushing(_RunnerBase):
             settler.submit(decided)
             failed_ids = {f.op_id for f in decided.failures}
             blocked.update(item_key(x) for x in part if x.op.op_id in failed_ids)
+
+    async def _send(self, run: _Run, ops: list[RemoteOp]) -> PushResult:
+        """Push ``ops``, as the run's writer when the backend records writers."""
+        if self.backend.writer_aware:
+            return await self.backend.push(ops, writer=run.writer)
+        return await self.backend.push(ops)
+
+    async def _plan_error(self, run: _Run, error: RemoteError, batch_len: int) -> BatchErrorPlan:
+        """Decide about a failed batch, probing the remote first when that decision needs
+        to know whether the remote answers at all (see :func:`plan_batch_error`)."""
+        config = self.config
+
+        def plan(*, probed: bool = False) -> BatchErrorPlan:
+            return plan_batch_error(
+                error,
+                batch_len=batch_len,
+                consecutive_failures=run.consecutive_failures,
+                max_consecutive_failures=config.max_consecutive_failures,
+                answered=run.exchanged or run.reachable,
+                probed=probed,
+                depth=split_depth(config.batch_size),
+            )
+
+        decided = plan()
+        if decided.action is BatchErrorAction.PROBE:
+            decided = plan(probed=await self._probe(run) is not None)
+        return decided
 
     async def _settle(self, run: _Run, plan: ResultPlan) -> None:
         """Apply a result plan to the queue and tables (shielded), then count it."""
@@ -359,8 +440,13 @@ class _Pushing(_RunnerBase):
         by_lease: dict[tuple[str, int], list[tuple[_Leased, Ack]]] = defaultdict(list)
         for leased, ack in acks:
             by_lease[leased.op.collection, leased.token].append((leased, ack))
-        for (collection, token), leased_acks in by_lease.items():
-            items = leased_acks
+        chunks = [
+            (key, leased_acks[start : start + _CHUNK])
+            for key, leased_acks in by_lease.items()
+            for start in range(0, len(leased_acks), _CHUNK)
+        ]
+        for (collection, token), chunk in chunks:
+            items = chunk
             target = self._by_collection[collection]
             # Conflicts leave the next op of the item on its old base version, so the
             # server's conflict rule decides about it too.

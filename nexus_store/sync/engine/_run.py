@@ -105,9 +105,16 @@ class _Run:
     paused: RemotePause | None = None
     """The remote's pause (found at the start, or set by this run)."""
     exchanged: bool = False
-    """Whether the remote answered once in this run (its pause was then lifted)."""
+    """Whether the remote answered a push or a pull in this run (its pause was then lifted)."""
+    reachable: bool = False
+    """Whether the remote answered a probe in this run (its pause stays until it answers a
+    push or a pull: a server that answers probes but fails every push is still paused,
+    with its backoff growing)."""
     revived: int = 0
     """Ops whose backoff ended when the remote first answered during the pull."""
+    writer: int = 0
+    """The run's id as a writer (random, positive): its pushes carry it, and its pulls
+    leave out what it pushed itself (echo suppression), with a writer-aware backend."""
 
 
 class _RunnerBase:
@@ -125,6 +132,7 @@ class _RunnerBase:
     task_id: str
     last_summary: SyncSummary | None
     remote_backoff: RetryBackoff
+    probe_backoff: RetryBackoff
     auth_recheck: float
     _by_collection: dict[str, SyncTarget]
     _clocked: list[ClockedTarget]
@@ -144,7 +152,11 @@ class _RunnerBase:
             now = self.clock.now()
             paused = [
                 pauses.pause(
-                    error, now=now, backoff=self.remote_backoff, auth_recheck=self.auth_recheck
+                    error,
+                    now=now,
+                    backoff=self.remote_backoff,
+                    auth_recheck=self.auth_recheck,
+                    probe_backoff=self.probe_backoff,
                 )
                 for pauses in self._pauses
             ]
@@ -158,6 +170,31 @@ class _RunnerBase:
             max(0.0, run.paused.until - self.clock.now()),
             error,
         )
+
+    async def _probe(self, run: _Run) -> RemoteError | None:
+        """Ask the remote something cheap: whether it answers at all.
+
+        A backend with a ``probe()`` coroutine (``HttpBackend``: ``GET /health``) is asked
+        that; any other is asked for one change. An answer makes the run's later decisions
+        take the remote as reachable; its pause ends only when a push or a pull gets
+        through (:meth:`_exchanged`).
+
+        Returns:
+            ``None`` if the remote answered, else what the probe raised.
+        """
+        probe = getattr(self.backend, "probe", None)
+        run.requests += 1
+        try:
+            if callable(probe):
+                await probe()
+            else:
+                collections = [self.targets[0].collection]
+                await self.backend.pull(0, 1, collections=collections)
+        except RemoteError as exc:
+            logger.info("remote probe failed: %s: %s", type(exc).__name__, exc)
+            return exc
+        run.reachable = True
+        return None
 
     async def _exchanged(self, run: _Run) -> None:
         """The remote answered: end its pause, and let ops that were backing off from

@@ -13,7 +13,10 @@ or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and 
 3. repeat while there is eligible work, budget, and the remote answers;
 4. pull the changes after each collection's stored cursor, page by page, applying them
    without overwriting items that still have pending ops (each page and its cursor in
-   one transaction).
+   one transaction). A run is a *writer* with a random id: with a writer-aware backend
+   its pushes carry it and its pulls leave out what it pushed itself (the store has it),
+   so a run never downloads its own changes back, while every change by anyone else
+   still comes (echo suppression; the page's cursor moves past the skipped ones).
 
 Every settle carries the lease's fencing token: an answer that comes after the lease
 passed to another run (it expired while the push was slow) changes nothing and is counted
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,7 +66,14 @@ from ..._remote import RemoteBackend
 from ...queue import OpState
 from ..device._device import DeviceStateProvider
 from ._engine import EngineConfig, allowed_priorities, is_offline
-from ._pause import DEFAULT_AUTH_RECHECK, DEFAULT_REMOTE_BACKOFF, RemotePauses, remote_identity
+from ._pause import (
+    DEFAULT_AUTH_RECHECK,
+    DEFAULT_PROBE_BACKOFF,
+    DEFAULT_REMOTE_BACKOFF,
+    PauseReason,
+    RemotePauses,
+    remote_identity,
+)
 from ._progress import (
     Broadcast,
     PrioritySummary,
@@ -138,6 +149,7 @@ class SyncRunner(_Pushing, _Pulling):
         task_id: str = "nexus-store.sync",
         remote_backoff: RetryBackoff | None = None,
         auth_recheck: float = DEFAULT_AUTH_RECHECK,
+        probe_backoff: RetryBackoff | None = None,
     ) -> None:
         chosen = [targets] if isinstance(targets, SyncTarget) else list(targets)
         if not chosen:
@@ -174,6 +186,7 @@ class SyncRunner(_Pushing, _Pulling):
             groups.setdefault(id(target.queue), []).append(target)
         self._groups = list(groups.values())
         self.remote_backoff = remote_backoff or DEFAULT_REMOTE_BACKOFF()
+        self.probe_backoff = probe_backoff or DEFAULT_PROBE_BACKOFF()
         self.auth_recheck = float(auth_recheck)
         identity = remote_identity(backend)
         databases = {id(t.database): t.database for t in chosen}
@@ -204,6 +217,7 @@ class SyncRunner(_Pushing, _Pulling):
         device = self.device.current() if self.device is not None else None
         wall = self.clock.now()
         run = _Run(
+            writer=secrets.randbits(62) + 1,
             run_id=uuid.uuid4().hex,
             started=self.clock.monotonic(),
             started_at=datetime.fromtimestamp(wall, UTC),
@@ -213,10 +227,7 @@ class SyncRunner(_Pushing, _Pulling):
         if is_offline(device):
             run.stop = SyncStopReason.OFFLINE
             return self._finish(run)
-        run.paused = await self._local(self._read_pause, wall)
-        if run.paused is not None and run.paused.blocks(wall):
-            # The remote asked for quiet (or keeps failing): not one request before then.
-            run.stop = SyncStopReason.PAUSED
+        if not await self._may_send(run, wall):
             run.remaining = await self._local(self._count_remaining)
             return self._finish(run)
         try:
@@ -260,6 +271,25 @@ class SyncRunner(_Pushing, _Pulling):
         if run.stop is SyncStopReason.DRAINED and run.remaining:
             run.stop = SyncStopReason.WAITING
         return self._finish(run)
+
+    async def _may_send(self, run: _Run, wall: float) -> bool:
+        """Whether the run may send: ``False`` (with ``run.stop`` set) while the remote's
+        pause lasts, or when it could not be reached (or was down) when last tried and a
+        probe says it still is; it is then paused again (one small request, instead of a
+        leased batch sent into an outage)."""
+        run.paused = await self._local(self._read_pause, wall)
+        if run.paused is not None and run.paused.blocks(wall):
+            # The remote asked for quiet (or keeps failing): not one request before then.
+            run.stop = SyncStopReason.PAUSED
+            return False
+        if run.paused is None or run.paused.reason is not PauseReason.UNAVAILABLE:
+            return True
+        error = await self._probe(run)
+        if error is None:
+            return True
+        await self._pause(run, error)
+        run.stop, run.error = SyncStopReason.FAILURES, f"{type(error).__name__}: {error}"
+        return False
 
     def _count_remaining(self) -> int:
         return sum(target.queue.count_live(target.collection) for target in self.targets)

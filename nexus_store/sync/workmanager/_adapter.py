@@ -184,6 +184,15 @@ def _interrupted(info: WorkInfo, now: float) -> bool:
     )
 
 
+def _backing_off(info: WorkInfo, now: float) -> bool:
+    """Waiting out the scheduler's backoff after a run that asked to retry."""
+    return (
+        info.state is WorkState.ENQUEUED
+        and info.run_attempt_count > 0
+        and info.next_schedule_time > now
+    )
+
+
 def _run_to_task_run(record: RunRecord) -> TaskRun:
     outcome = record.outcome.value if record.outcome is not None else "running"
     message = record.error or ""
@@ -326,8 +335,13 @@ class WorkManagerSyncService(BackgroundSyncService):
             # Asked for already, or running (its end makes the service look again): no
             # write. Except work the system stopped (shutdown, crash): androidx counts it
             # as backed off from its old enqueue time, which after a short run means a
-            # wait of a whole backoff delay; a fresh request runs now instead.
-            if not any(_interrupted(info, self._clock.now()) for info in existing):
+            # wait of a whole backoff delay; a fresh request runs now instead. And work
+            # backing off after a failed run: the service asks only when ops are eligible
+            # now (their own backoff ended, or the remote's pause did), so the queue and
+            # the remote's pause decide when the next run comes, not the scheduler's
+            # backoff (30 s and more).
+            now = self._clock.now()
+            if not any(_interrupted(i, now) or _backing_off(i, now) for i in existing):
                 return ScheduleResult.ACCEPTED
             policy = ExistingWorkPolicy.REPLACE
         request = (

@@ -11,12 +11,9 @@ from hypothesis import strategies as st
 from nexus_store import (
     AuthError,
     ErrorKind,
-    NetworkError,
     PayloadTooLargeError,
     PermanentError,
-    ProtocolError,
     RateLimitedError,
-    ServerUnavailableError,
     SyncPriority,
 )
 from nexus_store.backends import Change, OpResult, OpStatus, PushResult
@@ -197,32 +194,6 @@ def test_payload_too_large_splits_then_dead_letters_a_single_op() -> None:
         PermanentError("bad batch"), batch_len=2, consecutive_failures=0, max_consecutive_failures=3
     )
     assert other.action is BatchErrorAction.SPLIT
-
-
-def test_retryable_batch_errors_nack_with_retry_after_and_stop_after_limit() -> None:
-    """Network/5xx errors nack all; the run stops at the consecutive-failure limit."""
-    first = plan_batch_error(
-        NetworkError("reset"), batch_len=5, consecutive_failures=0, max_consecutive_failures=3
-    )
-    assert (first.action, first.kind, first.stop) == (
-        BatchErrorAction.NACK,
-        ErrorKind.RETRYABLE,
-        None,
-    )
-    third = plan_batch_error(
-        ProtocolError("truncated"), batch_len=5, consecutive_failures=2, max_consecutive_failures=3
-    )
-    assert third.stop is SyncStopReason.FAILURES
-    assert third.pause  # the remote keeps failing: every run waits for its backoff
-    assert not first.pause
-    unavailable = plan_batch_error(
-        ServerUnavailableError("503", retry_after=9),
-        batch_len=5,
-        consecutive_failures=0,
-        max_consecutive_failures=3,
-    )
-    assert unavailable.retry_after == 9
-    assert unavailable.stop is SyncStopReason.RATE_LIMITED
 
 
 def test_rate_limit_and_auth_stop_the_run() -> None:

@@ -309,19 +309,25 @@ async def test_the_service_runs_again_at_the_retry_after_deadline(tmp_path: Path
 
 
 async def test_after_a_heal_the_waiting_ops_go_at_once() -> None:
-    """Ops backing off for up to a minute after an outage all go in the first run after it."""
+    """An outage leaves the ops untouched; ops backing off for up to ten minutes from
+    earlier failures all go in the first run after the heal."""
     clock = FakeClock()
     store = _store(clock)
     store.queue.backoff = RetryBackoff(base=60.0, max_delay=600.0)
     store.save_many([Note(id=f"n{i}") for i in range(300)])
+    # Some ops failed one by one earlier (the server answered "retry" for them).
+    earlier = [op.op_id for op in store.queue.pending()[:100]]
+    batch = store.queue.lease(100, 30.0)
+    store.queue.nack(earlier, "retry later", token=batch.token)
     faulty = FaultyBackend(MemoryBackend(), network_error=1.0, pull_error=1.0)
     broken = await SyncRunner(store, faulty, batch_size=100).run()
     assert broken.stop_reason is SyncStopReason.FAILURES
-    assert store.queue.stats().backing_off == 300
-    # The network heals; the remote's own backoff (at most 60 s) ends, the ops' would
+    assert store.queue.stats().backing_off == 100  # the outage added no attempt, no backoff
+    assert sum(op.attempts for op in store.queue.pending()) == 100
+    # The network heals; the remote's probe backoff (at most 4 s) ends, the ops' would
     # take up to 10 minutes.
     faulty = FaultyBackend(faulty.inner)
-    clock.advance(60.0)
+    clock.advance(4.0)
     healed = await SyncRunner(store, faulty, batch_size=100).run()
     print(f"\nops left after the first run after the heal: {healed.remaining}")
     assert healed.pushed == 300
@@ -333,13 +339,13 @@ async def test_after_a_heal_the_waiting_ops_go_at_once() -> None:
 
 
 async def test_a_failed_run_never_says_drained() -> None:
-    """A network failure leaves 20 ops queued: the summary says waiting, 20 left."""
+    """A network failure leaves 20 ops queued: the summary says so (20 left), not drained."""
     clock = FakeClock()
     store = _store(clock)
     store.save_many([Note(id=f"n{i}") for i in range(20)])
     faulty = FaultyBackend(MemoryBackend(), push_faults=[Fault.network()])
     summary = await SyncRunner(store, faulty).run()
-    assert summary.stop_reason is SyncStopReason.WAITING
+    assert summary.stop_reason is SyncStopReason.FAILURES
     assert summary.remaining == 20
     assert "20 left" in summary.message()
     assert not summary.ok

@@ -108,12 +108,15 @@ async def _drain(
     """Run until the queue has no live op, moving the fake clock over backoffs."""
     summaries = []
     for _ in range(runs):
-        summaries.append(await SyncRunner(store, backend, clock=clock, **kw).run())
+        summary = await SyncRunner(store, backend, clock=clock, **kw).run()
+        summaries.append(summary)
         stats = store.queue.stats()
         if stats.live == 0:
             return summaries
-        # Jump past every backoff, as a scheduler waking later would.
+        # Jump past every backoff and the remote's pause, as a scheduler waking later would.
         latest = max(op.next_attempt_at for op in store.queue.pending())
+        if summary.paused_until is not None:
+            latest = max(latest, summary.paused_until.timestamp())
         clock.set(max(clock.now(), latest) + 0.001)
     raise AssertionError(f"the queue did not drain in {runs} runs: {store.queue.stats()}")
 
@@ -404,7 +407,8 @@ async def test_dropped_responses_still_apply_every_op_exactly_once() -> None:
 
 
 async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
-    """After 503s the ops back off; after a 429 no run sends anything before its Retry-After."""
+    """After 503s the remote backs off (the ops untouched); after a 429 no run sends
+    anything before its Retry-After."""
     clock = FakeClock()
     store = _store(clock)
     store.save_many([Note(id=f"n{i}", text="x") for i in range(5)])
@@ -413,26 +417,23 @@ async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
         inner, push_faults=[Fault.unavailable(), Fault.unavailable(), Fault.rate_limited(30)]
     )
     first = await SyncRunner(store, faulty).run()
-    assert first.failed == 5
+    assert (first.failed, first.stop_reason) == (0, SyncStopReason.FAILURES)
     waits = []
     for _ in range(2):
-        earliest = store.queue.next_eligible_at()
-        assert earliest is not None
-        assert earliest > clock.now()
-        times = [op.next_attempt_at for op in store.queue.pending()]
-        assert len(set(times)) > 1  # jittered: the ops do not all come back at once
-        latest = max(times)
-        waits.append(latest - clock.now())
-        # Nothing is sent before the backoff ends.
-        calls = faulty.calls["push"]
-        await SyncRunner(store, faulty).run()
-        assert faulty.calls["push"] == calls
-        clock.set(latest + 0.001)
-        await SyncRunner(store, faulty).run()
-    assert 0 < waits[0] <= 1.0  # exponential: ceilings of 1 s, then 2 s
-    assert 0 < waits[1] <= 2.0
+        assert all(op.attempts == 0 for op in store.queue.pending())
+        paused = await SyncRunner(store, faulty).run()
+        assert paused.stop_reason is SyncStopReason.PAUSED
+        assert paused.paused_until is not None
+        until = paused.paused_until.timestamp()
+        waits.append(until - clock.now())
+        # Nothing is sent before the pause ends.
+        assert faulty.calls["push"] == len(waits)
+        clock.set(until + 0.001)
+        await SyncRunner(store, faulty).run()  # probes (a pull), then pushes and fails again
+    assert 0 <= waits[0] <= 0.5  # the probe backoff: ceilings of 0.5 s, then 1 s
+    assert 0 <= waits[1] <= 1.0
     limited = store.queue.pending()[0]
-    assert limited.attempts == 2  # a 429 is not the ops' failure: they went back untouched
+    assert limited.attempts == 0  # neither 503s nor a 429 are the ops' failure
     clock.advance(29)
     paused = await SyncRunner(store, faulty).run()
     assert paused.stop_reason is SyncStopReason.PAUSED
@@ -442,6 +443,28 @@ async def test_retry_after_is_honoured_and_other_failures_back_off() -> None:
     final = await SyncRunner(store, faulty).run()
     assert final.pushed == 5
     assert faulty.calls["push"] == 4
+
+
+async def test_a_server_error_is_charged_to_the_op_that_fails_alone() -> None:
+    """A 500 on a batch is bisected to the op that fails alone: it alone counts an attempt."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(8)])
+    poison = store.queue.pending()[5].op_id
+    recorder = _Recorder(MemoryBackend())
+
+    class FailsOnPoison(FaultyBackend):
+        async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+            if any(op.op_id == poison for op in ops):
+                raise Fault.server_error().error()
+            return await super().push(ops)
+
+    summary = await SyncRunner(store, FailsOnPoison(recorder), batch_size=8).run()
+    assert summary.pushed == 7
+    assert summary.failed == 1
+    [op] = store.queue.pending()
+    assert (op.op_id, op.attempts) == (poison, 1)
+    assert op.next_attempt_at > clock.now()
 
 
 async def test_a_poison_op_is_dead_lettered_and_the_rest_delivered() -> None:
@@ -504,18 +527,20 @@ async def test_a_batch_over_the_server_limit_is_split_until_it_fits() -> None:
     assert len({op.op_id for op in recorder.sent}) == 200
 
 
-async def test_repeated_network_failures_stop_the_run() -> None:
-    """After the consecutive-failure limit the run stops and does not pull."""
+async def test_a_network_failure_stops_the_run_and_charges_no_op() -> None:
+    """An unreachable remote: the run stops at once, pauses it, and no op counts an attempt."""
     clock = FakeClock()
     store = _store(clock)
     store.save_many([Note(id=f"n{i}", text="x") for i in range(50)])
     faulty = FaultyBackend(MemoryBackend(), network_error=1.0)
     summary = await SyncRunner(store, faulty, batch_size=10).run()
     assert summary.stop_reason is SyncStopReason.FAILURES
-    assert summary.failed == 30
-    assert faulty.calls == {"push": 3, "pull": 0}
+    assert summary.failed == 0
+    assert summary.paused_until is not None
+    assert faulty.calls == {"push": 1, "pull": 0}
     assert store.queue.stats().pending == 50
     assert store.queue.stats().leased == 0
+    assert all(op.attempts == 0 for op in store.queue.pending())
 
 
 async def test_auth_failure_stops_the_run_at_once() -> None:
@@ -721,3 +746,62 @@ def test_raw_collection_refuses_tables_a_store_did_not_make() -> None:
     with pytest.raises(SchemaError, match="not made by a store"):
         RawCollection(db, "plain")
     assert discover_collections(db) == []
+
+
+class _Overlap(RemoteBackend):
+    """Holds each push until the next one arrives (or a short wait passes), noting which
+    pushes were on the wire together."""
+
+    def __init__(self, inner: RemoteBackend) -> None:
+        self.inner = inner
+        self.flying: list[list[RemoteOp]] = []
+        self.together: list[list[list[RemoteOp]]] = []
+        self.arrived = anyio.Event()
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        self.flying.append(list(ops))
+        if len(self.flying) > 1:
+            self.together.append([list(batch) for batch in self.flying])
+        self.arrived.set()
+        self.arrived = anyio.Event()
+        with anyio.move_on_after(0.05):
+            await self.arrived.wait()
+        self.flying.remove(list(ops))
+        return await self.inner.push(ops)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        return await self.inner.pull(cursor, limit, collections=collections)
+
+
+async def test_batches_of_one_priority_go_two_at_a_time_and_never_share_an_item() -> None:
+    """Once the remote answered, two batches of one priority may be on the wire together
+    (never more, never of two priorities, never two ops of one item); every op arrives
+    once and the server sees the priorities in order."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(400):
+        store.save(Note(id=f"n{i % 150}", text=f"t{i}"), priority=SyncPriority(i // 100))
+
+    def critical(item_id: object) -> bool:
+        # Coalescing keeps an item's most urgent priority: n0..n99 CRITICAL, the rest HIGH.
+        return int(str(item_id)[1:]) < 100
+
+    core = ServerCore(MemoryStorage())
+    backend = _Overlap(MemoryBackend(core))
+    summary = await SyncRunner(store, backend, batch_size=20).run()
+    assert summary.ok
+    assert store.queue.stats().total == 0
+    assert backend.together, "no two batches were ever on the wire together"
+    for batches in backend.together:
+        assert len(batches) == 2
+        ops = [op for batch in batches for op in batch]
+        assert len({op.item_id for op in ops}) == len(ops)
+        assert len({critical(op.item_id) for op in ops}) == 1
+    stored = {c.item_id: c for c in await _server_items(core)}
+    order = sorted(stored.values(), key=lambda c: c.version)
+    assert [critical(c.item_id) for c in order] == [True] * 100 + [False] * 50
+    assert {k: v.data["text"] for k, v in stored.items() if v.data} == {
+        f"n{i % 150}": f"t{i}" for i in range(400)
+    }
