@@ -88,6 +88,8 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._changes",
             "nexus_store.sync._config",
             "nexus_store.sync._decisions",
+            "nexus_store.sync._job_control",
+            "nexus_store.sync._jobs",
             "nexus_store.sync._noop",
             "nexus_store.sync._service",
             "nexus_store.sync._service_base",

@@ -193,6 +193,7 @@ class _Triggering(_ServiceBase):
             self._poke = poke = anyio.Event()
             wake_at: float | None = None
             try:
+                await self._follow_controls()
                 wake_at = await self._check_queue()
             except StoreClosedError:
                 logger.info("the store was closed: the trigger loop stops")
@@ -211,8 +212,16 @@ class _Triggering(_ServiceBase):
         if done is not None:
             done.set()
 
+    _sync_enabled: bool = True
+
+    async def _follow_controls(self) -> None:
+        """Apply job switches flipped from another process (see :mod:`._job_control`)."""
+        await anyio.lowlevel.checkpoint()
+
     async def _check_queue(self) -> float | None:
         if not self.is_supported or not self._config.enabled or self._backend is None:
+            return None
+        if not self._sync_enabled:  # switched off by a person: saves stay queued
             return None
         next_eligible, pause, queued = await anyio.to_thread.run_sync(self._look)
         now = self._clock.now()
