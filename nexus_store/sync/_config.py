@@ -76,6 +76,9 @@ class BackgroundSyncConfig(BaseModel):
         high_priority_debounce: how long a ``HIGH`` save waits for more saves before its
             one-time run starts (batches bursts).
         batch_size: ops pushed per request.
+        follow_pokes: hold the backend's events stream open while the network allows and
+            pull as soon as the server says it has news (a backend without ``watch()``
+            has no stream).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -95,6 +98,7 @@ class BackgroundSyncConfig(BaseModel):
     execution_time_limit: timedelta = timedelta(minutes=10)
     high_priority_debounce: timedelta = timedelta(seconds=2)
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    follow_pokes: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> BackgroundSyncConfig:

@@ -32,8 +32,8 @@ from ._jobs import (
     RunNowResult,
     unmet_job_constraints,
 )
+from ._pokes import _Pokes
 from ._task import BackgroundSyncTask, RegisteredTask, TaskRun
-from ._triggers import _Triggering
 
 __all__: list[str] = []
 
@@ -47,7 +47,7 @@ _SYNC_DEFINITION: dict[str, object] = {
 }
 
 
-class _JobControl(_Triggering):
+class _JobControl(_Pokes):
     """Jobs as people steer them (see the module docstring)."""
 
     _jobs: JobTable | None = None
@@ -153,6 +153,7 @@ class _JobControl(_Triggering):
             if enabled == self._sync_enabled:
                 return
             self._sync_enabled = enabled
+            self._stream_news()
             if enabled:
                 if self._periodic_wanted:
                     await self._schedule()

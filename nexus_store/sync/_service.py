@@ -211,6 +211,7 @@ class BackgroundSyncService(_JobControl):
             self._state = ServiceState.RUNNING
             self._update_scheduled(await self._has_schedule())
             await tg.start(self._trigger_loop)
+            self._start_pokes(tg)
             if self._change_source is not None:
                 tg.start_soon(self._follow_changes, self._change_source)
             if callable(getattr(self._device, "probe_network", None)):
@@ -240,6 +241,7 @@ class BackgroundSyncService(_JobControl):
         if self._unsubscribe_device is not None:
             self._unsubscribe_device()
             self._unsubscribe_device = None
+        self._stop_pokes()
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
         finally:

@@ -89,6 +89,7 @@ class _Triggering(_ServiceBase):
             self._active_runs -= 1
             if not self._active_runs:
                 self._update_scheduled(self._scheduled)
+                self._after_run()
             self._wake()
 
     async def _run_locked(
@@ -170,6 +171,13 @@ class _Triggering(_ServiceBase):
     def _on_device_change(self, _state: DeviceState) -> None:
         if self._state is ServiceState.RUNNING:
             self._call_in_loop(self._fresh_look)
+            self._call_in_loop(self._stream_news)
+
+    def _stream_news(self) -> None:
+        """Something the events stream depends on changed (see :mod:`._pokes`)."""
+
+    def _after_run(self) -> None:
+        """A run ended (see :mod:`._pokes`)."""
 
     def _fresh_look(self) -> None:
         """Something changed (a commit, the device): ask again for what waits."""
@@ -299,3 +307,4 @@ class _Triggering(_ServiceBase):
     def _device_reachability_changed(self) -> None:
         """The probe saw the network come or go: tell the scheduler, look again."""
         self._fresh_look()
+        self._stream_news()
