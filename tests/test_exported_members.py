@@ -89,7 +89,13 @@ EXPORTED = {
         "run_benchmark",
         "run_benchmarks",
     ],
-    "nexus_store.dashboard": [],
+    "nexus_store.dashboard": [
+        "Dashboard",
+        "DashboardState",
+        "create_dashboard_app",
+        "new_token",
+        "serve_dashboard",
+    ],
     "nexus_store.files": [],
     "nexus_store.queue": [
         "LeaseBatch",

@@ -110,6 +110,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         (
             "nexus_store.sync.__init__",
             "nexus_store.sync._factory",
+            "nexus_store.sync._wal_watch",
             "nexus_store.sync._worker",
             "nexus_store.sync._worker_lease",
         ),

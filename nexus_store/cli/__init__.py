@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import (  # noqa: F401
     _bench,
     _check,
+    _dashboard,
     _demo,
     _jobs,
     _queue,

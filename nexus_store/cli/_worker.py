@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -137,6 +138,14 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
             "later workers find it there). Default: what the file records."
         ),
     ] = None,
+    dashboard: Annotated[
+        bool,
+        typer.Option(help="Also serve the live dashboard (prints its URL with an access token)."),
+    ] = False,
+    dashboard_host: Annotated[str, typer.Option(help="The dashboard's address.")] = "127.0.0.1",
+    dashboard_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The dashboard's port (0: any free one).")
+    ] = 0,
 ) -> None:
     """Drain the file's sync queue to the server in the background until stopped."""
     if not db.is_file():
@@ -179,10 +188,28 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     except MigrationError as exc:
         fail("worker", str(exc))
 
+    def live_status() -> str:
+        service = runner.service
+        return service.status.value if service is not None else "waiting for the lease"
+
     async def main() -> None:
         async with backend, anyio.create_task_group() as tg:
             # Handlers first: a signal that arrives while starting still stops cleanly.
             await tg.start(_stop_on_signal, tg.cancel_scope)
+            if dashboard:
+                from ..dashboard import serve_dashboard  # noqa: PLC0415 - the server extra
+
+                async def page() -> None:
+                    await serve_dashboard(
+                        db,
+                        host=dashboard_host,
+                        port=dashboard_port,
+                        status=live_status,
+                        on_ready=lambda url: _say(f"dashboard: {url}"),
+                    )
+                    tg.cancel_scope.cancel()  # a signal stopped the page: stop it all
+
+                tg.start_soon(page)
             await runner.run()
 
     try:
@@ -217,3 +244,10 @@ async def _stop_on_signal(
             _say(f"received {signal.Signals(signum).name}; stopping")
             scope.cancel()
             return
+
+
+def run_worker_with_dashboard(
+    db: Path, remote: str, token: str | None, *, host: str, port: int
+) -> None:
+    """``nexus-store dashboard --remote``: the worker with its dashboard, default options."""
+    worker(db, remote, token, dashboard=True, dashboard_host=host, dashboard_port=port)

@@ -158,6 +158,8 @@ class _JobControl(_Pokes):
                 if self._periodic_wanted:
                     await self._schedule()
                     self._periodic = True
+                if self._backend is not None:  # catch up at once: push and pull
+                    await self._request_run(SyncPriority.CRITICAL)
                 self._fresh_look()
             else:
                 await self._cancel()

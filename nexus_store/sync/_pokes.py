@@ -1,7 +1,8 @@
 """Other devices' edits without waiting: the server's pokes, network changes, wakes.
 
-**Pokes.** While the service runs, the sync is switched on, the remote is not paused and
-the device meets the config's network constraint, the service holds the backend's events
+**Pokes.** Once the first sync run has ended, while the service runs, the sync is switched
+on, the remote is not paused and the device meets the config's network constraint, the
+service holds the backend's events
 stream open (``backend.watch()``: the server sends the tenant's change head on connect and
 each time it grows; the analogue of a silent push). A head beyond a synced collection's
 pull cursor is a poke: the service asks for an expedited run at once, whose pull brings
@@ -66,6 +67,7 @@ class _Pokes(_Triggering):
     def _start_pokes(self, tg: anyio.abc.TaskGroup) -> None:
         """Start following the stream and the device's events (from ``__aenter__``)."""
         self._stream_changed = anyio.Event()
+        self._first_run = anyio.Event()
         if self._config.follow_pokes and callable(getattr(self._backend, "watch", None)):
             tg.start_soon(self._follow_pokes)
         subscribe = getattr(self._device, "subscribe_events", None)
@@ -81,6 +83,8 @@ class _Pokes(_Triggering):
 
     def _stream_news(self) -> None:
         """Something the stream depends on changed (device, switches): look again."""
+        if self._stream_scope is not None and not self._stream_allowed():
+            self._stream_scope.cancel()
         if self._stream_changed is not None:
             changed, self._stream_changed = self._stream_changed, anyio.Event()
             changed.set()
@@ -109,6 +113,10 @@ class _Pokes(_Triggering):
             await self._stream_changed.wait()
 
     async def _follow_pokes(self) -> None:
+        # The first exchange with the remote is a sync run's, so that what it finds (refused
+        # credentials, a pause) is reported by the run, as it was before there was a stream.
+        assert self._first_run is not None
+        await self._first_run.wait()
         failures = 0
         while True:
             if not self._stream_allowed():
@@ -138,23 +146,18 @@ class _Pokes(_Triggering):
         """Hold the stream open while allowed; return the failure count to go on with."""
         watch = self._backend.watch  # type: ignore[union-attr]
         with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-
-                async def close_when_disallowed() -> None:
-                    while True:
-                        assert self._stream_changed is not None
-                        await self._stream_changed.wait()
-                        if not self._stream_allowed():
-                            scope.cancel()
-                            return
-
-                tg.start_soon(close_when_disallowed)
+            self._stream_scope = scope  # cancelled by _stream_news when no longer allowed
+            try:
                 async with watch() as heads:
                     logger.debug("events stream open")
                     async for head in heads:
                         failures = 0  # connected and answering
                         await self._on_head(int(head))
+            finally:
+                self._stream_scope = None
         return failures
+
+    _stream_scope: anyio.CancelScope | None = None
 
     async def _on_head(self, head: int) -> None:
         cursors = await anyio.to_thread.run_sync(
@@ -176,8 +179,12 @@ class _Pokes(_Triggering):
         except NexusStoreError:
             logger.exception("asking for a run after a poke failed")
 
+    _first_run: anyio.Event | None = None
+
     def _after_run(self) -> None:
         """A run ended: one more if a poke came during it."""
+        if self._first_run is not None:
+            self._first_run.set()
         if self._repull and self._tg is not None and self._state is ServiceState.RUNNING:
             self._repull = False
             self._tg.start_soon(self._ask_for_pull)
