@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import secrets
 import socket
 import ssl
 import sys
@@ -332,9 +333,16 @@ async def _serve(
             events_interval=options.events_interval,
             close_core=True,
             rate_limiter=limiter,
+            operator_token=(operator_token := secrets.token_urlsafe(16)),
         )
         tls = options.tls_cert is not None
         announce(sock, tls=tls)
+        # Whoever has this URL sees every tenant's counts: printed for the operator only.
+        base = _url_of(sock, "https" if tls else "http")
+        sys.stdout.write(
+            f"nexus-store serve: operator page {base}/operator?token={operator_token}\n"
+        )
+        sys.stdout.flush()
         await serve_app(
             app,
             sock,
