@@ -8,7 +8,8 @@ each time it grows; the analogue of a silent push). A head beyond a synced colle
 pull cursor is a poke: the service asks for an expedited run at once, whose pull brings
 the change in (the run also sends whatever is queued). A poke that arrives while a run is
 in progress asks for one more run after it, so a change that landed after that run's
-pull is not left waiting for the periodic run. The stream reconnects after a failure
+pull is not left waiting for the periodic run; a poke the run's own pull already covered
+(the echo of its own push, typically) asks for nothing. The stream reconnects after a failure
 with an exponential backoff with full jitter (1 s doubling, at most 60 s; a remote's
 ``Retry-After`` is honoured), and closes when the device loses the network the config
 requires (it reopens when the network is back). A backend without ``watch()`` (memory,
@@ -159,15 +160,31 @@ class _Pokes(_Triggering):
 
     _stream_scope: anyio.CancelScope | None = None
 
-    async def _on_head(self, head: int) -> None:
-        cursors = await anyio.to_thread.run_sync(
+    async def _cursors(self) -> list[int]:
+        return await anyio.to_thread.run_sync(
             lambda: [target.pull_cursor() for target in self._targets]
         )
+
+    async def _on_head(self, head: int) -> None:
+        self._poked_head = max(self._poked_head, head)
+        if self._active_runs:
+            # The run in progress may pull it (its own push's echo, typically): look again
+            # when it ends (:meth:`_after_run`).
+            self._repull = True
+            return
+        cursors = await self._cursors()
         if not poke_wants_pull(head, cursors):
             return
         self._pokes_seen += 1
         logger.debug("poke: head %d beyond a cursor (%s)", head, cursors)
         await self._ask_for_pull()
+
+    _poked_head: int = -1
+
+    async def _pull_if_behind(self) -> None:
+        if poke_wants_pull(self._poked_head, await self._cursors()):
+            self._pokes_seen += 1
+            await self._ask_for_pull()
 
     async def _ask_for_pull(self) -> None:
         if self._active_runs:
@@ -187,7 +204,7 @@ class _Pokes(_Triggering):
             self._first_run.set()
         if self._repull and self._tg is not None and self._state is ServiceState.RUNNING:
             self._repull = False
-            self._tg.start_soon(self._ask_for_pull)
+            self._tg.start_soon(self._pull_if_behind)
 
     # -- network changes and wakes -------------------------------------------------------------
 
