@@ -17,7 +17,6 @@ from pydantic import BaseModel
 from nexus_store import NexusStore
 from nexus_store.backends import HttpBackend
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 LAUNCHER = "from nexus_store.cli import main; main()"
 
 
@@ -69,7 +68,7 @@ def _sync(base: str, token: str, path: Path, count: int) -> None:
 
 
 def test_operator_page_counts_tenants_live(
-    page: Page, server: tuple[str, str], tmp_path: Path
+    page: Page, server: tuple[str, str], tmp_path: Path, screenshots: Path
 ) -> None:
     """Pushes of two tenants show up on the open page (live), with per-tenant rows; the
     page needs its token; the JSON behind it is in the OpenAPI document."""
@@ -84,8 +83,7 @@ def test_operator_page_counts_tenants_live(
     expect(page.locator("#tenants")).to_contain_text("alpha")
     expect(page.locator("#tenants")).to_contain_text("beta")
     assert int(page.locator("#pulls").inner_text()) >= 2
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / "operator.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "operator.png"), full_page=True)
     assert httpx.get(url.split("?")[0] + "?token=wrong").status_code == 403
     stats = httpx.get(url.replace("/operator?", "/operator/stats?")).json()
     assert stats["ops_accepted"] == 7
