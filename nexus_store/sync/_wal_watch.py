@@ -9,8 +9,9 @@ shared cores: 10 ms ~0.6 % of a core idle, 50 ms ~0.25 %).
 
 A commit writes several frames to the WAL; each write may wake the watcher. A wake only
 makes the service look at the queue again (cheap, and coalesced while a look is under
-way), so waking early on the first frame of a commit is harmless: the last frame wakes it
-once more.
+way), so waking early on the first frame of a commit is harmless. The commit is visible
+only once the writer has updated the WAL index (``-shm``, written through memory, no
+event): inotify wakes once more at each of :data:`SETTLE_WAKES` after the last write.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from pathlib import Path
 
 import anyio
 
-__all__ = ["WalChangeSource", "inotify_available"]
+__all__ = ["SETTLE_WAKES", "WalChangeSource", "inotify_available"]
+
+SETTLE_WAKES = (0.01, 0.1)
+"""Seconds of quiet after a write at which inotify wakes once more (each after the last).
+
+A commit becomes visible to readers when the writer updates the WAL index in the
+``-shm`` file, which it maps into memory: that write raises no inotify event, and it
+comes after the WAL's frames. A look woken by the frames may run before it and see the
+old snapshot; these wakes look again once the writer is done (idle: nothing)."""
 
 logger = logging.getLogger("nexus_store.sync.worker")
 
@@ -133,13 +142,20 @@ class WalChangeSource:
                 yield None
             return
         try:
+            tails: list[float] = []  # the settle wakes still due after the last write
             while not self._stop.is_set():
                 with anyio.CancelScope() as scope:
                     self._scope = scope
+                    if tails:
+                        scope.deadline = anyio.current_time() + tails[0]
                     await anyio.wait_readable(watcher.fd)
                 if self._stop.is_set():
                     return
-                if watcher.drain():
+                if scope.cancelled_caught:  # quiet since the last write: look once more
+                    tails.pop(0)
+                    yield None
+                elif watcher.drain():
+                    tails = list(SETTLE_WAKES)
                     yield None
         finally:
             watcher.close()
