@@ -85,6 +85,10 @@ async def test_a_save_on_one_device_reaches_the_other_through_a_poke(
         async with service_a, service_b:
             await service_a.schedule_sync()
             await service_b.schedule_sync()
+            # B's first run over: it must not be the run that brings A's first save
+            with anyio.fail_after(10):
+                while not [r for r in await service_b.run_history(SYNC_JOB) if r.ended_at]:
+                    await service_b.settle()
             watch = store_b.watch()  # opened first: no change can slip past it
             for n in range(3):
                 store_a.save(Note(id=f"n{n}", text="from A"), priority=SyncPriority.CRITICAL)
