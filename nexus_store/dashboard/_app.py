@@ -72,6 +72,7 @@ class Dashboard:
         self._version = 0
         self._changed = anyio.Event()
         self._state: DashboardState | None = None
+        self._closing = False
         self.database: Database | None = None
         self.queue: PrioritySyncQueue | None = None
 
@@ -105,6 +106,11 @@ class Dashboard:
         changed, self._changed = self._changed, anyio.Event()
         self._version += 1
         changed.set()
+
+    def close_streams(self) -> None:
+        """End every event stream (the page is stopping); the pages show "offline"."""
+        self._closing = True
+        self.status_changed()
 
     async def current(self) -> DashboardState:
         """The latest state (read now if none yet)."""
@@ -150,7 +156,7 @@ class Dashboard:
     async def events(self, request: Request) -> AsyncIterator[bytes]:
         """The live stream: the state on connect and each time it changes."""
         sent = -1
-        while True:
+        while not self._closing:
             if await request.is_disconnected():
                 return
             if sent != self._version:
@@ -164,6 +170,8 @@ class Dashboard:
                 changed = self._changed
             with anyio.move_on_after(_KEEPALIVE) as scope:
                 await changed.wait()
+            if self._closing:
+                return
             if scope.cancelled_caught:
                 yield b": keep-alive\n\n"
 

@@ -18,6 +18,9 @@ from ._app import Dashboard, create_dashboard_app
 
 __all__ = ["new_token", "serve_dashboard"]
 
+_GRACE = 1
+"""Seconds uvicorn waits for open requests (the event streams) when the page stops."""
+
 
 def new_token() -> str:
     """A random access token (128 bits, URL-safe)."""
@@ -52,7 +55,14 @@ async def serve_dashboard(
     sock.bind((host, port))
     sock.listen(128)
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        # the page's event streams never end on their own: close them on the way out
+        timeout_graceful_shutdown=_GRACE,
+    )
     ready = anyio.Event()
 
     class _Server(uvicorn.Server):
@@ -62,18 +72,33 @@ async def serve_dashboard(
 
     server = _Server(config)
     shown = f"[{host}]" if ":" in host else host
-    try:
-        async with anyio.create_task_group() as tg:
+    stopped = anyio.Event()
 
-            async def announce() -> None:
-                await ready.wait()
-                if on_ready is not None:
-                    on_ready(f"http://{shown}:{bound}/?token={dashboard.token}")
+    async def announce() -> None:
+        await ready.wait()
+        if on_ready is not None:
+            on_ready(f"http://{shown}:{bound}/?token={dashboard.token}")
 
-            tg.start_soon(announce)
+    async def run() -> None:
+        # Shielded: a cancelled caller asks uvicorn to exit (below) and waits for its own
+        # shutdown; cancelling uvicorn's tasks instead logs their CancelledError.
+        with anyio.CancelScope(shield=True):
             try:
                 await server.serve(sockets=[sock])
             finally:
-                tg.cancel_scope.cancel()
+                stopped.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(announce)
+            tg.start_soon(run)
+            try:
+                await stopped.wait()
+            finally:
+                dashboard.close_streams()
+                server.should_exit = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_GRACE + 5):
+                    await stopped.wait()
+            tg.cancel_scope.cancel()
     finally:
         sock.close()
