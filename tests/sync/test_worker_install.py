@@ -1,23 +1,29 @@
 """`nexus-store worker install`: the service files for each OS, and where the token goes.
 
-This machine runs no systemd user manager (no session bus), so the unit is checked with
-``systemd-analyze verify`` and the install is run with ``--no-start``; the launchd and
+The unit is checked with ``systemd-analyze verify`` and the install is run with
+``--no-start`` everywhere; where a systemd user manager runs, the install is also run for
+real (the worker started by systemd drains the file to a real server). The launchd and
 Task Scheduler files are checked against their documented formats (launchd.plist(5), the
 Task Scheduler schema 1.2).
 """
 
 from __future__ import annotations
 
+import os
 import plistlib
 import shutil
 import stat
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import anyio
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from nexus_store import NexusStore, SyncPriority
 from nexus_store.cli import app
 from nexus_store.cli._worker_install import (
     ServiceSpec,
@@ -27,9 +33,16 @@ from nexus_store.cli._worker_install import (
     systemd_unit,
     task_xml,
 )
+from nexus_store.sync._wal_watch import WalChangeSource
+from nexus_store.testing import ServerProcess
 
 SECRET = "s3cret-token-value"
+FAIL_KEYRING = "keyring.backends.fail.Keyring"
 TASK_NS = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"
+
+
+class Note(BaseModel):
+    id: str
 
 
 def spec(tmp_path: Path, *, keyring: bool) -> ServiceSpec:
@@ -129,3 +142,85 @@ def test_install_writes_the_unit_and_a_private_token_file(
     assert removed.exit_code == 0, removed.output
     assert not unit.exists()
     assert not token.exists()
+
+
+@pytest.fixture
+def user_manager() -> None:
+    """A running systemd user manager (skip where there is none, e.g. in containers)."""
+    if not sys.platform.startswith("linux") or shutil.which("systemctl") is None:
+        pytest.skip("not Linux with systemd")
+    done = subprocess.run(
+        ["systemctl", "--user", "show-environment"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"no systemd user manager here: {done.stderr.strip()}")
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from nexus_store.cli import main; main()", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def _acked(path: Path, item_id: str, seconds: float) -> None:
+    """Wait (on the file's commits, no sleeping) until the item's op left the queue."""
+    source = WalChangeSource(path)
+    wake = anyio.Event()
+
+    async def follow() -> None:
+        nonlocal wake
+        async for _ in source.changes():
+            wake.set()
+
+    with NexusStore(path, model=Note) as store, anyio.fail_after(seconds):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()  # watching before the first look
+            while store.is_pending(item_id):
+                await wake.wait()
+                wake = anyio.Event()
+            source.close()
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("user_manager")
+def test_install_runs_the_worker_under_the_user_manager(tmp_path: Path) -> None:
+    """For real where a user manager runs: install starts the unit, the worker drains the
+    file to a real server with the token from its credential, status says active, uninstall
+    stops it and removes the unit and the token file."""
+    db = tmp_path / "app.db"
+    with NexusStore(db, model=Note) as store:
+        store.save(Note(id="before-install"))
+    with ServerProcess(tokens={SECRET: "install"}) as server:
+        installed = _cli(
+            "worker",
+            "install",
+            "--db",
+            str(db),
+            "--remote",
+            server.base_url,
+            env={"NEXUS_STORE_TOKEN": SECRET, "PYTHON_KEYRING_BACKEND": FAIL_KEYRING},
+        )
+        try:
+            assert installed.returncode == 0, installed.stderr
+            assert "started" in installed.stdout
+            with NexusStore(db, model=Note) as store:
+                store.save(Note(id="after-install"), priority=SyncPriority.CRITICAL)
+            anyio.run(_acked, db, "after-install", 60)
+            status = _cli("worker", "status", "--db", str(db))
+            assert "state: active" in status.stdout, status.stdout + status.stderr
+        finally:
+            removed = _cli("worker", "uninstall", "--db", str(db))
+        assert removed.returncode == 0, removed.stderr
+        gone = _cli("worker", "status", "--db", str(db))
+        assert gone.returncode == 1
+        assert "not installed" in gone.stdout
