@@ -132,11 +132,17 @@ def _live(page: Page, url: str) -> None:
 def test_page_shows_the_file_and_is_live(
     page: Page, dashboard_url: str, store_file: Path, screenshots: Path
 ) -> None:
-    """The page shows the queue by priority, dead letters, quarantine, jobs and runs, and a
+    """The page loads nothing from elsewhere (works offline); it shows the queue by
+    priority, dead letters, quarantine, jobs and runs, and a
     save by another process appears within a second; on a phone-sized window nothing scrolls
     sideways; screenshots for the guide."""
     page.set_viewport_size({"width": 1280, "height": 900})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     _live(page, dashboard_url)
+    origin = dashboard_url.split("/?", maxsplit=1)[0]
+    assert asked, "the page made no requests"
+    assert all(url.startswith(origin + "/") for url in asked), asked  # nothing from elsewhere
     expect(page.locator('#queue tr[data-priority="CRITICAL"] td').nth(1)).to_have_text("1")
     expect(page.locator("#dead tbody tr")).to_have_count(2)
     expect(page.locator("#dead")).to_contain_text("too long")
