@@ -133,9 +133,8 @@ def test_page_shows_the_file_and_is_live(
     page: Page, dashboard_url: str, store_file: Path, screenshots: Path
 ) -> None:
     """The page loads nothing from elsewhere (works offline); it shows the queue by
-    priority, dead letters, quarantine, jobs and runs, and a
-    save by another process appears within a second; on a phone-sized window nothing scrolls
-    sideways; screenshots for the guide."""
+    priority, dead letters, quarantine, jobs and runs; a save by another process appears
+    within a second; on a phone-sized window nothing scrolls sideways; screenshots."""
     page.set_viewport_size({"width": 1280, "height": 900})
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
