@@ -65,6 +65,8 @@ class OperatorStats:
 
     def __init__(self) -> None:
         self.started_at = time.time()
+        self.closed = False
+        """Set by :meth:`close`: the page's event streams end (the server is stopping)."""
         self._tenants: dict[str, dict[str, int]] = {}
         self._recent: deque[tuple[float, int]] = deque()
 
@@ -86,6 +88,10 @@ class OperatorStats:
         self._recent.append((now, accepted))
         while self._recent and self._recent[0][0] < now - _WINDOW:
             self._recent.popleft()
+
+    def close(self) -> None:
+        """End the operator page's event streams within a second (server shutdown)."""
+        self.closed = True
 
     def pulled(self, tenant: str) -> None:
         """A pull was answered."""
@@ -207,7 +213,7 @@ def operator_routes(stats: OperatorStats, token: str | None) -> list[Route]:
             return forbidden()
 
         async def stream() -> AsyncIterator[bytes]:
-            while not await request.is_disconnected():
+            while not stats.closed and not await request.is_disconnected():
                 yield f"event: stats\ndata: {stats.snapshot().model_dump_json()}\n\n".encode()
                 await anyio.sleep(1.0)  # a clock for the counters, not a wait for work
 

@@ -348,7 +348,7 @@ async def _serve(
             sock,
             log_level=options.log_level,
             access_log=options.access_log,
-            on_exit=app.state.notifier.close,
+            on_exit=lambda: (app.state.notifier.close(), app.state.operator_stats.close()),
             tls_cert=options.tls_cert,
             tls_key=options.tls_key,
         )

@@ -27,7 +27,8 @@ class Note(BaseModel):
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A real `nexus-store serve`; its base URL and the operator page's URL it printed."""
+    """A real `nexus-store serve`; its base URL and the operator page's URL it printed.
+    Stopped with the page open, it says nothing but its own lines (no traceback)."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -54,10 +55,12 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         assert operator, "serve printed no operator page"
         yield base, operator.group(1)
     finally:
-        process.terminate()
+        process.terminate()  # the page is still open: its stream must not hold the stop up
         process.wait(20)
+        said = process.stdout.read() if process.stdout is not None else ""
         if process.stdout is not None:
             process.stdout.close()
+    assert "Traceback" not in said, said
 
 
 def _sync(base: str, token: str, path: Path, count: int) -> None:
