@@ -11,7 +11,9 @@ A commit writes several frames to the WAL; each write may wake the watcher. A wa
 makes the service look at the queue again (cheap, and coalesced while a look is under
 way), so waking early on the first frame of a commit is harmless. The commit is visible
 only once the writer has updated the WAL index (``-shm``, written through memory, no
-event): inotify wakes once more at each of :data:`SETTLE_WAKES` after the last write.
+event): inotify wakes once more at each of :data:`SETTLE_WAKES` after the last write, and
+a wake is passed on only when the index header changed (a cheap ``pread``), so a commit
+wakes the service once, not once per write.
 """
 
 from __future__ import annotations
@@ -101,6 +103,44 @@ class _Inotify:
             os.close(self.fd)
 
 
+class _IndexHeader:
+    """The WAL index header in ``-shm``: it changes exactly when a commit becomes visible.
+
+    Read with ``pread`` (the page cache the writers' mappings share; no SQLite, no
+    thread). A wake whose header did not change brings nothing to look at: the writer's
+    commit is still under way (a settle wake will see it) or the write was not a commit.
+    """
+
+    _SIZE = 48  # the first copy of WalIndexHdr (sqlite3 wal.c)
+
+    def __init__(self, path: Path) -> None:
+        self._shm = path.with_name(path.name + "-shm")
+        self._last: bytes | None = self._read()
+
+    def _read(self) -> bytes | None:
+        try:
+            fd = os.open(self._shm, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return os.pread(fd, self._SIZE, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def changed(self) -> bool:
+        """Whether the header differs from the last reading (unreadable: assume so)."""
+        now = self._read()
+        if now is None or len(now) < self._SIZE:
+            self._last = None
+            return True
+        if now == self._last:
+            return False
+        self._last = now
+        return True
+
+
 class WalChangeSource:
     """Wakes on commits of any process to the database file (see the module docstring).
 
@@ -141,6 +181,7 @@ class WalChangeSource:
             async for _ in self._watchfiles():
                 yield None
             return
+        index = _IndexHeader(self._path)
         try:
             tails: list[float] = []  # the settle wakes still due after the last write
             while not self._stop.is_set():
@@ -153,10 +194,12 @@ class WalChangeSource:
                     return
                 if scope.cancelled_caught:  # quiet since the last write: look once more
                     tails.pop(0)
-                    yield None
+                    if index.changed():
+                        yield None
                 elif watcher.drain():
                     tails = list(SETTLE_WAKES)
-                    yield None
+                    if index.changed():
+                        yield None
         finally:
             watcher.close()
 
