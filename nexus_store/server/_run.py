@@ -206,6 +206,16 @@ def make_verifier(
     return verifiers[0] if len(verifiers) == 1 else ChainVerifier(verifiers)
 
 
+def _closer(*closes: Callable[[], None]) -> Callable[[], None]:
+    """One callable calling each of ``closes`` (the streams to end at a stop signal)."""
+
+    def close() -> None:
+        for each in closes:
+            each()
+
+    return close
+
+
 def uvicorn_config(
     app: ASGIApp,
     *,
@@ -348,7 +358,7 @@ async def _serve(
             sock,
             log_level=options.log_level,
             access_log=options.access_log,
-            on_exit=lambda: (app.state.notifier.close(), app.state.operator_stats.close()),
+            on_exit=_closer(app.state.notifier.close, app.state.operator_stats.close),
             tls_cert=options.tls_cert,
             tls_key=options.tls_key,
         )
