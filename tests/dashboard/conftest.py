@@ -11,23 +11,42 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from playwright.sync_api import Page, sync_playwright
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Launch the system's Chromium (Playwright cannot download browsers here)."""
-    if not shutil.which("chromium"):
+def _chromium() -> str:
+    """The system's Chromium, or skip (fail under ``.ci/run``)."""
+    found = shutil.which("chromium")
+    if found is None:
         if os.environ.get("NEXUS_STORE_REQUIRE_BROWSER") == "1":
             pytest.fail("NEXUS_STORE_REQUIRE_BROWSER=1 but chromium is not installed")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
+    return found
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A page in a headless Chromium that lives for one test.
+
+    This replaces pytest-playwright's ``page``: that one hangs off a session-wide
+    Playwright whose event loop stays the thread's running loop until the session ends,
+    and every ``anyio.run`` of the tests collected after this folder would then fail
+    ("Cannot run the event loop while another loop is running"). Stopping Playwright
+    after each test clears it.
+    """
+    executable = _chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
 
 
 @pytest.fixture
