@@ -88,7 +88,10 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._changes",
             "nexus_store.sync._config",
             "nexus_store.sync._decisions",
+            "nexus_store.sync._job_control",
+            "nexus_store.sync._jobs",
             "nexus_store.sync._noop",
+            "nexus_store.sync._pokes",
             "nexus_store.sync._service",
             "nexus_store.sync._service_base",
             "nexus_store.sync._store_task",
@@ -107,6 +110,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         (
             "nexus_store.sync.__init__",
             "nexus_store.sync._factory",
+            "nexus_store.sync._wal_watch",
             "nexus_store.sync._worker",
             "nexus_store.sync._worker_lease",
         ),

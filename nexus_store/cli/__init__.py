@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import (  # noqa: F401
     _bench,
     _check,
+    _dashboard,
     _demo,
     _jobs,
     _queue,
@@ -22,6 +23,7 @@ from . import (  # noqa: F401
     _sync,
     _version_cmd,
     _worker,
+    _worker_install,
 )
 from ._app import app
 from ._errors import run_app

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -35,7 +36,7 @@ from .._gc import set_gc_pause
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._logging import LogFormat, LogLevel, configure_logging, iso_time
-from ._options import DbOption, RemoteOption, TokenOption
+from ._options import TokenOption
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..sync._worker import RunReport
@@ -94,11 +95,32 @@ def _report(report: RunReport) -> None:
         )
 
 
-@app.command("worker")
-def worker(  # noqa: PLR0917 - typer reads each option from a parameter
-    db: DbOption,
-    remote: RemoteOption,
+worker_app = typer.Typer(
+    name="worker",
+    help="Drain a store file to a sync server in the background; install it as a service.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(worker_app)
+
+
+@worker_app.callback(invoke_without_command=True)
+def worker(  # noqa: PLR0915, PLR0917 - typer reads each option from a parameter
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option("--db", help="The store's database file.")] = None,
+    remote: Annotated[str | None, typer.Option(help="The sync server's base URL.")] = None,
     token: TokenOption = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the bearer token from this file (e.g. systemd's credentials).",
+            envvar="NEXUS_STORE_TOKEN_FILE",
+        ),
+    ] = None,
+    token_keyring: Annotated[
+        str | None,
+        typer.Option(help="Read the bearer token from the OS keyring under this name."),
+    ] = None,
     interval: Annotated[
         float, typer.Option(min=1.0, help="Seconds between periodic runs (NORMAL and LOW ops).")
     ] = 300.0,
@@ -137,8 +159,30 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
             "later workers find it there). Default: what the file records."
         ),
     ] = None,
+    dashboard: Annotated[
+        bool,
+        typer.Option(help="Also serve the live dashboard (prints its URL with an access token)."),
+    ] = False,
+    dashboard_host: Annotated[str, typer.Option(help="The dashboard's address.")] = "127.0.0.1",
+    dashboard_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The dashboard's port (0: any free one).")
+    ] = 0,
 ) -> None:
-    """Drain the file's sync queue to the server in the background until stopped."""
+    """Drain the file's sync queue to the server in the background until stopped.
+
+    `worker install|uninstall|status` register it with the OS's service manager.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if db is None or remote is None:
+        fail("worker", "give --db FILE and --remote URL (or a subcommand: install, status...)")
+    if token is None and (token_file is not None or token_keyring is not None):
+        from ._worker_install import read_token  # noqa: PLC0415
+
+        try:
+            token = read_token(token_file, token_keyring)
+        except ValueError as exc:
+            fail("worker", str(exc))
     if not db.is_file():
         fail("worker", f"no such file: {db} (the app creates it when it opens a NexusStore on it)")
     if timeout >= lease_for:
@@ -179,10 +223,28 @@ def worker(  # noqa: PLR0917 - typer reads each option from a parameter
     except MigrationError as exc:
         fail("worker", str(exc))
 
+    def live_status() -> str:
+        service = runner.service
+        return service.status.value if service is not None else "waiting for the lease"
+
     async def main() -> None:
         async with backend, anyio.create_task_group() as tg:
             # Handlers first: a signal that arrives while starting still stops cleanly.
             await tg.start(_stop_on_signal, tg.cancel_scope)
+            if dashboard:
+                from ..dashboard import serve_dashboard  # noqa: PLC0415 - the server extra
+
+                async def page() -> None:
+                    await serve_dashboard(
+                        db,
+                        host=dashboard_host,
+                        port=dashboard_port,
+                        status=live_status,
+                        on_ready=lambda url: _say(f"dashboard: {url}"),
+                    )
+                    tg.cancel_scope.cancel()  # a signal stopped the page: stop it all
+
+                tg.start_soon(page)
             await runner.run()
 
     try:
@@ -217,3 +279,11 @@ async def _stop_on_signal(
             _say(f"received {signal.Signals(signum).name}; stopping")
             scope.cancel()
             return
+
+
+def run_worker_with_dashboard(
+    db: Path, remote: str, token: str | None, *, host: str, port: int
+) -> None:
+    """``nexus-store dashboard --remote``: the worker with its dashboard, default options."""
+    ctx = typer.Context(typer.main.get_command(worker_app))
+    worker(ctx, db, remote, token, dashboard=True, dashboard_host=host, dashboard_port=port)

@@ -69,6 +69,7 @@ from ._clock_bound import ClockHeaders
 from ._events import ChangeNotifier, EventStreamResponse
 from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_after_header
 from ._openapi import openapi_schema
+from ._operator import OperatorStats, operator_paths, operator_routes
 from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
 from ._rules import Answer, Page, change_fields
 
@@ -308,7 +309,12 @@ class _Endpoints:
                 max_pull_limit=limits.max_pull_limit,
             ),
         ).model_dump_json()
-        self.schema = json.dumps(openapi_schema())
+        self.stats = OperatorStats()
+        schema = openapi_schema()
+        paths, components = operator_paths()
+        schema.setdefault("paths", {}).update(paths)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        self.schema = json.dumps(schema)
 
     async def authorize(self, request: Request) -> str:
         """The request's tenant, after the rate limit (401 and 429 otherwise)."""
@@ -324,6 +330,7 @@ class _Endpoints:
         if self.rate_limiter is not None:
             wait = await self.rate_limiter.acquire(tenant)
             if wait > 0:
+                self.stats.limited(tenant)
                 raise _HttpError(
                     429,
                     "rate_limited",
@@ -357,10 +364,10 @@ class _Endpoints:
         if len(answers) != len(ops):
             _log.error("server core answered %d results for %d ops", len(answers), len(ops))
             raise _HttpError(500, "internal", "the server failed to handle the request")
-        for answer in answers:
-            if answer["status"] == "accepted":
-                self.notifier.poke(tenant)
-                break
+        accepted = sum(1 for answer in answers if answer["status"] == "accepted")
+        if accepted:
+            self.notifier.poke(tenant)
+        self.stats.pushed(tenant, accepted, sum(a["status"] == "rejected" for a in answers))
         return _render_results(answers, fmt)
 
     async def pull(self, request: Request) -> Response:
@@ -376,6 +383,7 @@ class _Endpoints:
             )
         except NexusStoreError as exc:
             raise _core_error(exc) from exc
+        self.stats.pulled(tenant)
         return _render_page(page, "msgpack" if _accepts_msgpack(request) else "json")
 
     async def events(self, request: Request) -> Response:
@@ -401,6 +409,7 @@ def create_app(
     events_keepalive: float = 15.0,
     close_core: bool = False,
     rate_limiter: RateLimit | None = None,
+    operator_token: str | None = None,
 ) -> Starlette:
     """Build the sync server's ASGI app around a server core.
 
@@ -413,6 +422,8 @@ def create_app(
         close_core: close ``core`` when the app shuts down (the app owns it).
         rate_limiter: the per-tenant limiter to use (default: one built from ``limits``;
             pass one to inject a clock).
+        operator_token: serve the operator page (``/operator?token=...``, see
+            :mod:`._operator`) to whoever has this token; ``None``: no operator page.
 
     Returns:
         The Starlette app; ``app.state.notifier`` is its
@@ -448,6 +459,7 @@ def create_app(
             Route(EVENTS_PATH, api.events, methods=["GET"]),
             Route(HEALTH_PATH, api.health_check, methods=["GET"]),
             Route(OPENAPI_PATH, api.openapi, methods=["GET"]),
+            *operator_routes(api.stats, operator_token),
         ],
         middleware=[
             Middleware(ClockHeaders, clock=core.clock, max_offset=core.max_clock_offset),
@@ -458,4 +470,5 @@ def create_app(
     )
     app.state.notifier = notifier
     app.state.limits = limits
+    app.state.operator_stats = api.stats
     return app

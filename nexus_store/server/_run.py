@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import secrets
 import socket
 import ssl
 import sys
@@ -205,6 +206,16 @@ def make_verifier(
     return verifiers[0] if len(verifiers) == 1 else ChainVerifier(verifiers)
 
 
+def _closer(*closes: Callable[[], None]) -> Callable[[], None]:
+    """One callable calling each of ``closes`` (the streams to end at a stop signal)."""
+
+    def close() -> None:
+        for each in closes:
+            each()
+
+    return close
+
+
 def uvicorn_config(
     app: ASGIApp,
     *,
@@ -332,15 +343,22 @@ async def _serve(
             events_interval=options.events_interval,
             close_core=True,
             rate_limiter=limiter,
+            operator_token=(operator_token := secrets.token_urlsafe(16)),
         )
         tls = options.tls_cert is not None
         announce(sock, tls=tls)
+        # Whoever has this URL sees every tenant's counts: printed for the operator only.
+        base = _url_of(sock, "https" if tls else "http")
+        sys.stdout.write(
+            f"nexus-store serve: operator page {base}/operator?token={operator_token}\n"
+        )
+        sys.stdout.flush()
         await serve_app(
             app,
             sock,
             log_level=options.log_level,
             access_log=options.access_log,
-            on_exit=app.state.notifier.close,
+            on_exit=_closer(app.state.notifier.close, app.state.operator_stats.close),
             tls_cert=options.tls_cert,
             tls_key=options.tls_key,
         )

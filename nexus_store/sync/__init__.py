@@ -8,7 +8,10 @@
 - The adapters: :class:`WorkManagerSyncService` (desktop, server, Android),
   :class:`BGTaskSyncService` (iOS), :class:`NoopSyncService` (no background execution).
 - The app's own jobs: :class:`BackgroundSyncTask` with its :class:`TaskContext` and
-  :class:`TaskResult`; the persisted history as :class:`TaskRun`.
+  :class:`TaskResult`; the persisted history as :class:`TaskRun`. Jobs people steer:
+  :class:`JobDefinition` (:class:`PeriodicSchedule` / :class:`OneTimeSchedule`,
+  :class:`JobConstraints`), shown as :class:`JobInfo`; ``run_now`` answers a
+  :class:`RunNowResult`.
 - What a run reports: :class:`SyncProgress`, :class:`SyncEvent`, :class:`SyncSummary`.
 - The device the constraints are checked against: :class:`DeviceState`,
   :class:`SystemDevice`.
@@ -29,6 +32,14 @@ from ._bridge import BackgroundSyncThread
 from ._changes import ChangeSource, CommitWatcher
 from ._config import BackgroundSyncConfig, BackgroundSyncStatus, ScheduleResult, ServiceState
 from ._factory import AdapterKind, BackgroundSyncServiceFactory, choose_adapter
+from ._jobs import (
+    JobConstraints,
+    JobDefinition,
+    JobInfo,
+    OneTimeSchedule,
+    PeriodicSchedule,
+    RunNowResult,
+)
 from ._noop import NoopSyncService
 from ._service import BackgroundSyncService
 from ._store_task import StoreSyncTask
@@ -61,10 +72,16 @@ __all__ = [
     "CommitWatcher",
     "DeviceState",
     "DeviceStateProvider",
+    "JobConstraints",
+    "JobDefinition",
+    "JobInfo",
     "NetworkType",
     "NoopSyncService",
+    "OneTimeSchedule",
+    "PeriodicSchedule",
     "PriorityProgress",
     "PrioritySummary",
+    "RunNowResult",
     "ScheduleResult",
     "ServiceState",
     "StoreSyncTask",

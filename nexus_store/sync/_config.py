@@ -7,6 +7,7 @@ WorkManager-like scheduler offers (network type, storage, idle, backoff, time li
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
@@ -26,6 +27,8 @@ __all__ = [
 
 MIN_PERIODIC_INTERVAL = timedelta(minutes=15)
 """The Android floor for periodic work (WM-1); the default policy."""
+
+logger = logging.getLogger("nexus_store.sync.work")
 
 
 class BackgroundSyncStatus(StrEnum):
@@ -54,7 +57,8 @@ class BackgroundSyncConfig(BaseModel):
     Attributes:
         enabled: when False the factory returns the no-op adapter.
         min_interval: period of the scheduled (periodic) run that sends ``NORMAL`` ops.
-            Clamped up to ``min_periodic_floor`` (15 minutes by default, as on Android).
+            Clamped up to ``min_periodic_floor`` (15 minutes by default, as on Android),
+            with a logged warning (WM-1); a negative interval is clamped the same way.
         min_periodic_floor: the lowest allowed ``min_interval``. Lowering it is the
             documented desktop/server policy (e.g. ``timedelta(seconds=30)`` for a daemon);
             it is never lowered silently.
@@ -66,11 +70,15 @@ class BackgroundSyncConfig(BaseModel):
         requires_device_idle: run only while the device is idle.
         max_attempts: an op failing this many times is dead-lettered.
         backoff_policy: ``"exponential"`` (default) or ``"linear"`` for failed runs.
-        backoff_delay: the base delay of that backoff (clamped into [10 s, 5 h], WM-3).
+        backoff_delay: the base delay of that backoff (clamped into [10 s, 5 h] with a
+            logged warning, a negative delay too, WM-3).
         execution_time_limit: a run longer than this is stopped and re-enqueued (WM-12).
         high_priority_debounce: how long a ``HIGH`` save waits for more saves before its
             one-time run starts (batches bursts).
         batch_size: ops pushed per request.
+        follow_pokes: hold the backend's events stream open while the network allows and
+            pull as soon as the server says it has news (a backend without ``watch()``
+            has no stream).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -90,6 +98,7 @@ class BackgroundSyncConfig(BaseModel):
     execution_time_limit: timedelta = timedelta(minutes=10)
     high_priority_debounce: timedelta = timedelta(seconds=2)
     batch_size: int = Field(default=500, ge=1, le=10_000)
+    follow_pokes: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> BackgroundSyncConfig:
@@ -99,6 +108,14 @@ class BackgroundSyncConfig(BaseModel):
             raise ValueError("execution_time_limit must be positive")
         if self.high_priority_debounce < timedelta(0):
             raise ValueError("high_priority_debounce must not be negative")
+        if self.min_interval < self.min_periodic_floor:
+            # WM-1: clamped, not refused, and said so (androidx logs the same words).
+            logger.warning(
+                "Interval duration lesser than minimum allowed value; changed to %ss "
+                "(min_interval %ss is below min_periodic_floor)",
+                self.min_periodic_floor.total_seconds(),
+                self.min_interval.total_seconds(),
+            )
         return self
 
     @property

@@ -73,9 +73,9 @@ from ._config import (
     unmet_constraints,
 )
 from ._decisions import _TRIGGERED, format_time
+from ._job_control import _JobControl
 from ._store_task import SYNC_TASK_ID, StoreSyncTask, _ReportingTask
 from ._task import BackgroundSyncTask, RegisteredTask, TaskRun
-from ._triggers import _Triggering
 from .device._constraints import SystemDevice
 from .device._device import DeviceState, DeviceStateProvider
 from .engine._pause import PauseReason, RemotePauses
@@ -96,7 +96,7 @@ def _default_device(backend: RemoteBackend | None, database: Database) -> Device
         return SystemDevice(None, storage_path=folder)
 
 
-class BackgroundSyncService(_Triggering):
+class BackgroundSyncService(_JobControl):
     """Keeps a store in sync in the background; an adapter decides when runs happen.
 
     Use it as an async context manager (it runs until the block ends)::
@@ -206,10 +206,12 @@ class BackgroundSyncService(_Triggering):
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
             stack.callback(self._stop_background)
+            await anyio.to_thread.run_sync(self._open_jobs)
             await self._start(stack)
             self._state = ServiceState.RUNNING
             self._update_scheduled(await self._has_schedule())
             await tg.start(self._trigger_loop)
+            self._start_pokes(tg)
             if self._change_source is not None:
                 tg.start_soon(self._follow_changes, self._change_source)
             if callable(getattr(self._device, "probe_network", None)):
@@ -239,6 +241,7 @@ class BackgroundSyncService(_Triggering):
         if self._unsubscribe_device is not None:
             self._unsubscribe_device()
             self._unsubscribe_device = None
+        self._stop_pokes()
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
         finally:
@@ -309,6 +312,9 @@ class BackgroundSyncService(_Triggering):
         self._check_running()
         if not self.is_supported or not self._config.enabled:
             return ScheduleResult.UNSUPPORTED
+        self._periodic_wanted = True
+        if not self._sync_enabled:  # switched off by a person: scheduled when switched on
+            return ScheduleResult.ACCEPTED
         result = await self._schedule()
         if result is ScheduleResult.ACCEPTED:
             self._periodic = True
@@ -352,6 +358,7 @@ class BackgroundSyncService(_Triggering):
         """
         self._check_running()
         self._periodic = False
+        self._periodic_wanted = False
         await self._cancel()
         for scope in list(self._run_scopes):
             scope.cancel()

@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ._jobs import JobDefinition
 
 __all__ = [
     "BackgroundSyncTask",
@@ -39,13 +42,16 @@ class TaskResult(BaseModel):
 
     @classmethod
     def success(cls, output: Mapping[str, Any] | None = None, message: str = "") -> TaskResult:
-        """The task finished its work."""
+        """The task finished its work; ``message`` is kept in the run history."""
         return cls(outcome=TaskOutcome.SUCCESS, output=dict(output or {}), message=message)
 
     @classmethod
-    def failure(cls, output: Mapping[str, Any] | None = None, message: str = "") -> TaskResult:
-        """The task failed and should not be retried."""
-        return cls(outcome=TaskOutcome.FAILURE, output=dict(output or {}), message=message)
+    def failure(
+        cls, output: Mapping[str, Any] | None = None, message: str = "", *, error: str = ""
+    ) -> TaskResult:
+        """The task failed and should not be retried; ``error`` (or ``message``) says why
+        and is kept in the run history."""
+        return cls(outcome=TaskOutcome.FAILURE, output=dict(output or {}), message=error or message)
 
     @classmethod
     def retry(cls, message: str = "") -> TaskResult:
@@ -113,6 +119,11 @@ class TaskRun(BaseModel):
     """``success``, ``failure``, ``retry``, ``stopped``, ``cancelled``, ``interrupted`` or
     ``running``."""
     message: str = ""
+    """The result's message (a success's too), the error, or why the run was stopped."""
+    attempt: int | None = None
+    """The attempt count the task saw (0 on the first execution), where the adapter keeps it."""
+    stop_reason: str | None = None
+    """Why the scheduler stopped the run (``TIMEOUT``, ``CONSTRAINT_CONNECTIVITY``...)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,9 @@ class RegisteredTask:
     initial_delay: timedelta
     constrained: bool
     """Whether the config's constraints apply to it."""
+    definition: JobDefinition | None = None
+    """The job's definition, when it was registered as one (its own schedule and
+    constraints then apply instead of the config's)."""
 
     @property
     def task_id(self) -> str:

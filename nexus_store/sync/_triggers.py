@@ -89,6 +89,7 @@ class _Triggering(_ServiceBase):
             self._active_runs -= 1
             if not self._active_runs:
                 self._update_scheduled(self._scheduled)
+                self._after_run()
             self._wake()
 
     async def _run_locked(
@@ -170,6 +171,13 @@ class _Triggering(_ServiceBase):
     def _on_device_change(self, _state: DeviceState) -> None:
         if self._state is ServiceState.RUNNING:
             self._call_in_loop(self._fresh_look)
+            self._call_in_loop(self._stream_news)
+
+    def _stream_news(self) -> None:
+        """Something the events stream depends on changed (see :mod:`._pokes`)."""
+
+    def _after_run(self) -> None:
+        """A run ended (see :mod:`._pokes`)."""
 
     def _fresh_look(self) -> None:
         """Something changed (a commit, the device): ask again for what waits."""
@@ -193,6 +201,7 @@ class _Triggering(_ServiceBase):
             self._poke = poke = anyio.Event()
             wake_at: float | None = None
             try:
+                await self._follow_controls()
                 wake_at = await self._check_queue()
             except StoreClosedError:
                 logger.info("the store was closed: the trigger loop stops")
@@ -211,8 +220,16 @@ class _Triggering(_ServiceBase):
         if done is not None:
             done.set()
 
+    _sync_enabled: bool = True
+
+    async def _follow_controls(self) -> None:
+        """Apply job switches flipped from another process (see :mod:`._job_control`)."""
+        await anyio.lowlevel.checkpoint()
+
     async def _check_queue(self) -> float | None:
         if not self.is_supported or not self._config.enabled or self._backend is None:
+            return None
+        if not self._sync_enabled:  # switched off by a person: saves stay queued
             return None
         next_eligible, pause, queued = await anyio.to_thread.run_sync(self._look)
         now = self._clock.now()
@@ -290,3 +307,4 @@ class _Triggering(_ServiceBase):
     def _device_reachability_changed(self) -> None:
         """The probe saw the network come or go: tell the scheduler, look again."""
         self._fresh_look()
+        self._stream_news()

@@ -14,9 +14,10 @@ only saves (its commits go to the file), the worker drains the queue to the remo
   back since) is first clamped to end one ttl from now
   (:func:`~._worker_lease.clamp_lease`, written back), so a dead holder's lease never
   outlasts its ttl by the size of the step.
-- **Prompt wake-up.** ``watchfiles`` watches the database's ``-wal`` file (SQLite appends
-  every commit there), so a commit in another process wakes the worker within
-  ``watch_step_ms`` milliseconds; it then looks at the queue: an eligible ``CRITICAL`` op
+- **Prompt wake-up.** The kernel watches the database's ``-wal`` file (SQLite appends
+  every commit there; inotify on Linux, costing nothing while idle, ``watchfiles`` polling
+  every ``watch_step_ms`` elsewhere: :mod:`._wal_watch`), so a commit in another process
+  wakes the worker at once; it then looks at the queue: an eligible ``CRITICAL`` op
   starts a run at once, ``HIGH`` ops after the debounce, the rest wait for the periodic
   run. Collections created later are noticed by SQLite's schema version.
 - **Clean stop.** Cancelling :meth:`SyncWorker.run` (the command does on SIGTERM/SIGINT)
@@ -50,6 +51,7 @@ from ..queue import PrioritySyncQueue
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
 from ._store_task import SYNC_TASK_ID
 from ._task import TaskRun
+from ._wal_watch import WalChangeSource
 from ._worker_lease import LeaseAction, LeaseDecision, WorkerLease, release_stale_leases
 from .device._constraints import SystemDevice
 from .device._device import DeviceStateProvider
@@ -62,50 +64,6 @@ from .workmanager._states import WorkState
 __all__ = ["RunReport", "SyncWorker", "WalChangeSource", "worker_config"]
 
 logger = logging.getLogger("nexus_store.sync.worker")
-
-
-class WalChangeSource:
-    """Wakes on commits of any process: ``watchfiles`` on the database and its ``-wal`` file.
-
-    Args:
-        path: the database file.
-        step_ms: how long the watcher waits for more changes after one (the wake-up latency;
-            smaller also costs more idle CPU: watchfiles polls its queue at this step;
-            measured on 2 shared cores: 10 ms ~0.7 % of a core idle, 20 ms ~0.45 %,
-            50 ms ~0.25 %, for the whole worker).
-        debounce_ms: the longest it groups a stream of changes before yielding.
-    """
-
-    def __init__(self, path: str | Path, *, step_ms: int = 10, debounce_ms: int = 50) -> None:
-        self._path = Path(path).resolve()
-        self._names = {self._path.name, self._path.name + "-wal"}
-        self._step = step_ms
-        self._debounce = debounce_ms
-        self._stop = anyio.Event()
-
-    def _interesting(self, _change: object, path: str) -> bool:
-        return Path(path).name in self._names
-
-    async def changes(self) -> AsyncIterator[None]:
-        """Yield once per batch of changes to the database or its WAL."""
-        import watchfiles  # noqa: PLC0415 - optional to import nexus_store itself
-
-        async for _ in watchfiles.awatch(
-            self._path.parent,
-            watch_filter=self._interesting,
-            debounce=self._debounce,
-            step=self._step,
-            stop_event=self._stop,
-            # A cancellation waits for the watcher thread: without close() first, this
-            # bounds the wait (the thread returns once a second when nothing changes).
-            rust_timeout=1000,
-            recursive=False,
-        ):
-            yield None
-
-    def close(self) -> None:
-        """Stop watching (the watcher thread notices within one step)."""
-        self._stop.set()
 
 
 class _SchemaWatch:

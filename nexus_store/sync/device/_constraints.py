@@ -26,6 +26,7 @@ import psutil
 
 from ..._clock import Clock, SystemClock
 from ._device import DeviceState
+from ._events import DeviceEventProbe
 
 __all__ = ["SystemDevice", "parse_reachability_target"]
 
@@ -101,6 +102,15 @@ class SystemDevice:
         self._cached: DeviceState | None = None
         self._cached_at = 0.0
         psutil.cpu_percent(interval=None)  # prime the CPU counter
+        self._events: DeviceEventProbe | None = None
+
+    def poll_events(self) -> list[str]:
+        """Network changes and wakes from sleep since the previous call (the first call
+        only takes a reading; see :mod:`._events`)."""
+        if self._events is None:
+            self._events = DeviceEventProbe()
+            return []
+        return [event.value for event in self._events.poll()]
 
     @property
     def target(self) -> tuple[str, int] | None:

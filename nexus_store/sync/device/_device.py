@@ -94,6 +94,7 @@ class SimulatedDevice:
         self._state = base.model_copy(update=fields) if fields else base
         self._lock = threading.Lock()
         self._subscribers: list[Callable[[DeviceState], None]] = []
+        self._event_subscribers: list[Callable[[str], None]] = []
 
     def current(self) -> DeviceState:
         """The simulated state."""
@@ -109,6 +110,33 @@ class SimulatedDevice:
         for callback in subscribers:
             callback(state)
         return state
+
+    def simulate_network_change(self) -> None:
+        """Tell event subscribers the network changed (a new Wi-Fi, a cable plugged in)."""
+        self._raise_event("network_changed")
+
+    def simulate_resume(self) -> None:
+        """Tell event subscribers the device woke from sleep."""
+        self._raise_event("resumed")
+
+    def _raise_event(self, kind: str) -> None:
+        with self._lock:
+            subscribers = list(self._event_subscribers)
+        for callback in subscribers:
+            callback(kind)
+
+    def subscribe_events(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(kind)`` on each simulated event (``network_changed``,
+        ``resumed``); returns a function that unsubscribes."""
+        with self._lock:
+            self._event_subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._event_subscribers:
+                    self._event_subscribers.remove(callback)
+
+        return unsubscribe
 
     def subscribe(self, callback: Callable[[DeviceState], None]) -> Callable[[], None]:
         """Call ``callback(state)`` after every change; returns a function that unsubscribes."""

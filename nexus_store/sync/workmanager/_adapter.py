@@ -27,6 +27,7 @@ named by their task id (periodic: ``UPDATE``; one-time: ``KEEP``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -40,6 +41,7 @@ from ..._remote import RemoteBackend
 from .._changes import ChangeSource
 from .._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, ScheduleResult
 from .._decisions import format_time
+from .._jobs import JobConstraints, PeriodicSchedule
 from .._service import BackgroundSyncService
 from .._store_task import SYNC_TASK_ID
 from .._task import RegisteredTask, TaskRun
@@ -65,12 +67,16 @@ __all__ = [
     "CRITICAL_WORK",
     "HIGH_WORK",
     "PERIODIC_WORK",
+    "RUN_NOW_SUFFIX",
     "WorkManagerSyncService",
     "constraints_for",
     "critical_request",
     "high_request",
+    "job_constraints",
+    "job_states",
     "periodic_request",
     "policy_for",
+    "run_now_request",
     "task_request",
 ]
 
@@ -80,6 +86,8 @@ CRITICAL_WORK = SYNC_TASK_ID + ".critical"
 """Unique name of the expedited one-time sync work asked for by ``CRITICAL`` saves."""
 HIGH_WORK = SYNC_TASK_ID + ".high"
 """Unique name of the debounced one-time sync work asked for by ``HIGH`` saves."""
+RUN_NOW_SUFFIX = ".now"
+"""A job's ``run_now`` work is unique under its id plus this suffix."""
 
 _WAITING = frozenset({WorkState.ENQUEUED, WorkState.BLOCKED})
 _UNFINISHED = frozenset({WorkState.ENQUEUED, WorkState.RUNNING, WorkState.BLOCKED})
@@ -160,19 +168,86 @@ def high_request(config: BackgroundSyncConfig) -> WorkRequest:
     return builder.build()
 
 
+def job_constraints(constraints: JobConstraints, *, expedited: bool = False) -> Constraints:
+    """The WorkManager constraints of a job's; expedited work keeps network and storage."""
+    if expedited:
+        return Constraints(
+            required_network_type=constraints.network_type,
+            requires_storage_not_low=constraints.storage_not_low,
+        )
+    return Constraints(
+        required_network_type=constraints.network_type,
+        requires_charging=constraints.charging,
+        requires_battery_not_low=constraints.battery_not_low,
+        requires_storage_not_low=constraints.storage_not_low,
+        requires_device_idle=constraints.idle,
+    )
+
+
 def task_request(
     registered: RegisteredTask, config: BackgroundSyncConfig, policy: SchedulingPolicy
 ) -> WorkRequest:
-    """The work of an app job: periodic if it has an interval, else one-time."""
-    constraints = constraints_for(config) if registered.constrained else Constraints()
+    """The work of an app job: periodic if it has an interval, else one-time. A job
+    registered from a :class:`~.._jobs.JobDefinition` has its own schedule and constraints."""
+    definition = registered.definition
+    if definition is not None:
+        constraints = job_constraints(definition.constraints)
+    else:
+        constraints = constraints_for(config) if registered.constrained else Constraints()
+    flex = None
+    if definition is not None and isinstance(definition.schedule, PeriodicSchedule):
+        flex = definition.schedule.flex
     builder: OneTimeWorkRequestBuilder | PeriodicWorkRequestBuilder
     if registered.interval is not None:
-        builder = PeriodicWorkRequestBuilder(registered.task_id, registered.interval, policy=policy)
+        builder = PeriodicWorkRequestBuilder(
+            registered.task_id, registered.interval, flex, policy=policy
+        )
     else:
         builder = OneTimeWorkRequestBuilder(registered.task_id)
     _with_backoff(builder, config, constraints)
     builder.set_initial_delay(registered.initial_delay)
     return builder.build()
+
+
+def run_now_request(registered: RegisteredTask, config: BackgroundSyncConfig) -> WorkRequest:
+    """Expedited one-time work for a job's ``run_now`` (network and storage constraints
+    only, WM-14; the others are reported, not waited for)."""
+    definition = registered.definition
+    if definition is not None:
+        constraints = job_constraints(definition.constraints, expedited=True)
+    elif registered.constrained:
+        constraints = constraints_for(config, expedited=True)
+    else:
+        constraints = Constraints()
+    builder = OneTimeWorkRequestBuilder(registered.task_id)
+    builder.set_constraints(constraints)
+    builder.set_execution_time_limit(config.execution_time_limit)
+    builder.set_expedited(OutOfQuotaPolicy.RUN_AS_NON_EXPEDITED)
+    builder.set_priority(SyncPriority.CRITICAL)
+    return builder.build()
+
+
+def _rank(info: WorkInfo) -> int:
+    """Which of a job's works speaks for it: running, then waiting, then the latest."""
+    if info.state is WorkState.RUNNING:
+        return 2
+    return 1 if info.state in _WAITING else 0
+
+
+def job_states(infos: Sequence[WorkInfo]) -> dict[str, tuple[str, float | None]]:
+    """Each job's state and next run time, from its works (oldest first)."""
+    chosen: dict[str, WorkInfo] = {}
+    for info in infos:
+        current = chosen.get(info.worker_name)
+        if current is None or _rank(info) >= _rank(current):
+            chosen[info.worker_name] = info
+    states: dict[str, tuple[str, float | None]] = {}
+    for job, info in chosen.items():
+        next_at = info.next_schedule_time if info.state is WorkState.ENQUEUED else None
+        if next_at is not None and math.isinf(next_at):
+            next_at = None
+        states[job] = (info.state.value, next_at)
+    return states
 
 
 def _interrupted(info: WorkInfo, now: float) -> bool:
@@ -195,7 +270,7 @@ def _backing_off(info: WorkInfo, now: float) -> bool:
 
 def _run_to_task_run(record: RunRecord) -> TaskRun:
     outcome = record.outcome.value if record.outcome is not None else "running"
-    message = record.error or ""
+    message = record.error or record.message or ""
     if record.stop_reason is not None and not message:
         message = f"stopped: {record.stop_reason.name}"
     return TaskRun(
@@ -207,6 +282,8 @@ def _run_to_task_run(record: RunRecord) -> TaskRun:
         success=None if record.outcome is None else outcome == "success",
         outcome=outcome,
         message=message,
+        attempt=record.attempt,
+        stop_reason=None if record.stop_reason is None else record.stop_reason.name,
     )
 
 
@@ -301,18 +378,46 @@ class WorkManagerSyncService(BackgroundSyncService):
         await manager.prune(self._keep_history.total_seconds())
         for registered in self._tasks.values():
             manager.register(registered.task)
-            request = task_request(registered, self.config, policy)
-            if request.is_periodic:
-                await manager.enqueue_unique(
-                    registered.task_id, ExistingPeriodicWorkPolicy.UPDATE, request
-                )
-            else:
-                await manager.enqueue_unique(registered.task_id, ExistingWorkPolicy.KEEP, request)
+            if self._job_enabled(registered.task_id):
+                await self._enqueue_task(registered)
+            else:  # switched off (maybe from another process while nothing ran)
+                await manager.cancel_unique(registered.task_id)
+        if not self._sync_enabled:
+            await manager.cancel_by_tag(SYNC_TASK_ID)
         self._periodic = bool(await self._unique_infos(PERIODIC_WORK, _UNFINISHED))
+        self._periodic_wanted = self._periodic
         watch = manager.subscribe(WorkQuery(tags=frozenset({SYNC_TASK_ID}), states=_UNFINISHED))
         stack.callback(watch.close)
         assert self._tg is not None
         self._tg.start_soon(self._follow_work, watch)
+
+    async def _enqueue_task(self, registered: RegisteredTask) -> None:
+        request = task_request(registered, self.config, self.scheduling_policy)
+        if request.is_periodic:
+            await self.manager.enqueue_unique(
+                registered.task_id, ExistingPeriodicWorkPolicy.UPDATE, request
+            )
+        else:
+            await self.manager.enqueue_unique(registered.task_id, ExistingWorkPolicy.KEEP, request)
+
+    async def _job_switched(self, job_id: str, enabled: bool) -> None:
+        unfinished = await self._unique_infos(job_id, _UNFINISHED)
+        if enabled and not unfinished:
+            await self._enqueue_task(self._tasks[job_id])
+        elif not enabled and unfinished:
+            await self.manager.cancel_unique(job_id)
+
+    async def _job_run_now(self, job_id: str) -> ScheduleResult:
+        name = job_id + RUN_NOW_SUFFIX
+        if await self._unique_infos(name, _UNFINISHED):
+            return ScheduleResult.ACCEPTED  # asked for already
+        request = run_now_request(self._tasks[job_id], self.config)
+        await self.manager.enqueue_unique(name, ExistingWorkPolicy.KEEP, request)
+        return ScheduleResult.ACCEPTED
+
+    async def _job_states(self) -> dict[str, tuple[str, float | None]]:
+        infos = await self.manager.get_work_infos(WorkQuery())
+        return job_states(infos)
 
     async def _follow_work(self, watch: WorkWatch[list[WorkInfo]]) -> None:
         async for infos in watch:

@@ -278,7 +278,9 @@ class _Dispatching(_ManagerBase):
                 exc_info=error,
             )
         output: dict[str, Any] = {}
+        message = None
         if result is not None and stop is None:
+            message = result.message or None  # a success's message is kept too
             if result.message and result.outcome is not TaskOutcome.SUCCESS:
                 error_text = result.message
             try:
@@ -310,6 +312,7 @@ class _Dispatching(_ManagerBase):
                 outcome=outcome,
                 stop_reason=stop,
                 error=error_text,
+                message=message,
             )
         self._publish(changed)
 

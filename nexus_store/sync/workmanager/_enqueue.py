@@ -228,9 +228,14 @@ class _Enqueueing(_Dispatching):
             raise InvalidWorkRequestError("enqueue() takes a WorkRequest from a builder")
         if request.interval is None:
             return request
+        # A request without a flex window carries flex == interval; re-clamping must keep
+        # it without one (not invent a window of the raised interval minus the old one).
+        flex_window = (
+            request.flex if request.flex is not None and request.flex < request.interval else None
+        )
         interval, flex = clamp_periodic(
             request.interval,
-            request.flex,
+            flex_window,
             min_interval=self.policy.min_periodic_interval.total_seconds(),
             min_flex=self.policy.min_periodic_flex.total_seconds(),
         )

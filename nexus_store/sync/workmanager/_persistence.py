@@ -81,6 +81,10 @@ class WorkStore:
                     f"the work tables have schema version {row[0]}; this version of "
                     f"nexus-store understands up to {SCHEMA_VERSION}"
                 )
+            # Added later, nullable: older versions ignore it, so the schema version stays.
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(nx_work_run)")}
+            if "message" not in columns:
+                conn.execute("ALTER TABLE nx_work_run ADD COLUMN message TEXT")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -314,18 +318,20 @@ class WorkStore:
         outcome: RunOutcome,
         stop_reason: StopReason | None = None,
         error: str | None = None,
+        message: str | None = None,
     ) -> None:
         """Close a run record."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE nx_work_run SET ended_at = ?, duration = ?, outcome = ?,"
-                " stop_reason = ?, error = ? WHERE run_id = ?",
+                " stop_reason = ?, error = ?, message = ? WHERE run_id = ?",
                 (
                     ended_at,
                     duration,
                     outcome.value,
                     None if stop_reason is None else int(stop_reason),
                     error,
+                    message,
                     run_id,
                 ),
             )
@@ -334,7 +340,7 @@ class WorkStore:
         """The most recent runs (of one work, or of all), newest first."""
         sql = (
             "SELECT run_id, work_id, worker_name, attempt, expedited, started_at, ended_at,"
-            " duration, outcome, stop_reason, error FROM nx_work_run"
+            " duration, outcome, stop_reason, error, message FROM nx_work_run"
         )
         params: list[Any] = []
         if work_id is not None:
@@ -355,6 +361,7 @@ class WorkStore:
                 outcome=None if row[8] is None else RunOutcome(row[8]),
                 stop_reason=None if row[9] is None else StopReason(row[9]),
                 error=row[10],
+                message=row[11],
             )
             for row in self.database.execute(sql, params)
         ]

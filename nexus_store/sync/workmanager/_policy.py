@@ -43,9 +43,21 @@ logger = logging.getLogger("nexus_store.sync.work")
 
 
 def _seconds(value: timedelta | float, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not math.isfinite(seconds) or seconds < 0:
+    seconds = _finite_seconds(value, what)
+    if seconds < 0:
         raise InvalidWorkRequestError(f"{what} must be a finite, non-negative duration")
+    return seconds
+
+
+def _finite_seconds(value: timedelta | float, what: str) -> float:
+    """A duration in seconds, negative ones included (the clamps below raise them).
+
+    Raises:
+        InvalidWorkRequestError: the value is not a finite number (nothing to clamp).
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds):
+        raise InvalidWorkRequestError(f"{what} must be a finite duration")
     return seconds
 
 
@@ -187,8 +199,9 @@ def clamp_periodic(
 ) -> tuple[float, float]:
     """Clamp a periodic schedule as androidx ``WorkSpec.setPeriodic`` does (WM-1, WM-2).
 
-    The interval is raised to ``min_interval``; the flex (``None``: the interval) is clamped
-    into ``[min_flex, interval]``. Each change is logged as a warning.
+    The interval is raised to ``min_interval`` (a negative one too: out-of-range values are
+    clamped, not refused); the flex (``None``: the interval) is clamped into
+    ``[min_flex, interval]``. Each change is logged as a warning.
 
     Returns:
         ``(interval, flex)`` in seconds.
@@ -211,7 +224,10 @@ def clamp_periodic(
 
 
 def clamp_backoff_delay(delay: float) -> float:
-    """Clamp a backoff delay into [10 s, 5 h], logging a warning when it changes (WM-3)."""
+    """Clamp a backoff delay into [10 s, 5 h], logging a warning when it changes (WM-3).
+
+    A negative delay is out of range like any other short one: it becomes 10 s.
+    """
     if delay > MAX_BACKOFF_DELAY_SECONDS:
         logger.warning(
             "Backoff delay greater than maximum; changed to %ss", MAX_BACKOFF_DELAY_SECONDS

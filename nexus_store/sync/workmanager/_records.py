@@ -123,3 +123,6 @@ class RunRecord(BaseModel):
     """``None`` while the run is in progress."""
     stop_reason: StopReason | None
     error: str | None
+    """Why a run failed (its exception, or the failure's message)."""
+    message: str | None = None
+    """The message of a run's result (kept for successes too)."""

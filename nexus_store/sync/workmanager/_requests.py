@@ -24,6 +24,7 @@ from ._policy import (
     DEFAULT_BACKOFF_DELAY_SECONDS,
     Constraints,
     SchedulingPolicy,
+    _finite_seconds,
     _seconds,
     clamp_backoff_delay,
     clamp_periodic,
@@ -146,9 +147,14 @@ class _WorkRequestBuilder:
         return self
 
     def set_backoff_criteria(self, policy: BackoffPolicy, delay: timedelta | float) -> Self:
-        """Backoff after a ``retry``; the delay is clamped into [10 s, 5 h] (WM-3)."""
+        """Backoff after a ``retry``; the delay is clamped into [10 s, 5 h] (WM-3), a
+        negative one too (with the same warning).
+
+        Raises:
+            InvalidWorkRequestError: the delay is not a finite number.
+        """
         self._backoff_policy = BackoffPolicy(policy)
-        self._backoff_delay = clamp_backoff_delay(_seconds(delay, "backoff delay"))
+        self._backoff_delay = clamp_backoff_delay(_finite_seconds(delay, "backoff delay"))
         self._backoff_set = True
         return self
 
@@ -232,9 +238,13 @@ class PeriodicWorkRequestBuilder(_WorkRequestBuilder):
     Args:
         worker: the worker (or its name).
         interval: the repeat interval; raised to the policy floor (15 min by default)
-            with a logged warning.
+            with a logged warning (a negative interval too).
         flex_interval: the window at the end of each interval in which the run may happen;
-            clamped into [flex floor, interval]; ``None`` means the whole interval.
+            clamped into [flex floor, interval] (a negative flex too); ``None`` means the
+            whole interval (no flex window).
+
+    Raises:
+        InvalidWorkRequestError: the interval or flex is not a finite number.
         policy: the policy whose floors apply (``SchedulingPolicy.android()`` by default).
     """
 
@@ -247,8 +257,10 @@ class PeriodicWorkRequestBuilder(_WorkRequestBuilder):
         policy: SchedulingPolicy | None = None,
     ) -> None:
         super().__init__(worker)
-        self._interval = _seconds(interval, "interval")
-        self._flex = None if flex_interval is None else _seconds(flex_interval, "flex interval")
+        self._interval = _finite_seconds(interval, "interval")
+        self._flex = (
+            None if flex_interval is None else _finite_seconds(flex_interval, "flex interval")
+        )
         self._policy = policy or _ANDROID
 
     def build(self) -> WorkRequest:

@@ -1450,3 +1450,96 @@ async def test_prune_keeps_what_unfinished_work_depends_on(
         assert await wm.get_work_info(done) is None
         assert await wm.run_history(done) == []
         assert (await info_of(wm, needed)).state is WorkState.SUCCEEDED
+
+
+# -- the three departures found from outside, fixed ------------------------------------------
+
+
+async def test_wm02_wm07_reclamping_keeps_a_request_without_flex_window(
+    clock: FakeClock, device: SimulatedDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WM-2/WM-7: a 1-min request without flex, re-clamped by a 15-min manager, becomes
+    interval 15 min with no flex window (flex == interval) and its first run is not delayed."""
+    desktop = SchedulingPolicy.desktop(timedelta(minutes=1))
+    request = PeriodicWorkRequestBuilder("tick", 60, policy=desktop).build()
+    assert (request.interval, request.flex) == (60.0, 60.0)
+    job = Job("tick")
+    with caplog.at_level(logging.WARNING, logger=WORK_LOGGER):
+        async with manager(clock, device, job) as wm:
+            work_id = await wm.enqueue(request)
+            assert work_id is not None
+            info = await info_of(wm, work_id)
+            assert (info.interval, info.flex) == (900.0, 900.0)
+            assert info.next_schedule_time == T0  # no invented (interval - flex) delay
+            await job.wait_runs(1)
+    assert "Interval duration lesser than minimum allowed value" in caplog.text
+    assert "Flex duration" not in caplog.text
+
+
+async def test_wm02_reclamping_keeps_a_real_flex_window(
+    clock: FakeClock, device: SimulatedDevice
+) -> None:
+    """WM-2: a request with a flex window keeps one after re-clamping (raised to the floor)."""
+    desktop = SchedulingPolicy.desktop(timedelta(minutes=3))
+    request = PeriodicWorkRequestBuilder("tick", 180, 60, policy=desktop).build()
+    assert (request.interval, request.flex) == (180.0, 60.0)
+    async with manager(clock, device) as wm:
+        work_id = await wm.enqueue(request)
+        assert work_id is not None
+        info = await info_of(wm, work_id)
+    assert (info.interval, info.flex) == (900.0, 300.0)
+    assert info.next_schedule_time == T0 + 600
+
+
+def test_wm01_config_clamp_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """WM-1: BackgroundSyncConfig with min_interval under the floor logs the clamp warning."""
+    from nexus_store import BackgroundSyncConfig  # noqa: PLC0415 - the public name
+
+    with caplog.at_level(logging.WARNING, logger=WORK_LOGGER):
+        config = BackgroundSyncConfig(min_interval=timedelta(minutes=1))
+    assert config.effective_interval == timedelta(minutes=15)
+    assert "Interval duration lesser than minimum allowed value" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=WORK_LOGGER):
+        BackgroundSyncConfig(min_interval=timedelta(minutes=20))
+        BackgroundSyncConfig(
+            min_interval=timedelta(minutes=1), min_periodic_floor=timedelta(minutes=1)
+        )
+    assert caplog.text == ""
+
+
+def test_wm01_wm03_negative_values_are_clamped_with_the_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """WM-1/WM-3: a negative interval, flex or backoff delay is clamped (with the warning),
+    not refused; a value that is not a finite number is still refused."""
+    with caplog.at_level(logging.WARNING, logger=WORK_LOGGER):
+        periodic = PeriodicWorkRequestBuilder("job", -60, -5).build()
+        backoff = (
+            OneTimeWorkRequestBuilder("job")
+            .set_backoff_criteria(BackoffPolicy.LINEAR, timedelta(seconds=-30))
+            .build()
+        )
+    assert (periodic.interval, periodic.flex) == (900.0, 300.0)
+    assert backoff.backoff_delay == 10.0
+    assert "Interval duration lesser than minimum allowed value" in caplog.text
+    assert "Flex duration lesser than minimum" in caplog.text
+    assert "Backoff delay lesser than minimum" in caplog.text
+    with pytest.raises(InvalidWorkRequestError, match="finite"):
+        PeriodicWorkRequestBuilder("job", math.nan)
+    with pytest.raises(InvalidWorkRequestError, match="finite"):
+        OneTimeWorkRequestBuilder("job").set_backoff_criteria(BackoffPolicy.LINEAR, math.inf)
+
+
+async def test_wm03_config_with_negative_backoff_schedules(
+    clock: FakeClock, device: SimulatedDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WM-3: a config with a negative backoff delay schedules its periodic work with 10 s."""
+    from nexus_store import BackgroundSyncConfig  # noqa: PLC0415 - the public name
+    from nexus_store.sync.workmanager._adapter import periodic_request  # noqa: PLC0415
+
+    config = BackgroundSyncConfig(backoff_delay=timedelta(seconds=-1))
+    with caplog.at_level(logging.WARNING, logger=WORK_LOGGER):
+        request = periodic_request(config, SchedulingPolicy.android())
+    assert request.backoff_delay == 10.0
+    assert "Backoff delay lesser than minimum" in caplog.text

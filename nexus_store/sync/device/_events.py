@@ -1,0 +1,101 @@
+"""Moments worth a sync: the network changed, the machine woke from sleep.
+
+:class:`DeviceEventProbe` notices both by comparing cheap readings between two looks: the
+set of network interfaces that are up with their addresses (psutil), and how far the
+boot-time clock has run ahead of the monotonic clock (it grows only while the machine
+sleeps; where there is no boot-time clock, the wall clock's lead stands in, so a step of
+the wall clock also counts as a wake: harmless, it asks for at most one run). The
+decision is :func:`events_between`, a pure function of two readings.
+
+The background service asks its device provider for these through ``poll_events()`` (a
+few milliseconds apart at most every few seconds) and, when work is pending, asks for a
+run at once. :class:`~._device.SimulatedDevice` raises them on demand in tests
+(``simulate_network_change()``, ``simulate_resume()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+import psutil
+
+__all__ = ["DeviceEvent", "DeviceEventProbe", "Reading", "events_between", "take_reading"]
+
+RESUME_GAP = 5.0
+"""Seconds the sleeping clock must have gained between two looks to count as a wake."""
+
+
+class DeviceEvent(StrEnum):
+    """Something happened to the device that may let waiting work go now."""
+
+    NETWORK_CHANGED = "network_changed"
+    RESUMED = "resumed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """What one look saw."""
+
+    interfaces: frozenset[tuple[str, str]]
+    """(interface, address) of every interface that is up."""
+    sleep_offset: float
+    """Boot-time clock minus monotonic clock (grows only while asleep)."""
+
+
+def _sleep_offset() -> float:
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime(boottime) - time.monotonic()
+    return time.time() - time.monotonic()
+
+
+def _interfaces() -> frozenset[tuple[str, str]]:
+    try:
+        stats = psutil.net_if_stats()
+        addresses = psutil.net_if_addrs()
+    except OSError:
+        return frozenset()
+    return frozenset(
+        (name, address.address)
+        for name, entries in addresses.items()
+        if name in stats and stats[name].isup
+        for address in entries
+        if address.address
+    )
+
+
+def take_reading() -> Reading:
+    """Look now (about a millisecond)."""
+    return Reading(interfaces=_interfaces(), sleep_offset=_sleep_offset())
+
+
+def events_between(before: Reading, after: Reading) -> list[DeviceEvent]:
+    """The events between two readings (pure)."""
+    events = []
+    if after.interfaces != before.interfaces:
+        events.append(DeviceEvent.NETWORK_CHANGED)
+    if after.sleep_offset - before.sleep_offset > RESUME_GAP:
+        events.append(DeviceEvent.RESUMED)
+    return events
+
+
+class DeviceEventProbe:
+    """Reports network changes and wakes since the last look.
+
+    Args:
+        read: how to look (default: this machine; tests pass readings of their own).
+    """
+
+    def __init__(self, read: Callable[[], Reading] = take_reading) -> None:
+        self._read = read
+        self._last = read()
+
+    def poll(self) -> list[DeviceEvent]:
+        """The events since the previous call."""
+        reading = self._read()
+        events = events_between(self._last, reading)
+        self._last = reading
+        return events
