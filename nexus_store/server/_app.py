@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -69,6 +69,9 @@ from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_
 from ._openapi import openapi_schema
 from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
 from ._rules import Answer, Page, change_fields
+
+if TYPE_CHECKING:
+    from .blobs import BlobService
 
 __all__ = ["CoreLike", "create_app"]
 
@@ -383,6 +386,7 @@ def create_app(
     events_keepalive: float = 15.0,
     close_core: bool = False,
     rate_limiter: RateLimit | None = None,
+    blobs: BlobService | None = None,
 ) -> Starlette:
     """Build the sync server's ASGI app around a server core.
 
@@ -395,6 +399,8 @@ def create_app(
         close_core: close ``core`` when the app shuts down (the app owns it).
         rate_limiter: the per-tenant limiter to use (default: one built from ``limits``;
             pass one to inject a clock).
+        blobs: serve files (tus uploads under ``/v1/files``, reads under ``/v1/blobs``;
+            see :mod:`nexus_store.server.blobs`); ``None``: no file endpoints.
 
     Returns:
         The Starlette app; ``app.state.notifier`` is its
@@ -422,6 +428,8 @@ def create_app(
         finally:
             if close_core:
                 await core.aclose()
+            if blobs is not None:
+                await blobs.aclose()
 
     app = Starlette(
         routes=[
@@ -430,6 +438,7 @@ def create_app(
             Route(EVENTS_PATH, api.events, methods=["GET"]),
             Route(HEALTH_PATH, api.health_check, methods=["GET"]),
             Route(OPENAPI_PATH, api.openapi, methods=["GET"]),
+            *_blob_routes(blobs, api.authorize),
         ],
         middleware=[
             Middleware(ClockHeaders, clock=core.clock, max_offset=core.max_clock_offset),
@@ -441,3 +450,11 @@ def create_app(
     app.state.notifier = notifier
     app.state.limits = limits
     return app
+
+
+def _blob_routes(blobs: BlobService | None, authorize: Any) -> list[Route]:
+    if blobs is None:
+        return []
+    from .blobs._routes import blob_routes  # noqa: PLC0415
+
+    return blob_routes(blobs, authorize)
