@@ -39,6 +39,7 @@ from ._progress import (
     SyncSummary,
 )
 from ._target import ClockedTarget, SyncTarget
+from ._transfer_progress import TransferProgress
 
 __all__: list[str] = []
 
@@ -108,6 +109,11 @@ class _Run:
     """Whether the remote answered once in this run (its pause was then lifted)."""
     revived: int = 0
     """Ops whose backoff ended when the remote first answered during the pull."""
+    transfers: dict[str, TransferProgress] = field(default_factory=dict)
+    """The run's file transfers, by op id (see :mod:`._transfers`)."""
+    uploaded: int = 0
+    downloaded: int = 0
+    transferred_bytes: int = 0
 
 
 class _RunnerBase:
@@ -208,5 +214,11 @@ class _RunnerBase:
             for p in SyncPriority
         }
         self.streams.progress.publish(
-            SyncProgress(run_id=run.run_id, phase=run.phase, per_priority=per, pulled=run.pulled)
+            SyncProgress(
+                run_id=run.run_id,
+                phase=run.phase,
+                per_priority=per,
+                pulled=run.pulled,
+                transfers=tuple(run.transfers.values()),
+            )
         )

@@ -1,0 +1,192 @@
+"""Sending one blob over tus: resume from the server's offset, chunk by chunk.
+
+:func:`send_blob` is the client half of :mod:`nexus_store._blob_api`:
+
+1. an upload id kept from an earlier attempt is asked for its offset (``HEAD``); an
+   unknown one (the server lost it, or garbage-collected it) means a new upload;
+2. a new upload is created (``POST``, with the blob's hash as metadata: if the server has
+   the blob already, it says the upload is complete and nothing is sent);
+3. chunks of ``chunk_size`` bytes (at most what the server accepts) go one by one
+   (``PATCH``), each with its checksum; after each acknowledged chunk the new offset is
+   saved, so a transfer cut at any point (network, this process killed, the server
+   restarted) sends again at most the chunk that was in flight;
+4. the last chunk's answer comes after the server verified the whole blob's SHA-256.
+
+A chunk is read into memory before it is sent (its checksum goes in the header), so a
+transfer holds at most one chunk in memory, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+
+from .._blob_api import new_checksum
+from .._exceptions import RetryableError, SourceChangedError
+from ._remote import (
+    BlobMismatchError,
+    BlobRemote,
+    ChunkRejectedError,
+    OffsetMismatchError,
+    UploadGoneError,
+)
+
+__all__ = ["ResumePoint", "send_blob"]
+
+_PIECE = 256 * 1024
+_ROUNDS = 10_000_000  # bounds the chunk loop: no file has this many chunks
+_RETRIES = 3
+
+
+@dataclass
+class ResumePoint:
+    """Where a blob's upload stands: the server's upload id and the offset it acknowledged."""
+
+    upload_id: str | None = None
+    acked: int = 0
+
+
+async def send_blob(  # noqa: PLR0912 - one branch per tus answer
+    remote: BlobRemote,
+    path: Path,
+    *,
+    sha256: str,
+    size: int,
+    metadata: Mapping[str, str],
+    resume: ResumePoint,
+    save: Callable[[ResumePoint], None],
+    chunk_size: int,
+    progress: Callable[[int], None],
+    unchanged: Callable[[], bool],
+    checksum: str | None = "sha1",
+) -> None:
+    """Upload the file at ``path`` (the blob ``sha256`` of ``size`` bytes) over tus.
+
+    Args:
+        remote: the server's blob endpoints.
+        path: the local copy.
+        sha256: the blob's hash (the server checks the bytes against it).
+        size: the blob's length.
+        metadata: ``Upload-Metadata`` (``sha256`` is added).
+        resume: where an earlier attempt stopped (updated as chunks are acknowledged).
+        save: called (in a worker thread) with the new resume point after each chunk.
+        chunk_size: bytes per PATCH (capped by the server's limit).
+        progress: called with the bytes the server holds (and those in flight).
+        unchanged: whether the local copy is still what was queued (a cheap check).
+        checksum: the chunk checksum algorithm (``None``: none).
+
+    Raises:
+        SourceChangedError: the file changed (or vanished) since it was queued.
+        RemoteError: the transfer failed (retryable or not); ``resume`` says where it got.
+    """
+    if not await anyio.to_thread.run_sync(unchanged):
+        raise SourceChangedError(f"blob {sha256[:12]}: the file changed since it was queued")
+    limit = await remote.max_chunk()
+    chunk = max(1, min(chunk_size, limit) if limit else chunk_size)
+    meta = {**metadata, "sha256": sha256}
+    offset = await _start(remote, resume, save, size, meta)
+    progress(offset)
+    restarts = rejected = 0
+    for _ in range(_ROUNDS):
+        if offset >= size:
+            return
+        assert resume.upload_id is not None
+        length = min(chunk, size - offset)
+        data = await anyio.to_thread.run_sync(_read_chunk, path, offset, length)
+        if len(data) != length:
+            raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
+        digest = None
+        if checksum is not None:
+            digest = (checksum, await anyio.to_thread.run_sync(_checksum, checksum, data))
+        try:
+            offset = await remote.patch(
+                resume.upload_id, offset, _pieces(data, offset, progress), length, digest
+            )
+        except OffsetMismatchError:
+            offset = await remote.offset(resume.upload_id)
+        except ChunkRejectedError:
+            rejected += 1
+            if rejected > _RETRIES:
+                raise
+            continue
+        except UploadGoneError:
+            restarts += 1
+            if restarts > _RETRIES:
+                raise
+            resume.upload_id = None
+            offset = await _start(remote, resume, save, size, meta)
+            continue
+        except BlobMismatchError:
+            if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
+                raise SourceChangedError(
+                    f"blob {sha256[:12]}: the file changed since it was queued (hash mismatch)"
+                ) from None
+            restarts += 1
+            if restarts > _RETRIES:
+                raise
+            resume.upload_id = None
+            offset = await _start(remote, resume, save, size, meta)
+            continue
+        rejected = 0
+        resume.acked = offset
+        await anyio.to_thread.run_sync(save, resume)
+        progress(offset)
+    raise RetryableError("the upload did not finish")  # pragma: no cover - bounded loop
+
+
+async def _start(
+    remote: BlobRemote,
+    resume: ResumePoint,
+    save: Callable[[ResumePoint], None],
+    size: int,
+    metadata: Mapping[str, str],
+) -> int:
+    """The offset to go on from: the kept upload's, or a new upload's."""
+    if resume.upload_id is not None:
+        try:
+            offset = await remote.offset(resume.upload_id)
+        except UploadGoneError:
+            resume.upload_id = None
+        else:
+            resume.acked = offset
+            return offset
+    upload_id, offset = await remote.create(size, metadata)
+    resume.upload_id, resume.acked = upload_id, offset
+    await anyio.to_thread.run_sync(save, resume)
+    return offset
+
+
+def _read_chunk(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
+def _checksum(algorithm: str, data: bytes) -> bytes:
+    summer = new_checksum(algorithm)
+    summer.update(data)
+    return summer.digest()
+
+
+def _same_hash(path: Path, sha256: str) -> bool:
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while piece := handle.read(1024 * 1024):
+                sha.update(piece)
+    except OSError:
+        return False
+    return sha.hexdigest() == sha256
+
+
+async def _pieces(
+    data: bytes, offset: int, progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), _PIECE):
+        yield bytes(view[start : start + _PIECE])
+        progress(offset + min(len(data), start + _PIECE))
