@@ -20,6 +20,18 @@ class _Tenant:
     uploads: dict[str, tuple[UploadInfo, bytearray]] = field(default_factory=dict)
 
 
+def _sha(sha256: str) -> str:
+    if not is_sha256(sha256):
+        raise ValueError(f"not a blob name: {sha256[:80]!r}")
+    return sha256
+
+
+def _id(upload_id: str) -> str:
+    if not is_upload_id(upload_id):
+        raise ValueError(f"not an upload id: {upload_id[:80]!r}")
+    return upload_id
+
+
 class MemoryBlobStorage(BlobStorage):
     """Every tenant's blobs and uploads in dictionaries of this process."""
 
@@ -33,12 +45,10 @@ class MemoryBlobStorage(BlobStorage):
         return self._tenants.setdefault(tenant, _Tenant())
 
     async def create_upload(self, tenant: str, info: UploadInfo) -> None:
-        if not is_upload_id(info.upload_id):
-            raise ValueError("not an upload id")
-        self._of(tenant).uploads[info.upload_id] = (info, bytearray())
+        self._of(tenant).uploads[_id(info.upload_id)] = (info, bytearray())
 
     async def get_upload(self, tenant: str, upload_id: str) -> UploadInfo | None:
-        found = self._of(tenant).uploads.get(upload_id)
+        found = self._of(tenant).uploads.get(_id(upload_id))
         if found is None:
             return None
         info, data = found
@@ -76,9 +86,8 @@ class MemoryBlobStorage(BlobStorage):
             yield data[start : start + _PIECE]
 
     async def commit(self, tenant: str, upload: UploadInfo, sha256: str) -> UploadInfo:
-        if not is_sha256(sha256):
-            raise ValueError("not a blob name")
         state = self._of(tenant)
+        _sha(sha256)
         info, data = state.uploads[upload.upload_id]
         if sha256 not in state.blobs:
             state.blobs[sha256] = (bytes(data), time.time())
@@ -87,7 +96,7 @@ class MemoryBlobStorage(BlobStorage):
         return done
 
     async def delete_upload(self, tenant: str, upload_id: str) -> bool:
-        return self._of(tenant).uploads.pop(upload_id, None) is not None
+        return self._of(tenant).uploads.pop(_id(upload_id), None) is not None
 
     async def list_uploads(self, tenant: str) -> list[UploadInfo]:
         state = self._tenants.get(tenant)
@@ -99,18 +108,19 @@ class MemoryBlobStorage(BlobStorage):
         ]
 
     async def stat(self, tenant: str, sha256: str) -> BlobInfo | None:
+        _sha(sha256)
         state = self._tenants.get(tenant)
         found = state.blobs.get(sha256) if state is not None else None
         return None if found is None else BlobInfo(sha256, len(found[0]), found[1])
 
     async def read(self, tenant: str, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
-        data = self._of(tenant).blobs[sha256][0]
+        data = self._of(tenant).blobs[_sha(sha256)][0]
         for offset in range(start, end, _PIECE):
             yield data[offset : min(end, offset + _PIECE)]
 
     async def delete(self, tenant: str, sha256: str) -> bool:
         state = self._tenants.get(tenant)
-        return state is not None and state.blobs.pop(sha256, None) is not None
+        return state is not None and state.blobs.pop(_sha(sha256), None) is not None
 
     async def list_blobs(self, tenant: str) -> list[BlobInfo]:
         state = self._tenants.get(tenant)
