@@ -45,6 +45,8 @@ async def fetch_blob(
     async with remote.read(sha256, start) as (total, pieces):
         handle: Any = await anyio.to_thread.run_sync(part.open, "ab")
         done = start
+        if progress is not None:
+            progress(done, total)
         buffer = bytearray()
 
         def write(block: bytes) -> None:

@@ -32,7 +32,7 @@ class MotoServer:
 
     def client(self) -> Any:
         """A boto3 S3 client of this server."""
-        import boto3
+        import boto3  # noqa: PLC0415 - only the S3 tests need it
 
         return boto3.client(
             "s3",
@@ -48,7 +48,7 @@ def moto_server() -> Iterator[MotoServer]:
     """A real S3-compatible server process for the session (state reset per test by
     using a bucket of its own)."""
     binary = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(  # noqa: S603 - our own venv's tool
+    process = subprocess.Popen(
         [str(binary), "-H", "127.0.0.1", "-p", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -18,20 +18,20 @@ class TestFileBlobStorage(BlobStorageContract):
     """Blobs in a folder."""
 
     @pytest.fixture
-    async def blob_storage(self, tmp_path: Path) -> AsyncIterator[FileBlobStorage]:
+    async def blob_storage(self, tmp_path: Path) -> FileBlobStorage:
         """A folder of its own."""
         storage = FileBlobStorage(tmp_path / "blobs")
         await storage.open()
-        yield storage
+        return storage
 
 
 class TestMemoryBlobStorage(BlobStorageContract):
     """Blobs in memory."""
 
     @pytest.fixture
-    async def blob_storage(self) -> AsyncIterator[MemoryBlobStorage]:
+    async def blob_storage(self) -> MemoryBlobStorage:
         """A fresh one."""
-        yield MemoryBlobStorage()
+        return MemoryBlobStorage()
 
 
 class TestS3BlobStorage(BlobStorageContract):

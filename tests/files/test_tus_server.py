@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tusclient import client as tus
+from tusclient.storage.filestorage import FileStorage
 
 from nexus_store._blob_api import encode_metadata
 from nexus_store.testing import ServerProcess
@@ -226,8 +228,6 @@ def test_missing_or_wrong_tus_version_is_412(http: httpx.Client) -> None:
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_a_standard_tus_client_uploads_to_our_server(server: ServerProcess, tmp_path: Path) -> None:
     """tuspy (a standard tus client) uploads a file in chunks with checksums, and resumes."""
-    from tusclient import client as tus
-    from tusclient.storage.filestorage import FileStorage
 
     data = os.urandom(900_000)
     path = tmp_path / "report.bin"

@@ -74,6 +74,9 @@ class _Running:
     started: float
     start_bytes: int
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    first: int | None = None
+    """The first progress reported (where this attempt started: bytes already there)."""
+    last: int = 0
 
 
 def _find_sides(targets: list[Any]) -> list[FileTransfers]:
@@ -161,15 +164,22 @@ class Transfers:
     async def _side(self, side: FileTransfers) -> None:
         runner = self.runner
         policy = await runner._local(side.policy)
-        await runner._local(_release_orphans, side)
+        # Records freed here may have missed this run's push: finish() pushes again.
+        self.released_records += await runner._local(_release_orphans, side)
         device = runner.device.current() if runner.device is not None else None
         try:
             self._remote = blob_remote_for(runner.backend)
         except PermanentError as exc:
             self._remote, self._no_remote = None, str(exc)
+        send, receive = anyio.create_memory_object_stream[str](policy.max_parallel * 4 + 16)
+        with send, receive:
+            await self._drive(side, policy, device, send, receive)
+
+    async def _drive(
+        self, side: FileTransfers, policy: FilePolicy, device: Any, send: Any, receive: Any
+    ) -> None:
         running: dict[str, _Running] = {}
         skipped: set[str] = set()
-        send, receive = anyio.create_memory_object_stream[str](policy.max_parallel * 4 + 16)
         async with anyio.create_task_group() as group:
             group.start_soon(self._renew, side, running)
             try:
@@ -255,6 +265,9 @@ class Transfers:
         self._note(op, spec, TransferState.RUNNING, None, done=job.start_bytes, force=True)
 
         def progress(done: int) -> None:
+            if job.first is None:
+                job.first = done
+            job.last = max(job.last, done)
             elapsed = runner.clock.monotonic() - job.started
             rate, eta = rate_and_eta(done, spec.size, job.start_bytes, elapsed)
             self._note(op, spec, TransferState.RUNNING, None, done=done, rate=rate, eta=eta)
@@ -299,7 +312,7 @@ class Transfers:
             run.downloaded += 1
         else:
             run.uploaded += 1
-        run.transferred_bytes += max(0, spec.size - job.start_bytes)
+        run.transferred_bytes += max(0, job.last - (job.first or 0))
         self._note(op, spec, TransferState.DONE, None, done=spec.size, force=True)
         if spec.kind != "post":
             await runner._exchanged(run)
