@@ -184,24 +184,50 @@ class _Files(_SyncSide[T, ID]):
         """Open a blob for reading: the local copy, or fetched from the server (resumably,
         then kept in the local cache).
 
+        The fetch runs on the process's background event loop (as :meth:`sync` does); from
+        async code that syncs with :meth:`async_sync`, await :meth:`async_open_attachment`
+        instead, so the backend's connections stay on one loop.
+
         Raises:
+            ItemValidationError: ``ref`` is not a SHA-256 (hex) or an attachment.
             BlobNotFoundError: no local copy, and no backend or the server does not have it.
             RemoteError: fetching it failed (a later call goes on where it stopped).
         """
+        sha, local = self._open_local(ref)
+        if local is not None:
+            return local
+        from .sync.engine import _runner  # noqa: F401, PLC0415 - loaded off the loop
+
+        shared_loop().call(functools.partial(self._fetch, sha))
+        return _binary(self._files().blobs.open(sha))
+
+    async def async_open_attachment(self, ref: Attachment | str) -> BinaryIO:
+        """Async form of :meth:`open_attachment`: a missing blob is fetched on the running
+        event loop (the one :meth:`async_sync` uses).
+
+        Raises:
+            ItemValidationError: ``ref`` is not a SHA-256 (hex) or an attachment.
+            BlobNotFoundError: no local copy, and no backend or the server does not have it.
+            RemoteError: fetching it failed (a later call goes on where it stopped).
+        """
+        sha, local = self._open_local(ref)
+        if local is not None:
+            return local
+        await self._fetch(sha)
+        return _binary(self._files().blobs.open(sha))
+
+    def _open_local(self, ref: Attachment | str) -> tuple[str, BinaryIO | None]:
+        """The blob's hash and its local copy opened (``None``: it must be fetched)."""
         self._check_open()
         sha = _sha_of(ref)
-        blobs = self._files().blobs
         try:
-            return _binary(blobs.open(sha))
+            return sha, _binary(self._files().blobs.open(sha))
         except BlobNotFoundError:
             if self.backend is None:
                 raise BlobNotFoundError(
                     f"no local copy of blob {sha} and no backend to fetch it from"
                 ) from None
-        from .sync.engine import _runner  # noqa: F401, PLC0415 - loaded off the loop
-
-        shared_loop().call(functools.partial(self._fetch, sha))
-        return _binary(blobs.open(sha))
+        return sha, None
 
     async def _fetch(self, sha: str) -> None:
         from .files._download import fetch_blob  # noqa: PLC0415

@@ -1,0 +1,207 @@
+"""Files end to end with a real ``nexus-store serve`` process: a record and its attachment
+travel together; an upload cut by SIGKILL of the app (and a server restart) resumes from the
+acknowledged offset; a flaky network costs nothing but time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from nexus_store import NexusStore, OpState, RetryBackoff, SystemClock
+from nexus_store.backends import HttpBackend
+from nexus_store.files import Attachment, FilePolicy
+from nexus_store.testing import FaultMode, FaultProxy, ProxyStats, ServerProcess, SkewedClock
+
+pytestmark = pytest.mark.anyio
+
+CHILD = Path(__file__).with_name("upload_child.py")
+TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b", "tok-c": "tenant-c"}
+CHUNK = 64 * 1024
+LEASE = 121.0
+
+
+class Photo(BaseModel):
+    """A record with an attachment (same fields as in upload_child.py)."""
+
+    id: str
+    title: str = ""
+    image: Attachment | None = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of this test (SQLite, blobs in a folder beside it)."""
+    with ServerProcess(f"sqlite:///{tmp_path}/server.db", tokens=TOKENS) as process:
+        yield process
+
+
+@pytest.fixture
+async def proxy(server: ServerProcess) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the server."""
+    async with FaultProxy(server.base_url, seed=7) as running:
+        yield running
+
+
+def _store(path: Path, url: str, *, later: float = 0.0) -> NexusStore[Photo, str]:
+    backend = HttpBackend(url, token="tok-a", timeout=30)
+    # ``later``: the app comes back after the killed run's leases expired (120 s).
+    clock = SkewedClock(SystemClock(), later)
+    return NexusStore(path, model=Photo, backend=backend, clock=clock)
+
+
+def _patches(proxy: FaultProxy) -> int:
+    return sum(1 for record in proxy.log if record.method == "PATCH")
+
+
+async def test_a_record_and_its_file_arrive_together(server: ServerProcess, tmp_path: Path) -> None:
+    """Attach, save, sync through a real server: the record waits for its blob; another
+    device pulls the record and reads the file over HTTP."""
+    camera = _store(tmp_path / "camera.db", server.base_url)
+    data = os.urandom(300_000)
+    ref = camera.attach("p1", data, name="beach.jpg")
+    camera.save(Photo(id="p1", title="beach", image=ref))
+    [held] = camera.pending()
+    assert held.state is OpState.LEASED, "the record is held until the blob is up"
+    summary = await camera.async_sync()
+    assert (summary.uploaded, summary.pushed, summary.dead_lettered) == (1, 1, 0)
+    assert camera.queue.stats().live == 0
+    viewer = _store(tmp_path / "viewer.db", server.base_url)
+    await viewer.async_sync()
+    pulled = viewer.get("p1")
+    assert pulled is not None
+    assert pulled.image == ref
+    handle = await viewer.async_open_attachment(ref)
+    with handle:
+        assert handle.read() == data
+    await camera.aclose()
+    await viewer.aclose()
+
+
+async def _kill_mid_upload(
+    proxy: FaultProxy, tmp_path: Path, size: int, seed: int
+) -> tuple[Path, bytes, int]:
+    """Run the client process until it has sent a random number of chunks, stall the
+    next, SIGKILL it. Returns the database, the file's bytes and the chunks it had sent."""
+    data = random.Random(seed).randbytes(size)
+    source = tmp_path / "video.bin"
+    source.write_bytes(data)
+    chunks = -(-size // CHUNK)
+    cut_after = random.Random(seed).randint(1, chunks - 2)
+    db = tmp_path / "phone.db"
+    child = subprocess.Popen(  # noqa: S603 - our own test script
+        [sys.executable, str(CHILD), str(db), proxy.url, "tok-a", str(source), str(CHUNK)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def cut(_: ProxyStats) -> bool:
+        # Runs as the proxy finishes each request: from the chunk after ``cut_after`` on,
+        # the file endpoints stall (the app's network hangs; the server got the chunk).
+        if _patches(proxy) >= cut_after and proxy.mode is FaultMode.PASS:
+            proxy.set_fault(FaultMode.STALL, path_prefix="/v1/files")
+        return proxy.stats.stalled >= 1
+
+    try:
+        with anyio.fail_after(60):
+            await proxy.wait_until(cut)
+    finally:
+        child.kill()
+        child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
+    proxy.clear()
+    assert _patches(proxy) < chunks, "the upload was cut before its end"
+    return db, data, _patches(proxy)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_sigkill_mid_upload_resumes_from_the_acked_offset(
+    proxy: FaultProxy, tmp_path: Path, seed: int
+) -> None:
+    """The app killed mid-upload: the next run resumes where the server is, re-sending at
+    most one chunk; the record arrives with its blob; nothing is lost."""
+    size = 40 * CHUNK + 123
+    db, data, sent = await _kill_mid_upload(proxy, tmp_path, size, seed)
+    phone = _store(db, proxy.url, later=LEASE)
+    summary = await phone.async_sync()
+    assert (summary.uploaded, summary.pushed, summary.dead_lettered) == (1, 1, 0)
+    resent = sent * CHUNK + summary.transferred_bytes - size
+    assert resent <= CHUNK, f"re-sent {resent} bytes"
+    assert phone.queue.stats().live == 0
+    viewer = _store(tmp_path / "viewer.db", proxy.url)
+    await viewer.async_sync()
+    pulled = viewer.get("p1")
+    assert pulled is not None
+    assert pulled.image is not None
+    assert pulled.image.sha256 == hashlib.sha256(data).hexdigest()
+    handle = await viewer.async_open_attachment(pulled.image)
+    with handle:
+        assert handle.read() == data, "the blob arrived whole"
+    await phone.aclose()
+    await viewer.aclose()
+
+
+async def test_sigkill_and_server_restart_resume_the_upload(tmp_path: Path) -> None:
+    """The app killed mid-upload and the server restarted: the upload still resumes from
+    the server's offset (kept on disk), not from zero."""
+    database = f"sqlite:///{tmp_path}/server.db"
+    first = ServerProcess(database, tokens=TOKENS).start()
+    port = first.port
+    try:
+        async with FaultProxy(first.base_url) as proxy:
+            size = 24 * CHUNK + 5
+            db, data, sent = await _kill_mid_upload(proxy, tmp_path, size, seed=3)
+            first.kill()
+            with ServerProcess(database, tokens=TOKENS, port=port):
+                phone = _store(db, proxy.url, later=LEASE)
+                summary = await phone.async_sync()
+                assert (summary.uploaded, summary.pushed, summary.dead_lettered) == (1, 1, 0)
+                assert sent * CHUNK + summary.transferred_bytes - size <= CHUNK
+                assert summary.transferred_bytes < size, "resumed, not restarted"
+                await phone.aclose()
+    finally:
+        first.stop()
+
+
+async def test_a_flaky_network_costs_only_retries(proxy: FaultProxy, tmp_path: Path) -> None:
+    """A third of the file requests reset or lose their answer: every file and record
+    still arrives once, whole, after retries."""
+    store = _store(tmp_path / "a.db", proxy.url)
+    quick = RetryBackoff(base=0.001, max_delay=0.001, jitter=False)
+    store.configure_files(FilePolicy(chunk_size=CHUNK, max_attempts=50, backoff=quick))
+    blobs = {}
+    for n in range(4):
+        data = os.urandom(3 * CHUNK + n)
+        ref = store.attach(f"p{n}", data)
+        store.save(Photo(id=f"p{n}", image=ref))
+        blobs[f"p{n}"] = data
+    proxy.set_fault(FaultMode.DROP_RESPONSE, rate=0.3, path_prefix="/v1/files")
+    for _ in range(60):
+        if store.queue.stats().live == 0:
+            break
+        await store.async_sync()
+    proxy.clear()
+    assert store.queue.stats().live == 0
+    assert store.queue.dead() == []
+    assert proxy.count(path_prefix="/v1/files", action=FaultMode.DROP_RESPONSE) > 0
+    viewer = _store(tmp_path / "b.db", proxy.url)
+    await viewer.async_sync()
+    assert viewer.count() == 4
+    for item_id, data in blobs.items():
+        pulled = viewer.get(item_id)
+        assert pulled is not None
+        assert pulled.image is not None
+        handle = await viewer.async_open_attachment(pulled.image)
+        with handle:
+            assert handle.read() == data
+    await store.aclose()
+    await viewer.aclose()
