@@ -97,9 +97,9 @@ async def _kill_mid_upload(
     chunks = -(-size // CHUNK)
     cut_after = random.Random(seed).randint(1, chunks - 2)
     db = tmp_path / "phone.db"
-    child = subprocess.Popen(  # noqa: S603 - our own test script
+    child = await anyio.open_process(
         [sys.executable, str(CHILD), str(db), proxy.url, "tok-a", str(source), str(CHUNK)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
@@ -115,9 +115,9 @@ async def _kill_mid_upload(
             await proxy.wait_until(cut)
     finally:
         child.kill()
-        child.wait(10)
-        assert child.stdout is not None
-        child.stdout.close()
+        with anyio.fail_after(10):
+            await child.wait()
+        await child.aclose()
     proxy.clear()
     assert _patches(proxy) < chunks, "the upload was cut before its end"
     return db, data, _patches(proxy)
@@ -159,7 +159,7 @@ async def test_sigkill_and_server_restart_resume_the_upload(tmp_path: Path) -> N
     try:
         async with FaultProxy(first.base_url) as proxy:
             size = 24 * CHUNK + 5
-            db, data, sent = await _kill_mid_upload(proxy, tmp_path, size, seed=3)
+            db, _, sent = await _kill_mid_upload(proxy, tmp_path, size, seed=3)
             first.kill()
             with ServerProcess(database, tokens=TOKENS, port=port):
                 phone = _store(db, proxy.url, later=LEASE)
