@@ -96,6 +96,7 @@ class Upload(BaseModel):
     priority: SyncPriority | None = None
     """The op's priority while it is queued."""
     attempts: int = 0
+    """Failed attempts so far, while the upload is queued or dead (0 once done)."""
     sent: int = 0
     """Bytes the destination acknowledged so far (tus uploads resume from here)."""
     error: str | None = None
