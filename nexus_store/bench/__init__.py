@@ -7,6 +7,8 @@
 - ``drain``: one sync run draining queued saves to ``nexus-store serve``.
 - ``worker``: a ``CRITICAL`` save to the server's ack through ``nexus-store worker``; idle
   CPU.
+- ``files``: uploads through the sync queue to ``nexus-store serve`` (one big file, many
+  small ones) against a bare Starlette route taking a streamed PUT; RSS during the upload.
 
 :func:`run_benchmarks` runs some in fresh processes, :func:`run_benchmark` one in this
 process, :func:`main` is the command line (also ``python -m nexus_store.bench``). The
