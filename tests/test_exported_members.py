@@ -143,6 +143,7 @@ EXPORTED = {
         "S3BlobStorage",
         "UploadInfo",
         "blob_routes",
+        "collect_unreferenced_blobs",
         "default_blob_url",
         "in_process_blobs",
         "open_blob_storage",

@@ -24,7 +24,12 @@ from nexus_store import (
 from nexus_store._blob_api import blob_refs
 from nexus_store.backends import Changes, MemoryBackend, PushResult, RemoteBackend, RemoteOp
 from nexus_store.files import Attachment, FilePolicy
-from nexus_store.server.blobs import BlobLimits, in_process_blobs
+from nexus_store.server.blobs import (
+    BlobLimits,
+    GarbageReport,
+    collect_unreferenced_blobs,
+    in_process_blobs,
+)
 
 
 class Photo(BaseModel):
@@ -301,4 +306,33 @@ def test_a_deleted_source_still_uploads_from_its_copy(tmp_path: Path) -> None:
 
     assert anyio.run(stored) is not None
     assert [u.state.value for u in store.uploads()] == ["done"]
+    store.close()
+
+
+def test_garbage_collection_keeps_only_referenced_blobs(tmp_path: Path) -> None:
+    """Server GC deletes blobs no record refers to (past the grace), keeps the others."""
+    inner = MemoryBackend()
+    store = _store(tmp_path, "a", inner)
+    kept = store.attach("p1", b"kept" * 100)
+    store.save(Photo(id="p1", image=kept))
+    dropped = store.attach("p2", b"dropped" * 100)
+    store.save(Photo(id="p2", image=dropped))
+    loose = store.attach("p3", b"never referenced" * 10)
+    store.sync()
+    store.save(Photo(id="p2", title="no picture any more"))
+    store.sync()
+    service = in_process_blobs(inner.core)
+
+    async def collect(grace: float) -> tuple[GarbageReport, set[str]]:
+        report = await collect_unreferenced_blobs(inner.core, service, inner.tenant, grace=grace)
+        left = {b.sha256 for b in await service.storage.list_blobs(inner.tenant)}
+        return report, left
+
+    report, left = anyio.run(collect, 3600.0)
+    assert report.blobs == 0, "young blobs are kept: their records may be on their way"
+    report, left = anyio.run(collect, 0.0)
+    assert left == {kept.sha256}
+    assert report.blobs == 2
+    assert loose.sha256 not in left
+    assert dropped.sha256 not in left
     store.close()

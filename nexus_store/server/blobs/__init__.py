@@ -5,7 +5,8 @@
   first use; needs ``nexus-store[s3]``); :func:`open_blob_storage` picks one by URL.
 - :class:`BlobService`: uploads (tus 1.0: creation, offsets, checksums, termination),
   SHA-256 verification before a blob becomes visible, limits and quotas
-  (:class:`BlobLimits`), reads, garbage collection.
+  (:class:`BlobLimits`), reads, garbage collection
+  (:func:`collect_unreferenced_blobs`: of the blobs no record of the server refers to).
 - :func:`blob_routes`: the HTTP endpoints (see :mod:`nexus_store._blob_api`).
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import BlobInfo, BlobStorage, ChunkRejectedError, UploadInfo, tenant_key
 from ._fs import FileBlobStorage
+from ._gc import collect_unreferenced_blobs
 from ._memory import MemoryBlobStorage
 from ._open import default_blob_url, in_process_blobs, open_blob_storage
 from ._rules import BlobLimits, BlobRefusedError
@@ -40,6 +42,7 @@ __all__ = [
     "S3BlobStorage",
     "UploadInfo",
     "blob_routes",
+    "collect_unreferenced_blobs",
     "default_blob_url",
     "in_process_blobs",
     "open_blob_storage",
