@@ -9,10 +9,12 @@ import os
 import random
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -20,6 +22,8 @@ from nexus_store import NexusStore, OpState, RetryBackoff, SystemClock
 from nexus_store.backends import HttpBackend
 from nexus_store.files import Attachment, FilePolicy
 from nexus_store.testing import FaultMode, FaultProxy, ProxyStats, ServerProcess, SkewedClock
+
+from .conftest import S3_ENV, MotoServer
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +209,40 @@ async def test_a_flaky_network_costs_only_retries(proxy: FaultProxy, tmp_path: P
             assert handle.read() == data
     await store.aclose()
     await viewer.aclose()
+
+
+async def test_servers_sharing_an_s3_store_serve_each_others_blobs(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """Blobs on a real S3-compatible server (moto's), in multipart parts: a file sent in
+    chunks through one server process is read whole from another."""
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    blobs = f"s3://{bucket}/blobs?endpoint_url={moto_server.url}"
+    env = {**S3_ENV}
+    args = ["--blobs", blobs]
+    with (
+        ServerProcess(f"sqlite:///{tmp_path}/one.db", tokens=TOKENS, args=args, env=env) as one,
+        ServerProcess(f"sqlite:///{tmp_path}/two.db", tokens=TOKENS, args=args, env=env) as two,
+    ):
+        camera = _store(tmp_path / "camera.db", one.base_url)
+        camera.configure_files(FilePolicy(chunk_size=5 * 1024 * 1024))
+        data = os.urandom(11 * 1024 * 1024 + 7)
+        ref = camera.attach("p1", data)
+        camera.save(Photo(id="p1", image=ref))
+        summary = await camera.async_sync()
+        assert (summary.uploaded, summary.pushed) == (1, 1)
+        await camera.aclose()
+        async with httpx.AsyncClient(base_url=two.base_url, timeout=30) as http:
+            auth = {"authorization": "Bearer tok-a"}
+            answer = await http.get(f"/v1/blobs/{ref.sha256}", headers=auth)
+            assert answer.status_code == 200
+            assert answer.content == data
+            tail = await http.get(
+                f"/v1/blobs/{ref.sha256}", headers={**auth, "range": "bytes=11534336-"}
+            )
+            assert tail.status_code == 206
+            assert tail.content == data[11534336:]
+            other = await http.get(
+                f"/v1/blobs/{ref.sha256}", headers={"authorization": "Bearer tok-b"}
+            )
+            assert other.status_code == 404, "another tenant does not see it"
