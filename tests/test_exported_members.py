@@ -231,6 +231,9 @@ EXPORTED = {
         "SyncStreams",
         "SyncSummary",
         "SyncTarget",
+        "TransferKind",
+        "TransferProgress",
+        "TransferState",
         "discover_collections",
     ],
     "nexus_store.sync.workmanager": [

@@ -24,6 +24,7 @@ from nexus_store import (
 from nexus_store._blob_api import blob_refs
 from nexus_store.backends import Changes, MemoryBackend, PushResult, RemoteBackend, RemoteOp
 from nexus_store.files import Attachment, FilePolicy
+from nexus_store.sync.engine import SyncProgress, SyncRunner, TransferKind, TransferState
 from nexus_store.server.blobs import (
     BlobLimits,
     GarbageReport,
@@ -335,4 +336,30 @@ def test_garbage_collection_keeps_only_referenced_blobs(tmp_path: Path) -> None:
     assert report.blobs == 2
     assert loose.sha256 not in left
     assert dropped.sha256 not in left
+    store.close()
+
+
+def test_progress_reports_bytes_rate_and_priority_per_transfer(tmp_path: Path) -> None:
+    """A run's progress stream carries each transfer's bytes (rising to the total), its
+    state, and the bytes per priority."""
+    store = _store(tmp_path, "a", MemoryBackend())
+    store.configure_files(FilePolicy(chunk_size=256 * 1024))
+    data = os.urandom(1024 * 1024 + 3)
+    ref = store.attach("p1", data, name="clip.mp4", priority=SyncPriority.HIGH)
+    seen: list[SyncProgress] = []
+
+    async def run() -> None:
+        runner = SyncRunner(store, store.backend)  # type: ignore[arg-type]
+        runner.progress.add_callback(seen.append)
+        await runner.run()
+
+    anyio.run(run)
+    mine = [t for p in seen for t in p.transfers if t.sha256 == ref.sha256]
+    assert mine, "the transfer is on the progress stream"
+    assert [t.done for t in mine] == sorted(t.done for t in mine), "bytes only rise"
+    last = mine[-1]
+    assert (last.done, last.total, last.state) == (len(data), len(data), TransferState.DONE)
+    assert last.kind is TransferKind.UPLOAD
+    assert last.name == "clip.mp4"
+    assert seen[-1].bytes_per_priority[SyncPriority.HIGH].total == len(data)
     store.close()
