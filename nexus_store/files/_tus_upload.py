@@ -9,7 +9,9 @@
 3. chunks of ``chunk_size`` bytes (at most what the server accepts) go one by one
    (``PATCH``), each with its checksum; after each acknowledged chunk the new offset is
    saved, so a transfer cut at any point (network, this process killed, the server
-   restarted) sends again at most the chunk that was in flight;
+   restarted) sends again at most the chunk that was in flight (a file of one chunk
+   saves nothing: a cut one is sent again whole, which is that one chunk, and its
+   abandoned upload is collected by the server);
 4. the last chunk's answer comes after the server verified the whole blob's SHA-256.
 
 A chunk is read into memory before it is sent (its checksum goes in the header), so a
@@ -88,7 +90,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     limit = await remote.max_chunk()
     chunk = max(1, min(chunk_size, limit) if limit else chunk_size)
     meta = {**metadata, "sha256": sha256}
-    offset = await _start(remote, resume, save, size, meta)
+    offset = await _start(remote, resume, save, size, meta, chunk)
     progress(offset)
     restarts = rejected = 0
     for _ in range(_ROUNDS):
@@ -118,7 +120,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
             if restarts > _RETRIES:
                 raise
             resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta)
+            offset = await _start(remote, resume, save, size, meta, chunk)
             continue
         except BlobMismatchError:
             if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
@@ -129,11 +131,12 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
             if restarts > _RETRIES:
                 raise
             resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta)
+            offset = await _start(remote, resume, save, size, meta, chunk)
             continue
         rejected = 0
         resume.acked = offset
-        await anyio.to_thread.run_sync(save, resume)
+        if offset < size:  # the last chunk's success is recorded by the caller's settle
+            await anyio.to_thread.run_sync(save, resume)
         progress(offset)
     raise RetryableError("the upload did not finish")  # pragma: no cover - bounded loop
 
@@ -144,8 +147,10 @@ async def _start(
     save: Callable[[ResumePoint], None],
     size: int,
     metadata: Mapping[str, str],
+    chunk: int,
 ) -> int:
-    """The offset to go on from: the kept upload's, or a new upload's."""
+    """The offset to go on from: the kept upload's, or a new upload's (its id saved
+    only when there is something to resume: more than one chunk to send)."""
     if resume.upload_id is not None:
         try:
             offset = await remote.offset(resume.upload_id)
@@ -156,7 +161,8 @@ async def _start(
             return offset
     upload_id, offset = await remote.create(size, metadata)
     resume.upload_id, resume.acked = upload_id, offset
-    await anyio.to_thread.run_sync(save, resume)
+    if size - offset > chunk:
+        await anyio.to_thread.run_sync(save, resume)
     return offset
 
 

@@ -24,13 +24,13 @@ from nexus_store import (
 from nexus_store._blob_api import blob_refs
 from nexus_store.backends import Changes, MemoryBackend, PushResult, RemoteBackend, RemoteOp
 from nexus_store.files import Attachment, FilePolicy
-from nexus_store.sync.engine import SyncProgress, SyncRunner, TransferKind, TransferState
 from nexus_store.server.blobs import (
     BlobLimits,
     GarbageReport,
     collect_unreferenced_blobs,
     in_process_blobs,
 )
+from nexus_store.sync.engine import SyncProgress, SyncRunner, TransferKind, TransferState
 
 
 class Photo(BaseModel):
