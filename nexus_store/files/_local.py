@@ -37,7 +37,7 @@ from .._blob_api import is_sha256
 from .._database import Database
 from .._exceptions import BlobNotFoundError, FileTransferError, SourceChangedError
 
-__all__ = ["Ingested", "LocalBlobs", "blob_dir_for"]
+__all__ = ["Ingested", "LocalBlobs", "blob_dir_for", "forget_memory_blobs"]
 
 _PIECE = 1024 * 1024
 _TMP_AGE = 3600.0
@@ -59,6 +59,14 @@ def blob_dir_for(database: Database) -> Path:
                 )
         return Path(folder.name)
     return Path(database.path + "-blobs")
+
+
+def forget_memory_blobs(database: Database) -> None:
+    """Delete the temporary blob folder of an in-memory database (when it is closed)."""
+    with _MEMORY_LOCK:
+        folder = _MEMORY_DIRS.pop(database, None)
+    if folder is not None:
+        folder.cleanup()
 
 
 @dataclass(frozen=True)
