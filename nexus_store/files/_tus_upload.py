@@ -141,7 +141,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     raise RetryableError("the upload did not finish")  # pragma: no cover - bounded loop
 
 
-async def _start(
+async def _start(  # noqa: PLR0917 - the upload state, passed down
     remote: BlobRemote,
     resume: ResumePoint,
     save: Callable[[ResumePoint], None],
