@@ -23,15 +23,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from .._database import Database
 from .._exceptions import NexusStoreError
@@ -40,11 +31,12 @@ from ..queue import PrioritySyncQueue
 from ._app import app
 from ._errors import BAD_INPUT, fail
 from ._options import DbOption, RemoteOption, TokenOption
+from ._transfer_bars import TransferBars
 
 if TYPE_CHECKING:
     from ..backends import Change
     from ..files._uploads import LocalFiles
-    from ..sync.engine._progress import SyncProgress, SyncSummary
+    from ..sync.engine._progress import SyncSummary
 
 _FILES_ONLY = "nx_upload_only"
 _MAX_RUNS = 1000
@@ -156,7 +148,7 @@ async def _main(  # noqa: PLR0917 - forwarded command-line options
             else None
         )
         async with backend:
-            with _Bars(console) as bars:
+            with TransferBars(console) as bars:
                 if folder is None or once:
                     if folder is not None:
                         report = await anyio.to_thread.run_sync(folder.scan)
@@ -172,7 +164,11 @@ async def _main(  # noqa: PLR0917 - forwarded command-line options
 
 
 async def _drain(
-    database: Database, queue: PrioritySyncQueue, local: LocalFiles, backend: Any, bars: _Bars
+    database: Database,
+    queue: PrioritySyncQueue,
+    local: LocalFiles,
+    backend: Any,
+    bars: TransferBars,
 ) -> SyncSummary | None:
     """Sync runs until a run sends nothing more (what is left waits for a retry or a
     constraint)."""
@@ -192,7 +188,7 @@ async def _watch(  # noqa: PLR0917 - the command's parts
     local: LocalFiles,
     folder: Any,
     backend: Any,
-    bars: _Bars,
+    bars: TransferBars,
     rescan: float,
 ) -> SyncSummary | None:
     """Scan and send until interrupted."""
@@ -226,7 +222,7 @@ def _targets(database: Database, queue: PrioritySyncQueue) -> list[Any]:
 
 
 async def _one_run(
-    database: Database, queue: PrioritySyncQueue, backend: Any, bars: _Bars
+    database: Database, queue: PrioritySyncQueue, backend: Any, bars: TransferBars
 ) -> SyncSummary:
     from ..sync.engine._runner import SyncRunner  # noqa: PLC0415
 
@@ -274,49 +270,6 @@ class _FilesOnly:
 
     def set_pull_cursor(self, cursor: int) -> None:
         pass
-
-
-class _Bars:
-    """A rich progress bar per transfer (bytes, rate, time left)."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description:<30.30}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=console,
-            disable=not console.is_terminal,
-        )
-        self._tasks: dict[str, TaskID] = {}
-        self.uploaded = 0
-        self.sent = 0
-
-    def __enter__(self) -> _Bars:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
-
-    def scanned(self, queued: list[Any]) -> None:
-        for upload in queued:
-            self.progress.console.log(f"queued {upload.name} ({upload.size} bytes)")
-
-    def show(self, progress: SyncProgress) -> None:
-        for transfer in progress.transfers:
-            task = self._tasks.get(transfer.op_id)
-            if task is None:
-                label = transfer.name or transfer.sha256[:12]
-                task = self.progress.add_task(label, total=transfer.total, note="")
-                self._tasks[transfer.op_id] = task
-            note = "" if transfer.state.value == "running" else transfer.state.value
-            if transfer.note and transfer.state.value != "done":
-                note = f"{note}: {transfer.note}"[:60]
-            self.progress.update(task, completed=transfer.done, total=transfer.total, note=note)
 
 
 def _report(

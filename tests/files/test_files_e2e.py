@@ -127,7 +127,9 @@ async def _kill_mid_upload(
     return db, data, _patches(proxy)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(
+    "seed", [1, 2, *(pytest.param(n, marks=pytest.mark.slow) for n in range(10, 30))]
+)
 async def test_sigkill_mid_upload_resumes_from_the_acked_offset(
     proxy: FaultProxy, tmp_path: Path, seed: int
 ) -> None:

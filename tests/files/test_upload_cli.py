@@ -10,9 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
+from nexus_store import NexusStore
+from nexus_store.backends import HttpBackend
 from nexus_store.cli import app
+from nexus_store.files import Attachment
 from nexus_store.testing import ServerProcess
 
 TOKENS = {"tok-a": "tenant-a"}
@@ -101,3 +105,34 @@ def test_bad_input_is_one_line_and_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+class Photo(BaseModel):
+    id: str
+    image: Attachment | None = None
+
+
+def test_sync_command_sends_an_apps_files_before_their_records(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """`nexus-store sync` on an app's file uploads its attachments, then the records that
+    waited for them, and says so."""
+    db = tmp_path / "app.db"
+    data = os.urandom(300_000)
+    with NexusStore[Photo, str](db, model=Photo) as app_store:
+        ref = app_store.attach("p1", data, name="a.jpg")
+        app_store.save(Photo(id="p1", image=ref))
+    result = CliRunner().invoke(
+        app,
+        ["sync", "--db", str(db), "--remote", server.base_url],
+        env={"NEXUS_STORE_TOKEN": "tok-a"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "files: 1 uploaded" in result.output
+    assert _on_server(server, data)
+    backend = HttpBackend(server.base_url, token="tok-a")
+    with NexusStore[Photo, str](tmp_path / "viewer.db", model=Photo, backend=backend) as viewer:
+        viewer.sync()
+        pulled = viewer.get("p1")
+        assert pulled is not None
+        assert pulled.image == ref
