@@ -58,7 +58,7 @@ __all__ = [
 FILES_PATH = "/v1/files"
 BLOBS_PATH = "/v1/blobs"
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,checksum,termination"
+TUS_EXTENSIONS = "creation,creation-with-upload,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
 CHECKSUM_MISMATCH = 460
 """The status tus gives a chunk (or here, a whole blob) whose checksum does not match."""

@@ -16,6 +16,7 @@ the offset again), :class:`ChunkRejectedError` (460: send the chunk again),
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -79,8 +80,17 @@ class BlobRemote(abc.ABC):
         """The largest PATCH body the server accepts (``None``: it does not say)."""
 
     @abc.abstractmethod
-    async def create(self, length: int, metadata: Mapping[str, str]) -> tuple[str, int]:
-        """Start an upload; its id and offset (the length if the server has the blob)."""
+    async def create(
+        self,
+        length: int,
+        metadata: Mapping[str, str],
+        first: tuple[bytes, tuple[str, bytes] | None] | None = None,
+    ) -> tuple[str, int]:
+        """Start an upload; its id and offset (the length if the server has the blob).
+
+        ``first``: the first chunk and its checksum, sent with the creation where the
+        server supports it (tus creation-with-upload); the offset says what it kept.
+        """
 
     @abc.abstractmethod
     async def offset(self, upload_id: str) -> int:
@@ -132,6 +142,7 @@ class HttpBlobRemote(BlobRemote):
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._max_chunk: int | None = None
+        self._with_upload = False
         self._asked = False
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -195,16 +206,26 @@ class HttpBlobRemote(BlobRemote):
                 raise PermanentError("the server has no file endpoints (it stores no files)")
             raw = response.headers.get(MAX_CHUNK_HEADER, "")
             self._max_chunk = int(raw) if raw.isdigit() and int(raw) > 0 else None
+            extensions = response.headers.get("tus-extension", "").split(",")
+            self._with_upload = "creation-with-upload" in (e.strip() for e in extensions)
             self._asked = True
         return self._max_chunk
 
-    async def create(self, length: int, metadata: Mapping[str, str]) -> tuple[str, int]:
+    async def create(
+        self,
+        length: int,
+        metadata: Mapping[str, str],
+        first: tuple[bytes, tuple[str, bytes] | None] | None = None,
+    ) -> tuple[str, int]:
+        headers = {"upload-length": str(length), "upload-metadata": encode_metadata(metadata)}
+        content = None
+        if first is not None and self._with_upload:
+            content, checksum = first
+            headers["content-type"] = OFFSET_STREAM
+            if checksum is not None:
+                headers["upload-checksum"] = checksum_header(*checksum)
         response = await self._send(
-            "POST",
-            FILES_PATH,
-            headers=self._headers(
-                {"upload-length": str(length), "upload-metadata": encode_metadata(metadata)}
-            ),
+            "POST", FILES_PATH, headers=self._headers(headers), content=content
         )
         if response.status_code != 201:
             raise _refusal(response)
@@ -374,8 +395,24 @@ class InProcessBlobRemote(BlobRemote):
     async def max_chunk(self) -> int | None:
         return int(self.service.limits.max_chunk_bytes)
 
-    async def create(self, length: int, metadata: Mapping[str, str]) -> tuple[str, int]:
+    async def create(
+        self,
+        length: int,
+        metadata: Mapping[str, str],
+        first: tuple[bytes, tuple[str, bytes] | None] | None = None,
+    ) -> tuple[str, int]:
         info = await self._call(self.service.create, self.tenant, length, dict(metadata))
+        if first is None or info.offset >= info.length:
+            return str(info.upload_id), int(info.offset)
+        data, checksum = first
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        # As the HTTP server does: a refused first chunk leaves the upload where it is.
+        with contextlib.suppress(RemoteError):
+            offset = await self.patch(info.upload_id, 0, body(), len(data), checksum)
+            return str(info.upload_id), offset
         return str(info.upload_id), int(info.offset)
 
     async def offset(self, upload_id: str) -> int:

@@ -21,7 +21,7 @@ transfer holds at most one chunk in memory, whatever the file's size.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +37,15 @@ from ._remote import (
     UploadGoneError,
 )
 
-__all__ = ["ResumePoint", "send_blob"]
+__all__ = ["WITH_CREATION", "ResumePoint", "send_blob"]
 
 _PIECE = 256 * 1024
 _ROUNDS = 10_000_000  # bounds the chunk loop: no file has this many chunks
 _RETRIES = 3
+WITH_CREATION = 64 * 1024
+"""Files up to this size go in the request that creates their upload: one round trip
+instead of two. Larger ones are not, so that a blob the server already has (deduplicated)
+costs no upload of its bytes."""
 
 
 @dataclass
@@ -87,10 +91,10 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     """
     if not await anyio.to_thread.run_sync(unchanged):
         raise SourceChangedError(f"blob {sha256[:12]}: the file changed since it was queued")
-    limit = await remote.max_chunk()
-    chunk = max(1, min(chunk_size, limit) if limit else chunk_size)
+    chunk = _chunk_for(chunk_size, await remote.max_chunk())
     meta = {**metadata, "sha256": sha256}
-    offset = await _start(remote, resume, save, size, meta, chunk)
+    whole = _whole_file(path, size, sha256, checksum)
+    offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
     progress(offset)
     restarts = rejected = 0
     for _ in range(_ROUNDS):
@@ -120,7 +124,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
             if restarts > _RETRIES:
                 raise
             resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta, chunk)
+            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
             continue
         except BlobMismatchError:
             if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
@@ -131,7 +135,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
             if restarts > _RETRIES:
                 raise
             resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta, chunk)
+            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
             continue
         rejected = 0
         resume.acked = offset
@@ -148,9 +152,13 @@ async def _start(  # noqa: PLR0917 - the upload state, passed down
     size: int,
     metadata: Mapping[str, str],
     chunk: int,
+    whole: Callable[[], Awaitable[tuple[bytes, tuple[str, bytes] | None]]],
+    progress: Callable[[int], None],
 ) -> int:
     """The offset to go on from: the kept upload's, or a new upload's (its id saved
-    only when there is something to resume: more than one chunk to send)."""
+    only when there is something to resume: more than one chunk to send). A file of at
+    most :data:`WITH_CREATION` bytes goes with the creation itself (tus
+    creation-with-upload, where the server supports it)."""
     if resume.upload_id is not None:
         try:
             offset = await remote.offset(resume.upload_id)
@@ -159,11 +167,35 @@ async def _start(  # noqa: PLR0917 - the upload state, passed down
         else:
             resume.acked = offset
             return offset
-    upload_id, offset = await remote.create(size, metadata)
+    first = await whole() if 0 < size <= min(chunk, WITH_CREATION) else None
+    if first is not None:
+        progress(0)  # the bytes go now (if the server has the blob, they were sent anyway)
+    upload_id, offset = await remote.create(size, metadata, first)
     resume.upload_id, resume.acked = upload_id, offset
     if size - offset > chunk:
         await anyio.to_thread.run_sync(save, resume)
     return offset
+
+
+def _chunk_for(wanted: int, limit: int | None) -> int:
+    """The chunk size: the policy's, capped by what the server accepts."""
+    return max(1, min(wanted, limit) if limit else wanted)
+
+
+def _whole_file(
+    path: Path, size: int, sha256: str, checksum: str | None
+) -> Callable[[], Awaitable[tuple[bytes, tuple[str, bytes] | None]]]:
+    """Reads the whole file and its checksum (for a file sent in one chunk)."""
+
+    async def whole() -> tuple[bytes, tuple[str, bytes] | None]:
+        data = await anyio.to_thread.run_sync(_read_chunk, path, 0, size)
+        if len(data) != size:
+            raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
+        if checksum is None:
+            return data, None
+        return data, (checksum, await anyio.to_thread.run_sync(_checksum, checksum, data))
+
+    return whole
 
 
 def _read_chunk(path: Path, offset: int, length: int) -> bytes:

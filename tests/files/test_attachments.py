@@ -130,7 +130,7 @@ def test_same_bytes_are_one_blob_locally_and_on_the_server(tmp_path: Path) -> No
     """Attaching the same bytes twice queues one upload; another device's copy is not sent."""
     inner = MemoryBackend()
     store = _store(tmp_path, "a", inner)
-    data = os.urandom(50_000)
+    data = os.urandom(200_000)  # above WITH_CREATION: a known blob costs no bytes
     one = store.attach("p1", data)
     two = store.attach("p2", io.BytesIO(data), priority=SyncPriority.HIGH)
     assert one.sha256 == two.sha256

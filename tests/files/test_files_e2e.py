@@ -248,3 +248,17 @@ async def test_servers_sharing_an_s3_store_serve_each_others_blobs(
                 f"/v1/blobs/{ref.sha256}", headers={"authorization": "Bearer tok-b"}
             )
             assert other.status_code == 404, "another tenant does not see it"
+
+
+async def test_a_small_file_goes_in_one_request(proxy: FaultProxy, tmp_path: Path) -> None:
+    """A file of one chunk is sent with the upload's creation (tus creation-with-upload):
+    one POST, no PATCH."""
+    store = _store(tmp_path / "a.db", proxy.url)
+    ref = store.attach("p1", os.urandom(20_000))
+    store.save(Photo(id="p1", image=ref))
+    summary = await store.async_sync()
+    assert (summary.uploaded, summary.pushed, summary.transferred_bytes) == (1, 1, 20_000)
+    posts = [r for r in proxy.log if r.method == "POST" and r.path == "/v1/files"]
+    assert len(posts) == 1
+    assert _patches(proxy) == 0
+    await store.aclose()

@@ -65,6 +65,7 @@ def test_options_say_what_the_server_supports(http: httpx.Client) -> None:
     assert answer.headers["tus-version"] == "1.0.0"
     assert set(answer.headers["tus-extension"].split(",")) >= {
         "creation",
+        "creation-with-upload",
         "checksum",
         "termination",
     }
@@ -267,3 +268,41 @@ def test_a_standard_tus_client_uploads_to_our_server(server: ServerProcess, tmp_
         store.close()
     with httpx.Client(base_url=server.base_url) as http:
         assert http.get(f"/v1/blobs/{sha}", headers=A).content == data
+
+
+def _create_with(http: httpx.Client, data: bytes, checksum: bytes, **extra: str) -> httpx.Response:
+    sha = hashlib.sha256(data).hexdigest()
+    return http.post(
+        "/v1/files",
+        headers={
+            **A,
+            "upload-length": str(len(data)),
+            "upload-metadata": encode_metadata({"sha256": sha}),
+            "upload-checksum": f"sha1 {base64.b64encode(checksum).decode()}",
+            **extra,
+        },
+        content=data,
+    )
+
+
+def test_creation_with_upload_takes_the_first_chunk(http: httpx.Client) -> None:
+    """A POST with a body creates the upload and keeps the body (one request for a small
+    file); a body whose checksum fails is not kept, and the offset says so."""
+    data = os.urandom(30_000)
+    answer = _create_with(
+        http, data, hashlib.sha1(data).digest(), **{"content-type": PATCH["content-type"]}
+    )
+    assert answer.status_code == 201
+    assert answer.headers["upload-offset"] == str(len(data))
+    sha = hashlib.sha256(data).hexdigest()
+    assert http.get(f"/v1/blobs/{sha}", headers=A).content == data
+    other = os.urandom(30_000)
+    refused = _create_with(
+        http, other, hashlib.sha1(b"x").digest(), **{"content-type": PATCH["content-type"]}
+    )
+    assert refused.status_code == 201
+    assert refused.headers["upload-offset"] == "0"
+    missing = http.get(f"/v1/blobs/{hashlib.sha256(other).hexdigest()}", headers=A)
+    assert missing.status_code == 404
+    plain = _create_with(http, other, hashlib.sha1(other).digest())
+    assert plain.status_code == 415, "a body needs Content-Type: application/offset+octet-stream"

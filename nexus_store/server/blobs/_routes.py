@@ -66,6 +66,19 @@ def _check_version(request: Request) -> None:
         raise BlobRefusedError(412, "tus_version", f"send Tus-Resumable: {TUS_VERSION}")
 
 
+def _check_offset_stream(request: Request) -> None:
+    if request.headers.get("content-type", "").split(";")[0].strip() != OFFSET_STREAM:
+        raise BlobRefusedError(415, "content_type", f"send Content-Type: {OFFSET_STREAM}")
+
+
+def _checksum_of(request: Request) -> tuple[str, bytes] | None:
+    raw = request.headers.get(UPLOAD_CHECKSUM)
+    try:
+        return parse_checksum(raw) if raw is not None else None
+    except ValueError as exc:
+        raise BlobRefusedError(400, "bad_checksum", str(exc)) from exc
+
+
 def _upload_headers(upload: UploadInfo) -> dict[str, str]:
     headers = {
         "tus-resumable": TUS_VERSION,
@@ -95,8 +108,10 @@ class _Files:
             length = _int_header(request, UPLOAD_LENGTH)
             if length is None:
                 raise BlobRefusedError(400, "no_length", "Upload-Length is required")
-            if (_int_header(request, "content-length") or 0) > 0:
-                raise BlobRefusedError(400, "body", "creation with upload is not supported")
+            body_length = _int_header(request, "content-length") or 0
+            if body_length > 0:
+                _check_offset_stream(request)
+            checksum = _checksum_of(request)
             try:
                 metadata = decode_metadata(request.headers.get(UPLOAD_METADATA))
             except ValueError as exc:
@@ -104,6 +119,23 @@ class _Files:
             upload = await self.service.create(tenant, length, metadata)
         except BlobRefusedError as exc:
             return _refused(exc)
+        if body_length > 0 and upload.offset < upload.length:
+            # creation-with-upload: the body is the first chunk. A chunk refused (checksum,
+            # size) leaves the upload where it is: the answer's offset says so, and the
+            # client's next PATCH gets the reason.
+            try:
+                upload = await self.service.patch(
+                    tenant,
+                    upload.upload_id,
+                    offset=0,
+                    content_length=body_length,
+                    checksum=checksum,
+                    chunks=request.stream(),
+                )
+            except BlobRefusedError as exc:
+                _log.info("first chunk of upload %s refused: %s", upload.upload_id, exc.code)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody reads it
         headers = _upload_headers(upload)
         headers["location"] = str(request.url_for("tus_upload", upload_id=upload.upload_id))
         return Response(status_code=201, headers=headers)
@@ -124,16 +156,11 @@ class _Files:
         tenant = await self.authorize(request)
         try:
             _check_version(request)
-            if request.headers.get("content-type", "").split(";")[0].strip() != OFFSET_STREAM:
-                raise BlobRefusedError(415, "content_type", f"send Content-Type: {OFFSET_STREAM}")
+            _check_offset_stream(request)
             offset = _int_header(request, UPLOAD_OFFSET)
             if offset is None:
                 raise BlobRefusedError(400, "no_offset", "Upload-Offset is required")
-            raw_checksum = request.headers.get(UPLOAD_CHECKSUM)
-            try:
-                checksum = parse_checksum(raw_checksum) if raw_checksum is not None else None
-            except ValueError as exc:
-                raise BlobRefusedError(400, "bad_checksum", str(exc)) from exc
+            checksum = _checksum_of(request)
             upload = await self.service.patch(
                 tenant,
                 request.path_params["upload_id"],
