@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from nexus_store import NexusStore, OpState, RetryBackoff, SystemClock
+from nexus_store import NexusStore, OpState, RemoteError, RetryBackoff, SystemClock
 from nexus_store.backends import HttpBackend
 from nexus_store.files import Attachment, FilePolicy
 from nexus_store.testing import FaultMode, FaultProxy, ProxyStats, ServerProcess, SkewedClock
@@ -262,3 +262,29 @@ async def test_a_small_file_goes_in_one_request(proxy: FaultProxy, tmp_path: Pat
     assert len(posts) == 1
     assert _patches(proxy) == 0
     await store.aclose()
+
+
+async def test_a_cut_download_resumes_with_a_range_request(
+    server: ServerProcess, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A download cut midway keeps what arrived; the next open asks for the rest only
+    (a range request) and the blob, checked against its hash, reads whole."""
+    camera = _store(tmp_path / "camera.db", server.base_url)
+    data = os.urandom(6 * 1024 * 1024 + 11)
+    ref = camera.attach("p1", data)
+    camera.save(Photo(id="p1", image=ref))
+    await camera.async_sync()
+    await camera.aclose()
+    viewer = _store(tmp_path / "viewer.db", proxy.url)
+    proxy.set_fault(FaultMode.TRUNCATE, path_prefix="/v1/blobs/")
+    with pytest.raises(RemoteError):
+        await viewer.async_open_attachment(ref)
+    part = tmp_path / "viewer.db-blobs" / "tmp" / f"{ref.sha256}.part"
+    kept = part.stat().st_size
+    assert 0 < kept < len(data), "what arrived is kept"
+    proxy.clear()
+    handle = await viewer.async_open_attachment(ref)
+    with handle:
+        assert handle.read() == data
+    assert not part.exists()
+    await viewer.aclose()
