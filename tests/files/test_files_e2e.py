@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 CHILD = Path(__file__).with_name("upload_child.py")
 TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b", "tok-c": "tenant-c"}
 CHUNK = 64 * 1024
-LEASE = 121.0
+LEASE = 31.0
 
 
 class Photo(BaseModel):
@@ -57,7 +57,7 @@ async def proxy(server: ServerProcess) -> AsyncIterator[FaultProxy]:
 
 def _store(path: Path, url: str, *, later: float = 0.0) -> NexusStore[Photo, str]:
     backend = HttpBackend(url, token="tok-a", timeout=30)
-    # ``later``: the app comes back after the killed run's leases expired (120 s).
+    # ``later``: the app comes back after the killed run's transfer lease expired (30 s).
     clock = SkewedClock(SystemClock(), later)
     return NexusStore(path, model=Photo, backend=backend, clock=clock)
 

@@ -5,8 +5,9 @@ transfer ops (:class:`~nexus_store.files.FileTransfers`). It leases transfer ops
 order (priority, then FIFO; ``LOW`` left out when the run leaves it out), checks each
 one's constraints against the device (an op that may not start now goes back untouched
 and is reported as waiting), and runs up to ``max_parallel`` at once, so one slow or
-stuck file never holds up the others. Running transfers keep their leases renewed; a
-transfer whose lease passed to another run (this one was too slow to renew) is stopped.
+stuck file never holds up the others. Running transfers keep their leases (at most
+:data:`TRANSFER_LEASE` seconds) renewed; a transfer whose lease passed to another run
+(this one was too slow to renew) is stopped.
 
 Each transfer is settled under its lease's token (see
 :meth:`~nexus_store.files.FileTransfers.succeed` and ``fail``). Refused credentials and a
@@ -45,11 +46,15 @@ from ._transfer_progress import TransferKind, TransferProgress, TransferState, r
 if TYPE_CHECKING:
     from ._run import _Run, _RunnerBase
 
-__all__ = ["Transfers", "start_transfers"]
+__all__ = ["TRANSFER_LEASE", "Transfers", "start_transfers"]
 
 logger = logging.getLogger("nexus_store.sync")
 
 _KINDS = {"up": TransferKind.UPLOAD, "post": TransferKind.POST, "get": TransferKind.DOWNLOAD}
+TRANSFER_LEASE = 30.0
+"""The longest lease of a transfer op: running transfers renew theirs every third of it,
+so a transfer of a killed process is taken up by another run this soon (records keep the
+run's ``lease_for``)."""
 _PUBLISH_EVERY = 0.1
 _MAX_FAILURES_IN_ROW = 3
 _MAX_ROUNDS = 100_000
@@ -111,6 +116,8 @@ class Transfers:
         self.sides = sides
         self.released_records = 0
         """Uploads done in this run that released records waiting for their blobs."""
+        self.lease_for = min(runner.lease_for, TRANSFER_LEASE)
+        """Seconds a transfer's lease lasts between renewals (see :data:`TRANSFER_LEASE`)."""
         self._idle = anyio.Event()
         self._client: httpx.AsyncClient | None = None
         self._remote: BlobRemote | None = None
@@ -215,7 +222,7 @@ class Transfers:
     ) -> None:
         runner, run = self.runner, self.run
         batch = await runner._local(
-            side.lease, free + len(skipped), runner.lease_for, sorted(run.allowed)
+            side.lease, free + len(skipped), self.lease_for, sorted(run.allowed)
         )
         back: list[str] = []
         started = 0
@@ -245,14 +252,14 @@ class Transfers:
 
     async def _renew(self, side: FileTransfers, running: dict[str, _Running]) -> None:
         runner = self.runner
-        every = max(0.05, runner.lease_for / 3)
+        every = max(0.05, self.lease_for / 3)
         for _ in range(10_000_000):
             await runner.clock.sleep(every)
             by_token: dict[int, list[str]] = {}
             for job in list(running.values()):
                 by_token.setdefault(job.token, []).append(job.op.op_id)
             for token, ids in by_token.items():
-                settled = await runner._local(side.renew, ids, runner.lease_for, token)
+                settled = await runner._local(side.renew, ids, self.lease_for, token)
                 for op_id in settled.stale:
                     lost = running.get(op_id)
                     if lost is not None:
