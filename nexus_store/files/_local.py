@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._blob_api import is_sha256
-from .._database import Database
+from .._database import Database, is_open_database_file
 from .._exceptions import BlobNotFoundError, FileTransferError, SourceChangedError
 
 __all__ = ["Ingested", "LocalBlobs", "blob_dir_for", "forget_memory_blobs"]
@@ -131,7 +131,15 @@ class LocalBlobs:
         Raises:
             FileNotFoundError, IsADirectoryError, PermissionError: the source cannot be read.
             SourceChangedError: the file changed while it was being taken in.
+            FileTransferError: the source is a database file this process has open.
         """
+        if is_open_database_file(source):
+            # Closing any descriptor of it would drop this process's SQLite locks.
+            raise FileTransferError(
+                f"{source.name} is a database file this process has open: reading it "
+                "outside SQLite would drop SQLite's locks; send a copy made with "
+                "sqlite3's backup() instead"
+            )
         if source.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder is not a file", str(source))
         if link:

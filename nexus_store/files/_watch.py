@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from .._exceptions import FileTransferError
 from .._priority import SyncPriority
 from ._policy import TransferConstraints
 from ._refs import Upload, UploadState
@@ -116,7 +117,9 @@ class FolderWatch:
             if now - st.st_mtime < self.settle:
                 waiting += 1
                 continue
-            with contextlib.suppress(OSError):
+            # A file gone or changed since it was listed, or a database file this process
+            # has open (the store's own, in the watched folder): not queued.
+            with contextlib.suppress(OSError, FileTransferError):
                 upload = self.files.upload(
                     path,
                     url=self.url,

@@ -136,3 +136,17 @@ def test_sync_command_sends_an_apps_files_before_their_records(
         pulled = viewer.get("p1")
         assert pulled is not None
         assert pulled.image == ref
+
+
+def test_a_watched_folder_holding_its_own_database_skips_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """--db inside the watched folder: the database and its WAL are never read or sent
+    (reading them outside SQLite would drop its locks); the other files go."""
+    folder = tmp_path / "outbox"
+    folder.mkdir()
+    (folder / "photo.jpg").write_bytes(os.urandom(5000))
+    args = ["--watch", str(folder), "--once", "--settle", "0"]
+    result = _upload(server, folder / "watch.db", *args)
+    assert result.exit_code == 0, result.output
+    assert "uploaded 1 files" in result.output
