@@ -36,6 +36,7 @@ __all__ = [
     "Durability",
     "SqliteFailure",
     "Verify",
+    "is_open_database_file",
     "quote_identifier",
     "validate_identifier",
 ]
@@ -63,6 +64,22 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def is_open_database_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a database file (or its ``-wal``, ``-shm`` or ``-journal``) that
+    a :class:`Database` of this process has open: reading it with anything but SQLite
+    would drop SQLite's locks when that descriptor closes (see the module docstring)."""
+    text = os.fspath(path)
+    candidates = [text]
+    for suffix in ("-wal", "-shm", "-journal"):
+        if text.endswith(suffix):
+            candidates.append(text[: -len(suffix)])
+    with _open_files_lock:
+        return any(
+            (found := _file_identity(name)) is not None and found in _open_files
+            for name in candidates
+        )
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")

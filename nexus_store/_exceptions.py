@@ -25,6 +25,9 @@ edge that meets them; nothing above the edge catches a foreign exception.
     │   ├── PermanentError            the request can never succeed as it is
     │   │   └── PayloadTooLargeError  the request is bigger than the remote accepts
     │   └── AuthError                 credentials missing, refused or expired
+    ├── FileTransferError             a file (blob) could not be stored, sent or fetched
+    │   ├── BlobNotFoundError         no local copy of a blob, and the remote has none either
+    │   └── SourceChangedError        a queued file changed or vanished before it was sent
     ├── SyncError                     a sync run could not proceed
     │   └── SyncCancelledError        a run was cancelled (its leased ops went back)
     ├── LifecycleError                a service used in the wrong state
@@ -172,6 +175,22 @@ class AuthError(RemoteError):
     """Credentials were missing, refused or expired."""
 
     kind = ErrorKind.AUTH
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+class FileTransferError(NexusStoreError):
+    """A file (blob) could not be stored locally, sent or fetched."""
+
+
+class BlobNotFoundError(FileTransferError, KeyError):
+    """No local copy of the blob, and the remote does not have it (or there is no remote)."""
+
+
+class SourceChangedError(FileTransferError):
+    """A file queued for upload changed or vanished before it was sent (its hash or size
+    no longer matches what was queued)."""
 
 
 # -- sync and scheduling -------------------------------------------------------------------

@@ -11,8 +11,9 @@ A save validates the item, then in one ``BEGIN IMMEDIATE`` transaction writes th
 enqueues its op and appends to the change log; it returns only after ``COMMIT``.
 
 The class is assembled from parts, one module each: reads (:mod:`._store_reads`), its
-side of a sync run (:mod:`._store_sync`), opening (:mod:`._store_open`), over the state
-they share (:mod:`._store_base`); writes and the lifecycle are here.
+side of a sync run (:mod:`._store_sync`), opening (:mod:`._store_open`), files
+(:mod:`._store_files`), over the state they share (:mod:`._store_base`); writes and the
+lifecycle are here.
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ if TYPE_CHECKING:
 
 
 from ._store_base import ID, T
+from ._store_files import _Files
 from ._store_open import _close_forgotten, _Opening, _StoreParts
 from ._store_reads import _Reads
+from .files._model_refs import model_refers_to_blobs
 
 __all__ = ["NexusStore"]
 
 
-class NexusStore(_Opening[T, ID], _Reads[T, ID]):
+class NexusStore(_Files[T, ID], _Opening[T, ID], _Reads[T, ID]):
     """A collection of pydantic models in a local SQLite file, with a persisted sync queue.
 
     ``T`` is the model and ``ID`` the type of its id field. Every method is synchronous and
@@ -126,6 +129,7 @@ class NexusStore(_Opening[T, ID], _Reads[T, ID]):
         self.coalesce = coalesce
         self.schema_version = schema_version
         self.clock: Clock = clock or SystemClock()
+        self._blob_fields = model_refers_to_blobs(model)
         self._owns_db = not isinstance(path, Database)
         self._db = path if isinstance(path, Database) else Database(path, durability=durability)
         self._closed = False
@@ -264,6 +268,8 @@ class NexusStore(_Opening[T, ID], _Reads[T, ID]):
                 record(
                     collection, p.key, ChangeKind.UPSERT, origin=ChangeOrigin.LOCAL, hlc=hlc, at=now
                 )
+            if self._blob_fields:  # a record waits for the blobs it refers to
+                self._hold_records(conn, prepared, now)
         self._signal.notify()
 
     def delete(

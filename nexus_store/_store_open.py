@@ -137,6 +137,10 @@ class _StoreParts:
         self.queue.close()
         if self.owns_db:
             self.db.close()
+            if self.db.path in ("", ":memory:") or self.db.path.startswith("file::memory:"):
+                from .files._local import forget_memory_blobs  # noqa: PLC0415
+
+                forget_memory_blobs(self.db)
 
 
 def _close_forgotten(parts: _StoreParts, backend: RemoteBackend | None) -> None:

@@ -90,6 +90,16 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["sync", "--db", "app.db", "--remote", "http://192.0.2.1:8765", "--token", "t"],
         "allow-insecure-http",
     ),
+    # upload
+    "upload-not-sqlite": (
+        ["upload", "--db", "junk.db", "--remote", "http://127.0.0.1:9", "app.db"],
+        "SQLite",
+    ),
+    "upload-bad-url": (["upload", "--db", "up.db", "--remote", "ftp://x", "app.db"], "http(s)"),
+    "upload-no-file": (
+        ["upload", "--db", "up.db", "--remote", "http://127.0.0.1:9", "none.bin"],
+        "none.bin",
+    ),
     # queue, jobs, token, the command itself
     "queue-no-file": (["queue", "--db", "none.db"], "none.db"),
     "queue-not-sqlite": (["queue", "--db", "junk.db"], "SQLite"),

@@ -27,6 +27,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
         "foundations",
         (
             "nexus_store._backoff",
+            "nexus_store._blob_api",
             "nexus_store._broadcast",
             "nexus_store._clock",
             "nexus_store._codec",
@@ -64,16 +65,20 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     # the app's process, so they sit above the server).
     (2, "queue", ("nexus_store.queue",)),
     (2, "backends", ("nexus_store.backends",)),
-    # Moving data: one sync run over the queue and the local tables.
-    (3, "engine", ("nexus_store.sync.engine",)),
-    (3, "check", ("nexus_store._check",)),
-    # The store facade: its sync() is one engine run.
+    # Files: the local blob store, transfer ops, the tus client; over the queue, the
+    # backends and the server's blob service (what an in-process backend's files go to).
+    (3, "files", ("nexus_store.files",)),
+    # Moving data: one sync run over the queue, the local tables and the files.
+    (4, "engine", ("nexus_store.sync.engine",)),
+    (4, "check", ("nexus_store._check",)),
+    # The store facade: its sync() is one engine run; its files API uses the files room.
     (
-        4,
+        5,
         "store",
         (
             "nexus_store._store",
             "nexus_store._store_base",
+            "nexus_store._store_files",
             "nexus_store._store_open",
             "nexus_store._store_reads",
             "nexus_store._store_sync",
@@ -81,7 +86,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     ),
     # The background service's base (service, config, status, task, no-op, bridge).
     (
-        5,
+        6,
         "service",
         (
             "nexus_store.sync._bridge",
@@ -99,13 +104,12 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._triggers",
         ),
     ),
-    (5, "files", ("nexus_store.files",)),
     # The schedulers, each with its service adapter.
-    (6, "workmanager", ("nexus_store.sync.workmanager",)),
-    (6, "bgtask", ("nexus_store.sync.bgtask",)),
+    (7, "workmanager", ("nexus_store.sync.workmanager",)),
+    (7, "bgtask", ("nexus_store.sync.bgtask",)),
     # What chooses and runs a scheduler: the factory, the worker, and sync's door.
     (
-        7,
+        8,
         "service choice",
         (
             "nexus_store.sync.__init__",
@@ -115,11 +119,11 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._worker_lease",
         ),
     ),
-    (8, "test kit", ("nexus_store.testing",)),
-    (9, "dashboard", ("nexus_store.dashboard",)),
-    (9, "bench", ("nexus_store.bench",)),
-    (10, "cli", ("nexus_store.cli",)),
-    (11, "door", ("nexus_store.__init__", "nexus_store.__main__")),
+    (9, "test kit", ("nexus_store.testing",)),
+    (10, "dashboard", ("nexus_store.dashboard",)),
+    (10, "bench", ("nexus_store.bench",)),
+    (11, "cli", ("nexus_store.cli",)),
+    (12, "door", ("nexus_store.__init__", "nexus_store.__main__")),
 ]
 
 ROOT = Path(nexus_store.__file__).parent

@@ -100,6 +100,21 @@ _ALLOWED_FILE_ACCESS = {
     # bench server: the main process id PostgreSQL writes into postmaster.pid (a text file
     # of PostgreSQL's, not a database file of SQLite's).
     ("bench/_servers.py", "read_text"),
+    # The files benchmark writes and reads its own sample files and /proc counters.
+    ("bench/_files.py", "open"),
+    ("bench/_files.py", "read_bytes"),
+    ("bench/_files.py", "write_bytes"),
+    # Blob files: copies in the store's own blob folder (named by hash), and sources the
+    # app names, which LocalBlobs refuses when they are a database this process has open
+    # (is_open_database_file; see test_attaching_an_open_database_file_is_refused).
+    ("files/_local.py", "open"),
+    ("files/_download.py", "open"),
+    ("files/_tus_upload.py", "open"),
+    ("_store_files.py", "open"),  # LocalBlobs.open: a blob's local copy
+    # The server's blob folder: blobs and upload records, never a database.
+    ("server/blobs/_fs.py", "open"),
+    ("server/blobs/_fs.py", "read_text"),
+    ("server/blobs/_fs.py", "write_text"),
 }
 _FILE_OPENERS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "fdopen"}
 
@@ -370,3 +385,26 @@ async def test_server_with_an_external_reader_loses_no_accepted_push(tmp_path: P
 async def test_server_lock_loss_crash_15_rounds(tmp_path: Path) -> None:
     """The same over 15 rounds."""
     assert await _server_rounds(tmp_path, rounds=15, seed=15) > 0
+
+
+def test_attaching_an_open_database_file_is_refused(tmp_path: Path) -> None:
+    """Attaching or uploading a database file (or its WAL) this process has open is a typed
+    error: reading it outside SQLite would drop the locks; the store works on."""
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    from nexus_store import FileTransferError, NexusStore  # noqa: PLC0415
+
+    class Item(BaseModel):
+        id: str
+
+    path = tmp_path / "app.db"
+    with NexusStore[Item, str](path, model=Item) as store:
+        store.save(Item(id="a"))
+        for source in (path, Path(f"{path}-wal")):
+            with pytest.raises(FileTransferError, match="database file this process has open"):
+                store.attach("a", source)
+            with pytest.raises(FileTransferError):
+                store.upload(source)
+        store.save(Item(id="b"))
+        assert _other_process(path, "SELECT count(*) FROM item") == "2"
+        assert store.count() == 2

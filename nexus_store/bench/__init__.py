@@ -23,6 +23,8 @@ The developer suite, each benchmark against a baseline measured in the same run:
 - ``drain``: one sync run draining queued saves to ``nexus-store serve``.
 - ``worker``: a ``CRITICAL`` save to the server's ack through ``nexus-store worker``; idle
   CPU.
+- ``files``: uploads through the sync queue to ``nexus-store serve`` (one big file, many
+  small ones) against a bare Starlette route taking a streamed PUT; RSS during the upload.
 
 :func:`run_benchmarks` runs some in fresh processes, :func:`run_benchmark` one in this
 process, :func:`main` is the suite's command line (also ``python -m nexus_store.bench``).

@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "http": "HttpBackend to nexus-store serve against a bare pipeline (SQLite, PostgreSQL)",
     "drain": "a sync run draining queued saves to nexus-store serve",
     "worker": "CRITICAL save to server ack through nexus-store worker; idle CPU",
+    "files": "uploads (one big file, many small) to nexus-store serve against a bare PUT",
 }
 """Each benchmark's name (``--only``), with what it measures."""
 
@@ -39,6 +40,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "http": ("starlette", "uvicorn", "psycopg", "pgserver"),
     "drain": ("starlette", "uvicorn"),
     "worker": ("starlette", "uvicorn"),
+    "files": ("starlette", "uvicorn"),
 }
 _EXTRA_HINT = 'pip install "nexus-store[bench]"'
 

@@ -21,6 +21,7 @@ from . import (  # noqa: F401
     _queue,
     _serve,
     _sync,
+    _upload,
     _version_cmd,
     _worker,
     _worker_install,

@@ -115,11 +115,28 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
     tls_key: Annotated[
         Path | None, typer.Option(help="The certificate's private key (PEM).")
     ] = None,
+    blobs: Annotated[
+        str | None,
+        typer.Option(
+            help="Where uploaded files are kept: a folder (file:///path), "
+            "s3://bucket/prefix?endpoint_url=... (needs nexus-store[s3]; several servers may "
+            "share it), memory://, or none. Default: beside an SQLite database "
+            "(<file>-blobs), in memory for memory://, none for PostgreSQL.",
+            envvar="NEXUS_STORE_BLOBS",
+            show_default=False,
+        ),
+    ] = None,
+    max_blob: Annotated[str, typer.Option(help="Largest file (413 beyond).")] = "10GiB",
+    blob_quota: Annotated[
+        str | None,
+        typer.Option(help="Most bytes of files per tenant (413 beyond).", show_default=False),
+    ] = None,
 ) -> None:
     """Run the sync server (push, pull, events, health, /openapi.json) under uvicorn."""
     try:
         from ..server._limits import Limits, parse_rate, parse_size  # noqa: PLC0415
         from ..server._run import ServeOptions, run  # noqa: PLC0415
+        from ..server.blobs import BlobLimits  # noqa: PLC0415
     except ImportError as exc:
         fail("serve", f"the server needs its extra: pip install 'nexus-store[server]' ({exc})")
     try:
@@ -148,6 +165,12 @@ def serve(  # noqa: PLR0917 - typer reads each option from a parameter
             tls_cert=tls_cert,
             tls_key=tls_key,
             max_clock_offset=max_clock_offset,
+            blobs=blobs,
+            blob_limits=BlobLimits(
+                max_blob_bytes=parse_size(max_blob),
+                tenant_quota_bytes=parse_size(blob_quota) if blob_quota else None,
+                max_chunk_bytes=limits.max_body_bytes,
+            ),
         )
         run(options)
     except (ValueError, OSError) as exc:

@@ -160,11 +160,23 @@ async def _run(  # noqa: PLR0917 - forwarded command-line options
                 p: bars.add_task(p.name, total=0, note="") for p in _PRIORITIES
             }
             pull_task = bars.add_task("pulled", total=None, note="", visible=pull)
+            files: dict[str, TaskID] = {}
 
             def show(progress: SyncProgress) -> None:
                 for priority, counts in progress.per_priority.items():
                     bars.update(tasks[priority], completed=counts.done, total=counts.total)
                 bars.update(pull_task, completed=progress.pulled)
+                for transfer in progress.transfers:  # a bar per file, in bytes
+                    task = files.get(transfer.op_id)
+                    if task is None:
+                        label = (transfer.name or transfer.sha256)[:9]
+                        task = files[transfer.op_id] = bars.add_task(label, total=0, note="")
+                    note = f"{transfer.kind.value} {transfer.state.value}"
+                    if transfer.rate:
+                        note += f" {transfer.rate / 1e6:.1f} MB/s"
+                    if transfer.eta is not None and transfer.state.value == "running":
+                        note += f" {transfer.eta:.0f}s left"
+                    bars.update(task, completed=transfer.done, total=transfer.total, note=note)
 
             runner.progress.add_callback(show)
             async with backend:
@@ -202,6 +214,11 @@ def _report(
         f"pulled {summary.pulled} changes, {summary.requests} requests, "
         f"{summary.duration:.2f}s, stopped: {summary.stop_reason.value}"
     )
+    if summary.uploaded or summary.downloaded:
+        console.print(
+            f"files: {summary.uploaded} uploaded, {summary.downloaded} downloaded, "
+            f"{summary.transferred_bytes} bytes moved"
+        )
     # Said from the file as it is after the run, never from what the run expected.
     if remaining.live:
         console.print(f"{remaining.live} ops still queued (of them {remaining.leased} leased)")

@@ -69,6 +69,9 @@ def _report(report: RunReport) -> None:
             pulled=summary.pulled,
             failed=summary.failed,
             dead_lettered=summary.dead_lettered,
+            uploaded=summary.uploaded,
+            downloaded=summary.downloaded,
+            transferred_bytes=summary.transferred_bytes,
             stop_reason=summary.stop_reason.value,
             error=summary.error,
         )

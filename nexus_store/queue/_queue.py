@@ -72,6 +72,7 @@ from .._database import Database, Durability, SqliteFailure, translate_sqlite_er
 from .._exceptions import QueueError
 from .._hlc import HybridLogicalClock
 from .._priority import SyncPriority
+from ._holding import _Holding
 from ._leasing import _Leasing
 from ._reading import _Reading
 from ._records import (
@@ -115,7 +116,7 @@ _COALESCE = (
 )
 
 
-class PrioritySyncQueue(_Leasing, _Settling, _Reading):
+class PrioritySyncQueue(_Leasing, _Settling, _Reading, _Holding):
     """The persisted priority sync queue (table ``nx_queue``).
 
     Thread-safe: every call runs under the database's lock. Writes run in
@@ -124,7 +125,8 @@ class PrioritySyncQueue(_Leasing, _Settling, _Reading):
 
     The class is assembled from its parts, one module each: producing (here), leasing
     (:mod:`._leasing`), settling and dead letters (:mod:`._settling`), reading
-    (:mod:`._reading`) and schema versions (:mod:`._upgrades`), over the state they share
+    (:mod:`._reading`), lease renewal and holds (:mod:`._holding`) and schema versions
+    (:mod:`._upgrades`), over the state they share
     (:mod:`._base`); the rules they follow are pure functions (:mod:`._rules`).
 
     Args:

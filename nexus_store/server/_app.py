@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -72,6 +72,9 @@ from ._openapi import openapi_schema
 from ._operator import OperatorStats, operator_paths, operator_routes
 from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
 from ._rules import Answer, Page, change_fields
+
+if TYPE_CHECKING:
+    from .blobs import BlobService
 
 __all__ = ["CoreLike", "create_app"]
 
@@ -410,6 +413,7 @@ def create_app(
     close_core: bool = False,
     rate_limiter: RateLimit | None = None,
     operator_token: str | None = None,
+    blobs: BlobService | None = None,
 ) -> Starlette:
     """Build the sync server's ASGI app around a server core.
 
@@ -424,6 +428,8 @@ def create_app(
             pass one to inject a clock).
         operator_token: serve the operator page (``/operator?token=...``, see
             :mod:`._operator`) to whoever has this token; ``None``: no operator page.
+        blobs: serve files (tus uploads under ``/v1/files``, reads under ``/v1/blobs``;
+            see :mod:`nexus_store.server.blobs`); ``None``: no file endpoints.
 
     Returns:
         The Starlette app; ``app.state.notifier`` is its
@@ -451,6 +457,8 @@ def create_app(
         finally:
             if close_core:
                 await core.aclose()
+            if blobs is not None:
+                await blobs.aclose()
 
     app = Starlette(
         routes=[
@@ -460,6 +468,7 @@ def create_app(
             Route(HEALTH_PATH, api.health_check, methods=["GET"]),
             Route(OPENAPI_PATH, api.openapi, methods=["GET"]),
             *operator_routes(api.stats, operator_token),
+            *_blob_routes(blobs, api.authorize),
         ],
         middleware=[
             Middleware(ClockHeaders, clock=core.clock, max_offset=core.max_clock_offset),
@@ -472,3 +481,11 @@ def create_app(
     app.state.limits = limits
     app.state.operator_stats = api.stats
     return app
+
+
+def _blob_routes(blobs: BlobService | None, authorize: Any) -> list[Route]:
+    if blobs is None:
+        return []
+    from .blobs._routes import blob_routes  # noqa: PLC0415
+
+    return blob_routes(blobs, authorize)

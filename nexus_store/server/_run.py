@@ -41,6 +41,7 @@ from ._limits import Limits
 if TYPE_CHECKING:
     from ._limits_postgres import PostgresRateLimiter
     from ._rules import ConflictPolicy
+    from .blobs import BlobLimits, BlobService
 
 __all__ = [
     "ANNOUNCE_PREFIX",
@@ -50,6 +51,7 @@ __all__ = [
     "check_tls_files",
     "load_conflict_policy",
     "make_verifier",
+    "open_blobs",
     "plain_http_warning",
     "run",
     "run_loop",
@@ -87,6 +89,10 @@ class ServeOptions:
         max_clock_offset: seconds an op's clock stamp may be ahead of the server's clock
             before the op is re-stamped with the server's time (also the bound beyond
             which clients are told their clock is off).
+        blobs: where files are kept (``file:///folder``, ``s3://bucket?endpoint_url=...``,
+            ``memory://``); ``None``: beside an SQLite database, in memory for
+            ``memory://``, no file endpoints for PostgreSQL; ``"none"``: no file endpoints.
+        blob_limits: the largest blob, the tenant quota, the largest chunk.
     """
 
     database: str = "sqlite:///nexus-server.db"
@@ -106,6 +112,8 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_clock_offset: float = DEFAULT_MAX_CLOCK_OFFSET
+    blobs: str | None = None
+    blob_limits: BlobLimits | None = None
 
     def __post_init__(self) -> None:
         check_max_offset(self.max_clock_offset)
@@ -336,6 +344,7 @@ async def _serve(
     limiter = None
     try:
         limiter = await shared_rate_limiter(options.database, options.limits)
+        blobs = await open_blobs(options)
         app = create_app(
             core,
             verifier=verifier,
@@ -344,6 +353,7 @@ async def _serve(
             close_core=True,
             rate_limiter=limiter,
             operator_token=(operator_token := secrets.token_urlsafe(16)),
+            blobs=blobs,
         )
         tls = options.tls_cert is not None
         announce(sock, tls=tls)
@@ -366,6 +376,19 @@ async def _serve(
         if limiter is not None:
             await limiter.aclose()
         await core.aclose()  # idempotent: the app's shutdown usually closed it already
+
+
+async def open_blobs(options: ServeOptions) -> BlobService | None:
+    """The blob service ``options`` ask for, opened (``None``: no file endpoints)."""
+    from .blobs import BlobLimits, BlobService, default_blob_url, open_blob_storage  # noqa: PLC0415
+
+    url = options.blobs if options.blobs is not None else default_blob_url(options.database)
+    if url is None or url == "none":
+        return None
+    limits = options.blob_limits or BlobLimits(max_chunk_bytes=options.limits.max_body_bytes)
+    service = BlobService(open_blob_storage(url), limits=limits)
+    await service.open()
+    return service
 
 
 async def shared_rate_limiter(database: str, limits: Limits) -> PostgresRateLimiter | None:

@@ -10,7 +10,8 @@
 - :class:`FaultyBackend`: wraps any backend; drops answers after applying, raises
   retryable/permanent errors, adds delay (scripted per call or seeded-random).
 - :class:`BackendContract`, :class:`MultiTenantBackendContract`: the backend contract
-  suite (loaded on first use: it needs pytest).
+  suite; :class:`BlobStorageContract`: the server blob storage contract suite (loaded on
+  first use: they need pytest).
 - :class:`TemporaryPostgres`, :func:`shared_postgres`: a PostgreSQL from ``pgserver``.
 - :class:`WorkDriver`: releases WorkManager work on demand (WM-23).
 """
@@ -30,6 +31,7 @@ from ._server import ServerProcess, ServerStartError
 from ._workdriver import WorkDriver
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._blob_contract import BlobStorageContract
     from ._contract import (
         BackendContract,
         BackendFactory,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BackendContract",
     "BackendFactory",
+    "BlobStorageContract",
     "FakeClock",
     "Fault",
     "FaultKind",
@@ -72,6 +75,10 @@ _CONTRACT |= {"OpWriter", "pull_all"}
 
 
 def __getattr__(name: str) -> object:
+    if name == "BlobStorageContract":
+        from . import _blob_contract  # noqa: PLC0415
+
+        return _blob_contract.BlobStorageContract
     if name in _CONTRACT:
         from . import _contract  # noqa: PLC0415
 

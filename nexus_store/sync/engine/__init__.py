@@ -26,6 +26,7 @@ from ._progress import (
 from ._rawtable import RawCollection, discover_collections
 from ._runner import SyncRunner
 from ._target import SyncTarget
+from ._transfer_progress import TransferKind, TransferProgress, TransferState
 
 __all__ = [
     "EngineConfig",
@@ -40,5 +41,8 @@ __all__ = [
     "SyncStreams",
     "SyncSummary",
     "SyncTarget",
+    "TransferKind",
+    "TransferProgress",
+    "TransferState",
     "discover_collections",
 ]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..._broadcast import Broadcast, Subscription
 from ..._priority import SyncPriority
+from ._transfer_progress import TransferProgress, TransferState
 
 __all__ = [
     "Broadcast",
@@ -126,6 +127,13 @@ class SyncSummary(_Frozen):
     """Seconds this device's clock is ahead of the server's (negative: behind), when that
     is more than the server's bound; its writes are then stamped with the server's time
     until the clock is set right. ``None`` when within the bound (or not stated)."""
+    uploaded: int = 0
+    """Files sent (blobs to the sync server, files POSTed to endpoints); their failures
+    count in ``failed`` and ``dead_lettered`` with the ops'."""
+    downloaded: int = 0
+    """Blobs fetched from the sync server."""
+    transferred_bytes: int = 0
+    """Bytes those transfers moved in this run (a resumed one counts what was left)."""
 
     @property
     def ok(self) -> bool:
@@ -143,6 +151,10 @@ class SyncSummary(_Frozen):
     def message(self) -> str:
         """A one-line human summary."""
         parts = [f"pushed {self.pushed}", f"pulled {self.pulled}"]
+        if self.uploaded:
+            parts.append(f"uploaded {self.uploaded} files")
+        if self.downloaded:
+            parts.append(f"downloaded {self.downloaded} files")
         if self.conflicts:
             parts.append(f"{self.conflicts} conflicts")
         if self.failed:
@@ -179,6 +191,19 @@ class SyncProgress(_Frozen):
     phase: SyncPhase
     per_priority: dict[SyncPriority, PriorityProgress]
     pulled: int = 0
+    transfers: tuple[TransferProgress, ...] = ()
+    """The run's file transfers so far: bytes, total, rate and ETA of each."""
+
+    @property
+    def bytes_per_priority(self) -> dict[SyncPriority, PriorityProgress]:
+        """Bytes done and total of the run's transfers (not those waiting), per priority."""
+        out: dict[SyncPriority, PriorityProgress] = {}
+        for t in self.transfers:
+            if t.state is TransferState.WAITING:
+                continue
+            now = out.get(t.priority, PriorityProgress())
+            out[t.priority] = PriorityProgress(done=now.done + t.done, total=now.total + t.total)
+        return out
 
     @property
     def done(self) -> int:

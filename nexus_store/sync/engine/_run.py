@@ -39,6 +39,7 @@ from ._progress import (
     SyncSummary,
 )
 from ._target import ClockedTarget, SyncTarget
+from ._transfer_progress import TransferProgress
 
 __all__: list[str] = []
 
@@ -115,6 +116,11 @@ class _Run:
     writer: int = 0
     """The run's id as a writer (random, positive): its pushes carry it, and its pulls
     leave out what it pushed itself (echo suppression), with a writer-aware backend."""
+    transfers: dict[str, TransferProgress] = field(default_factory=dict)
+    """The run's file transfers, by op id (see :mod:`._transfers`)."""
+    uploaded: int = 0
+    downloaded: int = 0
+    transferred_bytes: int = 0
 
 
 class _RunnerBase:
@@ -245,5 +251,11 @@ class _RunnerBase:
             for p in SyncPriority
         }
         self.streams.progress.publish(
-            SyncProgress(run_id=run.run_id, phase=run.phase, per_priority=per, pulled=run.pulled)
+            SyncProgress(
+                run_id=run.run_id,
+                phase=run.phase,
+                per_priority=per,
+                pulled=run.pulled,
+                transfers=tuple(run.transfers.values()),
+            )
         )

@@ -88,6 +88,7 @@ from ._pull import _Pulling
 from ._push import _Pushing
 from ._run import _Run
 from ._target import ClockedTarget, SyncTarget
+from ._transfers import start_transfers
 
 logger = logging.getLogger("nexus_store.sync")
 
@@ -234,6 +235,7 @@ class SyncRunner(_Pushing, _Pulling):
             async with anyio.create_task_group() as group:
                 if self.budget is not None:
                     group.start_soon(self._watchdog, run, group.cancel_scope)
+                files = await start_transfers(self, run, group)  # file ops, beside the push
                 try:
                     await self._count_work(run)
                     await self._push(run)
@@ -245,6 +247,7 @@ class SyncRunner(_Pushing, _Pulling):
                             # ops that were waiting for it to come back go now.
                             run.phase, run.stop = SyncPhase.PUSH, None
                             await self._push(run)
+                    await files.finish()
                 finally:
                     group.cancel_scope.cancel()  # the watchdog is done either way
         except BaseException as exc:
@@ -292,7 +295,10 @@ class SyncRunner(_Pushing, _Pulling):
         return False
 
     def _count_remaining(self) -> int:
-        return sum(target.queue.count_live(target.collection) for target in self.targets)
+        files = {id(t.database): t.queue for t in self.targets}  # transfer ops, per file
+        return sum(target.queue.count_live(target.collection) for target in self.targets) + sum(
+            queue.count_live("nx_files") for queue in files.values()
+        )
 
     async def _watchdog(self, run: _Run, scope: anyio.CancelScope) -> None:
         assert self.budget is not None
@@ -350,6 +356,9 @@ class SyncRunner(_Pushing, _Pulling):
                 else datetime.fromtimestamp(run.paused.until, UTC)
             ),
             clock_skew=self._clock_skew(),
+            uploaded=run.uploaded,
+            downloaded=run.downloaded,
+            transferred_bytes=run.transferred_bytes,
         )
         self.last_summary = summary
         run.phase = SyncPhase.DONE

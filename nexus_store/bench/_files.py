@@ -1,0 +1,351 @@
+"""Files benchmark: uploads through the sync queue to ``nexus-store serve`` (tus, SQLite,
+blobs in a folder) against a bare Starlette route that streams a PUT body to disk.
+
+Run: ``nexus-store bench --only files [--quick]``, or ``python -m nexus_store.bench._files
+[--quick]`` (from a checkout also ``python benchmarks/bench_files.py``).
+
+Printed from one run:
+
+1. One big file (1 GiB; 128 MiB with ``--quick``): ``store.attach`` then ``store.sync()``
+   (default policy: chunks of 8 MiB) in a child process, in MiB/s of the sync run, as a
+   ratio to **bare**: ``httpx`` streaming the same file in one PUT to a Starlette route
+   that writes it to disk and fsyncs it once. Target: ratio >= 0.8. Also printed: the
+   take-in (hashing and linking the file at ``attach``) and how much the child's RSS grew
+   during the upload (target: a few chunk sizes).
+2. Many small files (10,000 of 20 KiB; 1,000 with ``--quick``): ``store.upload`` of each,
+   then ``store.sync()``, in files/s, against the bare route doing one PUT per file on one
+   keep-alive connection. Target: ratio >= 0.5. Also printed: the floor our server sets,
+   a bare tus client (one ``POST`` carrying the file per file, as ours sends files of up
+   to 64 KiB; nothing kept locally) sending the same files to it, and its ratio to bare.
+
+The bare figure is the mean of a measurement before and one after ours. Both servers fsync
+what they store (ours: every chunk and the finished blob's folder, as it must to survive a
+power cut; bare: once per file), so the comparison is of the same durability or kinder to
+bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from .._store import NexusStore
+from ..backends import HttpBackend
+from ..testing import ServerProcess
+from ._drain import _peak_rss_mib
+
+TOKEN = "bench-token"
+_ANNOUNCE = "nexus-store serve: listening on "
+_PIECE = 1024 * 1024
+MiB = 1024 * 1024
+
+
+class Doc(BaseModel):
+    """A record (unused: the benchmark sends files only)."""
+
+    id: str
+
+
+def bare_server_main(folder: str) -> None:
+    """Serve ``PUT /put/{name}`` (the body streamed to ``folder/name``, fsynced once)."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.requests import Request  # noqa: PLC0415
+    from starlette.responses import Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    from ..server._run import announce, bind_socket, run_loop, serve_app  # noqa: PLC0415
+
+    root = Path(folder)
+
+    async def put(request: Request) -> Response:
+        name = str(request.path_params["name"])
+        if not name.isalnum():
+            return Response(status_code=400)
+        with (root / name).open("wb") as handle:
+            async for piece in request.stream():
+                handle.write(piece)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return Response(status_code=201)
+
+    async def health(_: Request) -> Response:
+        return Response("ok")
+
+    async def main() -> None:
+        app = Starlette(routes=[Route("/put/{name}", put, methods=["PUT"]), Route("/", health)])
+        sock = bind_socket("127.0.0.1", 0)
+        announce(sock)
+        await serve_app(app, sock)
+
+    run_loop(main())
+
+
+class BarePut:
+    """The bare PUT server in a subprocess."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> BarePut:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nexus_store.bench._files", "--bare-server", str(self.folder)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith(_ANNOUNCE):
+            raise RuntimeError(f"the bare server did not start: {line!r}")
+        self.base_url = line[len(_ANNOUNCE) :].strip()
+        for _ in range(600):
+            try:
+                httpx.get(f"{self.base_url}/", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.05)
+            else:
+                return self
+        raise RuntimeError("the bare server did not answer")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+def bare_big(url: str, path: Path) -> float:
+    """Seconds for one streaming PUT of ``path``."""
+
+    def body() -> Any:
+        with path.open("rb") as handle:
+            while piece := handle.read(_PIECE):
+                yield piece
+
+    size = path.stat().st_size
+    start = time.perf_counter()
+    with httpx.Client(timeout=600) as client:
+        answer = client.put(
+            f"{url}/put/big{time.monotonic_ns()}",
+            content=body(),
+            headers={"content-length": str(size)},
+        )
+    answer.raise_for_status()
+    return time.perf_counter() - start
+
+
+def bare_small(url: str, paths: list[Path]) -> float:
+    """Seconds for one PUT per file, one after another on one connection."""
+    start = time.perf_counter()
+    with httpx.Client(timeout=60) as client:
+        for n, path in enumerate(paths):
+            answer = client.put(f"{url}/put/s{n}x{time.monotonic_ns()}", content=path.read_bytes())
+            answer.raise_for_status()
+    return time.perf_counter() - start
+
+
+def tus_floor(url: str, paths: list[Path]) -> float:
+    """Seconds for a bare tus client to send the files to our server the way ours does for
+    small files (one ``POST`` with the body, tus creation-with-upload; one after another on
+    one connection, nothing kept locally): the floor the server sets for our uploads."""
+    from .._blob_api import encode_metadata  # noqa: PLC0415
+
+    tus = {"tus-resumable": "1.0.0", "authorization": f"Bearer {TOKEN}"}
+    start = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for path in paths:
+            data = path.read_bytes() + b"floor"  # not the blob ours sends
+            created = client.post(
+                "/v1/files",
+                headers={
+                    **tus,
+                    "upload-length": str(len(data)),
+                    "upload-metadata": encode_metadata(
+                        {"sha256": hashlib.sha256(data).hexdigest()}
+                    ),
+                    "content-type": "application/offset+octet-stream",
+                },
+                content=data,
+            )
+            created.raise_for_status()
+            if created.headers.get("upload-offset") != str(len(data)):
+                raise RuntimeError("the server did not take the body with the creation")
+    return time.perf_counter() - start
+
+
+def upload_child(db: str, url: str, source: str) -> None:
+    """Take in the file (attached) or the folder's files (uploads), sync them in one
+    ``store.sync()``; print the figures as JSON."""
+    files = sorted(Path(source).iterdir()) if Path(source).is_dir() else [Path(source)]
+    store: NexusStore[Doc, str] = NexusStore(
+        db, model=Doc, backend=HttpBackend(url, token=TOKEN, timeout=600)
+    )
+    try:
+        start = time.perf_counter()
+        if not Path(source).is_dir():
+            store.attach("big", files[0])
+        else:
+            for name in files:
+                store.upload(name)
+        take_in = time.perf_counter() - start
+        rss_before = _current_rss_mib()
+        start = time.perf_counter()
+        summary = store.sync()
+        seconds = time.perf_counter() - start
+        figures = {
+            "files": len(files),
+            "uploaded": summary.uploaded,
+            "bytes": summary.transferred_bytes,
+            "left": store.queue.stats().live,
+            "take_in_s": take_in,
+            "seconds": seconds,
+            "rss_before_mib": rss_before,
+            "peak_rss_mib": _peak_rss_mib(),
+        }
+    finally:
+        store.close()
+    print(json.dumps(figures))
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_rss_mib()
+
+
+def ours(db: Path, url: str, source: Path) -> dict[str, Any]:
+    """Run :func:`upload_child` in a fresh process and return its figures."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_store.bench._files", "--child", str(db), url, str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the upload failed:\n{done.stderr}")
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if figures["left"] or figures["uploaded"] != figures["files"]:
+        raise RuntimeError(f"the upload did not deliver everything: {figures}")
+    return figures
+
+
+def _make(path: Path, size: int) -> None:
+    block = os.urandom(_PIECE)
+    with path.open("wb") as handle:
+        left = size
+        while left > 0:
+            handle.write(block[: min(left, _PIECE)])
+            left -= _PIECE
+        # Different bytes per file (content-addressed: equal files would be one blob).
+        handle.write(os.urandom(16))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure everything; return the figures."""
+    big_size = (128 if quick else 1024) * MiB
+    count = 1_000 if quick else 10_000
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-files-") as name:
+        tmp = Path(name)
+        (tmp / "bare").mkdir()
+        big = tmp / "big.bin"
+        _make(big, big_size)
+        small_dir = tmp / "small"
+        small_dir.mkdir()
+        smalls = []
+        for n in range(count):
+            path = small_dir / f"f{n:05d}.bin"
+            path.write_bytes(os.urandom(20 * 1024))
+            smalls.append(path)
+        with (
+            ServerProcess(f"sqlite:///{tmp}/server.db", tokens={TOKEN: "bench"}) as server,
+            BarePut(tmp / "bare") as bare,
+        ):
+            before = bare_big(bare.base_url, big)
+            figures = ours(tmp / "big.db", server.base_url, big)
+            after = bare_big(bare.base_url, big)
+            bare_s = (before + after) / 2
+            size_mib = (big_size + 16) / MiB
+            results["big"] = {
+                "mib": round(size_mib, 1),
+                "ours_mib_per_s": round(size_mib / figures["seconds"], 1),
+                "bare_mib_per_s": round(size_mib / bare_s, 1),
+                "bare_runs_s": [round(before, 2), round(after, 2)],
+                "ratio": round(bare_s / figures["seconds"], 3),
+                "take_in_s": round(figures["take_in_s"], 2),
+                "rss_growth_mib": round(figures["peak_rss_mib"] - figures["rss_before_mib"], 1),
+            }
+            big.unlink()
+            before = bare_small(bare.base_url, smalls)
+            floor = tus_floor(server.base_url, smalls)
+            figures = ours(tmp / "small.db", server.base_url, small_dir)
+            after = bare_small(bare.base_url, smalls)
+            bare_s = (before + after) / 2
+            results["small"] = {
+                "files": count,
+                "ours_files_per_s": round(count / figures["seconds"]),
+                "bare_files_per_s": round(count / bare_s),
+                "bare_runs_s": [round(before, 2), round(after, 2)],
+                "ratio": round(bare_s / figures["seconds"], 3),
+                "tus_floor_files_per_s": round(count / floor),
+                "floor_ratio": round(bare_s / floor, 3),
+                "take_in_s": round(figures["take_in_s"], 2),
+            }
+    return results
+
+
+def _report(results: dict[str, Any]) -> None:
+    big, small = results["big"], results["small"]
+    print(
+        f"one file of {big['mib']} MiB: ours {big['ours_mib_per_s']} MiB/s, bare PUT "
+        f"{big['bare_mib_per_s']} MiB/s, ratio {big['ratio']} (target >= 0.8); take-in "
+        f"{big['take_in_s']} s; RSS grew {big['rss_growth_mib']} MiB during the upload"
+    )
+    print(
+        f"{small['files']} files of 20 KiB: ours {small['ours_files_per_s']} files/s, bare "
+        f"{small['bare_files_per_s']} files/s, ratio {small['ratio']} (target >= 0.5); "
+        f"take-in {small['take_in_s']} s; the server's floor (a bare tus client, one POST "
+        f"with the body per file): {small['tus_floor_files_per_s']} files/s, ratio "
+        f"{small['floor_ratio']}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--bare-server"]:
+        bare_server_main(args[1])
+        return
+    if args[:1] == ["--child"]:
+        upload_child(args[1], args[2], args[3])
+        return
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="128 MiB and 1,000 files")
+    options = parser.parse_args(args)
+    results = run(options.quick)
+    _report(results)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Sending one blob over tus: resume from the server's offset, chunk by chunk.
+
+:func:`send_blob` is the client half of :mod:`nexus_store._blob_api`:
+
+1. an upload id kept from an earlier attempt is asked for its offset (``HEAD``); an
+   unknown one (the server lost it, or garbage-collected it) means a new upload;
+2. a new upload is created (``POST``, with the blob's hash as metadata: if the server has
+   the blob already, it says the upload is complete and nothing is sent);
+3. chunks of ``chunk_size`` bytes (at most what the server accepts) go one by one
+   (``PATCH``), each with its checksum; after each acknowledged chunk the new offset is
+   saved, so a transfer cut at any point (network, this process killed, the server
+   restarted) sends again at most the chunk that was in flight (a file of one chunk
+   saves nothing: a cut one is sent again whole, which is that one chunk, and its
+   abandoned upload is collected by the server);
+4. the last chunk's answer comes after the server verified the whole blob's SHA-256.
+
+A chunk is read into memory before it is sent (its checksum goes in the header), so a
+transfer holds at most one chunk in memory, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+
+from .._blob_api import new_checksum
+from .._exceptions import RetryableError, SourceChangedError
+from ._remote import (
+    BlobMismatchError,
+    BlobRemote,
+    ChunkRejectedError,
+    OffsetMismatchError,
+    UploadGoneError,
+)
+
+__all__ = ["WITH_CREATION", "ResumePoint", "send_blob"]
+
+_PIECE = 256 * 1024
+_ROUNDS = 10_000_000  # bounds the chunk loop: no file has this many chunks
+_RETRIES = 3
+WITH_CREATION = 64 * 1024
+"""Files up to this size go in the request that creates their upload: one round trip
+instead of two. Larger ones are not, so that a blob the server already has (deduplicated)
+costs no upload of its bytes."""
+
+
+@dataclass
+class ResumePoint:
+    """Where a blob's upload stands: the server's upload id and the offset it acknowledged."""
+
+    upload_id: str | None = None
+    acked: int = 0
+
+
+async def send_blob(  # noqa: PLR0912 - one branch per tus answer
+    remote: BlobRemote,
+    path: Path,
+    *,
+    sha256: str,
+    size: int,
+    metadata: Mapping[str, str],
+    resume: ResumePoint,
+    save: Callable[[ResumePoint], None],
+    chunk_size: int,
+    progress: Callable[[int], None],
+    unchanged: Callable[[], bool],
+    checksum: str | None = "sha1",
+) -> None:
+    """Upload the file at ``path`` (the blob ``sha256`` of ``size`` bytes) over tus.
+
+    Args:
+        remote: the server's blob endpoints.
+        path: the local copy.
+        sha256: the blob's hash (the server checks the bytes against it).
+        size: the blob's length.
+        metadata: ``Upload-Metadata`` (``sha256`` is added).
+        resume: where an earlier attempt stopped (updated as chunks are acknowledged).
+        save: called (in a worker thread) with the new resume point after each chunk.
+        chunk_size: bytes per PATCH (capped by the server's limit).
+        progress: called with the bytes the server holds (and those in flight).
+        unchanged: whether the local copy is still what was queued (a cheap check).
+        checksum: the chunk checksum algorithm (``None``: none).
+
+    Raises:
+        SourceChangedError: the file changed (or vanished) since it was queued.
+        RemoteError: the transfer failed (retryable or not); ``resume`` says where it got.
+    """
+    if not await anyio.to_thread.run_sync(unchanged):
+        raise SourceChangedError(f"blob {sha256[:12]}: the file changed since it was queued")
+    chunk = _chunk_for(chunk_size, await remote.max_chunk())
+    meta = {**metadata, "sha256": sha256}
+    whole = _whole_file(path, size, sha256, checksum)
+    offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
+    progress(offset)
+    restarts = rejected = 0
+    for _ in range(_ROUNDS):
+        if offset >= size:
+            return
+        assert resume.upload_id is not None
+        length = min(chunk, size - offset)
+        data = await anyio.to_thread.run_sync(_read_chunk, path, offset, length)
+        if len(data) != length:
+            raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
+        digest = None
+        if checksum is not None:
+            digest = (checksum, await anyio.to_thread.run_sync(_checksum, checksum, data))
+        try:
+            offset = await remote.patch(
+                resume.upload_id, offset, _pieces(data, offset, progress), length, digest
+            )
+        except OffsetMismatchError:
+            offset = await remote.offset(resume.upload_id)
+        except ChunkRejectedError:
+            rejected += 1
+            if rejected > _RETRIES:
+                raise
+            continue
+        except UploadGoneError:
+            restarts += 1
+            if restarts > _RETRIES:
+                raise
+            resume.upload_id = None
+            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
+            continue
+        except BlobMismatchError:
+            if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
+                raise SourceChangedError(
+                    f"blob {sha256[:12]}: the file changed since it was queued (hash mismatch)"
+                ) from None
+            restarts += 1
+            if restarts > _RETRIES:
+                raise
+            resume.upload_id = None
+            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
+            continue
+        rejected = 0
+        resume.acked = offset
+        if offset < size:  # the last chunk's success is recorded by the caller's settle
+            await anyio.to_thread.run_sync(save, resume)
+        progress(offset)
+    raise RetryableError("the upload did not finish")  # pragma: no cover - bounded loop
+
+
+async def _start(  # noqa: PLR0917 - the upload state, passed down
+    remote: BlobRemote,
+    resume: ResumePoint,
+    save: Callable[[ResumePoint], None],
+    size: int,
+    metadata: Mapping[str, str],
+    chunk: int,
+    whole: Callable[[], Awaitable[tuple[bytes, tuple[str, bytes] | None]]],
+    progress: Callable[[int], None],
+) -> int:
+    """The offset to go on from: the kept upload's, or a new upload's (its id saved
+    only when there is something to resume: more than one chunk to send). A file of at
+    most :data:`WITH_CREATION` bytes goes with the creation itself (tus
+    creation-with-upload, where the server supports it)."""
+    if resume.upload_id is not None:
+        try:
+            offset = await remote.offset(resume.upload_id)
+        except UploadGoneError:
+            resume.upload_id = None
+        else:
+            resume.acked = offset
+            return offset
+    first = await whole() if 0 < size <= min(chunk, WITH_CREATION) else None
+    if first is not None:
+        progress(0)  # the bytes go now (if the server has the blob, they were sent anyway)
+    upload_id, offset = await remote.create(size, metadata, first)
+    resume.upload_id, resume.acked = upload_id, offset
+    if size - offset > chunk:
+        await anyio.to_thread.run_sync(save, resume)
+    return offset
+
+
+def _chunk_for(wanted: int, limit: int | None) -> int:
+    """The chunk size: the policy's, capped by what the server accepts."""
+    return max(1, min(wanted, limit) if limit else wanted)
+
+
+def _whole_file(
+    path: Path, size: int, sha256: str, checksum: str | None
+) -> Callable[[], Awaitable[tuple[bytes, tuple[str, bytes] | None]]]:
+    """Reads the whole file and its checksum (for a file sent in one chunk)."""
+
+    async def whole() -> tuple[bytes, tuple[str, bytes] | None]:
+        data = await anyio.to_thread.run_sync(_read_chunk, path, 0, size)
+        if len(data) != size:
+            raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
+        if checksum is None:
+            return data, None
+        return data, (checksum, await anyio.to_thread.run_sync(_checksum, checksum, data))
+
+    return whole
+
+
+def _read_chunk(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(length)
+
+
+def _checksum(algorithm: str, data: bytes) -> bytes:
+    summer = new_checksum(algorithm)
+    summer.update(data)
+    return summer.digest()
+
+
+def _same_hash(path: Path, sha256: str) -> bool:
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while piece := handle.read(1024 * 1024):
+                sha.update(piece)
+    except OSError:
+        return False
+    return sha.hexdigest() == sha256
+
+
+async def _pieces(
+    data: bytes, offset: int, progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), _PIECE):
+        yield bytes(view[start : start + _PIECE])
+        progress(offset + min(len(data), start + _PIECE))
