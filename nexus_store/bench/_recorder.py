@@ -200,14 +200,15 @@ class TimedBackend(RemoteBackend):
     def __init__(self, inner: HttpBackend, recorder: Recorder) -> None:
         self.inner = inner
         self.base_url = inner.base_url
+        self.writer_aware = inner.writer_aware  # writer ids go through as they are
         self._recorder = recorder
 
-    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
         """Push through the wrapped backend, timing it."""
         paused = self.inner.paused_for > 0
         started = time.perf_counter()
         try:
-            result = await self.inner.push(ops)
+            result = await self.inner.push(ops, writer=writer)
         except RemoteError as exc:
             if not paused:
                 self._recorder.note_error(exc)
@@ -216,13 +217,20 @@ class TimedBackend(RemoteBackend):
         return result
 
     async def pull(
-        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+        self,
+        cursor: int = 0,
+        limit: int = 500,
+        *,
+        collections: Sequence[str] | None = None,
+        skip_writer: int | None = None,
     ) -> Changes:
         """Pull through the wrapped backend, timing it."""
         paused = self.inner.paused_for > 0
         started = time.perf_counter()
         try:
-            changes = await self.inner.pull(cursor, limit, collections=collections)
+            changes = await self.inner.pull(
+                cursor, limit, collections=collections, skip_writer=skip_writer
+            )
         except RemoteError as exc:
             if not paused:
                 self._recorder.note_error(exc)
