@@ -115,6 +115,14 @@ _ALLOWED_FILE_ACCESS = {
     ("server/blobs/_fs.py", "open"),
     ("server/blobs/_fs.py", "read_text"),
     ("server/blobs/_fs.py", "write_text"),
+    # nexus-store worker install: the token's 0600 credentials file and the service
+    # manager's unit, agent or task file it writes (and --token-file read back), never a
+    # database.
+    ("cli/_worker_install.py", "open"),
+    ("cli/_worker_install.py", "fdopen"),
+    ("cli/_worker_install.py", "write_bytes"),
+    ("cli/_worker_install.py", "write_text"),
+    ("cli/_worker_install.py", "read_text"),
 }
 _FILE_OPENERS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "fdopen"}
 

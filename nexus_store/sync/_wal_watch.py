@@ -12,8 +12,9 @@ makes the service look at the queue again (cheap, and coalesced while a look is 
 way), so waking early on the first frame of a commit is harmless. The commit is visible
 only once the writer has updated the WAL index (``-shm``, written through memory, no
 event): inotify wakes once more at each of :data:`SETTLE_WAKES` after the last write, and
-a wake is passed on only when the index header changed (a cheap ``pread``), so a commit
-wakes the service once, not once per write.
+a wake is passed on only when SQLite says another connection committed (``PRAGMA
+data_version`` on a connection of the watcher's own), so a commit wakes the service once,
+not once per write.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sqlite3
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -103,42 +105,55 @@ class _Inotify:
             os.close(self.fd)
 
 
-class _IndexHeader:
-    """The WAL index header in ``-shm``: it changes exactly when a commit becomes visible.
+class _CommitCounter:
+    """Whether another connection committed since the last look: SQLite's own
+    ``PRAGMA data_version``, read on a connection of its own.
 
-    Read with ``pread`` (the page cache the writers' mappings share; no SQLite, no
-    thread). A wake whose header did not change brings nothing to look at: the writer's
-    commit is still under way (a settle wake will see it) or the write was not a commit.
+    It changes exactly when a commit of another connection becomes visible, so a wake
+    whose count did not change brings nothing to look at: the writer's commit is still
+    under way (a settle wake will see it) or the write was not a commit. The file is only
+    ever read through SQLite: reading ``-shm`` or the database with ``open()`` and closing
+    that descriptor would drop every POSIX lock this process holds on it (see
+    :mod:`nexus_store._database`). The pragma reads the WAL index SQLite already maps: no
+    disk read, no lock held between looks.
     """
 
-    _SIZE = 48  # the first copy of WalIndexHdr (sqlite3 wal.c)
-
     def __init__(self, path: Path) -> None:
-        self._shm = path.with_name(path.name + "-shm")
-        self._last: bytes | None = self._read()
+        self._uri = path.absolute().as_uri() + "?mode=rw"
+        self._conn: sqlite3.Connection | None = None
+        self._last: int | None = self._read()
 
-    def _read(self) -> bytes | None:
+    def _read(self) -> int | None:
         try:
-            fd = os.open(self._shm, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._uri, uri=True, timeout=0.1, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+                self._conn.execute("PRAGMA query_only = ON")
+            row = self._conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            self.close()
             return None
-        try:
-            return os.pread(fd, self._SIZE, 0)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        return int(row[0])
 
     def changed(self) -> bool:
-        """Whether the header differs from the last reading (unreadable: assume so)."""
+        """Whether the count differs from the last reading (unreadable: assume so)."""
         now = self._read()
-        if now is None or len(now) < self._SIZE:
+        if now is None:
             self._last = None
             return True
         if now == self._last:
             return False
         self._last = now
         return True
+
+    def close(self) -> None:
+        """Close the connection (through SQLite: other connections keep their locks)."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
 
 
 class WalChangeSource:
@@ -181,7 +196,7 @@ class WalChangeSource:
             async for _ in self._watchfiles():
                 yield None
             return
-        index = _IndexHeader(self._path)
+        index = _CommitCounter(self._path)
         try:
             tails: list[float] = []  # the settle wakes still due after the last write
             while not self._stop.is_set():
@@ -201,6 +216,7 @@ class WalChangeSource:
                     if index.changed():
                         yield None
         finally:
+            index.close()
             watcher.close()
 
     async def _watchfiles(self) -> AsyncIterator[None]:

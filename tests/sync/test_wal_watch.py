@@ -61,7 +61,7 @@ class Wakes:
 
 async def test_each_commit_wakes_once(path: Path) -> None:
     """A commit wakes the watcher once (not once per write of its frames), and the settle
-    wakes after it bring nothing new (the WAL index header did not change again)."""
+    wakes after it bring nothing new (SQLite's data_version did not change again)."""
     source = WalChangeSource(path)
     wakes = Wakes()
     async with anyio.create_task_group() as tg:
