@@ -63,7 +63,7 @@ class _Holding(QueueBase):
 
     def hold(self, op_ids: str | Iterable[str], until: float, *, token: int) -> int:
         """Keep live ops that no run holds from being leased until ``until`` (or until
-        :meth:`release` with the same ``token``). Joins the caller's transaction.
+        ``release()`` with the same ``token``). Joins the caller's transaction.
 
         An op once held counts as handed out (nothing coalesces into it later; a later
         write of its item queues behind it). Ops already leased are left alone.

@@ -69,7 +69,7 @@ class BlobStorage(abc.ABC):
     """Where a server keeps its tenants' blobs and unfinished uploads.
 
     Every method may be called concurrently, for different uploads. Failures of the
-    underlying store raise :class:`OSError` (the service answers 503).
+    underlying store raise ``OSError`` (the service answers 503).
     """
 
     async def open(self) -> None:  # noqa: B027 - most storages are ready once constructed
