@@ -52,7 +52,7 @@ def test_named_files_are_uploaded(server: ServerProcess, tmp_path: Path) -> None
         path.write_bytes(os.urandom(50_000 + n))
         files.append(path)
     result = _upload(server, tmp_path / "up.db", *map(str, files), "--priority", "high")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output + server.log[-5000:]
     assert "uploaded 3 files" in result.output
     assert all(_on_server(server, path.read_bytes()) for path in files)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -92,7 +93,11 @@ class FileBlobStorage(BlobStorage):
         (folder / "uploads").mkdir(parents=True, exist_ok=True)
         name = folder / "tenant"
         if not name.exists():
-            temp = folder / f"tenant.{os.getpid()}.tmp"
+            # Several uploads of a new tenant may get here at once: each writes its own
+            # temporary file, and the renames all leave the same name in place.
+            temp = (
+                folder / f"tenant.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+            )
             temp.write_text(tenant, encoding="utf-8")
             os.replace(temp, name)
         return folder

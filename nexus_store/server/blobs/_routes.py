@@ -217,6 +217,27 @@ class _Files:
         )
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _storage_guard(endpoint: Endpoint) -> Endpoint:
+    """A failure of the blob storage (``OSError``) answers 503 with ``Retry-After``: the
+    client keeps its transfer and comes back, as it does for any unavailable server."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except OSError as exc:
+            _log.warning("blob storage failed on %s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse(
+                {"error": "storage_unavailable", "detail": "the file storage failed; retry"},
+                status_code=503,
+                headers={"tus-resumable": TUS_VERSION, "retry-after": "1"},
+            )
+
+    return guarded
+
+
 def blob_routes(service: BlobService, authorize: Authorize) -> list[Route]:
     """The routes of the file endpoints (see the module docstring).
 
@@ -226,16 +247,16 @@ def blob_routes(service: BlobService, authorize: Authorize) -> list[Route]:
     """
     files = _Files(service, authorize)
     return [
-        Route(FILES_PATH, files.options, methods=["OPTIONS"]),
-        Route(FILES_PATH, files.create, methods=["POST"]),
-        Route(FILES_PATH + "/{upload_id}", files.options, methods=["OPTIONS"]),
+        Route(FILES_PATH, _storage_guard(files.options), methods=["OPTIONS"]),
+        Route(FILES_PATH, _storage_guard(files.create), methods=["POST"]),
+        Route(FILES_PATH + "/{upload_id}", _storage_guard(files.options), methods=["OPTIONS"]),
         Route(
             FILES_PATH + "/{upload_id}",
-            files.head,
+            _storage_guard(files.head),
             methods=["HEAD"],
             name="tus_upload",
         ),
-        Route(FILES_PATH + "/{upload_id}", files.patch, methods=["PATCH"]),
-        Route(FILES_PATH + "/{upload_id}", files.delete, methods=["DELETE"]),
-        Route(BLOBS_PATH + "/{sha256}", files.blob, methods=["GET", "HEAD"]),
+        Route(FILES_PATH + "/{upload_id}", _storage_guard(files.patch), methods=["PATCH"]),
+        Route(FILES_PATH + "/{upload_id}", _storage_guard(files.delete), methods=["DELETE"]),
+        Route(BLOBS_PATH + "/{sha256}", _storage_guard(files.blob), methods=["GET", "HEAD"]),
     ]
