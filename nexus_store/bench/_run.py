@@ -1,6 +1,6 @@
 """Run every benchmark (or some) one after another, each in its own process.
 
-Usage: ``nexus-store bench [--quick] [--only store,queue,http,drain,worker]`` (also
+Usage: ``nexus-store bench [--quick] [--only store,queue,http,drain,worker,files,store_sync]`` (also
 ``python -m nexus_store.bench`` and, from a source checkout, ``scripts/bench`` and
 ``python benchmarks/run.py``).
 
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "drain": "a sync run draining queued saves to nexus-store serve",
     "worker": "CRITICAL save to server ack through nexus-store worker; idle CPU",
     "files": "uploads (one big file, many small) to nexus-store serve against a bare PUT",
+    "store_sync": "store.sync() with default settings draining saves, against HttpBackend alone",
 }
 """Each benchmark's name (``--only``), with what it measures."""
 
@@ -41,6 +42,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "drain": ("starlette", "uvicorn"),
     "worker": ("starlette", "uvicorn"),
     "files": ("starlette", "uvicorn"),
+    "store_sync": ("starlette", "uvicorn"),
 }
 _EXTRA_HINT = 'pip install "nexus-store[bench]"'
 

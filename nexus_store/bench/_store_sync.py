@@ -1,7 +1,8 @@
 """The drain as users run it: ``store.sync()`` against ``HttpBackend`` alone pushing.
 
-Run: ``python -m nexus_store.bench._store_sync [--ops N] [--rounds R]`` (from a checkout
-also ``python benchmarks/bench_store_sync.py``).
+Run: ``nexus-store bench --only store_sync`` or ``python -m nexus_store.bench._store_sync
+[--quick] [--ops N] [--rounds R]`` (from a checkout also ``python
+benchmarks/bench_store_sync.py``).
 
 Target 4 of the throughput issue: ``store.sync()`` on a typed ``NexusStore`` with default
 settings (push and pull phases included), draining ``N`` fresh saves (100,000 by default,
@@ -79,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ops", type=int, default=100_000, help="saves to drain")
     parser.add_argument("--rounds", type=int, default=1, help="drains, one after another")
+    parser.add_argument("--quick", action="store_true", help="a short run (10,000 saves)")
     parser.add_argument("--drain-child", nargs=2, metavar=("DB", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drain_child:
         drain_child(*args.drain_child)
         return
+    if args.quick:
+        args.ops = min(args.ops, 10_000)
     ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="nexus-bench-store-sync-") as name:
         tmp = Path(name)

@@ -171,8 +171,12 @@ def bench(
     ctx: typer.Context,
     quick: QuickOption = False,
     only: Annotated[
-        str, typer.Option("--only", help="Suite: comma-separated store,queue,http,drain,worker.")
-    ] = "store,queue,http,drain,worker",
+        str,
+        typer.Option(
+            "--only",
+            help="Suite: comma-separated store,queue,http,drain,worker,files,store_sync.",
+        ),
+    ] = "store,queue,http,drain,worker,files,store_sync",
 ) -> None:
     """Run benchmarks: local, sync, server; alone, the developer suite.
 
