@@ -5,10 +5,10 @@ returns a :class:`DashboardState`: the sync status, the queue by priority and st
 the oldest pending age, transfers in progress, the last runs, dead letters, quarantined
 remote changes, the jobs and the worker's drain lease. Nothing here writes.
 
-**Transfers** are read through one seam, :func:`read_transfers`: ops whose kind names a
-transfer (an upload or a download of a blob) with their byte progress where the queue
-records one. Today's queue holds record ops only, so the list is empty until the files
-feature enqueues transfers; the page shows whatever this function returns.
+**Transfers** are read through one seam, :func:`read_transfers`: the queued transfer ops
+of the files feature (collection ``nx_files``: uploads to the sync server, POSTs to other
+endpoints, prefetched downloads), each with its file's name and size and the bytes the
+server acknowledged so far (the resume point the transfer keeps in ``nx_transfers``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._database import Database
 from .._priority import SyncPriority
 from .._quarantine import Quarantine, QuarantinedChange
-from ..queue import OpState, PrioritySyncQueue, QueuedOp
+from ..files._ops import decode_spec
+from ..files._tables import FILES_COLLECTION
+from ..queue import OpState, PrioritySyncQueue
 from ..sync._jobs import SYNC_JOB, JobInfo, JobTable
 from ..sync._task import TaskRun
 from ..sync.workmanager._adapter import _run_to_task_run, job_states
@@ -40,7 +42,8 @@ __all__ = [
     "read_transfers",
 ]
 
-_TRANSFER_KINDS = ("upload", "download")
+_DIRECTIONS = {"up": "upload", "post": "upload (POST)", "get": "download"}
+_TRANSFERS_SHOWN = 200
 
 
 class QueueView(BaseModel):
@@ -66,9 +69,16 @@ class Transfer(BaseModel):
     op_id: str
     collection: str
     item_id: str
+    """The transfer's key in the queue (``up:<sha256>``, ``post:<upload id>``, ...)."""
     direction: str
+    """``upload``, ``upload (POST)`` or ``download``."""
     state: str
+    name: str | None = None
+    """The file's name, as the app gave it."""
+    priority: str = "NORMAL"
+    attempts: int = 0
     bytes_done: int | None = None
+    """Bytes the server acknowledged so far (where the transfer resumes)."""
     bytes_total: int | None = None
 
 
@@ -123,29 +133,43 @@ class DashboardState(BaseModel):
     """Who holds the drain lease (a worker process), if anyone."""
 
 
+_ACKED = "SELECT op_key, acked FROM nx_transfers"
+
+
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {
         str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
 
 
-def read_transfers(queue: PrioritySyncQueue | None, ops: list[QueuedOp]) -> list[Transfer]:
-    """The transfers among the live ops (see the module docstring: the seam for files)."""
+def read_transfers(
+    queue: PrioritySyncQueue, acked: dict[str, int], *, limit: int = _TRANSFERS_SHOWN
+) -> list[Transfer]:
+    """The transfers in the queue, in queue order (see the module docstring).
+
+    Args:
+        queue: the store's queue.
+        acked: the bytes acknowledged per transfer key (``nx_transfers``).
+        limit: the most transfers to list.
+    """
     found = []
-    for op in ops:
-        kind = str(op.kind.value)
-        if kind not in _TRANSFER_KINDS:
-            continue
-        progress = getattr(op, "progress", None)
+    for op in queue.pending(FILES_COLLECTION, limit=limit):
+        try:
+            spec = decode_spec(op.payload)
+        except ValueError:
+            continue  # a damaged op: the sync run dead-letters it with the reason
         found.append(
             Transfer(
                 op_id=op.op_id,
                 collection=op.collection,
                 item_id=str(op.item_id),
-                direction=kind,
+                direction=_DIRECTIONS.get(spec.kind, spec.kind),
                 state=op.state.value,
-                bytes_done=getattr(progress, "done", None),
-                bytes_total=getattr(progress, "total", None),
+                name=spec.name,
+                priority=op.priority.name,
+                attempts=op.attempts,
+                bytes_done=acked.get(str(op.item_id), 0),
+                bytes_total=spec.size,
             )
         )
     return found
@@ -204,7 +228,11 @@ def read_state(
         tables = _tables(conn)
         stats = queue.stats()
         dead_ops = queue.dead()
-        live = _live_ops(conn) if "nx_queue" in tables else []
+        acked = (
+            {str(key): int(done) for key, done in conn.execute(_ACKED)}
+            if "nx_transfers" in tables
+            else {}
+        )
         quarantined: list[QuarantinedChange] = (
             Quarantine.list(conn) if Quarantine.exists(conn) else []
         )
@@ -239,7 +267,7 @@ def read_state(
             backing_off=stats.backing_off,
             oldest_pending_age=stats.oldest_pending_age,
         ),
-        transfers=read_transfers(queue, live),
+        transfers=read_transfers(queue, acked) if "nx_transfers" in tables else [],
         runs=runs,
         dead=[
             DeadLetter(
@@ -268,12 +296,6 @@ def read_state(
         jobs=jobs,
         worker=worker,
     )
-
-
-def _live_ops(conn: sqlite3.Connection) -> list[QueuedOp]:
-    """Live ops of a transfer kind (none until the queue holds transfers)."""
-    del conn
-    return []
 
 
 def state_json(state: DashboardState) -> str:

@@ -61,6 +61,7 @@ def _populate(path: Path) -> None:
         store.save(Note(id="poison-2"), priority=SyncPriority.NORMAL)
         dead = [op.op_id for op in store.queue.pending() if str(op.item_id).startswith("poison")]
         store.queue.nack(dead, "rejected: field 'text' is too long", kind=ErrorKind.PERMANENT)
+        store.attach("q0", b"\xff\xd8" + b"x" * 48_000, name="photo.jpg")
 
     async def run_jobs() -> None:
         job = JobDefinition(
@@ -148,6 +149,8 @@ def test_page_shows_the_file_and_is_live(
     expect(page.locator("#quarantine")).to_contain_text("valid string")
     expect(page.locator('#jobs tr[data-job="app.cleanup"]')).to_contain_text("Cache cleanup")
     expect(page.locator("#runs")).to_contain_text("app.cleanup")
+    expect(page.locator("#transfers")).to_contain_text("photo.jpg")
+    expect(page.locator("#transfers")).to_contain_text("0 / 48002")
     before = page.locator("#pending").inner_text()
     saver = (
         "from pydantic import BaseModel\n"

@@ -56,10 +56,10 @@
             return '<td class="num">' + ((qs.counts[p] || {})[x] || 0) + "</td>";
           }).join("") + "</tr>";
         }), "");
-    body("transfers").innerHTML = table([["item"], ["direction"], ["state"], ["bytes", "num"]],
+    body("transfers").innerHTML = table([["file"], ["direction"], ["state"], ["bytes", "num"]],
       s.transfers.map(function (t) {
         var bytes = t.bytes_total ? (t.bytes_done || 0) + " / " + t.bytes_total : "-";
-        return "<tr><td>" + esc(t.collection + "/" + t.item_id) + "</td><td>" +
+        return "<tr><td>" + esc(t.name || t.item_id) + "</td><td>" +
           esc(t.direction) + "</td><td>" + esc(t.state) + '</td><td class="num">' + bytes +
           "</td></tr>";
       }), "no transfers in progress");
