@@ -440,7 +440,18 @@ class HttpBackend(RemoteBackend):
             raise LifecycleError("the HttpBackend is closed")
         self._bind_loop()
         try:
-            return await self._client.send(request, stream=True)
+            try:
+                return await self._client.send(request, stream=True)
+            except httpx.RemoteProtocolError as exc:
+                if not (_stale_connection(exc) and isinstance(request.stream, httpx.ByteStream)):
+                    raise
+                # The server closed a kept-alive connection as this request went out on it
+                # (its idle timeout and the pool's crossed): nothing was read, so the
+                # request goes once more, on a new connection. Every request of the
+                # protocol may be replayed (pushes are idempotent by op id).
+                logger.debug("%s %s: a kept-alive connection was closed; sending again",
+                             request.method, request.url.path)  # fmt: skip
+                return await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _transport_error(exc, request.method, request.url.path) from exc
         except RuntimeError as exc:  # httpx: "the client has been closed"
@@ -477,6 +488,12 @@ class HttpBackend(RemoteBackend):
             raise _transport_error(exc, response.request.method, response.request.url.path) from exc
         finally:
             await response.aclose()
+
+
+def _stale_connection(exc: httpx.RemoteProtocolError) -> bool:
+    """Whether the server closed the connection before answering a byte (httpcore's words
+    for a kept-alive connection closed under a request)."""
+    return "without sending a response" in str(exc)
 
 
 def _transport_error(exc: httpx.HTTPError, method: str, path: str) -> RemoteError:
