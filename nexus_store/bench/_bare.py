@@ -9,13 +9,16 @@ It unpacks a msgpack body and upserts the items in one transaction (SQLite in WA
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import msgpack
 
@@ -145,23 +148,37 @@ class _BareSqlite:
 
 
 class _BarePostgres:
-    """One psycopg connection; a batch is one transaction with executemany."""
+    """psycopg connections, one per request in flight (up to ``connections``, as our
+    server's storage keeps); a batch is one transaction with executemany."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, connections: int = 10) -> None:
         self.dsn = dsn
-        self.conn: Any = None
+        self._idle: list[Any] = []
+        self._slots = anyio.Semaphore(connections)
 
-    async def open(self) -> None:
+    async def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415
 
-        self.conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-        await self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS bare_items (seq BIGSERIAL, collection TEXT NOT NULL, "
-            "item_id TEXT NOT NULL, data BYTEA NOT NULL, UNIQUE (collection, item_id))"
-        )
+        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                yield conn
+            finally:
+                self._idle.append(conn)
+
+    async def open(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS bare_items (seq BIGSERIAL, collection TEXT NOT "
+                "NULL, item_id TEXT NOT NULL, data BYTEA NOT NULL, UNIQUE (collection, item_id))"
+            )
 
     async def upsert(self, ops: list[dict[str, Any]]) -> None:
-        async with self.conn.transaction(), self.conn.cursor() as cur:
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO bare_items (collection, item_id, data) VALUES (%s, %s, %s) "
                 "ON CONFLICT (collection, item_id) DO UPDATE SET data = excluded.data",
@@ -169,11 +186,12 @@ class _BarePostgres:
             )
 
     async def page(self, after: int, limit: int) -> list[tuple[int, str, bytes]]:
-        cur = await self.conn.execute(
-            "SELECT seq, item_id, data FROM bare_items WHERE seq > %s ORDER BY seq LIMIT %s",
-            (after, limit),
-        )
-        return [(r[0], r[1], bytes(r[2])) for r in await cur.fetchall()]
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, item_id, data FROM bare_items WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, limit),
+            )
+            return [(r[0], r[1], bytes(r[2])) for r in await cur.fetchall()]
 
 
 class BareProcess:

@@ -15,6 +15,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
+import msgpack
 import psutil
 import pytest
 
@@ -310,3 +312,34 @@ def test_ctrl_c_in_a_sweep_keeps_the_runs_done(tmp_path: Path, server: ServerPro
     assert [run["clients"] for run in doc["results"]["runs"]] == [1]
     assert doc["results"]["stopped"].startswith("the run of 2 clients stopped")
     assert doc["results"]["runs"][0]["verification"]["lost"] == 0
+
+
+@pytest.mark.postgres
+def test_the_bare_pipeline_on_postgresql_takes_concurrent_pushes() -> None:
+    """The bare pipeline on PostgreSQL (the baseline of `bench server --database postgres`)
+    answers pushes sent over several connections at once, every op upserted once."""
+    from nexus_store.bench._bare import BareProcess, push_bare  # noqa: PLC0415
+    from nexus_store.testing import shared_postgres  # noqa: PLC0415
+
+    connections, per = 4, 300
+    ops = [
+        [
+            {"op_id": f"o{n}-{i}", "collection": "notes", "item_id": f"c{n}-{i}", "data": {"i": i}}
+            for i in range(per)
+        ]
+        for n in range(connections)
+    ]
+    with BareProcess(shared_postgres().create_database()) as bare:
+
+        async def push_all() -> None:
+            async with anyio.create_task_group() as group:
+                for n in range(connections):
+                    group.start_soon(push_bare, bare.base_url, ops[n], 50)
+
+        anyio.run(push_all)
+        answer = httpx.get(f"{bare.base_url}/pull", params={"limit": 10_000}, timeout=30)
+    assert answer.status_code == 200
+    changes = msgpack.unpackb(answer.content)["changes"]
+    assert sorted(c["item_id"] for c in changes) == sorted(
+        op["item_id"] for batch in ops for op in batch
+    )
