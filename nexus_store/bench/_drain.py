@@ -130,10 +130,15 @@ def drain_child(path: str, url: str) -> None:
         store.close()
 
 
-def drain(path: Path, url: str) -> dict[str, Any]:
-    """Run :func:`drain_child` in a fresh process and return its figures."""
+def drain(path: Path, url: str, *, module: str = "nexus_store.bench._drain") -> dict[str, Any]:
+    """Run ``module``'s drain child (``--drain-child DB URL``: :func:`drain_child` here) in a
+    fresh process, as an app would have it, and return its figures.
+
+    Raises:
+        RuntimeError: the child failed, or did not deliver every queued op.
+    """
     done = subprocess.run(
-        [sys.executable, "-m", "nexus_store.bench._drain", "--drain-child", str(path), url],
+        [sys.executable, "-m", module, "--drain-child", str(path), url],
         capture_output=True,
         text=True,
         check=False,

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +30,7 @@ from .._store import NexusStore
 from ..backends import HttpBackend
 from ..testing import ServerProcess
 from ._drain import TOKEN, Note, build_store, push_only
+from ._drain import drain as run_drain_child
 
 __all__: list[str] = []
 
@@ -60,19 +58,7 @@ def drain_child(path: str, url: str) -> None:
 
 def drain(path: Path, url: str) -> dict[str, float]:
     """Run :func:`drain_child` in a fresh process and return its figures."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nexus_store.bench._store_sync", "--drain-child", str(path), url],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the drain failed:\n{done.stderr}")
-    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    if figures["left"] or figures["pushed"] != figures["queued"]:
-        raise RuntimeError(f"the drain did not deliver everything: {figures}")
-    return figures
+    return run_drain_child(path, url, module="nexus_store.bench._store_sync")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
