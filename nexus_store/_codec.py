@@ -14,7 +14,7 @@ import msgpack
 
 from ._exceptions import CodecError
 
-__all__ = ["decode", "encode", "encode_array", "with_entry"]
+__all__ = ["decode", "encode", "encode_array", "encode_map_pairs", "with_entry"]
 
 _local = threading.local()
 
@@ -38,6 +38,19 @@ def encode(value: Any) -> bytes:
         return _packer().pack(value)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         _local.packer = None  # a failed pack may leave the packer's buffer dirty
+        raise CodecError(f"cannot encode value: {exc}") from exc
+
+
+def encode_map_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
+    """Encode a map given as ``(key, value)`` pairs, in the order given (e.g. sorted).
+
+    Raises:
+        CodecError: if a key or value is something msgpack cannot represent.
+    """
+    try:
+        return _packer().pack_map_pairs(pairs)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        _local.packer = None
         raise CodecError(f"cannot encode value: {exc}") from exc
 
 

@@ -47,6 +47,7 @@ from .._exceptions import (
     PermanentError,
     RetryableError,
 )
+from .._gc import collector_paused
 from .._http_api import (
     EVENTS_PATH,
     HEALTH_PATH,
@@ -70,7 +71,7 @@ from ._events import ChangeNotifier, EventStreamResponse
 from ._limits import BodyLimitMiddleware, Limits, RateLimit, RateLimiter, retry_after_header
 from ._openapi import openapi_schema
 from ._operator import OperatorStats, operator_paths, operator_routes
-from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire, refused
+from ._prepare import PreparedOp, item_id_of, prepare, prepare_wire_batch, refused
 from ._rules import Answer, Page, change_fields
 
 if TYPE_CHECKING:
@@ -225,24 +226,46 @@ def _short_errors(exc: ValidationError) -> str:
     return "invalid op: " + "; ".join(parts)
 
 
+def _read_batch(content: bytes, fmt: BodyFormat, max_ops: int) -> list[PreparedOp]:
+    """The prepared ops of a push body (decoded, sized, validated: see :func:`_parse_ops`).
+
+    The collector is paused meanwhile (a batch is thousands of new containers, none of
+    them garbage).
+
+    Raises:
+        _HttpError: a body that does not decode (400), a batch over ``max_ops`` (413), or
+            one :func:`_parse_ops` refuses.
+    """
+    with collector_paused():
+        body = _decode_body(content, fmt)
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("ops"), list)
+            and len(body["ops"]) > max_ops
+        ):
+            raise _HttpError(413, "batch_too_large", f"a batch may hold at most {max_ops} ops")
+        return _parse_ops(body, fmt)
+
+
 def _parse_ops(body: Any, fmt: BodyFormat) -> list[PreparedOp]:
     """Validate and prepare a push body's ops, in order.
 
     An op of exactly the wire types is prepared straight from its fields (msgpack only:
-    see :func:`prepare_wire`); any other goes through :class:`RemoteOp` validation, and
-    one that fails it is answered ``rejected`` with the model's reasons.
+    see :func:`prepare_wire_batch`); any other goes through :class:`RemoteOp` validation,
+    and one that fails it is answered ``rejected`` with the model's reasons.
 
     Raises:
         _HttpError: the body is not a batch, or an invalid op has no usable op id.
     """
     if type(body) is not dict or len(body) != 1 or type(raw_ops := body.get("ops")) is not list:
         raise _HttpError(400, "invalid_batch", 'the body must be {"ops": [...]}')
-    prepared: list[PreparedOp] = []
-    fast = fmt == "msgpack"
-    for position, raw in enumerate(raw_ops):
-        op = prepare_wire(raw) if fast else None
-        prepared.append(op if op is not None else _validated(raw, position))
-    return prepared
+    if fmt != "msgpack":
+        return [_validated(raw, position) for position, raw in enumerate(raw_ops)]
+    prepared = prepare_wire_batch(raw_ops)
+    for position, op in enumerate(prepared):
+        if op is None:
+            prepared[position] = _validated(raw_ops[position], position)
+    return prepared  # type: ignore[return-value] # every None was replaced
 
 
 def _validated(raw: Any, position: int) -> PreparedOp:
@@ -350,15 +373,7 @@ class _Endpoints:
             raise _HttpError(
                 415, "unsupported_media_type", "send application/msgpack or application/json"
             )
-        body = _decode_body(await request.body(), fmt)
-        max_ops = self.limits.max_batch_ops
-        if (
-            isinstance(body, dict)
-            and isinstance(body.get("ops"), list)
-            and len(body["ops"]) > max_ops
-        ):
-            raise _HttpError(413, "batch_too_large", f"a batch may hold at most {max_ops} ops")
-        ops = _parse_ops(body, fmt)
+        ops = _read_batch(await request.body(), fmt, self.limits.max_batch_ops)
         writer = _writer(request.headers.get(WRITER_HEADER), WRITER_HEADER)
         try:
             answers = await self.core.apply(tenant, ops, writer=writer) if ops else []
@@ -371,7 +386,8 @@ class _Endpoints:
         if accepted:
             self.notifier.poke(tenant)
         self.stats.pushed(tenant, accepted, sum(a["status"] == "rejected" for a in answers))
-        return _render_results(answers, fmt)
+        with collector_paused():
+            return _render_results(answers, fmt)
 
     async def pull(self, request: Request) -> Response:
         """``GET /v1/pull``."""

@@ -190,7 +190,8 @@ class ServerCore:
         policy = self.conflict_policy
 
         def planner(state: BatchState) -> BatchPlan:
-            return plan_batch(ops, state, policy=policy)
+            with collector_paused():  # a plan is thousands of new containers, no garbage
+                return plan_batch(ops, state, policy=policy)
 
         plan = await self._storage.apply(tenant, keys, op_ids, planner, writer=writer)
         return plan.results

@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from ..._database import Database, Durability
 from ..._exceptions import DatabaseError, LifecycleError, ServerUnavailableError
+from ..._gc import collector_paused
 from ._base import BatchPlan, BatchState, ItemKey, OpRecord, Planner, Storage, StoredItem
 from ._schema import ADD_WRITER, SCHEMA_VERSION, check_schema_version, ddl
 
@@ -144,7 +145,9 @@ class SqliteStorage(Storage):
         plan: Planner,
         writer: int | None,
     ) -> BatchPlan:
-        with _serving(self.path), self._writer.transaction() as conn:
+        # The collector is paused while the batch's rows are read, planned and bound
+        # (thousands of new containers, none of them garbage), not during the commit.
+        with _serving(self.path), self._writer.transaction() as conn, collector_paused():
             row = conn.execute(_SELECT_HEAD, (tenant,)).fetchone()
             head = 0 if row is None else int(row[0])
             records = {
