@@ -58,6 +58,7 @@ from .._http_api import (
     WRITER_HEADER,
     HeadEvent,
     is_loopback_host,
+    media_type_of,
 )
 from .._remote import Changes, PushResult, RemoteBackend, RemoteOp
 from .._version import __version__
@@ -67,6 +68,7 @@ from ._http_wire import (
     _decode,
     _OversizedResponseError,
     _validate,
+    changes_of,
     check_changes,
     clock_reading,
     encode_ops,
@@ -244,7 +246,11 @@ class HttpBackend(RemoteBackend):
                 limit //= 2
                 continue
             with collector_paused():  # a page may hold thousands of changes
-                changes = _validate(Changes, _decode(payload, response_headers.get("content-type")))
+                content_type = response_headers.get("content-type")
+                changes = changes_of(
+                    _decode(payload, content_type),
+                    from_msgpack=media_type_of(content_type) == "msgpack",
+                )
             return check_changes(changes, cursor=cursor, limit=limit, collections=collections)
 
     async def probe(self) -> None:

@@ -32,10 +32,23 @@ from .._exceptions import (
 )
 from .._hlc import ClockReading
 from .._http_api import CLOCK_BOUND_HEADER, CLOCK_HEADER, media_type_of, parse_clock_header
-from .._remote import MAX_INT, MAX_RETRY_AFTER, Changes, OpResult, OpStatus, PushResult, RemoteOp
+from .._remote import (
+    MAX_COLLECTION,
+    MAX_HLC,
+    MAX_INT,
+    MAX_RETRY_AFTER,
+    MIN_INT,
+    Change,
+    Changes,
+    OpResult,
+    OpStatus,
+    PushResult,
+    RemoteOp,
+)
 from .._trusted import trusted_builder
 
 __all__ = [
+    "changes_of",
     "check_changes",
     "check_push_result",
     "clock_reading",
@@ -294,6 +307,97 @@ def check_changes(
     if changes.has_more and changes.cursor == cursor:
         raise ProtocolError("the server says there is more but did not move the cursor")
     return changes
+
+
+_change = trusted_builder(
+    Change,
+    {
+        "collection": "c",
+        "item_id": "i",
+        "version": 1,
+        "deleted": False,
+        "data": {"k": 1},
+        "hlc": "h",
+    },
+)
+_changes = trusted_builder(Changes, {"changes": [], "cursor": 0, "has_more": False})
+_CHANGE_FIELDS = frozenset(Change.model_fields)
+_CHANGES_FIELDS = frozenset(Changes.model_fields)
+
+
+def changes_of(decoded: Any, *, from_msgpack: bool) -> Changes:
+    """The validated page of changes a decoded pull answer holds.
+
+    From msgpack (whose strings are valid UTF-8 once decoded), a page whose fields are
+    all exactly of the wire types (what ``nexus-store serve`` sends: strings, integers,
+    bools, maps with string keys) is checked field by field and built without pydantic's
+    validation, which cost more than the rest of the client's work per change. Any other
+    answer is validated in full (JSON text may hold lone surrogates, which the models
+    refuse).
+
+    Raises:
+        ProtocolError: the body is not a valid page of changes.
+    """
+    if (
+        from_msgpack
+        and type(decoded) is dict
+        and _CHANGES_FIELDS.issuperset(decoded)
+        and type(raw := decoded.get("changes")) is list
+        and type(cursor := decoded.get("cursor")) is int
+        and 0 <= cursor <= MAX_INT
+        and type(has_more := decoded.get("has_more", False)) is bool
+    ):
+        built = _plain_changes(raw)
+        if built is not None:
+            return _changes({"changes": built, "cursor": cursor, "has_more": has_more})
+    return _validate(Changes, decoded)
+
+
+def _plain_changes(raw: list[Any]) -> list[Change] | None:
+    """The changes, built unvalidated, if every one is of exactly the wire types."""
+    built: list[Change] = []
+    append = built.append
+    fields = _CHANGE_FIELDS
+    for change in raw:
+        if type(change) is not dict or not fields.issuperset(change):
+            return None
+        collection = change.get("collection")
+        item_id = change.get("item_id")
+        version = change.get("version")
+        deleted = change.get("deleted", False)
+        data = change.get("data")
+        hlc = change.get("hlc", "")
+        if (
+            type(collection) is not str
+            or not 0 < len(collection) <= MAX_COLLECTION
+            or type(version) is not int
+            or not 1 <= version <= MAX_INT
+            or type(deleted) is not bool
+            or type(hlc) is not str
+            or len(hlc) > MAX_HLC
+            or (type(item_id) is not str and type(item_id) is not int)
+            or (type(item_id) is int and not MIN_INT <= item_id <= MAX_INT)
+        ):
+            return None
+        if data is not None:
+            if type(data) is not dict:
+                return None
+            for key in data:
+                if type(key) is not str:
+                    return None
+        append(
+            _change(
+                {
+                    "collection": collection,
+                    "item_id": item_id,
+                    "version": version,
+                    "deleted": deleted,
+                    "data": data,
+                    "hlc": hlc,
+                }
+            )
+        )
+    return built
 
 
 class _OversizedResponseError(ProtocolError):

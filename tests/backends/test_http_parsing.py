@@ -41,6 +41,7 @@ from nexus_store.backends import (
 from nexus_store.backends._event_stream import EventStreamDecoder
 from nexus_store.backends._http_wire import (
     _validate,
+    changes_of,
     check_changes,
     check_push_result,
     clock_reading,
@@ -776,3 +777,89 @@ def test_the_fast_answer_path_refuses_what_validation_refuses() -> None:
     assert good == PushResult(
         results=[OpResult(op_id=ops[0].op_id, status=OpStatus.ACCEPTED, version=7)]
     )
+
+
+_CHANGE_VALUES = st.one_of(
+    st.integers(min_value=-2, max_value=3),
+    st.sampled_from(
+        [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, True, False, None, 1.0, "", "n", "x" * 64]
+    ),
+    st.sampled_from(["x" * 63, "x" * 65, b"n", [1], {"a": 1}, {1: "a"}, {"a": {"b": [1]}}]),
+)
+_CHANGE = st.fixed_dictionaries(
+    {
+        "collection": st.sampled_from(["notes", "x" * 63]),
+        "item_id": st.one_of(st.text(max_size=3), st.integers(-(2**63), 2**63 - 1)),
+        "version": st.integers(min_value=1, max_value=2**63 - 1),
+    },
+    optional={
+        "deleted": st.booleans(),
+        "data": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), _CHANGE_VALUES)),
+        "hlc": st.text(max_size=64),
+    },
+)
+
+
+@st.composite
+def _change_pages(draw: st.DrawFn) -> object:
+    changes: list[object] = draw(st.lists(_CHANGE, max_size=4))
+    for change in changes:  # some field of some change gets an odd value
+        if isinstance(change, dict) and draw(st.integers(0, 3)) == 0:
+            field = draw(
+                st.sampled_from(
+                    ["collection", "item_id", "version", "deleted", "data", "hlc", "extra"]
+                )
+            )
+            change[field] = draw(_CHANGE_VALUES)
+    if changes and draw(st.integers(0, 5)) == 0:
+        changes[draw(st.integers(0, len(changes) - 1))] = draw(_CHANGE_VALUES)
+    page: dict[str, object] = {"changes": changes, "cursor": draw(_CHANGE_VALUES)}
+    if draw(st.booleans()):
+        page["has_more"] = draw(_CHANGE_VALUES)
+    if draw(st.integers(0, 5)) == 0:
+        page.pop(draw(st.sampled_from(["changes", "cursor"])))
+    if draw(st.integers(0, 5)) == 0:
+        page["extra"] = 1
+    return page
+
+
+@given(_change_pages())
+def test_the_fast_page_path_agrees_with_full_validation(page: object) -> None:
+    """changes_of accepts exactly the pages full validation accepts, with equal changes
+    (and JSON pages always take full validation)."""
+    try:
+        decoded = msgpack.unpackb(msgpack.packb(page), strict_map_key=False)
+    except OverflowError:  # an integer msgpack cannot hold: test the value as it is
+        decoded = page
+    try:
+        expected: Changes | None = _validate(Changes, decoded)
+    except ProtocolError:
+        expected = None
+    for from_msgpack in (True, False):
+        try:
+            got: Changes | None = changes_of(decoded, from_msgpack=from_msgpack)
+        except ProtocolError:
+            got = None
+        assert got == expected
+        if got is not None and expected is not None:
+            assert got.model_dump() == expected.model_dump()
+            assert repr(got) == repr(expected)
+
+
+def test_the_fast_page_path_refuses_what_validation_refuses() -> None:
+    good = {"collection": "notes", "item_id": "a", "version": 3, "deleted": False, "hlc": "h"}
+    for bad in (
+        {**good, "version": True},
+        {**good, "version": 0},
+        {**good, "item_id": 2**63},
+        {**good, "item_id": False},
+        {**good, "deleted": 1},
+        {**good, "data": {1: "a"}},
+        {**good, "hlc": "h" * 65},
+        {**good, "collection": ""},
+        {**good, "extra": 1},
+    ):
+        with pytest.raises(ProtocolError):
+            changes_of({"changes": [bad], "cursor": 3}, from_msgpack=True)
+    page = changes_of({"changes": [good], "cursor": 3}, from_msgpack=True)
+    assert page == Changes(changes=[Change.model_validate(good)], cursor=3)
