@@ -227,7 +227,9 @@ class SqliteStorage(Storage):
         sql += _ORDER
         params += (limit,)
         rows = await anyio.to_thread.run_sync(self._read, sql, params, limiter=self._read_limiter)
-        return [_item(r) for r in rows]
+        item = StoredItem
+        with collector_paused():  # a page may hold thousands of items
+            return [item(r[0], r[1], r[2], r[3] != 0, r[4], r[5], r[6]) for r in rows]
 
     async def head(self, tenant: str) -> int:
         """The tenant's counter."""
