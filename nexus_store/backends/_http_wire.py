@@ -164,11 +164,9 @@ def clock_reading(
 
 def idempotency_key(ops: Sequence[RemoteOp]) -> str:
     """The batch's ``Idempotency-Key``: a hash of its op ids, in order."""
-    digest = hashlib.sha256()
-    for op in ops:
-        digest.update(op.op_id.encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
+    # Each id followed by a NUL, hashed in one call (the same bytes as one update per id).
+    ids = "\x00".join([op.op_id for op in ops]) + "\x00"
+    return hashlib.sha256(ids.encode("utf-8")).hexdigest()
 
 
 def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"]) -> bytes:

@@ -6,6 +6,7 @@ malformed, truncated, oversized or wrongly typed response can be produced on dem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -148,6 +149,11 @@ def test_idempotency_key_depends_on_op_ids_in_order() -> None:
     assert idempotency_key([a, b]) == idempotency_key([op(1), op(2)])
     assert idempotency_key([a, b]) != idempotency_key([b, a])
     assert len(idempotency_key([a])) == 64
+    # The key of earlier releases: each op id and a NUL, in order (servers may log it).
+    expected = hashlib.sha256()
+    for o in (a, b):
+        expected.update(o.op_id.encode() + b"\x00")
+    assert idempotency_key([a, b]) == expected.hexdigest()
 
 
 def test_push_result_must_answer_ops_one_for_one() -> None:
