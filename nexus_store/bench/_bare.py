@@ -4,7 +4,9 @@ It unpacks a msgpack body and upserts the items in one transaction (SQLite in WA
 ``synchronous=FULL``, or PostgreSQL with psycopg), under the same uvicorn settings as
 ``nexus-store serve``, in a process of its own (:class:`BareProcess`); a plain
 ``httpx.AsyncClient`` feeds it pre-built dicts (:func:`push_bare`, :func:`pull_bare`). With
-``floor`` it writes per op only the rows our server's schema must hold.
+``floor`` (route ``/push-floor``) it writes per op only the rows our server's schema must
+hold, on SQLite with ``executemany`` and on PostgreSQL with binary arrays, as our storages
+write them.
 """
 
 from __future__ import annotations
@@ -74,8 +76,7 @@ def bare_server_main(database: str) -> None:
     async def main() -> None:
         await store.open()
         routes = [Route("/push", push, methods=["POST"]), Route("/pull", pull)]
-        if isinstance(store, _BareSqlite):
-            routes.append(Route("/push-floor", push_floor, methods=["POST"]))
+        routes.append(Route("/push-floor", push_floor, methods=["POST"]))
         app = Starlette(routes=routes)
         sock = bind_socket("127.0.0.1", 0)
         announce(sock)
@@ -155,6 +156,7 @@ class _BarePostgres:
         self.dsn = dsn
         self._idle: list[Any] = []
         self._slots = anyio.Semaphore(connections)
+        self.head = 0
 
     async def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415
@@ -175,6 +177,44 @@ class _BarePostgres:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS bare_items (seq BIGSERIAL, collection TEXT NOT "
                 "NULL, item_id TEXT NOT NULL, data BYTEA NOT NULL, UNIQUE (collection, item_id))"
+            )
+            # The floor: the rows our server must write per op (its own schema).
+            for statement in ddl("postgresql"):
+                await conn.execute(statement)
+
+    async def write_like_ours(self, ops: list[dict[str, Any]]) -> None:
+        """Each op's item state (with its version) and its idempotency record, nothing else
+        (no reads, no conflict check, no canonical form), written as our storage writes
+        them: one statement per table, the columns as binary arrays (``unnest``)."""
+        versions, data, fingerprints = [], [], []
+        for _ in ops:
+            self.head += 1
+            versions.append(self.head)
+        for op in ops:
+            blob = msgpack.packb(op["data"])
+            data.append(blob)
+            fingerprints.append(hashlib.blake2b(blob, digest_size=16).digest())
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO nx_items (tenant, collection, item_key, version, deleted, data, "
+                "hlc, schema_version) SELECT 'floor', c, k, v, false, d, h, 1 FROM "
+                "unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::text[]) "
+                "AS t(c, k, v, d, h) "
+                "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET "
+                "version = EXCLUDED.version, data = EXCLUDED.data",
+                (
+                    [op["collection"] for op in ops],
+                    [op["item_id"] for op in ops],
+                    versions,
+                    data,
+                    [op["hlc"] for op in ops],
+                ),
+            )
+            await conn.execute(
+                "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, created_at) "
+                "SELECT 'floor', o, f, v, 0 FROM unnest(%b::text[], %b::bytea[], %b::bigint[]) "
+                "AS t(o, f, v)",
+                ([op["op_id"] for op in ops], fingerprints, versions),
             )
 
     async def upsert(self, ops: list[dict[str, Any]]) -> None:
