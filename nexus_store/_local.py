@@ -39,6 +39,7 @@ from ._exceptions import (
     SchemaError,
 )
 from ._gc import collector_paused
+from ._offsets import clock_fields, inexact_offset
 from ._tablespec import (
     _BOOKKEEPING_TYPES,
     ColumnKind,
@@ -85,6 +86,7 @@ class LocalTable(Generic[T]):
         self._fields = spec.fields
         self._kinds = [spec.kinds[name] for name in self._fields]
         self._json_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.JSON]
+        self._clock_fields = clock_fields(self.model)
         self._bool_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.BOOLEAN]
         self._real_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.REAL]
         self._id_pos = self._fields.index(spec.id_field)
@@ -203,6 +205,15 @@ class LocalTable(Generic[T]):
             return _json_encode(value)
         return value
 
+    def _check_offsets(self, validated: BaseModel) -> None:
+        odd = inexact_offset(getattr(validated, name) for name in self._clock_fields)
+        if odd is not None:
+            raise ItemValidationError(
+                f"cannot store {self.model.__name__} exactly: {odd!r} has a UTC offset of "
+                f"{odd.utcoffset()}, and the stored JSON form keeps whole minutes only "
+                "(convert it to UTC, or to a zone of whole-minute offsets, first)"
+            )
+
     def prepare(self, item: object) -> PreparedItem[T]:
         """Validate an item and convert it to column values and a queue payload.
 
@@ -249,6 +260,8 @@ class LocalTable(Generic[T]):
             raise ItemValidationError(
                 f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
             ) from exc
+        if self._clock_fields:
+            self._check_offsets(validated)
         for i in self._real_index:
             value = values[i]
             if value is not None and value != value:  # noqa: PLR0124 - NaN is not equal to itself

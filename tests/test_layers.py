@@ -38,6 +38,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store._http_api",
             "nexus_store._loop",
             "nexus_store._migrations",
+            "nexus_store._offsets",
             "nexus_store._priority",
             "nexus_store._remote",
             "nexus_store._trusted",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
+import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -313,3 +315,29 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(DatabaseError):
         store.count("1; DROP TABLE note")
     assert store.count() == 1
+
+
+class Meeting(BaseModel):
+    id: str
+    at: datetime.datetime
+    later: list[datetime.datetime] = []
+
+
+def test_a_utc_offset_with_seconds_is_refused_not_shifted() -> None:
+    """A datetime whose UTC offset has seconds (local mean time: Africa/Accra in 1915 is
+    -00:00:52) would read back 52 s off, as its JSON form keeps whole minutes: the save is an
+    ItemValidationError that names it, nothing is written; whole-minute offsets are kept."""
+    accra = zoneinfo.ZoneInfo("Africa/Accra")
+    odd = datetime.datetime(1915, 1, 1, tzinfo=accra)
+    with NexusStore[Meeting, str](":memory:", model=Meeting, clock=FakeClock()) as store:
+        with pytest.raises(ItemValidationError, match="whole minutes"):
+            store.save(Meeting(id="m1", at=odd))
+        with pytest.raises(ItemValidationError, match="whole minutes"):
+            store.save(Meeting(id="m2", at=datetime.datetime(2000, 1, 1), later=[odd]))
+        assert store.count() == 0
+        assert store.queue.stats().pending == 0
+        kept = datetime.datetime(2026, 1, 1, tzinfo=accra)  # GMT: +00:00
+        store.save(Meeting(id="m3", at=kept))
+        got = store.get("m3")
+        assert got is not None
+        assert got.at == kept
