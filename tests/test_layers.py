@@ -98,6 +98,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "nexus_store.sync._jobs",
             "nexus_store.sync._noop",
             "nexus_store.sync._pokes",
+            "nexus_store.sync._quick_read",
             "nexus_store.sync._service",
             "nexus_store.sync._service_base",
             "nexus_store.sync._store_task",

@@ -133,7 +133,7 @@ def worker(  # noqa: PLR0915, PLR0917 - typer reads each option from a parameter
     lease_ttl: Annotated[
         float,
         typer.Option(min=0.1, help="Seconds the drain lease lasts unrenewed (takeover delay)."),
-    ] = 10.0,
+    ] = 30.0,
     lease_for: Annotated[
         float, typer.Option(min=0.1, help="Seconds a pushed batch stays reserved.")
     ] = 60.0,

@@ -33,6 +33,7 @@ from ._jobs import (
     unmet_job_constraints,
 )
 from ._pokes import _Pokes
+from ._quick_read import read_soon
 from ._task import BackgroundSyncTask, RegisteredTask, TaskRun
 
 __all__: list[str] = []
@@ -134,7 +135,7 @@ class _JobControl(_Pokes):
         table = self._jobs
         if table is None:
             return
-        seq = await anyio.to_thread.run_sync(table.control_seq)
+        seq = await read_soon(table.database, table.control_seq)
         if seq == self._control_seq:
             return
         self._control_seq = seq

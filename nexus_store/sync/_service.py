@@ -493,6 +493,7 @@ class BackgroundSyncService(_JobControl):
         acted on what it was asked (for tests: call after saving or moving the clock)."""
         self._check_running()
         target = self._passes + 1
+        self._controls_due = True  # and at the switches other processes may have flipped
         self._wake()
         while self._passes < target and self._state is ServiceState.RUNNING:
             assert self._pass_done is not None

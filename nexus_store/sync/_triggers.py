@@ -152,10 +152,13 @@ class _Triggering(_ServiceBase):
         if scheduled and self.status is not BackgroundSyncStatus.RUNNING:
             self._set_status(BackgroundSyncStatus.SCHEDULED)
 
-    def _scheduler_changed(self, scheduled: bool) -> None:
-        """Adapters call this (on the loop thread) after every change of sync work."""
+    def _scheduler_changed(self, scheduled: bool, *, look: bool = True) -> None:
+        """Adapters call this (on the loop thread) after every change of sync work;
+        ``look=False`` when the change brings the trigger loop nothing to decide on (work
+        it asked for was recorded, or started)."""
         self._update_scheduled(scheduled)
-        self._wake()
+        if look:
+            self._wake()
 
     def _wake(self) -> None:
         if self._poke is not None:
@@ -182,6 +185,7 @@ class _Triggering(_ServiceBase):
     def _fresh_look(self) -> None:
         """Something changed (a commit, the device): ask again for what waits."""
         self._stale = frozenset()
+        self._controls_due = True
         self._wake()
 
     async def _follow_changes(self, source: ChangeSource) -> None:
@@ -201,8 +205,17 @@ class _Triggering(_ServiceBase):
             self._poke = poke = anyio.Event()
             wake_at: float | None = None
             try:
-                await self._follow_controls()
-                wake_at = await self._check_queue()
+                if self._controls_due:  # a commit came (other processes flip switches so)
+                    self._controls_due = False
+                    try:
+                        await self._follow_controls()
+                    except BaseException:
+                        self._controls_due = True
+                        raise
+                if not self._active_runs:
+                    wake_at = await self._check_queue()
+                # else: the run under way sends what is eligible; its end wakes this loop,
+                # which looks then (looking meanwhile only competes with the run's work).
             except StoreClosedError:
                 logger.info("the store was closed: the trigger loop stops")
                 self._pass_finished()
@@ -221,6 +234,8 @@ class _Triggering(_ServiceBase):
             done.set()
 
     _sync_enabled: bool = True
+    _controls_due: bool = True
+    """Whether a commit (or a device change) came since the job switches were last read."""
 
     async def _follow_controls(self) -> None:
         """Apply job switches flipped from another process (see :mod:`._job_control`)."""

@@ -15,6 +15,12 @@ event): inotify wakes once more at each of :data:`SETTLE_WAKES` after the last w
 a wake is passed on only when SQLite says another connection committed (``PRAGMA
 data_version`` on a connection of the watcher's own), so a commit wakes the service once,
 not once per write.
+
+A process that writes the file itself (the worker: its drain lease, acks, scheduler
+records) passes its :class:`~nexus_store._database.Database` as ``own``: the count is then
+read on that connection, whose own commits never change it, so the process is woken by the
+others' commits only, not by its own bookkeeping (an idle worker renewing its lease stays
+asleep).
 """
 
 from __future__ import annotations
@@ -32,15 +38,19 @@ from pathlib import Path
 
 import anyio
 
+from .._database import Database
+
 __all__ = ["SETTLE_WAKES", "WalChangeSource", "inotify_available"]
 
-SETTLE_WAKES = (0.01, 0.1)
-"""Seconds of quiet after a write at which inotify wakes once more (each after the last).
+SETTLE_WAKES = (0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.1)
+"""Seconds of quiet at which inotify looks once more after a write (each after the last).
 
 A commit becomes visible to readers when the writer updates the WAL index in the
 ``-shm`` file, which it maps into memory: that write raises no inotify event, and it
-comes after the WAL's frames. A look woken by the frames may run before it and see the
-old snapshot; these wakes look again once the writer is done (idle: nothing)."""
+comes after the WAL's frames (and, at ``durability="full"``, after their fsync). A look
+woken by the frames may run before it and see the old snapshot; these looks, close
+together at first, see the commit soon after it lands, whatever the disk's fsync time
+(idle: nothing; each look reads one pragma)."""
 
 logger = logging.getLogger("nexus_store.sync.worker")
 
@@ -137,8 +147,9 @@ class _CommitCounter:
             return None
         return int(row[0])
 
-    def changed(self) -> bool:
-        """Whether the count differs from the last reading (unreadable: assume so)."""
+    def changed(self) -> bool | None:
+        """Whether the count differs from the last reading (unreadable: assume so;
+        ``None``: cannot tell now, look again later)."""
         now = self._read()
         if now is None:
             self._last = None
@@ -156,6 +167,46 @@ class _CommitCounter:
             self._conn = None
 
 
+class _OwnCommitCounter(_CommitCounter):
+    """The same count, read on the watching process's own connection (``own``): commits
+    made on that connection do not change it, so they wake nobody.
+
+    The connection is shared with the process's threads: the count is read only when its
+    lock is free at once (the event loop never waits for it). Busy means one of our own
+    statements is under way: the look cannot tell (``None``) and is left to the next
+    settle wake; the last one that still cannot tell counts as a change (a wake too many,
+    never one too few).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._last: int | None = self._value() if database.lock.acquire(blocking=False) else None
+
+    def _value(self) -> int | None:
+        """The count, the lock being held by the caller (released here)."""
+        try:
+            if self._database.closed:
+                return None
+            return int(self._database.conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            self._database.lock.release()
+
+    def changed(self) -> bool | None:
+        """Whether another connection committed since the last look (see the class)."""
+        if not self._database.lock.acquire(blocking=False):
+            return None
+        now = self._value()
+        if now is None or now != self._last:
+            self._last = now
+            return True
+        return False
+
+    def close(self) -> None:
+        """Nothing to close: the connection is the owner's."""
+
+
 class WalChangeSource:
     """Wakes on commits of any process to the database file (see the module docstring).
 
@@ -164,6 +215,8 @@ class WalChangeSource:
         step_ms: the ``watchfiles`` fallback's polling step (wake-up latency vs idle CPU).
         debounce_ms: the ``watchfiles`` fallback's longest grouping of a stream of changes.
         use_inotify: ``False`` to use ``watchfiles`` even where inotify exists.
+        own: the watching process's own connection to the file, whose commits are not to
+            wake it (see the module docstring).
     """
 
     def __init__(
@@ -173,7 +226,9 @@ class WalChangeSource:
         step_ms: int = 10,
         debounce_ms: int = 50,
         use_inotify: bool = True,
+        own: Database | None = None,
     ) -> None:
+        self._own = own
         self._path = Path(path).resolve()
         self._names = {self._path.name, self._path.name + "-wal"}
         self._step = step_ms
@@ -196,7 +251,7 @@ class WalChangeSource:
             async for _ in self._watchfiles():
                 yield None
             return
-        index = _CommitCounter(self._path)
+        index = _CommitCounter(self._path) if self._own is None else _OwnCommitCounter(self._own)
         try:
             tails: list[float] = []  # the settle wakes still due after the last write
             while not self._stop.is_set():
@@ -209,12 +264,13 @@ class WalChangeSource:
                     return
                 if scope.cancelled_caught:  # quiet since the last write: look once more
                     tails.pop(0)
-                    if index.changed():
-                        yield None
                 elif watcher.drain():
                     tails = list(SETTLE_WAKES)
-                    if index.changed():
-                        yield None
+                else:
+                    continue
+                verdict = index.changed()
+                if verdict or (verdict is None and not tails):
+                    yield None
         finally:
             index.close()
             watcher.close()

@@ -5,7 +5,8 @@ only saves (its commits go to the file), the worker drains the queue to the remo
 
 - **One drainer at a time.** A lease row in the file (table ``nx_worker_lease``: holder,
   expires_at, renewed every ``ttl / 3`` seconds) says who drains. A second worker waits
-  and takes over once the lease expires (the first one died); it then gives back the ops
+  and takes over once the lease expires (the first one died or stalled), or at once when
+  the holder ran on this machine and its process is gone; it then gives back the ops
   the dead worker had leased (the server dedupes a batch it already applied by op id, so
   every op takes effect once), and WorkManager work found RUNNING runs again (WM-22). A
   worker that cannot renew in time (stalled, or its lease was taken) stops draining and
@@ -19,7 +20,10 @@ only saves (its commits go to the file), the worker drains the queue to the remo
   every ``watch_step_ms`` elsewhere: :mod:`._wal_watch`), so a commit in another process
   wakes the worker at once; it then looks at the queue: an eligible ``CRITICAL`` op
   starts a run at once, ``HIGH`` ops after the debounce, the rest wait for the periodic
-  run. Collections created later are noticed by SQLite's schema version.
+  run. Collections created later are noticed by SQLite's schema version. Only other
+  processes' commits wake it: the worker's own (lease renewals, acks, scheduler records)
+  do not, so an idle worker stays asleep. What the app committed is checkpointed on the
+  worker's connection shortly after the wake, off the path of the run it asked for.
 - **Clean stop.** Cancelling :meth:`SyncWorker.run` (the command does on SIGTERM/SIGINT)
   stops a run in progress (its leased ops go back untouched), then releases the lease.
 
@@ -49,6 +53,7 @@ from .._migrations import Migrations, load_migrations
 from .._remote import RemoteBackend
 from ..queue import PrioritySyncQueue
 from ._config import MIN_PERIODIC_INTERVAL, BackgroundSyncConfig, BackgroundSyncStatus
+from ._quick_read import read_soon
 from ._store_task import SYNC_TASK_ID
 from ._task import TaskRun
 from ._wal_watch import WalChangeSource
@@ -66,22 +71,37 @@ __all__ = ["RunReport", "SyncWorker", "WalChangeSource", "worker_config"]
 logger = logging.getLogger("nexus_store.sync.worker")
 
 
+CHECKPOINT_DELAY = 0.05
+"""Seconds between a wake and the checkpoint it asks for (the wakes of a burst share one)."""
+
+
 class _SchemaWatch:
-    """Passes wake-ups on, and notices when the file's collections change."""
+    """Passes wake-ups on, notices when the file's collections change, and checkpoints
+    the others' commits (:meth:`checkpoints`, a task of its own)."""
 
     def __init__(self, inner: WalChangeSource, database: Database, known: list[str]) -> None:
         self._inner = inner
         self._database = database
         self._known = known
         self._version = _schema_version(database)
+        self._dirty = anyio.Event()
         self.changed = anyio.Event()
+
+    async def checkpoints(self) -> None:
+        """Checkpoint, on the worker's connection, what the app committed, so that the
+        app's saves do not (SQLite checkpoints in the committing call once the ``-wal``
+        file is over 1,000 pages). Run :data:`CHECKPOINT_DELAY` after a wake, not in it:
+        a CRITICAL save's run goes first, and a burst of saves is checkpointed once."""
+        while True:
+            await self._dirty.wait()
+            await anyio.sleep(CHECKPOINT_DELAY)
+            self._dirty = anyio.Event()
+            await anyio.to_thread.run_sync(self._database.checkpoint)
 
     async def changes(self) -> AsyncIterator[None]:
         async for _ in self._inner.changes():
-            version = await anyio.to_thread.run_sync(_schema_version, self._database)
-            # The app's commits woke us: checkpoint them here, on the worker's connection,
-            # so that the app's saves do not (SQLite checkpoints in the committing call).
-            await anyio.to_thread.run_sync(self._database.checkpoint)
+            self._dirty.set()
+            version = await read_soon(self._database, lambda: _schema_version(self._database))
             if version != self._version:
                 self._version = version
                 found = await anyio.to_thread.run_sync(discover_collections, self._database)
@@ -174,7 +194,7 @@ class SyncWorker:
         *,
         config: BackgroundSyncConfig | None = None,
         holder: str | None = None,
-        lease_ttl: float = 10.0,
+        lease_ttl: float = 30.0,
         lease_for: float = 60.0,
         watch_step_ms: int = 10,
         device: DeviceStateProvider | None = None,
@@ -259,8 +279,9 @@ class SyncWorker:
                 announced = row.holder
                 self._announce(f"waiting for the drain lease held by {row.holder} (pid {row.pid})")
             retry_at = decision.retry_at or self._clock.now()
-            # Look again when it expires, and at least every ttl/2 (it may be released early).
-            delay = min(max(retry_at - self._clock.now(), 0.05), self.lease_ttl / 2)
+            # Look again when it expires, and at least every 5 s (it may be released early,
+            # or its holder may die).
+            delay = min(max(retry_at - self._clock.now(), 0.05), self.lease_ttl / 2, 5.0)
             await self._clock.sleep(delay)
 
     async def _drain(self, database: Database, lease: WorkerLease, decision: LeaseDecision) -> None:
@@ -294,7 +315,7 @@ class SyncWorker:
     async def _serve(self, database: Database, queue: PrioritySyncQueue) -> None:
         while True:
             names = await self._collections(database)
-            wal = WalChangeSource(self.path, step_ms=self.watch_step_ms)
+            wal = WalChangeSource(self.path, step_ms=self.watch_step_ms, own=database)
             source = _SchemaWatch(wal, database, names)
             targets = [
                 RawCollection(database, name, queue=queue, clock=self._clock) for name in names
@@ -314,6 +335,7 @@ class SyncWorker:
             service.statuses.add_callback(self._on_status)
             async with service, anyio.create_task_group() as tg:
                 self.service = service
+                tg.start_soon(source.checkpoints)
                 if self._on_run is not None:
                     tg.start_soon(self._report_runs, service, self._on_run)
                 await service.schedule_sync()

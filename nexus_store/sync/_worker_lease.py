@@ -2,9 +2,11 @@
 
 Table ``nx_worker_lease`` holds the holder and when its lease expires; the holder renews
 it every ``ttl / 3`` seconds. :func:`decide_lease` (pure) says whether a worker may take
-it, given the row and the time; :func:`clamp_lease` cuts a lease renewed at a wall time
-later than now (the clock stepped back since) to one ttl from now. A new holder gives
-back the ops the previous one had leased (:func:`release_stale_leases`).
+it, given the row, the time and whether the holder is known to be gone (a holder on this
+machine whose process no longer exists is taken over at once, without waiting for the
+ttl: :func:`holder_gone`); :func:`clamp_lease` cuts a lease renewed at a wall time later
+than now (the clock stepped back since) to one ttl from now. A new holder gives back the
+ops the previous one had leased (:func:`release_stale_leases`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ import os
 import socket
 from enum import StrEnum
 
+import psutil
+
 from .._clock import Clock, SystemClock
 from .._database import Database
 from ..queue import OpState, PrioritySyncQueue
 
-__all__ = ["LeaseAction", "LeaseDecision", "LeaseRow", "WorkerLease", "clamp_lease", "decide_lease"]
+__all__ = [
+    "LeaseAction",
+    "LeaseDecision",
+    "LeaseRow",
+    "WorkerLease",
+    "clamp_lease",
+    "decide_lease",
+    "holder_gone",
+]
 
 _LEASE_NAME = "drain"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS nx_worker_lease (
@@ -93,21 +105,33 @@ def clamp_lease(row: LeaseRow, now: float) -> LeaseRow | None:
     return dataclasses.replace(row, renewed_at=now, expires_at=now + length)
 
 
-def decide_lease(row: LeaseRow | None, holder: str, now: float) -> LeaseDecision:
+def decide_lease(
+    row: LeaseRow | None, holder: str, now: float, *, holder_gone: bool = False
+) -> LeaseDecision:
     """Decide about the drain lease: acquire, renew, take over, or wait.
 
     Args:
         row: the stored lease (``None``: no row).
         holder: this worker's holder id.
         now: the current time (wall clock, seconds since the epoch).
+        holder_gone: the row's holder is known to have ended (see :func:`holder_gone`).
     """
     if row is None:
         return LeaseDecision(LeaseAction.ACQUIRE, None)
     if row.holder == holder:
         return LeaseDecision(LeaseAction.RENEW, row)
-    if row.expires_at <= now:
+    if row.expires_at <= now or holder_gone:
         return LeaseDecision(LeaseAction.TAKE_OVER, row)
     return LeaseDecision(LeaseAction.WAIT, row)
+
+
+def holder_gone(row: LeaseRow, host: str | None = None) -> bool:
+    """Whether the lease's holder is known to have ended: it ran on this machine (same
+    host name) and its process no longer exists. A holder elsewhere, or whose pid is in
+    use (alive, stalled or reused), is not known to be gone: its lease runs out instead."""
+    if row.host != (host if host is not None else socket.gethostname()):
+        return False
+    return row.pid > 0 and not psutil.pid_exists(row.pid)
 
 
 class WorkerLease:
@@ -116,12 +140,13 @@ class WorkerLease:
     Args:
         database: the store's database.
         holder: this worker's id (unique per process).
-        ttl: seconds a lease lasts without renewal.
+        ttl: seconds a lease lasts without renewal (a holder that died on this machine is
+            taken over at once; one elsewhere, or stalled, after the ttl).
         clock: wall-clock time (shared by every process on the machine).
     """
 
     def __init__(
-        self, database: Database, holder: str, *, ttl: float = 10.0, clock: Clock | None = None
+        self, database: Database, holder: str, *, ttl: float = 30.0, clock: Clock | None = None
     ) -> None:
         if ttl <= 0:
             raise ValueError("the lease ttl must be positive")
@@ -160,7 +185,8 @@ class WorkerLease:
                     (clamped.renewed_at, clamped.expires_at, _LEASE_NAME, clamped.holder),
                 )
                 stored = clamped
-            decision = decide_lease(stored, self.holder, now)
+            gone = stored is not None and stored.holder != self.holder and holder_gone(stored)
+            decision = decide_lease(stored, self.holder, now, holder_gone=gone)
             if decision.action is LeaseAction.RENEW:
                 conn.execute(
                     "UPDATE nx_worker_lease SET renewed_at = ?, expires_at = ? WHERE name = ?",

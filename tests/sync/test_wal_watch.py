@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
+from nexus_store._database import Database
 from nexus_store.sync._wal_watch import SETTLE_WAKES, WalChangeSource, inotify_available
 
 pytestmark = [
@@ -93,3 +96,66 @@ async def test_a_write_that_is_no_commit_wakes_nobody(path: Path) -> None:
         await wakes.reach(1)
         source.close()
         tg.cancel_scope.cancel()
+
+
+async def test_the_owners_own_commits_wake_nobody(path: Path) -> None:
+    """With ``own``: commits on the owner's connection (a worker's lease renewals, acks)
+    wake nobody, even while its lock is held when the watcher looks; another connection's
+    commit still wakes it once."""
+    own = Database(path, durability="normal")
+    source = WalChangeSource(path, own=own)
+    wakes = Wakes()
+
+    def renew(held: float) -> None:
+        with own.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (-1)")
+            time.sleep(held)  # the watcher's first look finds the lock busy
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wakes.follow, source)
+            await anyio.wait_all_tasks_blocked()
+            for held in (0.0, 0.002, 0.0):
+                await anyio.to_thread.run_sync(renew, held)
+            await anyio.sleep(SETTLE_WAKES[-1] * 3)
+            assert wakes.count == 0
+            await anyio.to_thread.run_sync(_commit, path, 1)
+            await wakes.reach(1)
+            await anyio.sleep(SETTLE_WAKES[-1] * 3)
+            assert wakes.count == 1
+            source.close()
+            tg.cancel_scope.cancel()
+    finally:
+        own.close()
+
+
+async def test_a_commit_while_the_owner_is_busy_still_wakes(path: Path) -> None:
+    """Another connection commits while the owner's lock is held past every settle wake:
+    the last look that cannot tell counts as a change (never a wake too few)."""
+    own = Database(path, durability="normal")
+    source = WalChangeSource(path, own=own)
+    wakes = Wakes()
+    held, release = threading.Event(), threading.Event()
+
+    def busy() -> None:  # e.g. a long read of ours, in a worker thread
+        with own.lock:
+            held.set()
+            release.wait(10)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wakes.follow, source)
+            await anyio.wait_all_tasks_blocked()
+            holder = threading.Thread(target=busy)
+            holder.start()
+            assert held.wait(10)
+            try:
+                await anyio.to_thread.run_sync(_commit, path, 1)
+                await wakes.reach(1)
+            finally:
+                release.set()
+                holder.join(10)
+            source.close()
+            tg.cancel_scope.cancel()
+    finally:
+        own.close()

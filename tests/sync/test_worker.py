@@ -30,7 +30,13 @@ from nexus_store.backends._memory import MemoryBackend
 from nexus_store.cli import app
 from nexus_store.queue import OpState
 from nexus_store.sync import BGTaskSyncService, WorkerLease
-from nexus_store.sync._worker_lease import LeaseAction, LeaseRow, clamp_lease, decide_lease
+from nexus_store.sync._worker_lease import (
+    LeaseAction,
+    LeaseRow,
+    clamp_lease,
+    decide_lease,
+    holder_gone,
+)
 from nexus_store.sync.bgtask import DeterministicLaunchPolicy
 from nexus_store.sync.device import SimulatedDevice
 from nexus_store.testing import FakeClock, ServerProcess
@@ -59,6 +65,24 @@ def test_lease_decisions() -> None:
     assert (taken.action, taken.acquired) == (LeaseAction.TAKE_OVER, True)
     waiting = decide_lease(row("b", 110), "a", 100)
     assert (waiting.action, waiting.acquired, waiting.retry_at) == (LeaseAction.WAIT, False, 110)
+
+
+def test_a_holder_known_to_be_gone_is_taken_over_before_its_lease_ends() -> None:
+    """A holder that died on this machine: take over at once, however long its lease."""
+    taken = decide_lease(row("b", 1_000_000), "a", 100, holder_gone=True)
+    assert taken.action is LeaseAction.TAKE_OVER
+    assert decide_lease(row("a", 50), "a", 100, holder_gone=True).action is LeaseAction.RENEW
+
+
+def test_holder_gone_only_for_a_process_of_this_machine_that_has_ended() -> None:
+    """Gone: same host, no such process. Alive, or on another host: not known to be gone."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait(20)
+    host = "this-host"
+    dead = LeaseRow("b", ended.pid, host, 0.0, 0.0, 1e12)
+    assert holder_gone(dead, host)
+    assert not holder_gone(LeaseRow("b", os.getpid(), host, 0.0, 0.0, 1e12), host)
+    assert not holder_gone(LeaseRow("b", ended.pid, "another-host", 0.0, 0.0, 1e12), host)
 
 
 def test_the_lease_on_a_file(tmp_path: Path) -> None:
@@ -298,6 +322,32 @@ def test_a_second_worker_waits_and_takes_over_from_a_killed_one(
     eventually(lambda: store.queue.stats().live == 0)
     assert store.queue.stats().dead == 0
     assert_each_once(server, token, ids)
+    assert second.stop() == 0
+    store.close()
+
+
+def test_a_killed_workers_lease_is_taken_over_at_once_on_the_same_machine(
+    tmp_path: Path, server: ServerProcess, token: str, workers: list[Worker]
+) -> None:
+    """A lease of 10 minutes, its holder SIGKILLed: the waiting worker on this machine sees
+    the holder's process gone and takes over within seconds, not minutes."""
+    db = tmp_path / "app.db"
+    store: NexusStore[Note, str] = NexusStore(db, model=Note)
+    store.save(Note(id="seed"))
+    options = ("--lease-ttl", "600")
+    first = Worker(db, server, token, *options)
+    workers.append(first)
+    first.expect("draining")
+    second = Worker(db, server, token, *options)
+    workers.append(second)
+    second.expect("waiting for the drain lease held by")
+    first.kill()
+    killed = time.monotonic()
+    second.expect("took over the drain lease", timeout=30)
+    assert time.monotonic() - killed < 20  # polled every 5 s at most; the ttl is 600 s
+    store.save(Note(id="after"), priority=SyncPriority.CRITICAL)
+    eventually(lambda: store.queue.stats().live == 0)
+    assert_each_once(server, token, {"seed", "after"})
     assert second.stop() == 0
     store.close()
 

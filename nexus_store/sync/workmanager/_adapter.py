@@ -28,7 +28,7 @@ named by their task id (periodic: ``UPDATE``; one-time: ``KEEP``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -90,6 +90,19 @@ RUN_NOW_SUFFIX = ".now"
 """A job's ``run_now`` work is unique under its id plus this suffix."""
 
 _WAITING = frozenset({WorkState.ENQUEUED, WorkState.BLOCKED})
+
+
+def work_ended(before: Mapping[str, WorkState], after: Mapping[str, WorkState]) -> bool:
+    """Whether sync work ended or stopped between two snapshots of the unfinished work
+    (gone from it, or back from RUNNING): the service looks at the queue again then. New
+    work, or work starting, is what the service asked for: nothing to look at."""
+    return any(
+        work_id not in after
+        or (state is WorkState.RUNNING and after[work_id] is not WorkState.RUNNING)
+        for work_id, state in before.items()
+    )
+
+
 _UNFINISHED = frozenset({WorkState.ENQUEUED, WorkState.RUNNING, WorkState.BLOCKED})
 _LABELS = {
     PERIODIC_WORK: "periodic run",
@@ -420,8 +433,14 @@ class WorkManagerSyncService(BackgroundSyncService):
         return job_states(infos)
 
     async def _follow_work(self, watch: WorkWatch[list[WorkInfo]]) -> None:
+        before: dict[str, WorkState] = {}
         async for infos in watch:
-            self._scheduler_changed(any(info.state in _WAITING for info in infos))
+            states = {info.id: info.state for info in infos}
+            self._scheduler_changed(
+                any(state in _WAITING for state in states.values()),
+                look=work_ended(before, states),
+            )
+            before = states
 
     async def _unique_infos(self, name: str, states: frozenset[WorkState]) -> list[WorkInfo]:
         query = WorkQuery(unique_names=frozenset({name}), states=states)
