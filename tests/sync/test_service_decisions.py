@@ -26,12 +26,14 @@ from nexus_store.sync._decisions import (
     sync_outcome,
 )
 from nexus_store.sync.bgtask._adapter import launch_budget
+from nexus_store.sync.workmanager import WorkState
 from nexus_store.sync.workmanager._adapter import (
     constraints_for,
     critical_request,
     high_request,
     periodic_request,
     policy_for,
+    work_ended,
 )
 from nexus_store.sync.workmanager._states import DispatchOrder, StopReason
 
@@ -194,3 +196,15 @@ def test_lowering_the_floor_is_explicit() -> None:
     low = BackgroundSyncConfig(min_periodic_floor=timedelta(seconds=20))
     assert policy_for(low).min_periodic_interval == timedelta(seconds=20)
     assert policy_for(low).lowers_periodic_floor
+
+
+def test_the_service_looks_again_only_when_sync_work_ended_or_stopped() -> None:
+    """New work and work starting are what the service asked for; work gone from the
+    unfinished list, or back from RUNNING, is news."""
+    enq, run = WorkState.ENQUEUED, WorkState.RUNNING
+    assert not work_ended({}, {"p": enq})
+    assert not work_ended({"p": enq}, {"p": enq, "c": enq})
+    assert not work_ended({"p": enq, "c": enq}, {"p": enq, "c": run})
+    assert work_ended({"p": enq, "c": run}, {"p": enq})  # the expedited run ended
+    assert work_ended({"p": run}, {"p": enq})  # a periodic run ended (or was stopped)
+    assert work_ended({"p": enq, "c": enq}, {"p": enq})  # cancelled before it ran
