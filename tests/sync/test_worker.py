@@ -293,21 +293,33 @@ def test_the_worker_drains_what_the_app_saves(
     store.close()
 
 
-def test_a_second_worker_waits_and_takes_over_from_a_killed_one(
-    tmp_path: Path, server: ServerProcess, token: str, workers: list[Worker]
-) -> None:
-    """SIGKILL the draining worker mid-drain: the waiting one takes over at lease expiry,
-    gives back the dead one's leased ops, and every op takes effect once."""
+def draining_and_waiting(
+    tmp_path: Path,
+    server: ServerProcess,
+    token: str,
+    workers: list[Worker],
+    options: tuple[str, ...],
+) -> tuple[NexusStore[Note, str], Worker, Worker]:
+    """A store with one saved note, a worker draining it and a second one waiting."""
     db = tmp_path / "app.db"
     store: NexusStore[Note, str] = NexusStore(db, model=Note)
     store.save(Note(id="seed"))
-    options = ("--lease-ttl", "1.5", "--lease-for", "3", "--timeout", "2", "--batch-size", "10")
     first = Worker(db, server, token, *options)
     workers.append(first)
     first.expect("draining")
     second = Worker(db, server, token, *options)
     workers.append(second)
     second.expect("waiting for the drain lease held by")
+    return store, first, second
+
+
+def test_a_second_worker_waits_and_takes_over_from_a_killed_one(
+    tmp_path: Path, server: ServerProcess, token: str, workers: list[Worker]
+) -> None:
+    """SIGKILL the draining worker mid-drain: the waiting one takes over at lease expiry,
+    gives back the dead one's leased ops, and every op takes effect once."""
+    options = ("--lease-ttl", "1.5", "--lease-for", "3", "--timeout", "2", "--batch-size", "10")
+    store, first, second = draining_and_waiting(tmp_path, server, token, workers, options)
     ids = {"seed"}
     for chunk in range(20):
         notes = [Note(id=f"c{chunk}-{i}", text="y" * 100) for i in range(100)]
@@ -331,16 +343,9 @@ def test_a_killed_workers_lease_is_taken_over_at_once_on_the_same_machine(
 ) -> None:
     """A lease of 10 minutes, its holder SIGKILLed: the waiting worker on this machine sees
     the holder's process gone and takes over within seconds, not minutes."""
-    db = tmp_path / "app.db"
-    store: NexusStore[Note, str] = NexusStore(db, model=Note)
-    store.save(Note(id="seed"))
-    options = ("--lease-ttl", "600")
-    first = Worker(db, server, token, *options)
-    workers.append(first)
-    first.expect("draining")
-    second = Worker(db, server, token, *options)
-    workers.append(second)
-    second.expect("waiting for the drain lease held by")
+    store, first, second = draining_and_waiting(
+        tmp_path, server, token, workers, ("--lease-ttl", "600")
+    )
     first.kill()
     killed = time.monotonic()
     second.expect("took over the drain lease", timeout=30)
