@@ -82,6 +82,7 @@ class _Triggering(_ServiceBase):
         if self._run_lock is None:
             raise LifecycleError("the service is not started")
         self._active_runs += 1
+        self._critical_asked = False  # this run sends whatever is eligible
         try:
             async with self._run_lock:
                 return await self._run_locked(self._backend, budget, trigger)
@@ -158,6 +159,7 @@ class _Triggering(_ServiceBase):
         it asked for was recorded, or started)."""
         self._update_scheduled(scheduled)
         if look:
+            self._critical_asked = False  # the run asked for may have ended or been dropped
             self._wake()
 
     def _wake(self) -> None:
@@ -212,10 +214,11 @@ class _Triggering(_ServiceBase):
                     except BaseException:
                         self._controls_due = True
                         raise
-                if not self._active_runs:
+                if not self._active_runs and not self._critical_asked:
                     wake_at = await self._check_queue()
-                # else: the run under way sends what is eligible; its end wakes this loop,
-                # which looks then (looking meanwhile only competes with the run's work).
+                # else: the run under way (or the CRITICAL run asked for, which starts at
+                # once) sends what is eligible; its end wakes this loop, which looks then
+                # (looking meanwhile only competes with the run's work).
             except StoreClosedError:
                 logger.info("the store was closed: the trigger loop stops")
                 self._pass_finished()
@@ -234,6 +237,8 @@ class _Triggering(_ServiceBase):
             done.set()
 
     _sync_enabled: bool = True
+    _critical_asked: bool = False
+    """Whether a CRITICAL run was asked for and has not started (nor ended) since."""
     _controls_due: bool = True
     """Whether a commit (or a device change) came since the job switches were last read."""
 
@@ -266,6 +271,7 @@ class _Triggering(_ServiceBase):
                 logger.exception("asking for a %s sync run failed", plan.request.name)
             else:
                 if result is ScheduleResult.ACCEPTED:
+                    self._critical_asked = plan.request is SyncPriority.CRITICAL
                     self._update_scheduled(await self._has_schedule())
                 else:
                     logger.info("a %s sync run was refused: %s", plan.request.name, result.value)
