@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._diagnose import RunShape, limits
+from ._diagnose import CpuCost, RunShape, limits
 from ._figures import Figure, Target
 from ._plan import LoadConfig
 from ._recorder import ERROR_KINDS
@@ -117,6 +117,7 @@ def merge_results(
         load_average=load_average,
     )
     push_ms = [x for p in parts for x in p["push_ms"]]
+    cost = CpuCost.of(shape)
     return {
         "clients": config.clients,
         "processes": processes,
@@ -146,6 +147,11 @@ def merge_results(
         else round(max((float(d) for d in drains if d is not None), default=0.0), 2),
         "undrained_clients": undrained,
         "client_cpu_percent": client_cpu,
+        "cpu_us_per_op": None if cost is None else _cost_json(cost),
+        "cores_needed": None
+        if cost is None or cost.server is None or not offered
+        else round(cost.cores_for(offered), 2),
+        "cpu_count": shape.cpu_count,
         "loop_lag_p99_ms": round(shape.loop_lag_p99_ms, 1),
         "late_p99_ms": round(shape.late_p99_s * 1000, 1),
         "skipped_actions": sum(int(p.get("skipped_actions", 0)) for p in parts),
@@ -160,6 +166,14 @@ def merge_results(
             "pending": _merge_pending(parts),
             "push_cdf": cdf(push_ms),
         },
+    }
+
+
+def _cost_json(cost: CpuCost) -> dict[str, float | None]:
+    return {
+        "clients": round(cost.clients, 1),
+        "server": None if cost.server is None else round(cost.server, 1),
+        "database": None if cost.database is None else round(cost.database, 1),
     }
 
 
@@ -311,4 +325,32 @@ def sync_figures(
         "% of a core",
         note=f"{run['processes']} client processes",
     )
+    cost = run.get("cpu_us_per_op")
+    if cost:
+        add(
+            "client_us_per_op",
+            "client CPU per op applied",
+            cost["clients"],
+            "µs",
+            better="lower",
+            note="store, queue and HttpBackend of every client",
+        )
+        if cost.get("server") is not None:
+            add(
+                "server_us_per_op",
+                "server CPU per op applied",
+                cost["server"],
+                "µs",
+                better="lower",
+            )
+        if cost.get("database") is not None:
+            add("database_us_per_op", "database CPU per op applied", cost["database"], "µs")
+    if run.get("cores_needed") is not None:
+        add(
+            "cores_needed",
+            "CPU the offered load needs",
+            run["cores_needed"],
+            "cores",
+            note=f"at that cost per op; this machine has {run.get('cpu_count')}",
+        )
     return f
