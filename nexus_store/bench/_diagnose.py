@@ -5,9 +5,9 @@ The rules, in order:
 
 - the server said no: rate limits (429), server errors (5xx), timeouts, broken
   connections, answers that were not the protocol;
-- the machine cannot carry the offered load: at the CPU this run spent per op applied
-  (clients, server and a database started here), the ops offered per second need more
-  cores than the machine has (:class:`CpuCost`);
+- the machine cannot carry the offered load: at the CPU this run spent per op (clients,
+  server and a database started here), the ops offered per second need more cores than
+  the machine has (:class:`CpuCost`);
 - the client side could not keep up: a client process near a full core, or at least half
   a core while its event loop runs late by more than 50 ms at p99 or scheduled saves
   start late (open loop); late at less than half a core means the processes waited for
@@ -54,11 +54,18 @@ class RunShape:
     """Percent of a core used by a database server on this machine (0: none, or not known)."""
     load_average: float | None = None
     """The machine's 1-minute load average at the end of the measured window."""
+    saved_ops_s: float = 0.0
+    """Ops the clients saved per second in the measured window (0: not known)."""
 
 
 @dataclass(frozen=True)
 class CpuCost:
-    """CPU time per op applied, in microseconds (``None``: not measured here)."""
+    """CPU time per op, in microseconds (``None``: not measured here).
+
+    The server and the database handle the ops applied; the clients both save and push
+    each op, so theirs is per op saved or applied, whichever were more (while a backlog
+    grows, more are saved than applied): at most what an op costs them, never more.
+    """
 
     clients: float
     server: float | None
@@ -70,9 +77,10 @@ class CpuCost:
         if shape.applied_ops_s <= 0 or not shape.client_cpu:
             return None
         per_op = 1e4 / shape.applied_ops_s  # percent of a core -> microseconds per op
+        handled = max(shape.applied_ops_s, shape.saved_ops_s)
         local = shape.server_is_local and bool(shape.server_cpu)
         return cls(
-            clients=sum(shape.client_cpu) * per_op,
+            clients=sum(shape.client_cpu) * 1e4 / handled,
             server=sum(shape.server_cpu) * per_op if local else None,
             database=shape.database_cpu * per_op if local and shape.database_cpu else None,
         )
@@ -103,8 +111,8 @@ def _over_the_machine(shape: RunShape) -> str | None:
         return None
     carry = shape.cpu_count * 1e6 / cost.total
     return (
-        f"the machine's CPUs: the {offered:,.0f} ops/s offered need about {needed:.1f} cores "
-        f"at the CPU this run spent per op applied ({cost.describe()}), and this machine "
+        f"the machine's CPUs: the {offered:,.0f} ops/s offered need at least {needed:.1f} "
+        f"cores at the CPU this run spent per op ({cost.describe()}), and this machine "
         f"has {shape.cpu_count}: its cores carry at most about {carry:,.0f} ops/s of "
         "clients and server together; lower --rate, or run the clients on another machine"
     )
