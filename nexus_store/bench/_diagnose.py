@@ -5,6 +5,9 @@ The rules, in order:
 
 - the server said no: rate limits (429), server errors (5xx), timeouts, broken
   connections, answers that were not the protocol;
+- the machine cannot carry the offered load: at the CPU this run spent per op (clients,
+  server and a database started here), the ops offered per second need more cores than
+  the machine has (:class:`CpuCost`);
 - the client side could not keep up: a client process near a full core, or at least half
   a core while its event loop runs late by more than 50 ms at p99 or scheduled saves
   start late (open loop); late at less than half a core means the processes waited for
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["RunShape", "limits"]
+__all__ = ["CpuCost", "RunShape", "limits"]
 
 _BUSY = 85.0
 """Percent of a core above which a process counts as saturated."""
@@ -51,6 +54,68 @@ class RunShape:
     """Percent of a core used by a database server on this machine (0: none, or not known)."""
     load_average: float | None = None
     """The machine's 1-minute load average at the end of the measured window."""
+    saved_ops_s: float = 0.0
+    """Ops the clients saved per second in the measured window (0: not known)."""
+
+
+@dataclass(frozen=True)
+class CpuCost:
+    """CPU time per op, in microseconds (``None``: not measured here).
+
+    The server and the database handle the ops applied; the clients both save and push
+    each op, so theirs is per op saved or applied, whichever were more (while a backlog
+    grows, more are saved than applied): at most what an op costs them, never more.
+    """
+
+    clients: float
+    server: float | None
+    database: float | None
+
+    @classmethod
+    def of(cls, shape: RunShape) -> CpuCost | None:
+        """The cost of ``shape``'s run (``None``: nothing applied or no client CPU known)."""
+        if shape.applied_ops_s <= 0 or not shape.client_cpu:
+            return None
+        per_op = 1e4 / shape.applied_ops_s  # percent of a core -> microseconds per op
+        handled = max(shape.applied_ops_s, shape.saved_ops_s)
+        local = shape.server_is_local and bool(shape.server_cpu)
+        return cls(
+            clients=sum(shape.client_cpu) * 1e4 / handled,
+            server=sum(shape.server_cpu) * per_op if local else None,
+            database=shape.database_cpu * per_op if local and shape.database_cpu else None,
+        )
+
+    @property
+    def total(self) -> float:
+        """Microseconds per op, all parts measured."""
+        return self.clients + (self.server or 0.0) + (self.database or 0.0)
+
+    def cores_for(self, ops_s: float) -> float:
+        """Cores ``ops_s`` ops per second take at this cost."""
+        return ops_s * self.total / 1e6
+
+    def describe(self) -> str:
+        """``clients 180 µs, server 50 µs``."""
+        parts = [("clients", self.clients), ("server", self.server), ("database", self.database)]
+        return ", ".join(f"{name} {us:,.0f} µs" for name, us in parts if us is not None)
+
+
+def _over_the_machine(shape: RunShape) -> str | None:
+    """The machine-bound line, when the offered load needs more cores than there are."""
+    cost = CpuCost.of(shape)
+    offered = shape.offered_ops_s
+    if cost is None or cost.server is None or not offered:
+        return None
+    needed = cost.cores_for(offered)
+    if needed <= shape.cpu_count:
+        return None
+    carry = shape.cpu_count * 1e6 / cost.total
+    return (
+        f"the machine's CPUs: the {offered:,.0f} ops/s offered need at least {needed:.1f} "
+        f"cores at the CPU this run spent per op ({cost.describe()}), and this machine "
+        f"has {shape.cpu_count}: its cores carry at most about {carry:,.0f} ops/s of "
+        "clients and server together; lower --rate, or run the clients on another machine"
+    )
 
 
 def limits(shape: RunShape) -> list[str]:
@@ -69,6 +134,9 @@ def limits(shape: RunShape) -> list[str]:
     for kind, text in said.items():
         if errors.get(kind):
             out.append(text.format(n=errors[kind]))
+    bound = _over_the_machine(shape)
+    if bound is not None:
+        out.append(bound)
     busiest = max(shape.client_cpu, default=0.0)
     late = shape.interval is not None and shape.late_p99_s > 0.25 * shape.interval
     lagging = shape.loop_lag_p99_ms > _LAG_MS

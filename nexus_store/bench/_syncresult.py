@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._diagnose import RunShape, limits
+from ._diagnose import CpuCost, RunShape, limits
 from ._figures import Figure, Target
 from ._plan import LoadConfig
 from ._recorder import ERROR_KINDS
@@ -89,6 +89,8 @@ def merge_results(
     end = min(config.warmup + config.duration, float(last + 1))
     window_acks = sum(n for s, n in acked_at.items() if begin <= int(s) < end)
     applied = window_acks / (end - begin) if end > begin else math.nan
+    saved_at = merge_counts(p.get("saved_at", {}) for p in parts)
+    window_saves = sum(n for s, n in saved_at.items() if begin <= int(s) < end)
     errors = merge_counts(p["errors"] for p in parts)
     requests = sum(int(p["requests"]) for p in parts)
     failed = sum(errors.values())
@@ -115,8 +117,10 @@ def merge_results(
         server_is_local=server_is_local or bool(server),
         database_cpu=float((server or {}).get("database_cpu_percent_of_core") or 0.0),
         load_average=load_average,
+        saved_ops_s=window_saves / (end - begin) if end > begin else 0.0,
     )
     push_ms = [x for p in parts for x in p["push_ms"]]
+    cost = CpuCost.of(shape)
     return {
         "clients": config.clients,
         "processes": processes,
@@ -146,6 +150,11 @@ def merge_results(
         else round(max((float(d) for d in drains if d is not None), default=0.0), 2),
         "undrained_clients": undrained,
         "client_cpu_percent": client_cpu,
+        "cpu_us_per_op": None if cost is None else _cost_json(cost),
+        "cores_needed": None
+        if cost is None or cost.server is None or not offered
+        else round(cost.cores_for(offered), 2),
+        "cpu_count": shape.cpu_count,
         "loop_lag_p99_ms": round(shape.loop_lag_p99_ms, 1),
         "late_p99_ms": round(shape.late_p99_s * 1000, 1),
         "skipped_actions": sum(int(p.get("skipped_actions", 0)) for p in parts),
@@ -160,6 +169,14 @@ def merge_results(
             "pending": _merge_pending(parts),
             "push_cdf": cdf(push_ms),
         },
+    }
+
+
+def _cost_json(cost: CpuCost) -> dict[str, float | None]:
+    return {
+        "clients": round(cost.clients, 1),
+        "server": None if cost.server is None else round(cost.server, 1),
+        "database": None if cost.database is None else round(cost.database, 1),
     }
 
 
@@ -311,4 +328,33 @@ def sync_figures(
         "% of a core",
         note=f"{run['processes']} client processes",
     )
+    cost = run.get("cpu_us_per_op")
+    if cost:
+        add(
+            "client_us_per_op",
+            "client CPU per op",
+            cost["clients"],
+            "µs",
+            better="lower",
+            note="saving, leasing, pushing and acknowledging it; per op saved or applied, "
+            "whichever were more",
+        )
+        if cost.get("server") is not None:
+            add(
+                "server_us_per_op",
+                "server CPU per op applied",
+                cost["server"],
+                "µs",
+                better="lower",
+            )
+        if cost.get("database") is not None:
+            add("database_us_per_op", "database CPU per op applied", cost["database"], "µs")
+    if run.get("cores_needed") is not None:
+        add(
+            "cores_needed",
+            "CPU the offered load needs",
+            run["cores_needed"],
+            "cores",
+            note=f"at that cost per op; this machine has {run.get('cpu_count')}",
+        )
     return f

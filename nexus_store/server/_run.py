@@ -62,6 +62,10 @@ __all__ = [
 
 ANNOUNCE_PREFIX = "nexus-store serve: listening on "
 _GRACEFUL_SHUTDOWN_SECONDS = 5
+_KEEP_ALIVE_SECONDS = 20
+"""How long an idle connection stays open: longer than clients keep one for reuse
+(httpx, under HttpBackend, drops it after 5 s), so a client never sends a request on a
+connection the server is closing (uvicorn's own 5 s crossed it, and the client got a reset)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,7 @@ def uvicorn_config(
         access_log=access_log,
         lifespan="on",
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         server_header=False,
         proxy_headers=False,
         ssl_certfile=tls_cert,

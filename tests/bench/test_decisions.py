@@ -15,7 +15,7 @@ from nexus_store import (
     ServerUnavailableError,
 )
 from nexus_store.bench import BenchRunError
-from nexus_store.bench._diagnose import RunShape, limits
+from nexus_store.bench._diagnose import CpuCost, RunShape, limits
 from nexus_store.bench._figures import Figure, Target, compare, figure_from_json, missed
 from nexus_store.bench._machine import command_line
 from nexus_store.bench._options import LoadOptions
@@ -296,3 +296,34 @@ def test_other_work_on_the_machine_is_named_from_the_load_average() -> None:
         "other work on this machine: load average 7.6 on 2 CPUs, more than this run's 3 "
         "processes explain; the figures are below what this set-up can do"
     ]
+
+
+def test_an_offered_load_beyond_the_machines_cores_is_named_with_its_cost() -> None:
+    """CPU per op times the ops offered: more cores than the machine has is a limit; the
+    clients' CPU counts per op saved when they saved more than was applied."""
+    over = _shape(
+        offered_ops_s=20_000.0,
+        applied_ops_s=5_000.0,
+        interval=1.0,
+        client_cpu=[50.0, 50.0],
+        server_cpu=[25.0],
+        server_is_local=True,
+    )
+    cost = CpuCost.of(over)
+    assert cost is not None
+    assert (cost.clients, cost.server, cost.database) == (200.0, 50.0, None)
+    assert cost.cores_for(20_000.0) == 5.0
+    said = [line for line in limits(over) if "ops/s offered need" in line]
+    assert said == [
+        "the machine's CPUs: the 20,000 ops/s offered need at least 5.0 cores at the CPU "
+        "this run spent per op (clients 200 µs, server 50 µs), and this machine has 2: "
+        "its cores carry at most about 8,000 ops/s of clients and server together; lower "
+        "--rate, or run the clients on another machine"
+    ]
+    backlog = CpuCost.of(_shape(**{**over.__dict__, "saved_ops_s": 10_000.0}))
+    assert backlog is not None
+    assert (backlog.clients, backlog.server) == (100.0, 50.0)
+    within = _shape(**{**over.__dict__, "offered_ops_s": 6_000.0})
+    assert not any("ops/s offered need" in line for line in limits(within))
+    remote = _shape(**{**over.__dict__, "server_is_local": False})
+    assert not any("ops/s offered need" in line for line in limits(remote))
