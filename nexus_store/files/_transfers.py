@@ -6,6 +6,10 @@
 (:mod:`._policy`), perform it (:mod:`._tus_upload`, :mod:`._post`, :mod:`._download`),
 and settle it under the lease's fencing token:
 
+Small uploads go in batches where the server takes them (:mod:`._batches`): the op's blob
+and the next small ones queued after it in one request; their ops, when the run gets to
+them, find their blobs on the server already.
+
 - **done**: the op is acked and, in the same transaction, the blob is marked as on the
   server, the record ops held back for it are released (see :mod:`._holds`), the upload
   is marked done and its resume point forgotten;
@@ -35,6 +39,7 @@ from .._exceptions import (
 from .._meta import MetaTable
 from .._priority import SyncPriority
 from ..queue import LeaseBatch, PrioritySyncQueue, QueuedOp, Settled
+from ._batches import SmallUploads
 from ._download import fetch_blob
 from ._holds import release_holds
 from ._local import LocalBlobs
@@ -66,6 +71,7 @@ class FileTransfers:
         self.database = database
         self.queue = queue
         self.blobs = blobs or LocalBlobs(database)
+        self.small = SmallUploads(self.blobs)
 
     def __repr__(self) -> str:
         return f"FileTransfers({self.database.path!r})"
@@ -164,6 +170,8 @@ class FileTransfers:
                 headers=spec.headers,
                 progress=progress,
             )
+            return
+        if SmallUploads.fits(spec) and await self.small.send(remote(), op, spec, policy, progress):
             return
         metadata = {}
         if spec.name:
