@@ -218,9 +218,15 @@ class FileTransfers:
     # -- settling ----------------------------------------------------------------------------
 
     def succeed(self, op: QueuedOp, spec: TransferSpec | None, token: int) -> Settled:
-        """Ack a done transfer and record what it changed, in one transaction."""
+        """Ack a done transfer and record what it changed, in one transaction.
+
+        The commit does not wait for the disk (as the queue's acks do not): a power loss
+        can only undo it until the next durable commit (the run's next lease). Undone, the
+        op is sent again and the server, which has the blob, answers at once; the records
+        it released wait for it again. Nothing is released before its blob is on the server.
+        """
         now = time.time()
-        with self.database.transaction() as conn:
+        with self.database.transaction(durable=False) as conn:
             settled = self.queue.ack([op.op_id], token=token)
             if spec is None:
                 return settled
