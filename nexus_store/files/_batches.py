@@ -12,12 +12,16 @@ The blobs it confirms are remembered for the rest of the sync run: when the queu
 their ops out, they are done at once (the run still settles each op, in queue order,
 releasing the records that wait for that blob; a record is never released before its blob
 is on the server). Ops being performed at once that are in the same batch wait for it.
+When few confirmed blobs are left ahead of the run, the op being settled sends the next
+batch (its slot waits for it while the run's other slots go on), so sending overlaps the
+settling of the blobs already sent.
 A blob the batch refused (changed file, quota, size) is not remembered: its op is sent on
 its own, where it gets its own error and is dead-lettered alone; the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +76,13 @@ class SmallUploads:
     def __init__(self, blobs: LocalBlobs) -> None:
         self.blobs = blobs
         self._confirmed: set[str] = set()
+        self._ready: set[str] = set()
+        """Blobs confirmed whose ops this run has not reached yet."""
         self._flying: dict[str, _Flight] = {}
+        self._gathering = anyio.Lock()
+        self._dry = False
+        """The last batch sent ahead found nothing to send (none is tried again until an
+        op's own batch goes)."""
 
     def __repr__(self) -> str:
         return f"SmallUploads(confirmed={len(self._confirmed)}, flying={len(self._flying)})"
@@ -92,6 +102,10 @@ class SmallUploads:
     ) -> bool:
         """Get the op's blob to the server in a batch.
 
+        When few confirmed blobs are left ahead and no batch is on its way, the next batch
+        goes now (this op's slot waits for it while the run's other slots settle the ops
+        already confirmed), so sending and settling overlap.
+
         Returns:
             ``True``: the server has it; ``False``: send it on its own (the server takes no
             batches, or refused this blob in one).
@@ -101,44 +115,61 @@ class SmallUploads:
             RemoteError: the batch failed as a whole.
         """
         sha = spec.sha256
+        limit = await remote.max_batch()
+        if limit is None:
+            return False
         if sha not in self._confirmed:
-            limit = await remote.max_batch()
-            if limit is None:
-                return False
             flight = self._flying.get(sha)
             if flight is None:
                 flight = _Flight({sha})
                 self._flying[sha] = flight
-                await self._fly(flight, remote, op, spec, policy, limit)
+                await self._fly(flight, remote, op.priority, spec, policy, limit)
             else:
                 await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             if sha not in self._confirmed:
                 return False
+        self._ready.discard(sha)
         progress(0)
         progress(spec.size)
+        if len(self._ready) < BATCH_BLOBS // 2 and not self._flying and not self._dry:
+            # The next batch, ahead of the ops (a failure is theirs to meet on their own).
+            with contextlib.suppress(RemoteError, SourceChangedError):
+                await self._fly(_Flight(set()), remote, op.priority, spec, policy, limit)
         return True
 
     async def _fly(  # noqa: PLR0917 - the op and where it goes
         self,
         flight: _Flight,
         remote: BlobRemote,
-        op: QueuedOp,
+        priority: SyncPriority,
         spec: TransferSpec,
         policy: FilePolicy,
         limit: int,
     ) -> None:
+        """Send a batch: the op's blob if it is in ``flight`` (else only the ones after it)."""
+        own = spec.sha256 in flight.shas
         try:
-            items = await anyio.to_thread.run_sync(
-                self._gather, op.priority, spec, policy, limit - 1024, set(self._flying)
-            )
-            items = [(s, d) for s, d in items if s == spec.sha256 or s not in self._flying]
-            for sha, _ in items:
-                self._flying[sha] = flight
-                flight.shas.add(sha)
-            outcomes = await remote.put_blobs(items)
-            self._confirmed.update(o.sha256 for o in outcomes if o.error is None)
+            async with self._gathering:  # two batches never gather the same blobs
+                items = await anyio.to_thread.run_sync(
+                    self._gather,
+                    priority,
+                    spec,
+                    policy,
+                    limit - 1024,
+                    own,
+                    set(self._flying) | self._confirmed,
+                )
+                for sha, _ in items:
+                    self._flying[sha] = flight
+                    flight.shas.add(sha)
+            self._dry = not own and not items
+            if items:
+                outcomes = await remote.put_blobs(items)
+                stored = {o.sha256 for o in outcomes if o.error is None}
+                self._confirmed |= stored
+                self._ready |= stored
         except BaseException as exc:
             flight.error = (
                 exc
@@ -151,20 +182,22 @@ class SmallUploads:
                 self._flying.pop(sha, None)
             flight.done.set()
 
-    def _gather(
+    def _gather(  # noqa: PLR0917 - what a batch is made of
         self,
         priority: SyncPriority,
         spec: TransferSpec,
         policy: FilePolicy,
         room: int,
-        flying: set[str],
+        own: bool,
+        taken: set[str],
     ) -> list[tuple[str, bytes]]:
-        """The op's blob and the next ones that may go with it (in a worker thread)."""
+        """The op's blob (with ``own``) and the next ones that may go with it (in a
+        worker thread); ``taken``: blobs sent or being sent."""
         with self.blobs.database.reading() as conn:
             rows = conn.execute(
-                _NEXT, (int(priority), FILES_COLLECTION, time.time(), BATCH_BLOBS * 2)
+                _NEXT, (int(priority), FILES_COLLECTION, time.time(), BATCH_BLOBS * 3)
             ).fetchall()
-            chosen = [spec, *self._more(rows, priority, spec, policy, room, flying)]
+            chosen = ([spec] if own else []) + self._more(rows, priority, spec, policy, room, taken)
             states = self.blobs.states(conn, [c.sha256 for c in chosen])
         # The files are read without holding the database.
         items = []
@@ -172,7 +205,7 @@ class SmallUploads:
             data = _read(self.blobs, one, states.get(one.sha256))
             if data is not None:
                 items.append((one.sha256, data))
-            elif n == 0:
+            elif n == 0 and own:
                 raise SourceChangedError(
                     f"blob {spec.sha256[:12]}: the file changed since it was queued"
                 )
@@ -186,12 +219,12 @@ class SmallUploads:
         spec: TransferSpec,
         policy: FilePolicy,
         room: int,
-        flying: set[str],
+        taken: set[str],
     ) -> list[TransferSpec]:
         """The next queued small uploads that may go with the op's (``rows``: next ops)."""
         room -= spec.size + _MANIFEST_ROOM
         wanted = effective_constraints(spec.constraints, priority, spec.size, policy)
-        taken = {spec.sha256} | flying | self._confirmed
+        taken = taken | {spec.sha256}
         more: list[TransferSpec] = []
         for (payload,) in rows:
             if len(more) + 1 >= BATCH_BLOBS or room < _MANIFEST_ROOM:
