@@ -19,6 +19,17 @@ with the creation, checksum and termination extensions:
   (``Nexus-Blob-Sha256``); a blob whose hash does not match is dropped (``460``).
 - ``DELETE /v1/files/{id}``: termination.
 
+Many small blobs go in one request: ``POST /v1/blobs`` (``Content-Type:``
+:data:`BATCH_TYPE`; ``Nexus-Manifest-Length``: the byte length of the manifest that opens
+the body). The body is the manifest, a JSON list of ``{"sha256": hex, "size": n}`` (at most
+:data:`MAX_BATCH_BLOBS`), then each blob's bytes back to back in its order; the whole body is
+at most ``Nexus-Max-Batch`` bytes (an ``OPTIONS`` answer header; ``413`` before the body
+beyond it). The answer (``200``) is ``{"blobs": [{"sha256", "status", "error", "detail"}]}``
+in manifest order: ``201`` stored, ``200`` already there, or a refusal of that blob alone
+(``400 bad_hash``, ``413 blob_too_large`` / ``quota_exceeded``, ``460 blob_hash_mismatch``).
+Each blob is verified and stored whole (durably) or not at all; a body that cannot be read
+as a batch is refused whole (``400``) and stores nothing.
+
 Blobs are read by hash: ``GET /v1/blobs/{sha256}`` (``Range`` requests answer ``206``) and
 ``HEAD /v1/blobs/{sha256}``. Every route but ``OPTIONS`` needs the bearer token; tenants
 share nothing (not even the knowledge that a blob exists).
@@ -32,22 +43,29 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "BATCH_TYPE",
     "BLOBS_PATH",
     "CHECKSUM_ALGORITHMS",
     "CHECKSUM_MISMATCH",
     "FILES_PATH",
+    "MAX_BATCH_BLOBS",
     "OFFSET_STREAM",
     "TUS_EXTENSIONS",
     "TUS_VERSION",
+    "BatchEntry",
     "Checksum",
     "blob_refs",
+    "decode_manifest",
     "decode_metadata",
+    "encode_manifest",
     "encode_metadata",
     "is_sha256",
     "is_upload_id",
@@ -72,6 +90,17 @@ BLOB_HEADER = "nexus-blob-sha256"
 """Answer header: the hash of the blob an upload became (once complete)."""
 MAX_CHUNK_HEADER = "nexus-max-chunk"
 """OPTIONS answer header: the largest PATCH body the server accepts, in bytes."""
+
+BATCH_TYPE = "application/vnd.nexus-store.blob-batch"
+"""The content type of a ``POST /v1/blobs`` body (a manifest, then the blobs' bytes)."""
+MANIFEST_LENGTH = "nexus-manifest-length"
+"""Request header of a batch: the byte length of its manifest."""
+MAX_BATCH_HEADER = "nexus-max-batch"
+"""OPTIONS answer header: the largest batch body the server accepts (absent: no batches)."""
+MAX_BATCH_BLOBS = 1000
+"""The most blobs one batch may carry."""
+MAX_MANIFEST = 256 * 1024
+"""The longest manifest (bytes)."""
 
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5", "crc32")
 """Checksums a chunk may carry (``Upload-Checksum: <algorithm> <base64 digest>``)."""
@@ -184,6 +213,48 @@ def parse_checksum(header: str) -> tuple[str, bytes]:
 def checksum_header(algorithm: str, digest: bytes) -> str:
     """The ``Upload-Checksum`` value for a digest."""
     return f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """One blob of a batch as its manifest declares it (the hash is checked by the server:
+    a malformed one is that blob's refusal, not the batch's)."""
+
+    sha256: str
+    size: int
+
+
+def encode_manifest(entries: Sequence[BatchEntry]) -> bytes:
+    """A batch's manifest (compact JSON)."""
+    return json.dumps(
+        [{"sha256": e.sha256, "size": e.size} for e in entries], separators=(",", ":")
+    ).encode()
+
+
+def decode_manifest(data: bytes) -> list[BatchEntry]:
+    """The entries of a batch's manifest.
+
+    Raises:
+        ValueError: not a JSON list of ``{"sha256": str, "size": int >= 0}`` objects, or
+            more than :data:`MAX_BATCH_BLOBS` of them (the body cannot be read as a batch).
+    """
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("the manifest is not JSON") from exc
+    if not isinstance(value, list):
+        raise ValueError("the manifest is not a list")  # noqa: TRY004 - bad input, not a bug
+    if len(value) > MAX_BATCH_BLOBS:
+        raise ValueError(f"a batch may carry at most {MAX_BATCH_BLOBS} blobs")
+    entries = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ValueError("a manifest entry is not an object")  # noqa: TRY004 - bad input
+        sha, size = item.get("sha256"), item.get("size")
+        if not isinstance(sha, str) or type(size) is not int or size < 0:
+            raise ValueError("a manifest entry needs a sha256 string and a size >= 0")
+        entries.append(BatchEntry(sha[:128], size))
+    return entries
 
 
 def blob_refs(data: Any) -> set[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -80,6 +81,7 @@ class Ingested:
     inode: int | None = None
 
 
+_STATE = "SELECT size, linked, mtime_ns, inode, local, sha256 FROM nx_blobs "
 _UPSERT = (
     "INSERT INTO nx_blobs (sha256, size, content_type, local, remote, linked, mtime_ns, inode, "
     "last_used, created_at) VALUES (?1, ?2, ?3, 1, 0, ?4, ?5, ?6, ?7, ?7) "
@@ -247,14 +249,24 @@ class LocalBlobs:
         A hard-linked copy whose file changed since it was taken is no longer the blob:
         it is forgotten (``local = 0``; the caller decides whether that is an error).
         """
-        row = conn.execute(
-            "SELECT size, linked, mtime_ns, inode, local FROM nx_blobs WHERE sha256 = ?",
-            (sha256,),
-        ).fetchone()
+        row = conn.execute(_STATE + "WHERE sha256 = ?", (sha256,)).fetchone()
+        return self.usable(sha256, row)
+
+    def states(self, conn: sqlite3.Connection, shas: list[str]) -> dict[str, tuple[Any, ...]]:
+        """What ``nx_blobs`` knows of these blobs' local copies (for :meth:`usable`, which
+        needs no lock on the database)."""
+        rows = conn.execute(
+            _STATE + "WHERE sha256 IN (SELECT value FROM json_each(?))", (json.dumps(shas),)
+        ).fetchall()
+        return {row[5]: tuple(row) for row in rows}
+
+    def usable(self, sha256: str, row: tuple[Any, ...] | None) -> Path | None:
+        """The blob's local copy if it is there and unchanged, by its ``nx_blobs`` state
+        (see :meth:`check`)."""
         path = self.path_of(sha256)
         if row is None or not row[4]:
             return None
-        size, linked, mtime_ns, inode, _ = row
+        size, linked, mtime_ns, inode = row[:4]
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -11,26 +11,37 @@ here, like every backend does); the tus answers a transfer reacts to have their 
 :class:`UploadGoneError` (404/410: start over), :class:`OffsetMismatchError` (409: ask
 the offset again), :class:`ChunkRejectedError` (460: send the chunk again),
 :class:`BlobMismatchError` (the complete upload did not hash to the declared blob).
+
+Small blobs may also go many at once (:meth:`BlobRemote.put_blobs`, ``POST /v1/blobs``)
+where the server says it takes batches (:meth:`BlobRemote.max_batch`); each blob gets its
+own :class:`BatchOutcome`.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .._blob_api import (
+    BATCH_TYPE,
     BLOBS_PATH,
     CHECKSUM_MISMATCH,
     FILES_PATH,
+    MANIFEST_LENGTH,
+    MAX_BATCH_HEADER,
     MAX_CHUNK_HEADER,
     OFFSET_STREAM,
     TUS_VERSION,
+    BatchEntry,
     checksum_header,
+    encode_manifest,
     encode_metadata,
     is_upload_id,
 )
@@ -45,6 +56,7 @@ from .._exceptions import (
 from .._remote import RemoteBackend
 
 __all__ = [
+    "BatchOutcome",
     "BlobMismatchError",
     "BlobRemote",
     "ChunkRejectedError",
@@ -72,8 +84,29 @@ class BlobMismatchError(RetryableError):
     """The complete upload did not hash to the declared blob; the server dropped it."""
 
 
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What the server did with one blob of a batch: stored it (or had it), or refused it
+    (``error``: what a single upload of it would have raised)."""
+
+    sha256: str
+    error: RemoteError | None = None
+
+
 class BlobRemote(abc.ABC):
     """A server's blob endpoints, as a transfer uses them (one tenant's view)."""
+
+    async def max_batch(self) -> int | None:
+        """The largest batch body the server takes (``None``: it takes no batches)."""
+        return None
+
+    async def put_blobs(self, blobs: Sequence[tuple[str, bytes]]) -> list[BatchOutcome]:
+        """Send whole blobs (hash, bytes) in one request; an outcome per blob, in order.
+
+        Raises:
+            RemoteError: the batch as a whole failed (nothing is known of its blobs).
+        """
+        raise PermanentError("this server takes no batches")
 
     @abc.abstractmethod
     async def max_chunk(self) -> int | None:
@@ -142,6 +175,7 @@ class HttpBlobRemote(BlobRemote):
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._max_chunk: int | None = None
+        self._max_batch: int | None = None
         self._with_upload = False
         self._asked = False
 
@@ -206,10 +240,34 @@ class HttpBlobRemote(BlobRemote):
                 raise PermanentError("the server has no file endpoints (it stores no files)")
             raw = response.headers.get(MAX_CHUNK_HEADER, "")
             self._max_chunk = int(raw) if raw.isdigit() and int(raw) > 0 else None
+            raw = response.headers.get(MAX_BATCH_HEADER, "")
+            self._max_batch = int(raw) if raw.isdigit() and int(raw) > 0 else None
             extensions = response.headers.get("tus-extension", "").split(",")
             self._with_upload = "creation-with-upload" in (e.strip() for e in extensions)
             self._asked = True
         return self._max_chunk
+
+    async def max_batch(self) -> int | None:
+        await self.max_chunk()
+        return self._max_batch
+
+    async def put_blobs(self, blobs: Sequence[tuple[str, bytes]]) -> list[BatchOutcome]:
+        manifest = encode_manifest([BatchEntry(sha, len(data)) for sha, data in blobs])
+        body = b"".join([manifest, *(data for _, data in blobs)])
+        headers = {"content-type": BATCH_TYPE, MANIFEST_LENGTH: str(len(manifest))}
+        response = await self._send(
+            "POST", BLOBS_PATH, headers=self._headers(headers), content=body, stream=True
+        )
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise _refusal(response)
+            data = await response.aread()
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, "POST", BLOBS_PATH) from exc
+        finally:
+            await response.aclose()
+        return _outcomes(data, [sha for sha, _ in blobs])
 
     async def create(
         self,
@@ -317,6 +375,26 @@ async def _read_small(response: httpx.Response) -> bytes:
     return data[:8192]
 
 
+def _outcomes(data: bytes, sent: list[str]) -> list[BatchOutcome]:
+    """The per-blob outcomes of a batch's answer (checked against what was sent)."""
+    try:
+        answers = json.loads(data)["blobs"]
+        if not isinstance(answers, list) or len(answers) != len(sent):
+            raise TypeError
+        out = []
+        for answer, sha in zip(answers, sent, strict=True):
+            status = int(answer["status"])
+            if answer["sha256"] != sha:
+                raise TypeError
+            error = None
+            if status not in (200, 201):
+                error = _refusal_of(status, str(answer.get("error")), str(answer.get("detail")))
+            out.append(BatchOutcome(sha, error))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ProtocolError("the server's answer to a batch is not one") from exc
+    return out
+
+
 def _int_header(response: httpx.Response, name: str) -> int:
     raw = response.headers.get(name, "")
     if not raw.isdigit():
@@ -394,6 +472,22 @@ class InProcessBlobRemote(BlobRemote):
 
     async def max_chunk(self) -> int | None:
         return int(self.service.limits.max_chunk_bytes)
+
+    async def max_batch(self) -> int | None:
+        return int(self.service.limits.max_chunk_bytes)
+
+    async def put_blobs(self, blobs: Sequence[tuple[str, bytes]]) -> list[BatchOutcome]:
+        entries = [BatchEntry(sha, len(data)) for sha, data in blobs]
+        answers = await self._call(
+            self.service.put_batch, self.tenant, entries, [data for _, data in blobs]
+        )
+        return [
+            BatchOutcome(
+                a.sha256,
+                None if a.status in (200, 201) else _refusal_of(a.status, a.error, a.detail),
+            )
+            for a in answers
+        ]
 
     async def create(
         self,

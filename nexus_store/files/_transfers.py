@@ -6,6 +6,10 @@
 (:mod:`._policy`), perform it (:mod:`._tus_upload`, :mod:`._post`, :mod:`._download`),
 and settle it under the lease's fencing token:
 
+Small uploads go in batches where the server takes them (:mod:`._batches`): the op's blob
+and the next small ones queued after it in one request; their ops, when the run gets to
+them, find their blobs on the server already.
+
 - **done**: the op is acked and, in the same transaction, the blob is marked as on the
   server, the record ops held back for it are released (see :mod:`._holds`), the upload
   is marked done and its resume point forgotten;
@@ -35,6 +39,7 @@ from .._exceptions import (
 from .._meta import MetaTable
 from .._priority import SyncPriority
 from ..queue import LeaseBatch, PrioritySyncQueue, QueuedOp, Settled
+from ._batches import SmallUploads
 from ._download import fetch_blob
 from ._holds import release_holds
 from ._local import LocalBlobs
@@ -66,6 +71,7 @@ class FileTransfers:
         self.database = database
         self.queue = queue
         self.blobs = blobs or LocalBlobs(database)
+        self.small = SmallUploads(self.blobs)
 
     def __repr__(self) -> str:
         return f"FileTransfers({self.database.path!r})"
@@ -165,6 +171,8 @@ class FileTransfers:
                 progress=progress,
             )
             return
+        if SmallUploads.fits(spec) and await self.small.send(remote(), op, spec, policy, progress):
+            return
         metadata = {}
         if spec.name:
             metadata["filename"] = spec.name
@@ -210,9 +218,15 @@ class FileTransfers:
     # -- settling ----------------------------------------------------------------------------
 
     def succeed(self, op: QueuedOp, spec: TransferSpec | None, token: int) -> Settled:
-        """Ack a done transfer and record what it changed, in one transaction."""
+        """Ack a done transfer and record what it changed, in one transaction.
+
+        The commit does not wait for the disk (as the queue's acks do not): a power loss
+        can only undo it until the next durable commit (the run's next lease). Undone, the
+        op is sent again and the server, which has the blob, answers at once; the records
+        it released wait for it again. Nothing is released before its blob is on the server.
+        """
         now = time.time()
-        with self.database.transaction() as conn:
+        with self.database.transaction(durable=False) as conn:
             settled = self.queue.ack([op.op_id], token=token)
             if spec is None:
                 return settled

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from .._blob_api import BATCH_TYPE, BLOBS_PATH, MANIFEST_LENGTH, MAX_BATCH_BLOBS
 from .._http_api import (
     EVENTS_PATH,
     HEALTH_PATH,
@@ -151,6 +152,7 @@ def openapi_schema() -> dict[str, Any]:
                     },
                 }
             },
+            BLOBS_PATH: _blob_batch(error, common),
             OPENAPI_PATH: {
                 "get": {
                     "operationId": "openapi",
@@ -160,4 +162,69 @@ def openapi_schema() -> dict[str, Any]:
                 }
             },
         },
+    }
+
+
+def _blob_batch(error: Any, common: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/blobs``: many small blobs in one request (servers that store files)."""
+    answer = {
+        "type": "object",
+        "required": ["blobs"],
+        "properties": {
+            "blobs": {
+                "type": "array",
+                "description": "One answer per blob, in the manifest's order.",
+                "items": {
+                    "type": "object",
+                    "required": ["sha256", "status"],
+                    "properties": {
+                        "sha256": {"type": "string"},
+                        "status": {
+                            "type": "integer",
+                            "description": "201 stored, 200 already there, else the refusal "
+                            "of this blob alone (400 bad_hash, 413 blob_too_large or "
+                            "quota_exceeded, 460 blob_hash_mismatch).",
+                        },
+                        "error": {"type": ["string", "null"]},
+                        "detail": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        },
+    }
+    return {
+        "post": {
+            "operationId": "putBlobs",
+            "summary": "Store many small blobs at once, each verified by its SHA-256.",
+            "description": (
+                "The body is a manifest (a JSON list of {sha256, size}, at most "
+                f"{MAX_BATCH_BLOBS} entries; its byte length in {MANIFEST_LENGTH}) followed "
+                "by each blob's bytes back to back. Each blob is stored whole and durably, "
+                "or not at all. The largest body is the OPTIONS /v1/files answer's "
+                "Nexus-Max-Batch header. Only on servers that store files."
+            ),
+            "parameters": [
+                {
+                    "name": MANIFEST_LENGTH,
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {BATCH_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "Each blob's answer.",
+                    "content": {"application/json": {"schema": answer}},
+                },
+                "400": error("The body cannot be read as a batch; nothing was stored."),
+                "411": error("No Content-Length."),
+                "413": error("The body is over the batch limit (answered before it is read)."),
+                "415": error("Another content type."),
+                **common,
+            },
+        }
     }

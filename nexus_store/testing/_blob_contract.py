@@ -244,3 +244,61 @@ class BlobStorageContract:
         with pytest.raises(BlobRefusedError) as too_big:
             await service.create(tenant, 10_001, {})
         assert too_big.value.status == 413
+
+    @pytest.mark.anyio
+    async def test_put_blobs_stores_whole_blobs_and_keeps_those_there(
+        self, blob_storage: BlobStorage, tenant: str
+    ) -> None:
+        """A batch of whole blobs: each readable afterwards, one already there kept (False),
+        no upload left behind, another tenant sees none of them."""
+        first, second, empty = os.urandom(5000), os.urandom(20 * 1024), b""
+        shas = [hashlib.sha256(d).hexdigest() for d in (first, second, empty)]
+        assert await blob_storage.put_blobs(tenant, [(shas[0], first)], 1.0) == [True]
+        added = await blob_storage.put_blobs(
+            tenant, list(zip(shas, (first, second, empty), strict=True)), 2.0
+        )
+        assert added == [False, True, True]
+        for sha, data in zip(shas, (first, second, empty), strict=True):
+            info = await blob_storage.stat(tenant, sha)
+            assert info is not None
+            assert info.size == len(data)
+            assert await _read_all(blob_storage.read(tenant, sha, 0, len(data))) == data
+        assert [u for u in await blob_storage.list_uploads(tenant) if u.blob is None] == []
+        assert await blob_storage.stat(f"{tenant}-other", shas[1]) is None
+
+    @pytest.mark.anyio
+    async def test_service_batch_answers_each_blob_on_its_own(
+        self, blob_storage: BlobStorage, tenant: str
+    ) -> None:
+        """A batch: good blobs stored (201, or 200 if there), a wrong hash (460), a bad name
+        (400), one over the size limit or the quota (413) refused alone and never visible."""
+        from .._blob_api import BatchEntry  # noqa: PLC0415
+
+        service = BlobService(
+            blob_storage, limits=BlobLimits(max_blob_bytes=8000, tenant_quota_bytes=9000)
+        )
+        good, again, wrong, big, over = (os.urandom(n) for n in (3000, 100, 2000, 9000, 7000))
+        sha = {d: hashlib.sha256(d).hexdigest() for d in (good, again, wrong, big, over)}
+        await service.put_batch(tenant, [BatchEntry(sha[again], 100)], [again])
+        liar = hashlib.sha256(b"not these bytes").hexdigest()
+        entries = [
+            BatchEntry(sha[good], len(good)),
+            BatchEntry(sha[again], len(again)),
+            BatchEntry(liar, len(wrong)),
+            BatchEntry("../../etc/passwd", 3),
+            BatchEntry(sha[big], len(big)),
+            BatchEntry(sha[over], len(over)),
+        ]
+        answers = await service.put_batch(tenant, entries, [good, again, wrong, b"abc", big, over])
+        got = [(a.status, a.error) for a in answers]
+        assert got == [
+            (201, None),
+            (200, None),
+            (460, "blob_hash_mismatch"),
+            (400, "bad_hash"),
+            (413, "blob_too_large"),
+            (413, "quota_exceeded"),
+        ]
+        assert await blob_storage.stat(tenant, sha[good]) is not None
+        for missing in (liar, sha[big], sha[over]):
+            assert await blob_storage.stat(tenant, missing) is None

@@ -251,15 +251,15 @@ async def test_servers_sharing_an_s3_store_serve_each_others_blobs(
 
 
 async def test_a_small_file_goes_in_one_request(proxy: FaultProxy, tmp_path: Path) -> None:
-    """A file of one chunk is sent with the upload's creation (tus creation-with-upload):
-    one POST, no PATCH."""
+    """A small file goes in one batch request (``POST /v1/blobs``): no tus upload, no PATCH."""
     store = _store(tmp_path / "a.db", proxy.url)
     ref = store.attach("p1", os.urandom(20_000))
     store.save(Photo(id="p1", image=ref))
     summary = await store.async_sync()
     assert (summary.uploaded, summary.pushed, summary.transferred_bytes) == (1, 1, 20_000)
-    posts = [r for r in proxy.log if r.method == "POST" and r.path == "/v1/files"]
-    assert len(posts) == 1
+    batches = [r for r in proxy.log if r.method == "POST" and r.path == "/v1/blobs"]
+    assert len(batches) == 1
+    assert [r for r in proxy.log if r.path == "/v1/files" and r.method == "POST"] == []
     assert _patches(proxy) == 0
     await store.aclose()
 

@@ -8,6 +8,8 @@ named by a random id. It does no deciding (limits, offsets, checksums and hashes
   under its hash in one atomic step, after its bytes are complete and durable.
 - **A chunk is kept whole or not at all** when asked: :meth:`BlobStorage.append` calls
   ``verify`` after the last byte and keeps the chunk only if it answers ``True``.
+- **A batch of whole blobs** (:meth:`BlobStorage.put_blobs`, bytes already verified by the
+  service) leaves each blob visible and durable, or absent: never a part of one.
 - **Tenants share nothing**: every key includes the tenant; a name from a request is
   never used as a path (hashes and upload ids are checked before they reach a storage,
   tenant names are hashed).
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 __all__ = ["BlobInfo", "BlobStorage", "ChunkRejectedError", "UploadInfo", "tenant_key"]
@@ -127,6 +130,32 @@ class BlobStorage(abc.ABC):
     async def list_uploads(self, tenant: str) -> list[UploadInfo]:
         """The tenant's uploads (unfinished and recently finished)."""
 
+    async def put_blobs(
+        self, tenant: str, blobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[bool]:
+        """Store whole blobs whose bytes hash to their names (the caller verified them);
+        for each, whether it is new (``False``: the blob was there already, it is kept).
+
+        Each blob becomes readable atomically and durably before this returns. This
+        default goes through an upload per blob (any storage can); a storage with a
+        cheaper way for many small blobs overrides it (one folder sync for all, say).
+        """
+        added = []
+        for sha256, data in blobs:
+            if await self.stat(tenant, sha256) is not None:
+                added.append(False)
+                continue
+            info = UploadInfo(uuid.uuid4().hex, len(data), 0, now, sha256)
+            await self.create_upload(tenant, info)
+            try:
+                if data:
+                    await self.append(tenant, info, _once(data), _ignore, None)
+                await self.commit(tenant, info.moved(len(data)), sha256)
+            finally:
+                await self.delete_upload(tenant, info.upload_id)
+            added.append(True)
+        return added
+
     # -- blobs -----------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -148,3 +177,11 @@ class BlobStorage(abc.ABC):
     @abc.abstractmethod
     async def tenants(self) -> list[str]:
         """The tenants that have blobs or uploads (their names)."""
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _ignore(block: bytes) -> None:
+    pass

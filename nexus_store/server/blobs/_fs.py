@@ -8,6 +8,10 @@ Layout under the root (``tenant`` is a digest of the tenant name, see
     t/<tenant>/uploads/<id>.json     an upload's length, declared hash, metadata
     t/<tenant>/uploads/<id>.part     its bytes so far (the offset is this file's size)
 
+A batch of whole blobs (:meth:`FileBlobStorage.put_blobs`) writes each to a temporary file
+in ``uploads/`` (``<random>.batch``), syncs it, renames it into place, then syncs each
+folder it renamed into once.
+
 A blob becomes visible by one ``rename`` of its complete, fsynced part file (then the
 folder is fsynced): a reader sees the whole blob or none. Chunks are written through a
 worker thread in blocks of 1 MiB (memory stays flat whatever the upload's size) and not
@@ -23,7 +27,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +218,44 @@ class FileBlobStorage(BlobStorage):
             return done
 
         return await anyio.to_thread.run_sync(commit)
+
+    async def put_blobs(
+        self, tenant: str, blobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[bool]:
+        if not blobs:
+            return []
+        return await anyio.to_thread.run_sync(self._put_blobs, tenant, blobs)
+
+    def _put_blobs(self, tenant: str, blobs: Sequence[tuple[str, bytes]]) -> list[bool]:
+        uploads = self._ensure_tenant(tenant) / "uploads"
+        added: list[bool] = []
+        placed: list[tuple[Path, Path]] = []
+        try:
+            for sha256, data in blobs:
+                target = self._blob_path(tenant, sha256)
+                if target.exists() or any(t == target for _, t in placed):
+                    added.append(False)
+                    continue
+                temp = uploads / f"{uuid.uuid4().hex}.batch"
+                placed.append((temp, target))
+                with temp.open("xb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                added.append(True)
+            folders: set[Path] = set()
+            for temp, target in placed:
+                if not target.parent.is_dir():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    folders.add(target.parent.parent)
+                os.replace(temp, target)
+                folders.add(target.parent)
+            for folder in sorted(folders):
+                _fsync_dir(folder)
+        finally:
+            for temp, _ in placed:
+                temp.unlink(missing_ok=True)  # renamed already, or left by a failure
+        return added
 
     async def delete_upload(self, tenant: str, upload_id: str) -> bool:
         def delete() -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..._blob_api import is_sha256, is_upload_id
@@ -94,6 +94,18 @@ class MemoryBlobStorage(BlobStorage):
         done = replace(info, offset=info.length, sha256=sha256, blob=sha256)
         state.uploads[upload.upload_id] = (done, bytearray())
         return done
+
+    async def put_blobs(
+        self, tenant: str, blobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[bool]:
+        state = self._of(tenant)
+        added = []
+        for sha256, data in blobs:
+            new = _sha(sha256) not in state.blobs
+            if new:
+                state.blobs[sha256] = (bytes(data), now)
+            added.append(new)
+        return added
 
     async def delete_upload(self, tenant: str, upload_id: str) -> bool:
         return self._of(tenant).uploads.pop(_id(upload_id), None) is not None

@@ -1,4 +1,5 @@
-"""The file endpoints over HTTP: tus 1.0 uploads under ``/v1/files``, reads under ``/v1/blobs``.
+"""The file endpoints over HTTP: tus 1.0 uploads under ``/v1/files``, reads under ``/v1/blobs``,
+batches of small blobs by ``POST /v1/blobs``.
 
 :func:`blob_routes` builds the Starlette routes for a :class:`~._service.BlobService`; the
 app mounts them beside push and pull, behind the same authentication (the ``authorize``
@@ -18,9 +19,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..._blob_api import (
+    BATCH_TYPE,
     BLOB_HEADER,
     BLOBS_PATH,
     FILES_PATH,
+    MANIFEST_LENGTH,
     OFFSET_STREAM,
     TUS_RESUMABLE,
     TUS_VERSION,
@@ -33,6 +36,7 @@ from ..._blob_api import (
     parse_checksum,
 )
 from ._base import UploadInfo
+from ._batch import check_batch_length, read_batch
 from ._rules import BlobRefusedError, parse_range
 from ._service import BlobService
 
@@ -184,6 +188,29 @@ class _Files:
             return _refused(exc)
         return Response(status_code=204, headers={"tus-resumable": TUS_VERSION})
 
+    async def batch(self, request: Request) -> Response:
+        tenant = await self.authorize(request)
+        try:
+            if request.headers.get("content-type", "").split(";")[0].strip() != BATCH_TYPE:
+                raise BlobRefusedError(415, "content_type", f"send Content-Type: {BATCH_TYPE}")
+            content_length, manifest_length = check_batch_length(
+                _int_header(request, "content-length"),
+                _int_header(request, MANIFEST_LENGTH),
+                self.service.limits.max_chunk_bytes,
+            )
+            entries, blobs = await read_batch(
+                request.stream(), content_length=content_length, manifest_length=manifest_length
+            )
+            answers = await self.service.put_batch(tenant, entries, blobs)
+        except BlobRefusedError as exc:
+            return _refused(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody reads it
+        return JSONResponse(
+            {"blobs": [answer.to_json() for answer in answers]},
+            headers={"tus-resumable": TUS_VERSION, "cache-control": "no-store"},
+        )
+
     async def blob(self, request: Request) -> Response:
         tenant = await self.authorize(request)
         sha = request.path_params["sha256"]
@@ -258,5 +285,6 @@ def blob_routes(service: BlobService, authorize: Authorize) -> list[Route]:
         ),
         Route(FILES_PATH + "/{upload_id}", _storage_guard(files.patch), methods=["PATCH"]),
         Route(FILES_PATH + "/{upload_id}", _storage_guard(files.delete), methods=["DELETE"]),
+        Route(BLOBS_PATH, _storage_guard(files.batch), methods=["POST"]),
         Route(BLOBS_PATH + "/{sha256}", _storage_guard(files.blob), methods=["GET", "HEAD"]),
     ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -306,6 +306,18 @@ class S3BlobStorage(BlobStorage):
         )
         await self._save_state(tenant, upload.upload_id, state)
         return _info(upload.upload_id, state)
+
+    async def put_blobs(
+        self, tenant: str, blobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[bool]:
+        # One PUT per blob: an object appears whole or not at all.
+        added = []
+        for sha256, data in blobs:
+            new = await self.stat(tenant, sha256) is None
+            if new:
+                await self._put(self._blob_key(tenant, sha256), data)
+            added.append(new)
+        return added
 
     async def _drop_bytes(self, tenant: str, upload_id: str) -> None:
         state = await self._state(tenant, upload_id)

@@ -13,6 +13,9 @@
   the stored bytes after a server restart) and checked against the declared hash before
   the storage makes the blob visible; a mismatch drops the upload (460): no partial or
   wrong blob is ever readable.
+- **Batches**: many small blobs in one request (:meth:`BlobService.put_batch`), each
+  verified against its declared hash, held to the size limit and the quota, and stored
+  whole or not at all; each gets its own answer, so one bad blob refuses only itself.
 - **Garbage collection**: blobs no record refers to (and older than a grace period, so
   a blob whose record is still on its way stays) and uploads left unfinished longer than
   ``upload_ttl`` are deleted.
@@ -28,7 +31,7 @@ import hashlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +40,17 @@ import anyio.to_thread
 
 from ..._blob_api import (
     CHECKSUM_ALGORITHMS,
+    MAX_BATCH_HEADER,
     TUS_EXTENSIONS,
     TUS_VERSION,
+    BatchEntry,
     is_sha256,
     is_upload_id,
     new_checksum,
 )
 from ..._clock import Clock, SystemClock
 from ._base import BlobInfo, BlobStorage, ChunkRejectedError, UploadInfo
+from ._batch import BatchAnswer
 from ._rules import BlobLimits, BlobRefusedError, check_chunk, check_creation
 
 __all__ = ["BlobService", "GarbageReport"]
@@ -102,7 +108,69 @@ class BlobService:
             "tus-max-size": str(self.limits.max_blob_bytes),
             "tus-checksum-algorithm": ",".join(CHECKSUM_ALGORITHMS),
             "nexus-max-chunk": str(self.limits.max_chunk_bytes),
+            MAX_BATCH_HEADER: str(self.limits.max_chunk_bytes),
         }
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def put_batch(
+        self, tenant: str, entries: Sequence[BatchEntry], blobs: Sequence[bytes]
+    ) -> list[BatchAnswer]:
+        """Verify and store the blobs of a batch (read by :func:`~._batch.read_batch`).
+
+        Returns:
+            One answer per entry, in order (see :class:`~._batch.BatchAnswer`).
+        """
+        await self.open()
+        digests = await anyio.to_thread.run_sync(_digests, blobs)
+        answers: list[BatchAnswer | None] = []
+        chosen: list[tuple[int, str, bytes]] = []
+        seen: set[str] = set()
+        for n, (entry, data, digest) in enumerate(zip(entries, blobs, digests, strict=True)):
+            refusal = _refusal_of(entry, digest, self.limits)
+            if refusal is None and entry.sha256 in seen:
+                refusal = BatchAnswer(entry.sha256, 200)  # twice in one batch: stored once
+            answers.append(refusal)
+            if refusal is None:
+                seen.add(entry.sha256)
+                chosen.append((n, entry.sha256, data))
+        if self.limits.tenant_quota_bytes is not None:
+            chosen = await self._within_quota(tenant, chosen, answers)
+        added = await self.storage.put_blobs(
+            tenant, [(sha, data) for _, sha, data in chosen], self.clock.now()
+        )
+        for (n, sha, data), new in zip(chosen, added, strict=True):
+            answers[n] = BatchAnswer(sha, 201 if new else 200)
+            if not new:
+                self._add_usage(tenant, -len(data))
+        return [answer for answer in answers if answer is not None]
+
+    async def _within_quota(
+        self,
+        tenant: str,
+        chosen: list[tuple[int, str, bytes]],
+        answers: list[BatchAnswer | None],
+    ) -> list[tuple[int, str, bytes]]:
+        """The blobs the tenant's quota has room for (charged now; the others refused)."""
+        kept = []
+        for n, sha, data in chosen:
+            usage = await self._usage_of(tenant)
+            there = False
+            if self.limits.tenant_quota_bytes is not None and (
+                usage + len(data) > self.limits.tenant_quota_bytes
+            ):
+                there = await self.storage.stat(tenant, sha) is not None
+            try:
+                check_creation(len(data), limits=self.limits, usage=usage, already_there=there)
+            except BlobRefusedError as exc:
+                answers[n] = BatchAnswer(sha, exc.status, exc.code, exc.detail)
+                continue
+            if there:
+                answers[n] = BatchAnswer(sha, 200)
+                continue
+            self._add_usage(tenant, len(data))
+            kept.append((n, sha, data))
+        return kept
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -412,3 +480,30 @@ class BlobService:
 
     def __repr__(self) -> str:
         return f"BlobService({self.storage!r})"
+
+
+def _digests(blobs: Sequence[bytes]) -> list[str]:
+    return [hashlib.sha256(data).hexdigest() for data in blobs]
+
+
+def _refusal_of(entry: BatchEntry, digest: str, limits: BlobLimits) -> BatchAnswer | None:
+    """A batch's blob refused on its own (``None``: it may be stored)."""
+    if not is_sha256(entry.sha256):
+        return BatchAnswer(
+            entry.sha256, 400, "bad_hash", "the sha256 is not 64 lowercase hex digits"
+        )
+    if entry.size > limits.max_blob_bytes:
+        return BatchAnswer(
+            entry.sha256,
+            413,
+            "blob_too_large",
+            f"a blob may hold at most {limits.max_blob_bytes} bytes",
+        )
+    if digest != entry.sha256:
+        return BatchAnswer(
+            entry.sha256,
+            460,
+            "blob_hash_mismatch",
+            f"the bytes hash to {digest}, not the declared {entry.sha256}; not stored",
+        )
+    return None
