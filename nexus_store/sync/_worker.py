@@ -354,7 +354,10 @@ class SyncWorker:
         scheduler has settled the run, and then the work's watch sees the change.
         """
         events: list[SyncEvent] = []
-        sync_work = WorkQuery(tags=frozenset({SYNC_TASK_ID}))
+        # Unfinished work only: a run ending still changes it (its work leaves it), and the
+        # finished work kept for days is not listed again on every change of the scheduler.
+        unfinished = frozenset({WorkState.ENQUEUED, WorkState.RUNNING, WorkState.BLOCKED})
+        sync_work = WorkQuery(tags=frozenset({SYNC_TASK_ID}), states=unfinished)
 
         def key(run: TaskRun) -> tuple[str, float]:
             return run.source, run.started_at

@@ -372,8 +372,16 @@ class _Dispatching(_ManagerBase):
         if not changed or not self._watches:
             return
         infos = {spec.id: WorkInfo.from_spec(spec) for spec in changed}
+        listed: dict[WorkQuery, list[WorkInfo]] = {}
+
+        def listing(query: WorkQuery) -> list[WorkInfo]:
+            # Watches of one query (the service's and the worker's) share one read.
+            if query not in listed:
+                listed[query] = self._infos(query)
+            return list(listed[query])
+
         for watch in list(self._watches):
-            watch._offer(infos, self)
+            watch._offer(infos, listing)
 
     def _infos(self, query: WorkQuery) -> list[WorkInfo]:
         return [WorkInfo.from_spec(spec) for spec in self._require_store().find(query)]

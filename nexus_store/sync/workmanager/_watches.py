@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..._broadcast import BufferedStream
 from ._records import WorkInfo, WorkQuery
-
-if TYPE_CHECKING:
-    from ._dispatch import _Dispatching
 
 __all__ = ["WorkWatch"]
 
@@ -30,7 +27,10 @@ class WorkWatch(BufferedStream[T]):
     def _detach(self) -> None:
         self._remove(self)
 
-    def _offer(self, infos: Mapping[str, WorkInfo], manager: _Dispatching) -> None:
+    def _offer(
+        self, infos: Mapping[str, WorkInfo], listing: Callable[[WorkQuery], list[WorkInfo]]
+    ) -> None:
+        """Take a change: ``infos`` the changed work, ``listing`` the work a query selects."""
         raise NotImplementedError
 
 
@@ -41,7 +41,9 @@ class _IdWatch(WorkWatch[WorkInfo]):
         super().__init__(first, remove)
         self._work_id = work_id
 
-    def _offer(self, infos: Mapping[str, WorkInfo], manager: _Dispatching) -> None:
+    def _offer(
+        self, infos: Mapping[str, WorkInfo], listing: Callable[[WorkQuery], list[WorkInfo]]
+    ) -> None:
         info = infos.get(self._work_id)
         if info is not None:
             self._put(info)
@@ -55,8 +57,10 @@ class _QueryWatch(WorkWatch[list[WorkInfo]]):
         self._query = query
         self._ids = {info.id for info in first}
 
-    def _offer(self, infos: Mapping[str, WorkInfo], manager: _Dispatching) -> None:
+    def _offer(
+        self, infos: Mapping[str, WorkInfo], listing: Callable[[WorkQuery], list[WorkInfo]]
+    ) -> None:
         if any(self._query.matches(info) or info.id in self._ids for info in infos.values()):
-            current = manager._infos(self._query)
+            current = listing(self._query)
             self._ids = {info.id for info in current}
             self._put(current)
