@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -396,11 +397,17 @@ class _Endpoints:
             _log.error("server core answered %d results for %d ops", len(answers), len(ops))
             raise _HttpError(500, "internal", "the server failed to handle the request")
         accepted = sum(1 for answer in answers if answer["status"] == "accepted")
-        if accepted:
-            self.notifier.poke(tenant)
         self.stats.pushed(tenant, accepted, sum(a["status"] == "rejected" for a in answers))
         with collector_paused():
-            return _render_results(answers, fmt)
+            response = _render_results(answers, fmt)
+        if accepted:
+            # Listeners hear of the change once the pusher has its answer: reading the
+            # new head for them does not delay it.
+            response.background = BackgroundTask(self._poke, tenant)
+        return response
+
+    async def _poke(self, tenant: str) -> None:
+        self.notifier.poke(tenant)
 
     async def pull(self, request: Request) -> Response:
         """``GET /v1/pull``."""

@@ -272,6 +272,9 @@ class _Triggering(_ServiceBase):
             else:
                 if result is ScheduleResult.ACCEPTED:
                     self._critical_asked = plan.request is SyncPriority.CRITICAL
+                    # Let the scheduler start the run it was just woken for before this
+                    # bookkeeping (a read of the scheduler's tables) delays it.
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
                     self._update_scheduled(await self._has_schedule())
                 else:
                     logger.info("a %s sync run was refused: %s", plan.request.name, result.value)
