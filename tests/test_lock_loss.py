@@ -110,6 +110,7 @@ _ALLOWED_FILE_ACCESS = {
     ("files/_local.py", "open"),
     ("files/_download.py", "open"),
     ("files/_tus_upload.py", "open"),
+    ("files/_batches.py", "open"),  # a small blob's local copy, sent in a batch
     ("_store_files.py", "open"),  # LocalBlobs.open: a blob's local copy
     # The server's blob folder: blobs and upload records, never a database.
     ("server/blobs/_fs.py", "open"),
