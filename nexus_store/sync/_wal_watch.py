@@ -167,9 +167,10 @@ class _CommitCounter:
             self._conn = None
 
 
-class _OwnCommitCounter(_CommitCounter):
-    """The same count, read on the watching process's own connection (``own``): commits
-    made on that connection do not change it, so they wake nobody.
+class _OwnCommitCounter:
+    """SQLite's commit count, as :class:`_CommitCounter` reads it, but on the watching
+    process's own connection (``own``): commits made on that connection do not change it,
+    so they wake nobody.
 
     The connection is shared with the process's threads: the count is read only when its
     lock is free at once (the event loop never waits for it). Busy means one of our own

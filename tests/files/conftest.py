@@ -9,11 +9,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from nexus_store.testing import ServerProcess
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -90,3 +93,18 @@ def moto_server() -> Iterator[MotoServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+@contextmanager
+def limited_server(
+    folder: Path, tokens: dict[str, str], *, max_blob: str, quota: str
+) -> Iterator[ServerProcess]:
+    """A server (SQLite, blobs in a folder beside it) with a 1 MiB body limit and the given
+    per-blob and per-tenant limits."""
+    with ServerProcess(
+        f"sqlite:///{folder}/server.db",
+        tokens=tokens,
+        max_body="1MiB",
+        args=["--max-blob", max_blob, "--blob-quota", quota],
+    ) as process:
+        yield process

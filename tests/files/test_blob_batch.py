@@ -22,6 +22,8 @@ from nexus_store.backends import HttpBackend
 from nexus_store.files import UploadState
 from nexus_store.testing import ServerProcess
 
+from .conftest import limited_server
+
 TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b"}
 A = {"authorization": "Bearer tok-a"}
 B = {"authorization": "Bearer tok-b"}
@@ -30,12 +32,8 @@ B = {"authorization": "Bearer tok-b"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server (SQLite, blobs in a folder beside it; small limits) for the module."""
-    folder = tmp_path_factory.mktemp("batch")
-    with ServerProcess(
-        f"sqlite:///{folder}/server.db",
-        tokens=TOKENS,
-        max_body="1MiB",
-        args=["--max-blob", "300KiB", "--blob-quota", "2MiB"],
+    with limited_server(
+        tmp_path_factory.mktemp("batch"), TOKENS, max_blob="300KiB", quota="2MiB"
     ) as process:
         yield process
 

@@ -17,6 +17,8 @@ from tusclient.storage.filestorage import FileStorage
 from nexus_store._blob_api import encode_metadata
 from nexus_store.testing import ServerProcess
 
+from .conftest import limited_server
+
 TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b"}
 TUS = {"tus-resumable": "1.0.0"}
 A = {**TUS, "authorization": "Bearer tok-a"}
@@ -27,12 +29,8 @@ PATCH = {"content-type": "application/offset+octet-stream"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server (SQLite, blobs in a folder beside it; small limits) for the module."""
-    folder = tmp_path_factory.mktemp("tus")
-    with ServerProcess(
-        f"sqlite:///{folder}/server.db",
-        tokens=TOKENS,
-        max_body="1MiB",
-        args=["--max-blob", "4MiB", "--blob-quota", "6MiB"],
+    with limited_server(
+        tmp_path_factory.mktemp("tus"), TOKENS, max_blob="4MiB", quota="6MiB"
     ) as process:
         yield process
 
