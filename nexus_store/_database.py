@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +200,10 @@ class Database:
         self.readonly = readonly
         self.lock = threading.RLock()
         self._depth = 0
+        self.wrote_at = float("-inf")
+        """``time.monotonic()`` when this connection last began or ended a write (a
+        transaction, a checkpoint): a watcher of the file tells its own writes from
+        others' by it (see :mod:`nexus_store.sync._wal_watch`)."""
         self._closed = False
         self._identity: tuple[int, int] | None = None
         on_disk = self.path not in (":memory:", "")
@@ -320,6 +325,7 @@ class Database:
                 except sqlite3.Error as exc:
                     raise translate_sqlite_error(exc, self.path) from exc
                 self._depth = 1
+                self.wrote_at = time.monotonic()
                 try:
                     yield self.conn
                 except BaseException as exc:
@@ -337,6 +343,7 @@ class Database:
                         self.conn.execute("ROLLBACK")
                     raise translate_sqlite_error(exc, self.path) from exc
             finally:
+                self.wrote_at = time.monotonic()
                 if relaxed:
                     self._set_synchronous("FULL")
 
@@ -379,7 +386,11 @@ class Database:
             ``(frames in the -wal file, frames copied)``; ``(0, 0)`` for ``:memory:``.
         """
         with self.reading() as conn:
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.wrote_at = time.monotonic()
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                self.wrote_at = time.monotonic()
         if row is None or row[1] < 0:
             return 0, 0
         return int(row[1]), int(row[2])

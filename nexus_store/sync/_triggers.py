@@ -28,6 +28,7 @@ from ..queue import PrioritySyncQueue
 from ._changes import ChangeSource
 from ._config import BackgroundSyncStatus, ScheduleResult, ServiceState
 from ._decisions import _TRIGGERED, plan_requests, status_after
+from ._quick_read import read_soon
 from ._service_base import _ServiceBase
 from ._store_task import SYNC_TASK_ID
 from .device._device import DeviceState
@@ -191,6 +192,10 @@ class _Triggering(_ServiceBase):
         self._wake()
 
     async def _follow_changes(self, source: ChangeSource) -> None:
+        # A commit made before the source follows the file (a save right after the
+        # service started) wakes nobody: look once more, as the source starts following
+        # (in this same step, for a source that subscribes before its first await).
+        self._fresh_look()
         try:
             async for _ in source.changes():
                 self._commits += 1
@@ -251,7 +256,9 @@ class _Triggering(_ServiceBase):
             return None
         if not self._sync_enabled:  # switched off by a person: saves stay queued
             return None
-        next_eligible, pause, queued = await anyio.to_thread.run_sync(self._look)
+        # A few indexed reads: on the loop when the connection is free (a hop through a
+        # worker thread costs more, and on a busy machine waits for the scheduler twice).
+        next_eligible, pause, queued = await read_soon(self._database, self._look)
         now = self._clock.now()
         resumed = pause is not None and pause.until == self._resumed_until
         plan = plan_requests(
@@ -272,10 +279,11 @@ class _Triggering(_ServiceBase):
             else:
                 if result is ScheduleResult.ACCEPTED:
                     self._critical_asked = plan.request is SyncPriority.CRITICAL
-                    # Let the scheduler start the run it was just woken for before this
-                    # bookkeeping (a read of the scheduler's tables) delays it.
-                    await anyio.lowlevel.cancel_shielded_checkpoint()
-                    self._update_scheduled(await self._has_schedule())
+                    if not self._critical_asked:
+                        self._update_scheduled(await self._has_schedule())
+                    # else: the run starts at once (RUNNING); should it wait instead
+                    # (constraints), the adapter's report of the change says SCHEDULED.
+                    # Reading the scheduler here would only delay the run.
                 else:
                     logger.info("a %s sync run was refused: %s", plan.request.name, result.value)
         return plan.wake_at
@@ -289,7 +297,7 @@ class _Triggering(_ServiceBase):
         return self._pauses.current(self._clock.now())
 
     def _look(self) -> tuple[dict[SyncPriority, float | None], RemotePause | None, bool]:
-        """What the trigger loop decides on (in a worker thread): when each triggering
+        """What the trigger loop decides on (short reads): when each triggering
         priority is next eligible, the remote's pause, and whether anything is queued."""
         pause = self._remote_pause()
         queued = pause is not None and any(

@@ -20,7 +20,11 @@ A process that writes the file itself (the worker: its drain lease, acks, schedu
 records) passes its :class:`~nexus_store._database.Database` as ``own``: the count is then
 read on that connection, whose own commits never change it, so the process is woken by the
 others' commits only, not by its own bookkeeping (an idle worker renewing its lease stays
-asleep).
+asleep). Its own writes still raise inotify events; one that comes while it writes (or just
+after) is taken for its own, and brings only the looks of :data:`OWN_SETTLE_WAKES` (for a
+commit of another process in the same moment), not the quick series a commit of another
+process gets: a sync run, which commits every few milliseconds, is not slowed by looks that
+find nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import sqlite3
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -40,7 +45,13 @@ import anyio
 
 from .._database import Database
 
-__all__ = ["SETTLE_WAKES", "WalChangeSource", "inotify_available"]
+__all__ = [
+    "OWN_SETTLE_WAKES",
+    "SETTLE_WAKES",
+    "WalChangeSource",
+    "inotify_available",
+    "settle_looks",
+]
 
 SETTLE_WAKES = (0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.1)
 """Seconds of quiet at which inotify looks once more after a write (each after the last).
@@ -51,6 +62,16 @@ comes after the WAL's frames (and, at ``durability="full"``, after their fsync).
 woken by the frames may run before it and see the old snapshot; these looks, close
 together at first, see the commit soon after it lands, whatever the disk's fsync time
 (idle: nothing; each look reads one pragma)."""
+
+OWN_SETTLE_WAKES = (0.016, 0.1)
+"""The looks after a write of the watching process itself (see :class:`WalChangeSource`'s
+``own``): its own commits wake nobody, so only a commit of another process that came in
+the same moment is looked for, at a pace that costs nothing while the process writes
+(a sync run commits every few milliseconds)."""
+
+OWN_WRITE_WINDOW = 0.005
+"""Seconds after the watching process's own write within which a write to the file is
+taken for that one (its events reach the watcher a little after the write)."""
 
 logger = logging.getLogger("nexus_store.sync.worker")
 
@@ -204,8 +225,25 @@ class _OwnCommitCounter:
             return True
         return False
 
+    def own_write(self) -> bool:
+        """Whether the owner is writing, or wrote within :data:`OWN_WRITE_WINDOW`."""
+        database = self._database
+        return database._depth > 0 or time.monotonic() - database.wrote_at < OWN_WRITE_WINDOW
+
     def close(self) -> None:
         """Nothing to close: the connection is the owner's."""
+
+
+def settle_looks(due: list[float], own_write: bool, now: float) -> list[float]:
+    """When to look after a write at ``now``, the looks ``due`` before it: :data:`SETTLE_WAKES`
+    from now; after the watching process's own write, :data:`OWN_SETTLE_WAKES` from now,
+    and the next look due if it comes sooner (so that, however fast its own writes follow
+    each other, the watcher still looks at least every ``OWN_SETTLE_WAKES[0]``: a commit
+    of another process is never left for long)."""
+    if not own_write:
+        return [now + wait for wait in SETTLE_WAKES]
+    sooner = due[:1] if due and due[0] < now + OWN_SETTLE_WAKES[0] else []
+    return sooner + [now + wait for wait in OWN_SETTLE_WAKES]
 
 
 class WalChangeSource:
@@ -252,25 +290,27 @@ class WalChangeSource:
             async for _ in self._watchfiles():
                 yield None
             return
-        index = _CommitCounter(self._path) if self._own is None else _OwnCommitCounter(self._own)
+        own = None if self._own is None else _OwnCommitCounter(self._own)
+        index = _CommitCounter(self._path) if own is None else own
         try:
-            tails: list[float] = []  # the settle wakes still due after the last write
+            looks: list[float] = []  # when the settle looks are due (the loop's clock)
             while not self._stop.is_set():
                 with anyio.CancelScope() as scope:
                     self._scope = scope
-                    if tails:
-                        scope.deadline = anyio.current_time() + tails[0]
+                    if looks:
+                        scope.deadline = looks[0]
                     await anyio.wait_readable(watcher.fd)
                 if self._stop.is_set():
                     return
                 if scope.cancelled_caught:  # quiet since the last write: look once more
-                    tails.pop(0)
+                    looks.pop(0)
                 elif watcher.drain():
-                    tails = list(SETTLE_WAKES)
+                    ours = own is not None and own.own_write()
+                    looks = settle_looks(looks, ours, anyio.current_time())
                 else:
                     continue
                 verdict = index.changed()
-                if verdict or (verdict is None and not tails):
+                if verdict or (verdict is None and not looks):
                     yield None
         finally:
             index.close()

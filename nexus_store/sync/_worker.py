@@ -62,7 +62,7 @@ from .device._constraints import SystemDevice
 from .device._device import DeviceStateProvider
 from .engine._progress import SyncEvent
 from .engine._rawtable import RawCollection, discover_collections
-from .workmanager._adapter import WorkManagerSyncService
+from .workmanager._adapter import WorkManagerSyncService, work_ended
 from .workmanager._records import WorkQuery
 from .workmanager._states import WorkState
 
@@ -384,7 +384,13 @@ class SyncWorker:
             tg.start_soon(collect_events)
             watch = service.manager.subscribe(sync_work)
             try:
+                before: dict[str, WorkState] | None = None
                 async for infos in watch:
+                    states = {info.id: info.state for info in infos}
+                    if before is not None and not work_ended(before, states):
+                        before = states  # work asked for, or starting: no run ended
+                        continue
+                    before = states
                     history = await service.run_history(SYNC_TASK_ID, limit=20)
                     finished = [r for r in history if r.ended_at is not None]
                     fresh = [r for r in reversed(finished) if key(r) not in reported]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -12,7 +13,14 @@ import anyio
 import pytest
 
 from nexus_store._database import Database
-from nexus_store.sync._wal_watch import SETTLE_WAKES, WalChangeSource, inotify_available
+from nexus_store.sync import _wal_watch
+from nexus_store.sync._wal_watch import (
+    OWN_SETTLE_WAKES,
+    SETTLE_WAKES,
+    WalChangeSource,
+    inotify_available,
+    settle_looks,
+)
 
 pytestmark = [
     pytest.mark.anyio,
@@ -155,6 +163,76 @@ async def test_a_commit_while_the_owner_is_busy_still_wakes(path: Path) -> None:
             finally:
                 release.set()
                 holder.join(10)
+            source.close()
+            tg.cancel_scope.cancel()
+    finally:
+        own.close()
+
+
+def test_settle_looks_after_an_own_write_keep_what_another_commit_needs() -> None:
+    """Another process's write brings the quick series; the owner's own write brings the
+    slow pair, and keeps the next look due if it is sooner; a stream of own writes (a
+    sync run's) neither piles looks up nor puts the next one off for ever."""
+    foreign = settle_looks([], False, 100.0)
+    assert foreign == [100.0 + wait for wait in SETTLE_WAKES]
+    assert settle_looks([], True, 100.0) == [100.0 + wait for wait in OWN_SETTLE_WAKES]
+    mixed = settle_looks(foreign, True, 100.003)
+    assert mixed == [foreign[0]] + [100.003 + wait for wait in OWN_SETTLE_WAKES]
+    due: list[float] = []
+    now, looked = 100.0, [100.0]
+    for _ in range(1000):  # an own write every ms; the looks due meanwhile are made
+        now += 0.001
+        while due and due[0] <= now:
+            looked.append(due.pop(0))
+        due = settle_looks(due, True, now)
+        assert len(due) <= 1 + len(OWN_SETTLE_WAKES)
+    gaps = [b - a for a, b in itertools.pairwise(looked)]
+    assert len(looked) > 50
+    assert max(gaps) <= OWN_SETTLE_WAKES[0] + 0.0011
+
+
+async def test_the_owners_writes_bring_few_looks(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looks counted: the owner's own commits cost the watcher a few looks each, not the
+    quick series another process's commit gets; a commit of another process right after
+    one of the owner's still wakes it."""
+    own = Database(path, durability="normal")
+    source = WalChangeSource(path, own=own)
+    wakes = Wakes()
+    looks = 0
+    counted = _wal_watch._OwnCommitCounter.changed
+
+    def changed(self: _wal_watch._OwnCommitCounter) -> bool | None:
+        nonlocal looks
+        looks += 1
+        return counted(self)
+
+    monkeypatch.setattr(_wal_watch._OwnCommitCounter, "changed", changed)
+
+    def renew() -> None:
+        with own.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (-1)")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wakes.follow, source)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(5):
+                await anyio.to_thread.run_sync(renew)
+                await anyio.sleep(0.2)  # every look of this write is over
+            own_looks, looks = looks, 0
+            # each write: a look as its events come, and the slow pair (a write may
+            # raise its events in more than one batch: a look each)
+            assert own_looks <= 5 * (len(OWN_SETTLE_WAKES) + 3), own_looks
+            assert wakes.count == 0
+            await anyio.to_thread.run_sync(_commit, path, 1)
+            await wakes.reach(1)
+            await anyio.sleep(SETTLE_WAKES[-1] * 2)
+            assert looks >= len(SETTLE_WAKES)  # another's commit: the quick series
+            await anyio.to_thread.run_sync(renew)
+            await anyio.to_thread.run_sync(_commit, path, 2)  # just after the owner's
+            await wakes.reach(2)
             source.close()
             tg.cancel_scope.cancel()
     finally:

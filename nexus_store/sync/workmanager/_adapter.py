@@ -473,7 +473,11 @@ class WorkManagerSyncService(BackgroundSyncService):
             if priority is SyncPriority.CRITICAL
             else high_request(self.config)
         )
-        await self.manager.enqueue_unique(name, policy, request)
+        # Not waited onto the disk: after a power cut the service asks again for what
+        # the queue holds, so the wait would only delay the run.
+        await self.manager.enqueue_unique(name, policy, request, durable=False)
+        if priority is SyncPriority.CRITICAL:  # due now (HIGH waits out its debounce)
+            self.manager._dispatch_now()  # starts now (when it may), not a turn later
         return ScheduleResult.ACCEPTED
 
     async def _cancel(self) -> None:

@@ -66,12 +66,19 @@ class _Enqueueing(_Dispatching):
         name: str,
         policy: ExistingWorkPolicy | ExistingPeriodicWorkPolicy,
         request: WorkRequest,
+        *,
+        durable: bool = True,
     ) -> str | None:
         """Enqueue work under a unique name, resolving a clash by ``policy`` (WM-16, WM-17).
 
         One-time work takes an :class:`ExistingWorkPolicy`, periodic work an
         :class:`ExistingPeriodicWorkPolicy`. Replaced or cancelled predecessors stay
         readable as CANCELLED but lose the name.
+
+        ``durable=False`` records the request without waiting for the disk: a crash of
+        the process loses nothing, but a power cut may roll it back. For requests the
+        caller asks for again after a restart anyway (the sync service asks for its
+        expedited runs from what its queue holds), where the wait would only delay the run.
 
         Returns:
             The id of the work now carrying the request (the existing id for ``UPDATE``),
@@ -92,7 +99,7 @@ class _Enqueueing(_Dispatching):
         request = self._admit(request)
         now = self._clock.now()
         changed: list[WorkSpec] = []
-        with store.transaction():
+        with store.transaction(durable=durable):
             existing = store.with_name(name)
             if isinstance(policy, ExistingPeriodicWorkPolicy):
                 work_id = self._unique_periodic(

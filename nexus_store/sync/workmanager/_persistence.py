@@ -87,9 +87,10 @@ class WorkStore:
                 conn.execute("ALTER TABLE nx_work_run ADD COLUMN message TEXT")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (re-entrant)."""
-        with self.database.transaction() as conn:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (re-entrant); ``durable=False`` commits without waiting
+        for the disk (see :meth:`~nexus_store._database.Database.transaction`)."""
+        with self.database.transaction(durable=durable) as conn:
             yield conn
 
     # -- specs ----------------------------------------------------------------------------
