@@ -3,7 +3,8 @@
 :class:`WalChangeSource` yields once per batch of writes to the database or its WAL file.
 On Linux it asks the kernel directly (inotify, through ``ctypes``): the watcher waits on a
 file descriptor in the event loop, so it costs nothing while nothing is written and wakes
-within microseconds of a write. Elsewhere (or where inotify cannot be set up) it uses
+within microseconds of a write; its settle looks (below) are timed by a ``timerfd`` on
+the same descriptor, to the microsecond. Elsewhere (or where inotify cannot be set up) it uses
 ``watchfiles``, whose watcher thread polls its queue every ``step_ms`` milliseconds (on 2
 shared cores: 10 ms ~0.6 % of a core idle, 50 ms ~0.25 %).
 
@@ -34,6 +35,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import sqlite3
 import struct
 import sys
@@ -47,21 +49,33 @@ from .._database import Database
 
 __all__ = [
     "OWN_SETTLE_WAKES",
+    "SEEN_SETTLE",
     "SETTLE_WAKES",
     "WalChangeSource",
+    "after_seen",
     "inotify_available",
     "settle_looks",
 ]
 
-SETTLE_WAKES = (0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.1)
+SETTLE_WAKES = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.016, 0.05, 0.1)
 """Seconds of quiet at which inotify looks once more after a write (each after the last).
 
 A commit becomes visible to readers when the writer updates the WAL index in the
 ``-shm`` file, which it maps into memory: that write raises no inotify event, and it
-comes after the WAL's frames (and, at ``durability="full"``, after their fsync). A look
-woken by the frames may run before it and see the old snapshot; these looks, close
-together at first, see the commit soon after it lands, whatever the disk's fsync time
-(idle: nothing; each look reads one pragma)."""
+comes after the WAL's frames (and, at ``durability="full"``, after their fsync, commonly
+0.5 to 2 ms). A look woken by the frames may run before it and see the old snapshot;
+these looks, half a millisecond apart at first, see the commit soon after it lands,
+whatever the disk's fsync time (idle: nothing; each look reads one pragma). Once a look
+sees the commit, the looks due within :data:`SEEN_SETTLE` are dropped (see
+:func:`after_seen`)."""
+
+SEEN_SETTLE = 0.016
+"""After a settle look saw a commit: the looks due within this many seconds are dropped.
+
+Every write drained before that look belongs to a commit that has landed: the next
+commit (of any process) can only write its frames once the previous one has updated the
+index, and those frames raise events of their own, which start a series of their own. The
+later looks stay as a margin."""
 
 OWN_SETTLE_WAKES = (0.016, 0.1)
 """The looks after a write of the watching process itself (see :class:`WalChangeSource`'s
@@ -81,6 +95,8 @@ _IN_MOVED_TO = 0x00000080
 _IN_CREATE = 0x00000100
 _IN_ONLYDIR = 0x01000000
 _EVENT = struct.Struct("iIII")
+_CLOCK_MONOTONIC = 1
+_TFD_TIMER_ABSTIME = 1
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -90,7 +106,7 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
-    return libc if hasattr(libc, "inotify_init1") else None
+    return libc if hasattr(libc, "inotify_init1") and hasattr(libc, "timerfd_create") else None
 
 
 def inotify_available() -> bool:
@@ -98,30 +114,73 @@ def inotify_available() -> bool:
     return _libc() is not None
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
 class _Inotify:
-    """One inotify descriptor watching one folder for writes to some of its files."""
+    """One inotify descriptor watching one folder for writes to some of its files, and a
+    timer (``timerfd``), both behind one descriptor (``epoll``) the event loop waits on.
+
+    The timer keeps the settle looks on time: the event loop's own timers wake on whole
+    milliseconds (its ``epoll`` waits take milliseconds, rounded up), a timerfd to the
+    microsecond.
+    """
 
     def __init__(self, folder: Path, names: set[str]) -> None:
         libc = _libc()
         if libc is None:
             raise OSError("inotify is not available")
+        self._libc = libc
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_ONLYDIR
-        if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
-            errno = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(errno, f"inotify_add_watch failed on {folder}")
-        self.fd = fd
+        self._closing: list[int] = [fd]
+        try:
+            mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_ONLYDIR
+            if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
+                raise OSError(ctypes.get_errno(), f"inotify_add_watch failed on {folder}")
+            timer = libc.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+            if timer < 0:
+                raise OSError(ctypes.get_errno(), "timerfd_create failed")
+            self._closing.append(timer)
+            self._poll = select.epoll()
+            self._poll.register(fd, select.EPOLLIN)
+            self._poll.register(timer, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+        self._inotify, self._timer = fd, timer
+        self.fd = self._poll.fileno()
         self._names = {os.fsencode(name) for name in names}
+
+    def arm(self, when: float | None) -> None:
+        """Make the descriptor readable at ``when`` (``time.monotonic()``; ``None``: never)."""
+        spec = _Itimerspec()
+        if when is not None:
+            seconds = max(when, 1e-9)  # zero would disarm; a time past fires at once
+            spec.it_value.tv_sec = int(seconds)
+            spec.it_value.tv_nsec = int((seconds - int(seconds)) * 1e9)
+        if self._libc.timerfd_settime(self._timer, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None):
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+    def fired(self) -> bool:
+        """Whether the timer went off (since it was last armed)."""
+        try:
+            return bool(os.read(self._timer, 8))
+        except BlockingIOError:
+            return False
 
     def drain(self) -> bool:
         """Read every pending event; whether one concerned a watched file."""
         hit = False
         while True:
             try:
-                data = os.read(self.fd, 64 * 1024)
+                data = os.read(self._inotify, 64 * 1024)
             except BlockingIOError:
                 return hit
             offset = 0
@@ -132,8 +191,13 @@ class _Inotify:
                 offset += _EVENT.size + length
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        poll = getattr(self, "_poll", None)
+        if poll is not None:
+            poll.close()
+        for fd in self._closing:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._closing = []
 
 
 class _CommitCounter:
@@ -234,6 +298,12 @@ class _OwnCommitCounter:
         """Nothing to close: the connection is the owner's."""
 
 
+def after_seen(due: list[float], now: float) -> list[float]:
+    """The looks still to make once a settle look at ``now`` saw a commit (see
+    :data:`SEEN_SETTLE`)."""
+    return [when for when in due if when >= now + SEEN_SETTLE]
+
+
 def settle_looks(due: list[float], own_write: bool, now: float) -> list[float]:
     """When to look after a write at ``now``, the looks ``due`` before it: :data:`SETTLE_WAKES`
     from now; after the watching process's own write, :data:`OWN_SETTLE_WAKES` from now,
@@ -293,23 +363,27 @@ class WalChangeSource:
         own = None if self._own is None else _OwnCommitCounter(self._own)
         index = _CommitCounter(self._path) if own is None else own
         try:
-            looks: list[float] = []  # when the settle looks are due (the loop's clock)
+            looks: list[float] = []  # when the settle looks are due (time.monotonic())
             while not self._stop.is_set():
+                watcher.arm(looks[0] if looks else None)
                 with anyio.CancelScope() as scope:
                     self._scope = scope
-                    if looks:
-                        scope.deadline = looks[0]
                     await anyio.wait_readable(watcher.fd)
                 if self._stop.is_set():
                     return
-                if scope.cancelled_caught:  # quiet since the last write: look once more
-                    looks.pop(0)
-                elif watcher.drain():
+                fired = watcher.fired()
+                settling = False
+                if watcher.drain():
                     ours = own is not None and own.own_write()
-                    looks = settle_looks(looks, ours, anyio.current_time())
+                    looks = settle_looks(looks, ours, time.monotonic())
+                elif fired and looks:  # quiet since the last write: look once more
+                    looks.pop(0)
+                    settling = True
                 else:
                     continue
                 verdict = index.changed()
+                if verdict and settling:
+                    looks = after_seen(looks, time.monotonic())
                 if verdict or (verdict is None and not looks):
                     yield None
         finally:

@@ -16,8 +16,10 @@ from nexus_store._database import Database
 from nexus_store.sync import _wal_watch
 from nexus_store.sync._wal_watch import (
     OWN_SETTLE_WAKES,
+    SEEN_SETTLE,
     SETTLE_WAKES,
     WalChangeSource,
+    after_seen,
     inotify_available,
     settle_looks,
 )
@@ -169,6 +171,17 @@ async def test_a_commit_while_the_owner_is_busy_still_wakes(path: Path) -> None:
         own.close()
 
 
+def test_a_commit_seen_drops_the_quick_looks_left() -> None:
+    """Once a settle look saw the commit, the quick looks left are dropped; the margin
+    (the looks at least SEEN_SETTLE away) stays."""
+    due = settle_looks([], False, 100.0)
+    seen_at = 100.002
+    left = after_seen([when for when in due if when > seen_at], seen_at)
+    assert left == [when for when in due if when >= seen_at + SEEN_SETTLE]
+    assert left == [100.0 + wait for wait in SETTLE_WAKES if wait >= 0.002 + SEEN_SETTLE]
+    assert len(left) >= 2  # 50 and 100 ms: a margin, not the quick series
+
+
 def test_settle_looks_after_an_own_write_keep_what_another_commit_needs() -> None:
     """Another process's write brings the quick series; the owner's own write brings the
     slow pair, and keeps the next look due if it is sooner; a stream of own writes (a
@@ -229,7 +242,7 @@ async def test_the_owners_writes_bring_few_looks(
             await anyio.to_thread.run_sync(_commit, path, 1)
             await wakes.reach(1)
             await anyio.sleep(SETTLE_WAKES[-1] * 2)
-            assert looks >= len(SETTLE_WAKES)  # another's commit: the quick series
+            assert looks >= 3  # another's commit: looks until seen, then the margin
             await anyio.to_thread.run_sync(renew)
             await anyio.to_thread.run_sync(_commit, path, 2)  # just after the owner's
             await wakes.reach(2)
@@ -237,3 +250,37 @@ async def test_the_owners_writes_bring_few_looks(
             tg.cancel_scope.cancel()
     finally:
         own.close()
+
+
+async def test_the_last_commit_of_a_burst_wakes(path: Path) -> None:
+    """Commits back to back (each durable, so each lands a little after its frames): a
+    wake comes after the last of them landed, however the looks fell."""
+    source = WalChangeSource(path)
+    reader = sqlite3.connect(path, check_same_thread=False)
+    seen: list[int] = []
+    woke = anyio.Event()
+
+    async def follow() -> None:
+        nonlocal woke
+        async for _ in source.changes():
+            seen.append(reader.execute("SELECT max(v) FROM t").fetchone()[0])
+            woke.set()
+            woke = anyio.Event()
+
+    def burst(first: int) -> None:
+        for n in range(first, first + 30):
+            _commit(path, n)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await anyio.wait_all_tasks_blocked()
+            for first in (100, 200, 300):
+                await anyio.to_thread.run_sync(burst, first)
+                with anyio.fail_after(5):
+                    while not seen or seen[-1] != first + 29:
+                        await woke.wait()
+            source.close()
+            tg.cancel_scope.cancel()
+    finally:
+        reader.close()
