@@ -17,7 +17,8 @@ folder is fsynced): a reader sees the whole blob or none. Chunks are hashed and 
 by a worker thread in blocks of about 1 MiB while the next block arrives (at most one
 block waits, so memory stays flat whatever the upload's size), and not fsynced one by
 one: after a crash of the server process the kernel still has them; after a power loss
-a part file may have lost its tail (the offset says so) or, rarely, hold damaged bytes, which the SHA-256 check before the blob becomes visible refuses.
+a part file may have lost its tail (the offset says so) or, rarely, hold damaged bytes,
+which the SHA-256 check before the blob becomes visible refuses.
 """
 
 from __future__ import annotations
