@@ -72,6 +72,8 @@ class FileTransfers:
         self.queue = queue
         self.blobs = blobs or LocalBlobs(database)
         self.small = SmallUploads(self.blobs)
+        self._saved_ids: dict[str, str] = {}
+        """The upload id last saved per transfer (its later saves need not be durable)."""
 
     def __repr__(self) -> str:
         return f"FileTransfers({self.database.path!r})"
@@ -201,15 +203,19 @@ class FileTransfers:
         return ResumePoint(row[0], int(row[1]))
 
     def _save_point(self, key: str, point: ResumePoint) -> None:
-        # Not durable: on resume the server says its offset; only the upload id matters,
-        # and the first save of an upload id is followed by durable commits soon enough.
-        with self.database.transaction(durable=point.acked > 0) as conn:
+        # Only the upload id must survive a power loss (on resume the server says its
+        # offset): the first save of an upload id waits for the disk, the later ones
+        # (one per chunk) do not. A SIGKILL loses none of them.
+        durable = self._saved_ids.get(key) != point.upload_id
+        with self.database.transaction(durable=durable) as conn:
             conn.execute(
                 "INSERT INTO nx_transfers (op_key, upload_id, acked, updated_at) "
                 "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (op_key) DO UPDATE SET upload_id = ?2, "
                 "acked = ?3, updated_at = ?4",
                 (key, point.upload_id, point.acked, time.time()),
             )
+        if point.upload_id is not None:
+            self._saved_ids[key] = point.upload_id
 
     def acked_bytes(self, key: str) -> int:
         """The bytes the server acknowledged of a transfer so far."""
@@ -240,6 +246,7 @@ class FileTransfers:
                 (now, spec.key),
             )
             conn.execute("DELETE FROM nx_transfers WHERE op_key = ?", (spec.key,))
+        self._saved_ids.pop(spec.key, None)
         return settled
 
     def fail(
