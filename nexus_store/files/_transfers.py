@@ -21,6 +21,7 @@ them, find their blobs on the server already.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -248,6 +249,45 @@ class FileTransfers:
             conn.execute("DELETE FROM nx_transfers WHERE op_key = ?", (spec.key,))
         self._saved_ids.pop(spec.key, None)
         return settled
+
+    def succeed_many(
+        self, done: list[tuple[QueuedOp, TransferSpec]], token: int
+    ) -> tuple[Settled, int]:
+        """Ack done uploads and record what they changed, all in one transaction (as
+        :meth:`succeed` does for one; the same durability).
+
+        Returns:
+            The settle's result, and how many record ops waited for these blobs (released
+            now, unless they wait for another blob too).
+        """
+        now = time.time()
+        shas = sorted({spec.sha256 for _, spec in done if spec.kind == "up"})
+        keys = [(spec.key,) for _, spec in done]
+        with self.database.transaction(durable=False) as conn:
+            held = 0
+            if shas:
+                held = conn.execute(
+                    "SELECT count(*) FROM nx_blob_holds WHERE sha256 IN "
+                    "(SELECT value FROM json_each(?))",
+                    (json.dumps(shas),),
+                ).fetchone()[0]
+            settled = self.queue.ack([op.op_id for op, _ in done], token=token)
+            conn.executemany(
+                "UPDATE nx_blobs SET remote = 1 WHERE sha256 = ?",
+                [(spec.sha256,) for _, spec in done if spec.kind in ("up", "get")],
+            )
+            if held:
+                for sha in shas:
+                    release_holds(conn, self.queue, sha)
+            conn.executemany(
+                "UPDATE nx_uploads SET state = 'done', done_at = ?2, error = NULL "
+                "WHERE op_key = ?1 AND state = 'queued'",
+                [(key, now) for (key,) in keys],
+            )
+            conn.executemany("DELETE FROM nx_transfers WHERE op_key = ?", keys)
+        for (key,) in keys:
+            self._saved_ids.pop(key, None)
+        return settled, int(held)
 
     def fail(
         self, op: QueuedOp, token: int, error: BaseException, policy: FilePolicy
