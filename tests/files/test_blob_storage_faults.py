@@ -95,7 +95,8 @@ async def _new_upload(storage: FileBlobStorage, length: int) -> UploadInfo:
 
 
 async def test_a_chunk_of_many_blocks_is_written_and_seen_in_order(tmp_path: Path) -> None:
-    """Blocks are hashed and written beside the receiving: every byte lands, in order."""
+    """Blocks are hashed and written beside the receiving: every byte lands, in order, and
+    reads back (from the disk: the closed chunk's pages were handed to writeback)."""
     storage = FileBlobStorage(tmp_path / "blobs")
     data = uuid.uuid4().bytes * (5 * 65536 + 1000)  # several blocks, and a tail
     upload = await _new_upload(storage, len(data))
