@@ -22,9 +22,8 @@ Printed from one run:
 Each ratio is followed by "met" or "NOT met" (its target).
 
 The bare figure is the mean of a measurement before and one after ours. Both servers fsync
-what they store (ours: every chunk and the finished blob's folder, as it must to survive a
-power cut; bare: once per file), so the comparison is of the same durability or kinder to
-bare.
+what they store (ours: the finished blob and its folder, as it must to survive a power cut;
+bare: once per file), so the comparison is of the same durability or kinder to bare.
 """
 
 from __future__ import annotations
