@@ -159,3 +159,27 @@ async def test_a_failing_write_is_raised_as_itself_and_keeps_nothing_of_the_chun
     stored = await storage.get_upload("tenant-a", upload.upload_id)
     assert stored is not None
     assert stored.offset == 0
+
+
+async def test_a_cancelled_chunk_without_checksum_keeps_the_blocks_written(
+    tmp_path: Path,
+) -> None:
+    """A PATCH cancelled mid-way (the server shutting down) keeps the blocks written whole,
+    as a cut one does; the offset names exactly what the part file holds."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (200 * 1024)
+    upload = await _new_upload(storage, len(data))
+
+    async def slow(data: bytes) -> AsyncIterator[bytes]:
+        async for piece in _pieces(data):
+            yield piece
+            await anyio.sleep(0.01)
+
+    with anyio.move_on_after(0.35):
+        await storage.append("tenant-a", upload, slow(data), lambda _: None, None)
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert 0 < stored.offset < len(data)
+    assert stored.offset % (1024 * 1024) == 0  # whole blocks only
+    kept = b"".join([p async for p in storage.read_upload("tenant-a", stored)])
+    assert kept == data[: stored.offset]

@@ -157,7 +157,11 @@ class FileBlobStorage(BlobStorage):
         pipe = _Pipe(handle, observe, whole=verify is not None)
         keep = False
         try:
-            await pipe.run(chunks)
+            try:
+                await pipe.run(chunks)
+            except BaseException:
+                keep = verify is None  # cancelled: the blocks written whole are kept
+                raise
             failure = pipe.write_failure or pipe.failure
             if failure is not None:
                 # Without a checksum, what arrived is kept: the client resumes after it.
