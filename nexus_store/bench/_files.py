@@ -7,7 +7,7 @@ Run: ``nexus-store bench --only files [--quick]``, or ``python -m nexus_store.be
 Printed from one run:
 
 1. One big file (1 GiB; 128 MiB with ``--quick``): ``store.attach`` then ``store.sync()``
-   (default policy: chunks of 8 MiB) in a child process, in MiB/s of the sync run, as a
+   (default policy: chunks of 16 MiB) in a child process, in MiB/s of the sync run, as a
    ratio to **bare**: ``httpx`` streaming the same file in one PUT to a Starlette route
    that writes it to disk and fsyncs it once. Target: ratio >= 0.8. Also printed: the
    take-in (hashing and linking the file at ``attach``) and how much the child's RSS grew
@@ -22,9 +22,8 @@ Printed from one run:
 Each ratio is followed by "met" or "NOT met" (its target).
 
 The bare figure is the mean of a measurement before and one after ours. Both servers fsync
-what they store (ours: every chunk and the finished blob's folder, as it must to survive a
-power cut; bare: once per file), so the comparison is of the same durability or kinder to
-bare.
+what they store (ours: the finished blob and its folder, as it must to survive a power cut;
+bare: once per file), so the comparison is of the same durability or kinder to bare.
 """
 
 from __future__ import annotations

@@ -92,6 +92,22 @@ class SmallUploads:
         """Whether the op's blob is small enough to go in a batch."""
         return spec.kind == "up" and spec.size <= BATCH_BLOB_BYTES
 
+    def confirmed(self, spec: TransferSpec) -> bool:
+        """Whether a batch of this run took the op's blob (the op is then done at once;
+        the blob no longer counts as ahead of the run)."""
+        if not self.fits(spec) or spec.sha256 not in self._confirmed:
+            return False
+        self._ready.discard(spec.sha256)
+        return True
+
+    def confirmed_ahead(self) -> int:
+        """How many blobs batches took whose ops the run has not reached yet."""
+        return len(self._ready)
+
+    def wants_ahead(self) -> bool:
+        """Whether the next op to :meth:`send` would send the next batch ahead."""
+        return len(self._ready) < BATCH_BLOBS // 2 and not self._flying and not self._dry
+
     async def send(
         self,
         remote: BlobRemote,
@@ -133,7 +149,7 @@ class SmallUploads:
         self._ready.discard(sha)
         progress(0)
         progress(spec.size)
-        if len(self._ready) < BATCH_BLOBS // 2 and not self._flying and not self._dry:
+        if self.wants_ahead():
             # The next batch, ahead of the ops (a failure is theirs to meet on their own).
             with contextlib.suppress(RemoteError, SourceChangedError):
                 await self._fly(_Flight(set()), remote, op.priority, spec, policy, limit)

@@ -117,7 +117,7 @@ class FilePolicy:
     large_file_bytes: int | None = 64 * 1024 * 1024
     large_file: TransferConstraints = TransferConstraints(unmetered=True)
     max_parallel: int = 3
-    chunk_size: int = 8 * 1024 * 1024
+    chunk_size: int = 16 * 1024 * 1024
     backoff: RetryBackoff | None = None
     max_attempts: int | None = None
     cache_limit_bytes: int | None = None
@@ -169,7 +169,7 @@ class FilePolicy:
                 large_file_bytes=data.get("large_file_bytes"),
                 large_file=TransferConstraints.from_json(data.get("large_file")),
                 max_parallel=int(data.get("max_parallel", 3)),
-                chunk_size=int(data.get("chunk_size", 8 * 1024 * 1024)),
+                chunk_size=int(data.get("chunk_size", 16 * 1024 * 1024)),
                 backoff=None
                 if backoff is None
                 else RetryBackoff(

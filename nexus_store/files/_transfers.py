@@ -21,6 +21,7 @@ them, find their blobs on the server already.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -72,6 +73,8 @@ class FileTransfers:
         self.queue = queue
         self.blobs = blobs or LocalBlobs(database)
         self.small = SmallUploads(self.blobs)
+        self._saved_ids: dict[str, str] = {}
+        """The upload id last saved per transfer (its later saves need not be durable)."""
 
     def __repr__(self) -> str:
         return f"FileTransfers({self.database.path!r})"
@@ -201,15 +204,19 @@ class FileTransfers:
         return ResumePoint(row[0], int(row[1]))
 
     def _save_point(self, key: str, point: ResumePoint) -> None:
-        # Not durable: on resume the server says its offset; only the upload id matters,
-        # and the first save of an upload id is followed by durable commits soon enough.
-        with self.database.transaction(durable=point.acked > 0) as conn:
+        # Only the upload id must survive a power loss (on resume the server says its
+        # offset): the first save of an upload id waits for the disk, the later ones
+        # (one per chunk) do not. A SIGKILL loses none of them.
+        durable = self._saved_ids.get(key) != point.upload_id
+        with self.database.transaction(durable=durable) as conn:
             conn.execute(
                 "INSERT INTO nx_transfers (op_key, upload_id, acked, updated_at) "
                 "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (op_key) DO UPDATE SET upload_id = ?2, "
                 "acked = ?3, updated_at = ?4",
                 (key, point.upload_id, point.acked, time.time()),
             )
+        if point.upload_id is not None:
+            self._saved_ids[key] = point.upload_id
 
     def acked_bytes(self, key: str) -> int:
         """The bytes the server acknowledged of a transfer so far."""
@@ -240,7 +247,47 @@ class FileTransfers:
                 (now, spec.key),
             )
             conn.execute("DELETE FROM nx_transfers WHERE op_key = ?", (spec.key,))
+        self._saved_ids.pop(spec.key, None)
         return settled
+
+    def succeed_many(
+        self, done: list[tuple[QueuedOp, TransferSpec]], token: int
+    ) -> tuple[Settled, int]:
+        """Ack done uploads and record what they changed, all in one transaction (as
+        :meth:`succeed` does for one; the same durability).
+
+        Returns:
+            The settle's result, and how many record ops waited for these blobs (released
+            now, unless they wait for another blob too).
+        """
+        now = time.time()
+        shas = sorted({spec.sha256 for _, spec in done if spec.kind == "up"})
+        keys = [(spec.key,) for _, spec in done]
+        with self.database.transaction(durable=False) as conn:
+            held = 0
+            if shas:
+                held = conn.execute(
+                    "SELECT count(*) FROM nx_blob_holds WHERE sha256 IN "
+                    "(SELECT value FROM json_each(?))",
+                    (json.dumps(shas),),
+                ).fetchone()[0]
+            settled = self.queue.ack([op.op_id for op, _ in done], token=token)
+            conn.executemany(
+                "UPDATE nx_blobs SET remote = 1 WHERE sha256 = ?",
+                [(spec.sha256,) for _, spec in done if spec.kind in ("up", "get")],
+            )
+            if held:
+                for sha in shas:
+                    release_holds(conn, self.queue, sha)
+            conn.executemany(
+                "UPDATE nx_uploads SET state = 'done', done_at = ?2, error = NULL "
+                "WHERE op_key = ?1 AND state = 'queued'",
+                [(key, now) for (key,) in keys],
+            )
+            conn.executemany("DELETE FROM nx_transfers WHERE op_key = ?", keys)
+        for (key,) in keys:
+            self._saved_ids.pop(key, None)
+        return settled, int(held)
 
     def fail(
         self, op: QueuedOp, token: int, error: BaseException, policy: FilePolicy

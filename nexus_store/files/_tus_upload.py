@@ -14,8 +14,9 @@
    abandoned upload is collected by the server);
 4. the last chunk's answer comes after the server verified the whole blob's SHA-256.
 
-A chunk is read into memory before it is sent (its checksum goes in the header), so a
-transfer holds at most one chunk in memory, whatever the file's size. The chunk checksum is
+A chunk is read into memory before it is sent (its checksum goes in the header); the next
+chunk is read and summed in a worker thread while one is on the wire, so a transfer holds
+at most two chunks in memory, whatever the file's size. The chunk checksum is
 CRC-32 (tus ``crc32``): it catches a chunk damaged on the way, at a fraction of a
 cryptographic hash's cost on both sides; the bytes' identity is the whole blob's SHA-256,
 which the server checks before the blob becomes visible.
@@ -23,11 +24,14 @@ which the server checks before the blob becomes visible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 
 from .._blob_api import new_checksum
@@ -42,7 +46,7 @@ from ._remote import (
 
 __all__ = ["WITH_CREATION", "ResumePoint", "send_blob"]
 
-_PIECE = 256 * 1024
+_PIECE = 1024 * 1024
 _ROUNDS = 10_000_000  # bounds the chunk loop: no file has this many chunks
 _RETRIES = 3
 WITH_CREATION = 64 * 1024
@@ -59,7 +63,7 @@ class ResumePoint:
     acked: int = 0
 
 
-async def send_blob(  # noqa: PLR0912 - one branch per tus answer
+async def send_blob(  # noqa: PLR0912, PLR0915 - one branch per tus answer
     remote: BlobRemote,
     path: Path,
     *,
@@ -100,51 +104,54 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
     progress(offset)
     restarts = rejected = 0
-    for _ in range(_ROUNDS):
-        if offset >= size:
-            return
-        assert resume.upload_id is not None
-        length = min(chunk, size - offset)
-        data = await anyio.to_thread.run_sync(_read_chunk, path, offset, length)
-        if len(data) != length:
-            raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
-        digest = None
-        if checksum is not None:
-            digest = (checksum, await anyio.to_thread.run_sync(_checksum, checksum, data))
-        try:
-            offset = await remote.patch(
-                resume.upload_id, offset, _pieces(data, offset, progress), length, digest
-            )
-        except OffsetMismatchError:
-            offset = await remote.offset(resume.upload_id)
-        except ChunkRejectedError:
-            rejected += 1
-            if rejected > _RETRIES:
-                raise
-            continue
-        except UploadGoneError:
-            restarts += 1
-            if restarts > _RETRIES:
-                raise
-            resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
-            continue
-        except BlobMismatchError:
-            if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
-                raise SourceChangedError(
-                    f"blob {sha256[:12]}: the file changed since it was queued (hash mismatch)"
-                ) from None
-            restarts += 1
-            if restarts > _RETRIES:
-                raise
-            resume.upload_id = None
-            offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
-            continue
-        rejected = 0
-        resume.acked = offset
-        if offset < size:  # the last chunk's success is recorded by the caller's settle
-            await anyio.to_thread.run_sync(save, resume)
-        progress(offset)
+    async with _reading_ahead(path, checksum) as ahead:
+        for _ in range(_ROUNDS):
+            if offset >= size:
+                return
+            assert resume.upload_id is not None
+            length = min(chunk, size - offset)
+            data, digest = await ahead.take(offset, length)
+            if len(data) != length:
+                raise SourceChangedError(f"blob {sha256[:12]}: the file is shorter than queued")
+            # The next chunk is read and summed while this one is on the wire.
+            if offset + length < size:
+                ahead.start(offset + length, min(chunk, size - offset - length))
+            try:
+                offset = await remote.patch(
+                    resume.upload_id, offset, _pieces(data, offset, progress), length, digest
+                )
+            except OffsetMismatchError:
+                offset = await remote.offset(resume.upload_id)
+            except ChunkRejectedError:
+                rejected += 1
+                if rejected > _RETRIES:
+                    raise
+                continue
+            except UploadGoneError:
+                restarts += 1
+                if restarts > _RETRIES:
+                    raise
+                resume.upload_id = None
+                offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
+                continue
+            except BlobMismatchError:
+                if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
+                    raise SourceChangedError(
+                        f"blob {sha256[:12]}: the file changed since it was queued (hash mismatch)"
+                    ) from None
+                restarts += 1
+                if restarts > _RETRIES:
+                    raise
+                resume.upload_id = None
+                offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
+                continue
+            finally:
+                del data
+            rejected = 0
+            resume.acked = offset
+            if offset < size:  # the last chunk's success is recorded by the caller's settle
+                await anyio.to_thread.run_sync(save, resume)
+            progress(offset)
     raise RetryableError("the upload did not finish")  # pragma: no cover - bounded loop
 
 
@@ -227,7 +234,81 @@ def _same_hash(path: Path, sha256: str) -> bool:
 async def _pieces(
     data: bytes, offset: int, progress: Callable[[int], None]
 ) -> AsyncIterator[bytes]:
+    # Views, not copies: the HTTP layer copies each piece once on its way out anyway.
     view = memoryview(data)
     for start in range(0, len(data), _PIECE):
-        yield bytes(view[start : start + _PIECE])
+        yield view[start : start + _PIECE]  # type: ignore[misc]
         progress(offset + min(len(data), start + _PIECE))
+
+
+@contextlib.asynccontextmanager
+async def _reading_ahead(path: Path, checksum: str | None) -> AsyncIterator[_ChunkReader]:
+    """A :class:`_ChunkReader` for the ``async with`` block (reads still going at its end
+    are cancelled); the block's own error comes out as itself."""
+    try:
+        async with anyio.create_task_group() as group:
+            try:
+                yield _ChunkReader(path, checksum, group)
+            finally:
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as exc:
+        # The readers never raise (take() raises what they met): the error is the block's.
+        if len(exc.exceptions) == 1:
+            raise exc.exceptions[0] from None
+        raise
+
+
+class _ChunkReader:
+    """Reads a chunk and its checksum in a worker thread, ahead of its turn (at most one
+    chunk ahead: a transfer holds at most two chunks in memory)."""
+
+    def __init__(self, path: Path, checksum: str | None, group: anyio.abc.TaskGroup) -> None:
+        self.path = path
+        self.checksum = checksum
+        self.group = group
+        self._at: tuple[int, int] | None = None
+        self._done = anyio.Event()
+        self._result: tuple[bytes, tuple[str, bytes] | None] | None = None
+        self._error: BaseException | None = None
+
+    def start(self, offset: int, length: int) -> None:
+        """Begin reading ``length`` bytes at ``offset``."""
+        self._at, self._done = (offset, length), anyio.Event()
+        self._result = self._error = None
+        self.group.start_soon(self._read, offset, length, self._done)
+
+    async def _read(self, offset: int, length: int, done: anyio.Event) -> None:
+        try:
+            result = await anyio.to_thread.run_sync(
+                _read_and_sum, self.path, offset, length, self.checksum
+            )
+        except Exception as exc:  # met by take(), where the chunk is needed
+            if done is self._done:
+                self._error = exc
+        else:
+            if done is self._done:
+                self._result = result
+        finally:
+            done.set()
+
+    async def take(self, offset: int, length: int) -> tuple[bytes, tuple[str, bytes] | None]:
+        """The chunk at ``offset`` (read now unless it was read ahead) and its checksum."""
+        if self._at != (offset, length):
+            self.start(offset, length)
+        await self._done.wait()
+        self._at = None
+        result, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+
+def _read_and_sum(
+    path: Path, offset: int, length: int, checksum: str | None
+) -> tuple[bytes, tuple[str, bytes] | None]:
+    data = _read_chunk(path, offset, length)
+    if checksum is None:
+        return data, None
+    return data, (checksum, _checksum(checksum, data))

@@ -93,6 +93,36 @@ def test_a_record_is_sent_only_after_its_blob(tmp_path: Path) -> None:
     store.close()
 
 
+def test_many_small_attachments_settle_in_few_transactions_records_after_blobs(
+    tmp_path: Path,
+) -> None:
+    """Hundreds of small attachments: batches carry their blobs, and the run leases and
+    settles their upload ops many to a transaction (not one or two per file); each
+    record still goes only after its blob, and every op is settled."""
+    backend = BlobOrderBackend(MemoryBackend())
+    store = _store(tmp_path, "many", backend)
+    count = 450  # more than two batches
+    for n in range(count):
+        ref = store.attach(f"p{n}", os.urandom(3000 + n), name=f"{n}.jpg")
+        store.save(Photo(id=f"p{n}", image=ref))
+    transactions = 0
+
+    def trace(sql: str) -> None:
+        nonlocal transactions
+        transactions += sql.startswith("BEGIN")
+
+    store.database.conn.set_trace_callback(trace)
+    try:
+        summary = store.sync()
+    finally:
+        store.database.conn.set_trace_callback(None)
+    assert (summary.uploaded, summary.pushed) == (count, count)
+    assert backend.too_early == []
+    assert store.queue.stats().live == 0
+    assert transactions < count // 4, transactions
+    store.close()
+
+
 def test_one_stuck_file_never_blocks_other_items(tmp_path: Path) -> None:
     """A blob the server refuses keeps its own record back; other items still sync."""
     inner = MemoryBackend()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -70,3 +71,115 @@ async def test_a_failing_storage_answers_503_with_retry_after(client: httpx.Asyn
     assert answer.headers["retry-after"] == "1"
     assert answer.headers["tus-resumable"] == TUS_VERSION
     assert answer.json()["error"] == "storage_unavailable"
+
+
+# -- chunks written while the next ones arrive -------------------------------------------------
+
+_PIECE = 64 * 1024
+
+
+async def _pieces(data: bytes, fail_at: int | None = None) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), _PIECE):
+        if fail_at is not None and start >= fail_at:
+            raise OSError("the client went away")
+        yield data[start : start + _PIECE]
+        await anyio.lowlevel.checkpoint()
+
+
+async def _new_upload(storage: FileBlobStorage, length: int) -> UploadInfo:
+    info = UploadInfo(uuid.uuid4().hex, length, 0, 0.0)
+    await storage.create_upload("tenant-a", info)
+    found = await storage.get_upload("tenant-a", info.upload_id)
+    assert found is not None
+    return found
+
+
+async def test_a_chunk_of_many_blocks_is_written_and_seen_in_order(tmp_path: Path) -> None:
+    """Blocks are hashed and written beside the receiving: every byte lands, in order, and
+    reads back (from the disk: the closed chunk's pages were handed to writeback)."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (5 * 65536 + 1000)  # several blocks, and a tail
+    upload = await _new_upload(storage, len(data))
+    seen = bytearray()
+    offset = await storage.append("tenant-a", upload, _pieces(data), seen.extend, None)
+    assert offset == len(data)
+    assert bytes(seen) == data
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert stored.offset == len(data)
+    assert b"".join([p async for p in storage.read_upload("tenant-a", stored)]) == data
+
+
+async def test_a_cut_chunk_without_checksum_keeps_what_arrived(tmp_path: Path) -> None:
+    """tus: a client resumes after the bytes the server kept of a broken PATCH (all of
+    them, also the blocks still waiting for the writer when the stream broke)."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (200 * 1024)
+    upload = await _new_upload(storage, len(data))
+    cut = 40 * _PIECE
+    with pytest.raises(OSError, match="went away"):
+        await storage.append("tenant-a", upload, _pieces(data, cut), lambda _: None, None)
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert stored.offset == cut
+    assert b"".join([p async for p in storage.read_upload("tenant-a", stored)]) == data[:cut]
+
+
+async def test_a_cut_chunk_with_checksum_keeps_nothing(tmp_path: Path) -> None:
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (200 * 1024)
+    upload = await _new_upload(storage, len(data))
+    with pytest.raises(OSError, match="went away"):
+        await storage.append(
+            "tenant-a", upload, _pieces(data, 40 * _PIECE), lambda _: None, lambda: True
+        )
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert stored.offset == 0
+
+
+async def test_a_failing_write_is_raised_as_itself_and_keeps_nothing_of_the_chunk(
+    tmp_path: Path,
+) -> None:
+    """A disk error in the writer stops the receiving and comes out as the error itself
+    (the routes turn it into 503), not wrapped in a group; the chunk is not kept."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (200 * 1024)
+    upload = await _new_upload(storage, len(data))
+    seen = 0
+
+    def observe(block: bytes) -> None:
+        nonlocal seen
+        seen += len(block)
+        if seen > 2 * 1024 * 1024:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        await storage.append("tenant-a", upload, _pieces(data), observe, lambda: True)
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert stored.offset == 0
+
+
+async def test_a_cancelled_chunk_without_checksum_keeps_the_blocks_written(
+    tmp_path: Path,
+) -> None:
+    """A PATCH cancelled mid-way (the server shutting down) keeps the blocks written whole,
+    as a cut one does; the offset names exactly what the part file holds."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    data = uuid.uuid4().bytes * (200 * 1024)
+    upload = await _new_upload(storage, len(data))
+
+    async def slow(data: bytes) -> AsyncIterator[bytes]:
+        async for piece in _pieces(data):
+            yield piece
+            await anyio.sleep(0.01)
+
+    with anyio.move_on_after(0.35):
+        await storage.append("tenant-a", upload, slow(data), lambda _: None, None)
+    stored = await storage.get_upload("tenant-a", upload.upload_id)
+    assert stored is not None
+    assert 0 < stored.offset < len(data)
+    assert stored.offset % (1024 * 1024) == 0  # whole blocks only
+    kept = b"".join([p async for p in storage.read_upload("tenant-a", stored)])
+    assert kept == data[: stored.offset]

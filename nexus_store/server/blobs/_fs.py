@@ -13,11 +13,14 @@ in ``uploads/`` (``<random>.batch``), syncs it, renames it into place, then sync
 folder it renamed into once.
 
 A blob becomes visible by one ``rename`` of its complete, fsynced part file (then the
-folder is fsynced): a reader sees the whole blob or none. Chunks are written through a
-worker thread in blocks of 1 MiB (memory stays flat whatever the upload's size) and not
-fsynced one by one: after a crash of the server process the kernel still has them; after
-a power loss a part file may have lost its tail (the offset says so) or, rarely, hold
-damaged bytes, which the SHA-256 check before the blob becomes visible refuses.
+folder is fsynced): a reader sees the whole blob or none. Chunks are hashed and written
+by a worker thread in blocks of about 1 MiB while the next block arrives (at most one
+block waits, so memory stays flat whatever the upload's size), and not fsynced one by
+one (the kernel is asked to start writing each chunk out as it closes, so the fsync of
+the finished blob has little left to do): after a crash of the server process the kernel
+still has them; after a power loss a part file may have lost its tail (the offset says
+so) or, rarely, hold damaged bytes, which the SHA-256 check before the blob becomes
+visible refuses.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from ._base import BlobInfo, BlobStorage, ChunkRejectedError, UploadInfo, tenant
 __all__ = ["FileBlobStorage"]
 
 _BLOCK = 1024 * 1024
+_AHEAD = 1
+"""Blocks received and waiting for the writer (beside the one being written)."""
 _READ = 1024 * 1024
 
 
@@ -149,44 +154,31 @@ class FileBlobStorage(BlobStorage):
     ) -> int:
         _, part = self._upload_paths(tenant, upload.upload_id)
         handle = await anyio.to_thread.run_sync(_open_at, part, upload.offset)
-        written = 0
+        pipe = _Pipe(handle, observe, whole=verify is not None)
         keep = False
-        buffer = bytearray()
-
-        def flush(block: bytes) -> None:
-            observe(block)
-            handle.write(block)
-
         try:
-            async for piece in chunks:
-                buffer += piece
-                if len(buffer) >= _BLOCK:
-                    block, buffer = bytes(buffer), bytearray()
-                    await anyio.to_thread.run_sync(flush, block)
-                    written += len(block)
-            if buffer:
-                block, buffer = bytes(buffer), bytearray()
-                await anyio.to_thread.run_sync(flush, block)
-                written += len(block)
+            try:
+                await pipe.run(chunks)
+            except BaseException:
+                keep = verify is None  # cancelled: the blocks written whole are kept
+                raise
+            failure = pipe.write_failure or pipe.failure
+            if failure is not None:
+                # Without a checksum, what arrived is kept: the client resumes after it.
+                keep = verify is None
+                raise failure
             if verify is not None and not verify():
                 raise ChunkRejectedError
             keep = True
-        except BaseException:
-            if verify is None:
-                # Keep what arrived: the client resumes from the new offset.
-                if buffer:
-                    with anyio.CancelScope(shield=True):
-                        block = bytes(buffer)
-                        await anyio.to_thread.run_sync(flush, block)
-                        written += len(block)
-                keep = True
-            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    _close_at, handle, upload.offset + written if keep else upload.offset
+                    _close_at,
+                    handle,
+                    upload.offset + pipe.written if keep else upload.offset,
+                    upload.offset,
                 )
-        return upload.offset + written
+        return upload.offset + pipe.written
 
     async def read_upload(self, tenant: str, upload: UploadInfo) -> AsyncIterator[bytes]:
         _, part = self._upload_paths(tenant, upload.upload_id)
@@ -342,6 +334,65 @@ class FileBlobStorage(BlobStorage):
         return await anyio.to_thread.run_sync(listing)
 
 
+class _Pipe:
+    """Receives a chunk's pieces and has them hashed and written in a worker thread, a
+    block at a time, while the next block arrives (at most :data:`_AHEAD` blocks wait).
+
+    ``failure``: the stream broke (the client went away, the chunk was refused);
+    ``write_failure``: the writing failed (it stops the receiving); ``written``: the bytes
+    written (blocks are counted once written whole). With ``whole`` (a chunk kept whole or
+    not at all), a broken stream is not written further.
+    """
+
+    def __init__(self, handle: Any, observe: Callable[[bytes], None], *, whole: bool) -> None:
+        self.handle = handle
+        self.observe = observe
+        self.whole = whole
+        self.written = 0
+        self.failure: BaseException | None = None
+        self.write_failure: BaseException | None = None
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> None:
+        send, receive = anyio.create_memory_object_stream[list[bytes]](_AHEAD)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._write_all, receive, group.cancel_scope)
+            await self._receive_all(chunks, send)
+
+    def _flush(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.observe(piece)
+            self.handle.write(piece)
+
+    async def _write_all(self, receive: Any, scope: anyio.CancelScope) -> None:
+        with receive:
+            async for pieces in receive:
+                try:
+                    await anyio.to_thread.run_sync(self._flush, pieces)
+                except Exception as exc:
+                    self.write_failure = exc
+                    scope.cancel()
+                    return
+                self.written += sum(map(len, pieces))
+
+    async def _receive_all(self, chunks: AsyncIterator[bytes], send: Any) -> None:
+        pieces: list[bytes] = []
+        size = 0
+        with send:
+            try:
+                async for piece in chunks:
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size >= _BLOCK:
+                        await send.send(pieces)
+                        pieces, size = [], 0
+            except Exception as exc:  # the client went away, or the chunk was refused
+                self.failure = exc
+                if self.whole:
+                    return  # nothing of the chunk is kept
+            if pieces:
+                await send.send(pieces)
+
+
 def _meta_of(info: UploadInfo) -> dict[str, Any]:
     return {
         "length": info.length,
@@ -380,10 +431,16 @@ def _open_at(path: Path, offset: int) -> Any:
     return handle
 
 
-def _close_at(handle: Any, size: int) -> None:
+def _close_at(handle: Any, size: int, start: int) -> None:
+    """Close a part file at ``size`` bytes; the kernel starts writing the chunk's bytes
+    (``start`` to ``size``) to disk now, without waiting for it, so the fsync that makes
+    the finished blob durable finds little left to write."""
     try:
         handle.flush()
         handle.truncate(size)
+        if size > start and hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(handle.fileno(), start, size - start, os.POSIX_FADV_DONTNEED)
     finally:
         handle.close()
 

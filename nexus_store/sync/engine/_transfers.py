@@ -58,6 +58,8 @@ run's ``lease_for``)."""
 _PUBLISH_EVERY = 0.1
 _MAX_FAILURES_IN_ROW = 3
 _MAX_ROUNDS = 100_000
+_MAX_QUICK = 200
+"""The most ops leased at once beyond the free slots (ops whose blobs are on the server)."""
 _STOPS = frozenset(
     {
         SyncStopReason.AUTH,
@@ -221,13 +223,17 @@ class Transfers:
         send: Any,
     ) -> None:
         runner, run = self.runner, self.run
+        # Ops whose blobs a batch already took are settled here, many in one transaction:
+        # lease as many more as there are such blobs ahead of the run.
+        ahead = min(side.small.confirmed_ahead(), _MAX_QUICK)
         batch = await runner._local(
-            side.lease, free + len(skipped), self.lease_for, sorted(run.allowed)
+            side.lease, free + len(skipped) + ahead, self.lease_for, sorted(run.allowed)
         )
         back: list[str] = []
+        quick: list[tuple[QueuedOp, TransferSpec]] = []
         started = 0
         for op in batch:
-            if op.op_id in skipped or op.op_id in running or started >= free:
+            if op.op_id in skipped or op.op_id in running:
                 back.append(op.op_id)
                 continue
             spec, why = side.decide(op, device, policy)
@@ -237,18 +243,66 @@ class Transfers:
                 continue
             if why is None and self._remote is None and spec.kind != "post":
                 why = self._no_remote
+            if why is None and side.small.confirmed(spec):
+                quick.append((op, spec))
+                continue
+            if started >= free:
+                back.append(op.op_id)
+                continue
             if why is not None:
                 skipped.add(op.op_id)
                 back.append(op.op_id)
                 self._note(op, spec, TransferState.WAITING, why)
                 continue
-            acked = 0 if spec.kind == "get" else await runner._local(side.acked_bytes, spec.key)
-            job = _Running(op, spec, batch.token, runner.clock.monotonic(), acked)
-            running[op.op_id] = job
-            started += 1
-            group.start_soon(self._one, side, job, policy, send)
+            started += await self._start(side, policy, op, spec, batch.token, running, group, send)
+        if quick and started < free and side.small.wants_ahead():
+            # One of them goes the usual way: its slot sends the next batch meanwhile.
+            op, spec = quick.pop()
+            started += await self._start(side, policy, op, spec, batch.token, running, group, send)
         if back:
             await runner._local(side.release, back, batch.token)
+        if quick:
+            await self._settle_quick(side, quick, batch.token, policy)
+
+    async def _start(  # noqa: PLR0917 - the round's state, passed down
+        self,
+        side: FileTransfers,
+        policy: FilePolicy,
+        op: QueuedOp,
+        spec: TransferSpec,
+        token: int,
+        running: dict[str, _Running],
+        group: anyio.abc.TaskGroup,
+        send: Any,
+    ) -> int:
+        runner = self.runner
+        acked = 0 if spec.kind == "get" else await runner._local(side.acked_bytes, spec.key)
+        job = _Running(op, spec, token, runner.clock.monotonic(), acked)
+        running[op.op_id] = job
+        group.start_soon(self._one, side, job, policy, send)
+        return 1
+
+    async def _settle_quick(
+        self,
+        side: FileTransfers,
+        done: list[tuple[QueuedOp, TransferSpec]],
+        token: int,
+        policy: FilePolicy,
+    ) -> None:
+        """Settle uploads whose blobs a batch took, in one transaction (as
+        :meth:`_succeeded` does one by one)."""
+        runner, run = self.runner, self.run
+        _, released = await runner._local(side.succeed_many, done, token)
+        self.released_records += released
+        self._failures_in_row = 0
+        for op, spec in done:
+            run.uploaded += 1
+            run.transferred_bytes += spec.size
+            self._note(op, spec, TransferState.DONE, None, done=spec.size)
+        self.runner._publish_progress(run)
+        self._last_publish = runner.clock.monotonic()
+        await runner._exchanged(run)
+        await runner._local(side.maybe_evict, policy)
 
     async def _renew(self, side: FileTransfers, running: dict[str, _Running]) -> None:
         runner = self.runner

@@ -1,0 +1,133 @@
+"""Our tus client (:func:`send_blob`) against a real server process: chunks read ahead of
+their turn still go in order, with the resume point saved after each one; a file cut
+short while it goes up is caught."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nexus_store._exceptions import SourceChangedError
+from nexus_store.backends import HttpBackend
+from nexus_store.files._remote import blob_remote_for
+from nexus_store.files._tus_upload import ResumePoint, send_blob
+from nexus_store.testing import ServerProcess
+
+from .conftest import limited_server
+
+pytestmark = pytest.mark.anyio
+
+CHUNK = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with limited_server(
+        tmp_path_factory.mktemp("tus-client"), {"tok-a": "tenant-a"}, max_blob="8MiB", quota="64MiB"
+    ) as process:
+        yield process
+
+
+async def test_chunks_read_ahead_go_in_order_and_each_saves_its_offset(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    data = os.urandom(5 * CHUNK + 1234)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    saved: list[int] = []
+    done: list[int] = []
+    resume = ResumePoint()
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        remote = blob_remote_for(backend)
+        await send_blob(
+            remote,
+            path,
+            sha256=sha,
+            size=len(data),
+            metadata={},
+            resume=resume,
+            save=lambda point: saved.append(point.acked),
+            chunk_size=CHUNK,
+            progress=done.append,
+            unchanged=lambda: True,
+        )
+        assert await remote.size_of(sha) == len(data)
+    # Saved after the creation, then after every chunk but the last.
+    assert saved == [0, *(CHUNK * n for n in range(1, 6))]
+    assert done[-1] == len(data)
+    assert done == sorted(done)
+
+
+async def test_a_file_cut_short_during_the_upload_is_a_source_change(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The file is truncated after the first chunk's answer (its next chunk may already be
+    read ahead): the upload stops with SourceChangedError, and the blob never shows."""
+    data = os.urandom(4 * CHUNK)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+
+    def save(point: ResumePoint) -> None:
+        if point.acked >= CHUNK:
+            with path.open("r+b") as handle:
+                handle.truncate(CHUNK + 100)
+
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        remote = blob_remote_for(backend)
+        with pytest.raises(SourceChangedError):
+            await send_blob(
+                remote,
+                path,
+                sha256=sha,
+                size=len(data),
+                metadata={},
+                resume=ResumePoint(),
+                save=save,
+                chunk_size=CHUNK,
+                progress=lambda _: None,
+                unchanged=lambda: True,
+            )
+        assert await remote.size_of(sha) is None
+
+
+def test_only_the_first_save_of_an_upload_id_waits_for_the_disk(tmp_path: Path) -> None:
+    """A resume point is saved after every chunk; only a new upload id must survive a
+    power loss (the server says the offset), so only its first save is a durable commit."""
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    from nexus_store import NexusStore  # noqa: PLC0415
+    from nexus_store.files import FileTransfers  # noqa: PLC0415
+
+    class Note(BaseModel):
+        id: str
+
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 1000)
+    store: NexusStore[Note, str] = NexusStore(tmp_path / "app.db", model=Note)
+    try:
+        store.upload(source)  # the file tables exist from here on
+        side = FileTransfers.find(store.database, store.queue)
+        assert side is not None
+        relaxed: list[str] = []
+        store.database.conn.set_trace_callback(
+            lambda sql: relaxed.append(sql) if "synchronous" in sql else None
+        )
+        side._save_point("k", ResumePoint("u1", 0))
+        first = len(relaxed)
+        for acked in (CHUNK, 2 * CHUNK):
+            side._save_point("k", ResumePoint("u1", acked))
+        later = len(relaxed) - first
+        side._save_point("k", ResumePoint("u2", 0))  # a new upload (the old one was lost)
+        again = len(relaxed) - first - later
+        store.database.conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert first == 0  # durable: synchronous stays FULL
+    assert later == 4  # NORMAL, then back to FULL, twice
+    assert again == 0
