@@ -63,7 +63,7 @@ from .device._device import DeviceStateProvider
 from .engine._progress import SyncEvent
 from .engine._rawtable import RawCollection, discover_collections
 from .workmanager._adapter import WorkManagerSyncService, work_ended
-from .workmanager._records import WorkQuery
+from .workmanager._records import WorkInfo, WorkQuery
 from .workmanager._states import WorkState
 
 __all__ = ["RunReport", "SyncWorker", "WalChangeSource", "worker_config"]
@@ -116,6 +116,22 @@ class _SchemaWatch:
 def _schema_version(database: Database) -> int:
     with database.reading() as conn:
         return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def next_attempt(infos: list[WorkInfo], event: SyncEvent | None, now: float) -> float | None:
+    """When the next sync run is due, as the unfinished sync work says right after a run
+    ended: the earliest waiting work's time, or now if another run is already under way
+    (the scheduler started it as this one ended); not before the end of a pause of the
+    remote that the run's event reports (a run before then sends nothing)."""
+    waiting = [info.next_schedule_time for info in infos if info.state is WorkState.ENQUEUED]
+    if any(info.state is WorkState.RUNNING for info in infos):
+        waiting.append(now)
+    if not waiting:
+        return None
+    due = min(waiting)
+    summary = event.summary if event is not None else None
+    paused = summary.paused_until if summary is not None else None
+    return max(due, paused.timestamp()) if paused is not None else due
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,11 +412,11 @@ class SyncWorker:
                     fresh = [r for r in reversed(finished) if key(r) not in reported]
                     if not fresh:
                         continue
-                    waiting = [i for i in infos if i.state is WorkState.ENQUEUED]
-                    next_at = min((i.next_schedule_time for i in waiting), default=None)
                     for run in fresh:  # oldest first
                         reported.add(key(run))
-                        on_run(RunReport(run, event_of(run), next_at))
+                        event = event_of(run)
+                        due = next_attempt(infos, event, self._clock.now())
+                        on_run(RunReport(run, event, due))
             finally:
                 watch.close()
                 tg.cancel_scope.cancel()

@@ -7,6 +7,7 @@ draining a file this test writes; the worker's lines are read as a user reads th
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,9 @@ from typer.testing import CliRunner
 
 from nexus_store import NexusStore, SyncPriority
 from nexus_store.cli import app
+from nexus_store.sync import SyncEvent, SyncStopReason, SyncSummary
+from nexus_store.sync._worker import next_attempt
+from nexus_store.sync.workmanager import Constraints, StopReason, WorkInfo, WorkState
 from nexus_store.testing import ServerProcess
 
 LAUNCHER = "from nexus_store.cli import main; main()"
@@ -165,3 +170,55 @@ def test_json_log_lines_carry_the_run(
     assert run["stop_reason"] == "drained"
     assert all(entry["time"].endswith("Z") for entry in entries)
     assert any(entry["level"] == "debug" for entry in entries)
+
+
+def _info(state: WorkState, due: float) -> WorkInfo:
+    return WorkInfo(
+        id=f"w-{state.value}",
+        worker_name="nexus-store.sync",
+        state=state,
+        tags=frozenset(),
+        unique_name=None,
+        output={},
+        progress={},
+        run_attempt_count=0,
+        period_count=0,
+        generation=0,
+        next_schedule_time=due if state is WorkState.ENQUEUED else math.inf,
+        stop_reason=StopReason.NOT_STOPPED,
+        constraints=Constraints(),
+        initial_delay=0.0,
+        interval=None,
+        flex=None,
+        expedited=False,
+        priority=SyncPriority.NORMAL,
+    )
+
+
+def _failed(paused_until: float | None) -> SyncEvent:
+    summary = SyncSummary(
+        run_id="r",
+        task_id="nexus-store.sync",
+        started_at=datetime.fromtimestamp(1000.0, UTC),
+        duration=0.01,
+        stop_reason=SyncStopReason.AUTH,
+        paused_until=None if paused_until is None else datetime.fromtimestamp(paused_until, UTC),
+    )
+    return SyncEvent(
+        task_id="nexus-store.sync", run_id="r", success=False, message="", duration=0.01,
+        summary=summary,
+    )  # fmt: skip
+
+
+def test_the_next_attempt_after_a_run() -> None:
+    """The next attempt a run's line gives: the earliest waiting work; now when another
+    run is already under way (the periodic run started as the expedited one failed); never
+    before the remote's pause ends; none when nothing is scheduled."""
+    now = 1000.0
+    waiting = _info(WorkState.ENQUEUED, 1060.0)
+    running = _info(WorkState.RUNNING, 0.0)
+    assert next_attempt([waiting], None, now) == 1060.0
+    assert next_attempt([waiting, running], None, now) == now
+    assert next_attempt([running], _failed(1005.0), now) == 1005.0
+    assert next_attempt([waiting], _failed(1005.0), now) == 1060.0
+    assert next_attempt([], _failed(1005.0), now) is None
