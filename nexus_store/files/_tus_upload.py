@@ -63,7 +63,7 @@ class ResumePoint:
     acked: int = 0
 
 
-async def send_blob(  # noqa: PLR0912, PLR0915 - one branch per tus answer
+async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     remote: BlobRemote,
     path: Path,
     *,
@@ -127,15 +127,12 @@ async def send_blob(  # noqa: PLR0912, PLR0915 - one branch per tus answer
                 if rejected > _RETRIES:
                     raise
                 continue
-            except UploadGoneError:
-                restarts += 1
-                if restarts > _RETRIES:
-                    raise
-                resume.upload_id = None
-                offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)
-                continue
-            except BlobMismatchError:
-                if not await anyio.to_thread.run_sync(_same_hash, path, sha256):
+            except (UploadGoneError, BlobMismatchError) as exc:
+                # The upload is gone, or its bytes did not hash to the blob: a new upload,
+                # unless the file itself changed (then nothing would make it match).
+                if isinstance(exc, BlobMismatchError) and not await anyio.to_thread.run_sync(
+                    _same_hash, path, sha256
+                ):
                     raise SourceChangedError(
                         f"blob {sha256[:12]}: the file changed since it was queued (hash mismatch)"
                     ) from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,35 @@ pytestmark = pytest.mark.anyio
 CHUNK = 256 * 1024
 
 
+async def _send(
+    server: ServerProcess,
+    path: Path,
+    data: bytes,
+    *,
+    save: Callable[[ResumePoint], None],
+    progress: Callable[[int], None],
+) -> None:
+    """Send the file at ``path`` (holding ``data``) with our client, in chunks of CHUNK."""
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        await send_blob(
+            blob_remote_for(backend),
+            path,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            metadata={},
+            resume=ResumePoint(),
+            save=save,
+            chunk_size=CHUNK,
+            progress=progress,
+            unchanged=lambda: True,
+        )
+
+
+async def _size_on_server(server: ServerProcess, data: bytes) -> int | None:
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        return await blob_remote_for(backend).size_of(hashlib.sha256(data).hexdigest())
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with limited_server(
@@ -38,25 +67,12 @@ async def test_chunks_read_ahead_go_in_order_and_each_saves_its_offset(
     data = os.urandom(5 * CHUNK + 1234)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
-    sha = hashlib.sha256(data).hexdigest()
     saved: list[int] = []
     done: list[int] = []
-    resume = ResumePoint()
-    async with HttpBackend(server.base_url, token="tok-a") as backend:
-        remote = blob_remote_for(backend)
-        await send_blob(
-            remote,
-            path,
-            sha256=sha,
-            size=len(data),
-            metadata={},
-            resume=resume,
-            save=lambda point: saved.append(point.acked),
-            chunk_size=CHUNK,
-            progress=done.append,
-            unchanged=lambda: True,
-        )
-        assert await remote.size_of(sha) == len(data)
+    await _send(
+        server, path, data, save=lambda point: saved.append(point.acked), progress=done.append
+    )
+    assert await _size_on_server(server, data) == len(data)
     # Saved after the creation, then after every chunk but the last.
     assert saved == [0, *(CHUNK * n for n in range(1, 6))]
     assert done[-1] == len(data)
@@ -71,29 +87,15 @@ async def test_a_file_cut_short_during_the_upload_is_a_source_change(
     data = os.urandom(4 * CHUNK)
     path = tmp_path / "cut.bin"
     path.write_bytes(data)
-    sha = hashlib.sha256(data).hexdigest()
 
     def save(point: ResumePoint) -> None:
         if point.acked >= CHUNK:
             with path.open("r+b") as handle:
                 handle.truncate(CHUNK + 100)
 
-    async with HttpBackend(server.base_url, token="tok-a") as backend:
-        remote = blob_remote_for(backend)
-        with pytest.raises(SourceChangedError):
-            await send_blob(
-                remote,
-                path,
-                sha256=sha,
-                size=len(data),
-                metadata={},
-                resume=ResumePoint(),
-                save=save,
-                chunk_size=CHUNK,
-                progress=lambda _: None,
-                unchanged=lambda: True,
-            )
-        assert await remote.size_of(sha) is None
+    with pytest.raises(SourceChangedError):
+        await _send(server, path, data, save=save, progress=lambda _: None)
+    assert await _size_on_server(server, data) is None
 
 
 def test_only_the_first_save_of_an_upload_id_waits_for_the_disk(tmp_path: Path) -> None:
