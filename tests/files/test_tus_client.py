@@ -133,3 +133,31 @@ def test_only_the_first_save_of_an_upload_id_waits_for_the_disk(tmp_path: Path) 
     assert first == 0  # durable: synchronous stays FULL
     assert later == 4  # NORMAL, then back to FULL, twice
     assert again == 0
+
+
+async def test_bytes_that_do_not_hash_to_the_queued_blob_are_a_source_change(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The file was rewritten in place (same size, other bytes) after its hash was taken,
+    and the cheap check did not see it: the server refuses the blob whose bytes do not hash
+    to it, the client finds the file no longer hashes to it either, and stops with
+    SourceChangedError instead of starting over; nothing shows on the server."""
+    queued = os.urandom(3 * CHUNK)
+    path = tmp_path / "rewritten.bin"
+    path.write_bytes(os.urandom(len(queued)))
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        with pytest.raises(SourceChangedError, match="hash mismatch"):
+            await send_blob(
+                blob_remote_for(backend),
+                path,
+                sha256=hashlib.sha256(queued).hexdigest(),
+                size=len(queued),
+                metadata={},
+                resume=ResumePoint(),
+                save=lambda _: None,
+                chunk_size=CHUNK,
+                progress=lambda _: None,
+                unchanged=lambda: True,
+            )
+    assert await _size_on_server(server, queued) is None
+    assert await _size_on_server(server, path.read_bytes()) is None
