@@ -12,15 +12,22 @@ import importlib.util
 import random
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import anyio
 import pytest
 from pydantic import BaseModel
 
 from nexus_store import NexusStore, SyncPriority
 from nexus_store._codec import decode
 from nexus_store._database import Database, Durability
+from nexus_store._remote import PushResult, RemoteOp
+from nexus_store.backends import MemoryBackend
+from nexus_store.sync import WorkManagerSyncService
+from nexus_store.sync.device import SimulatedDevice
+from nexus_store.sync.workmanager._adapter import CRITICAL_WORK
 
 
 def _load_shim() -> ModuleType:
@@ -180,3 +187,68 @@ def test_normal_durability_loses_only_a_suffix(tmp_path: Path, subset: bool) -> 
 def test_power_cuts_many(tmp_path: Path, durability: Durability, subset: bool) -> None:
     """The same over 600 saves and 100 cuts."""
     _power_cuts(tmp_path, durability, saves=600, cuts=100, seed=7 + subset, subset=subset)
+
+
+class _Held(MemoryBackend):
+    """A remote whose pushes never come back (the power goes while one is on the wire)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushing = anyio.Event()
+
+    async def push(self, ops: Sequence[RemoteOp], *, writer: int | None = None) -> PushResult:
+        self.pushing.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def test_a_run_request_lost_to_a_power_cut_is_asked_for_again(tmp_path: Path) -> None:
+    """The service records its expedited run (request and start) without waiting for the
+    disk. A power cut while that run pushes takes those records away, never the CRITICAL
+    save: after the reboot, a new service sends the save (nothing lost)."""
+    shim = PowerCut.get()
+    shim.reset()
+    live = tmp_path / "live"
+    live.mkdir()
+
+    async def until_pushing() -> None:
+        held = _Held()
+        database = Database(live / "app.db", durability="full", vfs="powercut")
+        store = NexusStore[Rec, str](database, model=Rec, backend=held, owns_backend=False)
+        try:
+            async with WorkManagerSyncService(store, device=SimulatedDevice()) as service:
+                await service.schedule_sync()  # durable: the periodic run survives
+                store.save(
+                    Rec(id="urgent", batch="u", size=1, body="x"), priority=SyncPriority.CRITICAL
+                )
+                with anyio.fail_after(10):
+                    await held.pushing.wait()
+                shim.cut(tmp_path / "image")  # the power goes now
+                service_work = store.database.execute(
+                    "SELECT count(*) FROM nx_work WHERE unique_name = ?", (CRITICAL_WORK,)
+                )[0][0]
+                assert service_work == 1  # recorded, running: in the live file
+        finally:
+            store.close()
+            database.close()
+
+    anyio.run(until_pushing)
+
+    async def after_reboot() -> None:
+        remote = MemoryBackend()
+        with NexusStore[Rec, str](
+            tmp_path / "image" / "app.db", model=Rec, backend=remote
+        ) as store:
+            lost = store.database.execute(
+                "SELECT count(*) FROM nx_work WHERE unique_name = ?", (CRITICAL_WORK,)
+            )[0][0]
+            assert lost == 0  # the request and its start did not reach the disk
+            assert store.is_pending("urgent")
+            async with WorkManagerSyncService(store, device=SimulatedDevice()) as service:
+                with anyio.fail_after(10):
+                    while store.is_pending("urgent"):
+                        await service.settle()
+                        await anyio.sleep(0.01)
+            assert [c.item_id for c in (await remote.pull(0)).changes] == ["urgent"]
+
+    anyio.run(after_reboot)
