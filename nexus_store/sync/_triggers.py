@@ -252,6 +252,8 @@ class _Triggering(_ServiceBase):
         await anyio.lowlevel.checkpoint()
 
     async def _check_queue(self) -> float | None:
+        if self._state is not ServiceState.RUNNING:  # stopping: its scheduler is closing
+            return None
         if not self.is_supported or not self._config.enabled or self._backend is None:
             return None
         if not self._sync_enabled:  # switched off by a person: saves stay queued
