@@ -232,23 +232,10 @@ class FileTransfers:
         op is sent again and the server, which has the blob, answers at once; the records
         it released wait for it again. Nothing is released before its blob is on the server.
         """
-        now = time.time()
-        with self.database.transaction(durable=False) as conn:
-            settled = self.queue.ack([op.op_id], token=token)
-            if spec is None:
-                return settled
-            if spec.kind in ("up", "get"):
-                conn.execute("UPDATE nx_blobs SET remote = 1 WHERE sha256 = ?", (spec.sha256,))
-            if spec.kind == "up":
-                release_holds(conn, self.queue, spec.sha256)
-            conn.execute(
-                "UPDATE nx_uploads SET state = 'done', done_at = ?, error = NULL "
-                "WHERE op_key = ? AND state = 'queued'",
-                (now, spec.key),
-            )
-            conn.execute("DELETE FROM nx_transfers WHERE op_key = ?", (spec.key,))
-        self._saved_ids.pop(spec.key, None)
-        return settled
+        if spec is None:
+            with self.database.transaction(durable=False):
+                return self.queue.ack([op.op_id], token=token)
+        return self.succeed_many([(op, spec)], token)[0]
 
     def succeed_many(
         self, done: list[tuple[QueuedOp, TransferSpec]], token: int

@@ -254,11 +254,12 @@ class Transfers:
                 back.append(op.op_id)
                 self._note(op, spec, TransferState.WAITING, why)
                 continue
-            started += await self._start(side, policy, op, spec, batch.token, running, group, send)
+            await self._start(side, policy, op, spec, batch.token, running, group, send)
+            started += 1
         if quick and started < free and side.small.wants_ahead():
             # One of them goes the usual way: its slot sends the next batch meanwhile.
             op, spec = quick.pop()
-            started += await self._start(side, policy, op, spec, batch.token, running, group, send)
+            await self._start(side, policy, op, spec, batch.token, running, group, send)
         if back:
             await runner._local(side.release, back, batch.token)
         if quick:
@@ -274,13 +275,12 @@ class Transfers:
         running: dict[str, _Running],
         group: anyio.abc.TaskGroup,
         send: Any,
-    ) -> int:
+    ) -> None:
         runner = self.runner
         acked = 0 if spec.kind == "get" else await runner._local(side.acked_bytes, spec.key)
         job = _Running(op, spec, token, runner.clock.monotonic(), acked)
         running[op.op_id] = job
         group.start_soon(self._one, side, job, policy, send)
-        return 1
 
     async def _settle_quick(
         self,
