@@ -32,6 +32,7 @@ import httpx
 from .._blob_api import (
     BATCH_TYPE,
     BLOBS_PATH,
+    CHECKSUM_ALGORITHMS,
     CHECKSUM_MISMATCH,
     FILES_PATH,
     MANIFEST_LENGTH,
@@ -112,6 +113,10 @@ class BlobRemote(abc.ABC):
     async def max_chunk(self) -> int | None:
         """The largest PATCH body the server accepts (``None``: it does not say)."""
 
+    async def checksums(self) -> tuple[str, ...]:
+        """The chunk checksums the server takes (tus ``Tus-Checksum-Algorithm``)."""
+        return ()
+
     @abc.abstractmethod
     async def create(
         self,
@@ -177,6 +182,7 @@ class HttpBlobRemote(BlobRemote):
         self._max_chunk: int | None = None
         self._max_batch: int | None = None
         self._with_upload = False
+        self._checksums: tuple[str, ...] = ()
         self._asked = False
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -244,8 +250,14 @@ class HttpBlobRemote(BlobRemote):
             self._max_batch = int(raw) if raw.isdigit() and int(raw) > 0 else None
             extensions = response.headers.get("tus-extension", "").split(",")
             self._with_upload = "creation-with-upload" in (e.strip() for e in extensions)
+            offered = response.headers.get("tus-checksum-algorithm", "").split(",")
+            self._checksums = tuple(a.strip().lower() for a in offered if a.strip())
             self._asked = True
         return self._max_chunk
+
+    async def checksums(self) -> tuple[str, ...]:
+        await self.max_chunk()
+        return self._checksums
 
     async def max_batch(self) -> int | None:
         await self.max_chunk()
@@ -472,6 +484,9 @@ class InProcessBlobRemote(BlobRemote):
 
     async def max_chunk(self) -> int | None:
         return int(self.service.limits.max_chunk_bytes)
+
+    async def checksums(self) -> tuple[str, ...]:
+        return CHECKSUM_ALGORITHMS
 
     async def max_batch(self) -> int | None:
         return int(self.service.limits.max_chunk_bytes)

@@ -16,10 +16,11 @@
 
 A chunk is read into memory before it is sent (its checksum goes in the header); the next
 chunk is read and summed in a worker thread while one is on the wire, so a transfer holds
-at most two chunks in memory, whatever the file's size. The chunk checksum is
-CRC-32 (tus ``crc32``): it catches a chunk damaged on the way, at a fraction of a
-cryptographic hash's cost on both sides; the bytes' identity is the whole blob's SHA-256,
-which the server checks before the blob becomes visible.
+at most two chunks in memory, whatever the file's size. The chunk checksum is the first
+of CRC-32C, CRC-32 and SHA-1 that the server offers (see
+:data:`~nexus_store._blob_api.CHUNK_CHECKSUMS`): it catches a chunk damaged on the way, at
+a fraction of a cryptographic hash's cost on both sides; the bytes' identity is the whole
+blob's SHA-256, which the server checks before the blob becomes visible.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .._blob_api import new_checksum
+from .._blob_api import chunk_checksum, new_checksum
 from .._exceptions import RetryableError, SourceChangedError
 from ._remote import (
     BlobMismatchError,
@@ -75,7 +76,7 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     chunk_size: int,
     progress: Callable[[int], None],
     unchanged: Callable[[], bool],
-    checksum: str | None = "crc32",
+    checksum: str | None = "auto",
 ) -> None:
     """Upload the file at ``path`` (the blob ``sha256`` of ``size`` bytes) over tus.
 
@@ -90,7 +91,8 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
         chunk_size: bytes per PATCH (capped by the server's limit).
         progress: called with the bytes the server holds (and those in flight).
         unchanged: whether the local copy is still what was queued (a cheap check).
-        checksum: the chunk checksum algorithm (``None``: none).
+        checksum: the chunk checksum algorithm (``None``: none; ``"auto"``: the first of
+            :data:`~nexus_store._blob_api.CHUNK_CHECKSUMS` the server offers).
 
     Raises:
         SourceChangedError: the file changed (or vanished) since it was queued.
@@ -99,6 +101,8 @@ async def send_blob(  # noqa: PLR0912 - one branch per tus answer
     if not await anyio.to_thread.run_sync(unchanged):
         raise SourceChangedError(f"blob {sha256[:12]}: the file changed since it was queued")
     chunk = _chunk_for(chunk_size, await remote.max_chunk())
+    if checksum == "auto":
+        checksum = chunk_checksum(await remote.checksums())
     meta = {**metadata, "sha256": sha256}
     whole = _whole_file(path, size, sha256, checksum)
     offset = await _start(remote, resume, save, size, meta, chunk, whole, progress)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import google_crc32c
 import pytest
 
+from nexus_store._blob_api import chunk_checksum, fast_crc32c, new_checksum
 from nexus_store._exceptions import SourceChangedError
 from nexus_store.backends import HttpBackend
-from nexus_store.files._remote import blob_remote_for
+from nexus_store.files._remote import BlobRemote, blob_remote_for
 from nexus_store.files._tus_upload import ResumePoint, send_blob
 from nexus_store.testing import ServerProcess
 
@@ -161,3 +164,111 @@ async def test_bytes_that_do_not_hash_to_the_queued_blob_are_a_source_change(
             )
     assert await _size_on_server(server, queued) is None
     assert await _size_on_server(server, path.read_bytes()) is None
+
+
+class _Recording(BlobRemote):
+    """The server's blob endpoints, offering ``offered`` as its checksums; records the
+    checksum each chunk went with."""
+
+    def __init__(self, inner: BlobRemote, offered: tuple[str, ...]) -> None:
+        self.inner = inner
+        self.offered = offered
+        self.sent: list[str | None] = []
+
+    async def max_chunk(self) -> int | None:
+        return await self.inner.max_chunk()
+
+    async def checksums(self) -> tuple[str, ...]:
+        return self.offered
+
+    async def create(
+        self,
+        length: int,
+        metadata: Mapping[str, str],
+        first: tuple[bytes, tuple[str, bytes] | None] | None = None,
+    ) -> tuple[str, int]:
+        return await self.inner.create(length, metadata, first)
+
+    async def offset(self, upload_id: str) -> int:
+        return await self.inner.offset(upload_id)
+
+    async def patch(
+        self,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        length: int,
+        checksum: tuple[str, bytes] | None,
+    ) -> int:
+        self.sent.append(None if checksum is None else checksum[0])
+        return await self.inner.patch(upload_id, offset, body, length, checksum)
+
+    async def terminate(self, upload_id: str) -> None:
+        await self.inner.terminate(upload_id)
+
+    async def size_of(self, sha256: str) -> int | None:
+        return await self.inner.size_of(sha256)
+
+    def read(self, sha256: str, start: int) -> Any:
+        return self.inner.read(sha256, start)
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        (None, "crc32c"),  # what our server offers
+        (("sha1", "md5"), "sha1"),
+        (("md5", "crc32", "sha1"), "crc32"),
+        ((), None),
+    ],
+)
+async def test_chunks_go_with_the_cheapest_checksum_the_server_offers(
+    server: ServerProcess,
+    tmp_path: Path,
+    offered: tuple[str, ...] | None,
+    expected: str | None,
+) -> None:
+    """CRC-32C where the server offers it, else CRC-32, else SHA-1, else none; the server
+    checks each chunk with it and the blob arrives whole."""
+    data = os.urandom(3 * CHUNK + 10)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    async with HttpBackend(server.base_url, token="tok-a") as backend:
+        inner = blob_remote_for(backend)
+        if offered is None:
+            offered = await inner.checksums()
+            assert "crc32c" in offered
+        remote = _Recording(inner, offered)
+        await send_blob(
+            remote,
+            path,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            metadata={},
+            resume=ResumePoint(),
+            save=lambda point: None,
+            chunk_size=CHUNK,
+            progress=lambda n: None,
+            unchanged=lambda: True,
+        )
+    assert remote.sent == [expected] * 4
+    assert await _size_on_server(server, data) == len(data)
+
+
+def test_the_client_takes_crc32c_only_where_it_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pure-Python CRC-32C would cost more than the zlib CRC-32 it replaces."""
+    assert fast_crc32c()  # the wheel on the supported platforms
+    assert chunk_checksum(["SHA1", " crc32c", "crc32"]) == "crc32c"
+    monkeypatch.setattr(google_crc32c, "implementation", "python")
+    assert chunk_checksum(["sha1", "crc32c", "crc32"]) == "crc32"
+    assert chunk_checksum(["crc32c"]) is None
+
+
+def test_crc32c_takes_every_kind_of_bytes() -> None:
+    """Pieces come as bytes, views or bytearrays: the sum is the standard CRC-32C."""
+    summer = new_checksum("crc32c")
+    for piece in (b"123", memoryview(b"456"), bytearray(b"789")):
+        summer.update(piece)  # type: ignore[arg-type]
+    assert summer.digest() == bytes.fromhex("e3069283")

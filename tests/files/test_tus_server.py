@@ -14,7 +14,7 @@ import pytest
 from tusclient import client as tus
 from tusclient.storage.filestorage import FileStorage
 
-from nexus_store._blob_api import encode_metadata
+from nexus_store._blob_api import encode_metadata, new_checksum
 from nexus_store.testing import ServerProcess
 
 from .conftest import limited_server
@@ -134,6 +134,36 @@ def test_checksum_mismatch_is_460_and_keeps_nothing(http: httpx.Client) -> None:
         content=data[2000:],
     )
     assert bad_algorithm.status_code == 400
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc32"])
+def test_a_crc_checksum_is_checked_like_sha1(http: httpx.Client, algorithm: str) -> None:
+    """The CRC checksums (offered in OPTIONS) refuse a damaged chunk with 460, as SHA-1 does;
+    the right one is taken (CRC-32C: the standard check value of ``123456789``)."""
+    assert algorithm in http.options("/v1/files").headers["tus-checksum-algorithm"].split(",")
+    summer = new_checksum(algorithm)
+    summer.update(b"123456789")
+    assert summer.digest().hex() == {"crc32c": "e3069283", "crc32": "cbf43926"}[algorithm]
+    data = os.urandom(5000)
+    upload = _create(http, data)
+    summer = new_checksum(algorithm)
+    summer.update(data[:2000])
+    right = base64.b64encode(summer.digest()).decode()
+    damaged = bytes([data[0] ^ 1]) + data[1:2000]
+    answer = http.patch(
+        f"/v1/files/{upload}",
+        headers={**A, **PATCH, "upload-offset": "0", "upload-checksum": f"{algorithm} {right}"},
+        content=damaged,
+    )
+    assert answer.status_code == 460
+    assert http.head(f"/v1/files/{upload}", headers=A).headers["upload-offset"] == "0"
+    answer = http.patch(
+        f"/v1/files/{upload}",
+        headers={**A, **PATCH, "upload-offset": "0", "upload-checksum": f"{algorithm} {right}"},
+        content=data[:2000],
+    )
+    assert answer.status_code == 204
+    assert answer.headers["upload-offset"] == "2000"
 
 
 def test_a_blob_that_does_not_match_its_hash_never_becomes_visible(http: httpx.Client) -> None:

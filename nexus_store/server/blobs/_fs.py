@@ -14,7 +14,8 @@ folder it renamed into once.
 
 A blob becomes visible by one ``rename`` of its complete, fsynced part file (then the
 folder is fsynced): a reader sees the whole blob or none. Chunks are hashed and written
-by a worker thread in blocks of about 1 MiB while the next block arrives (at most one
+by a worker thread in blocks of about 1 MiB (one hashing and one write call per block)
+while the next block arrives (at most one
 block waits, so memory stays flat whatever the upload's size), and not fsynced one by
 one (the kernel is asked to start writing each chunk out as it closes, so the fsync of
 the finished blob has little left to do): after a crash of the server process the kernel
@@ -359,9 +360,12 @@ class _Pipe:
             await self._receive_all(chunks, send)
 
     def _flush(self, pieces: list[bytes]) -> None:
-        for piece in pieces:
-            self.observe(piece)
-            self.handle.write(piece)
+        # One block, hashed and written in one call each: every call lets go of the GIL
+        # and must take it back from the event loop, so a call per received piece (64 KiB)
+        # made this thread wait for the loop dozens of times per block.
+        block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.observe(block)
+        self.handle.write(block)
 
     async def _write_all(self, receive: Any, scope: anyio.CancelScope) -> None:
         with receive:
@@ -438,7 +442,7 @@ def _close_at(handle: Any, size: int, start: int) -> None:
     try:
         handle.flush()
         handle.truncate(size)
-        if size > start and hasattr(os, "posix_fadvise"):
+        if size > start and hasattr(os, "posix_fadvise") and os.environ.get("NX_FADVISE") != "0":
             with contextlib.suppress(OSError):
                 os.posix_fadvise(handle.fileno(), start, size - start, os.POSIX_FADV_DONTNEED)
     finally:
