@@ -3,6 +3,9 @@ at once, and a storage that fails (the client is told to come back, never a 500)
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -183,3 +186,35 @@ async def test_a_cancelled_chunk_without_checksum_keeps_the_blocks_written(
     assert stored.offset % (1024 * 1024) == 0  # whole blocks only
     kept = b"".join([p async for p in storage.read_upload("tenant-a", stored)])
     assert kept == data[: stored.offset]
+
+
+async def test_garbage_collection_removes_what_a_crash_left_in_the_uploads_folder(
+    tmp_path: Path,
+) -> None:
+    """A server killed between writing a batch's blob and renaming it into place leaves a
+    ``.batch`` file (and one killed while replacing an upload record, a ``.tmp``): GC
+    removes them once they are an hour old, and keeps younger ones (a request may still be
+    writing them), the blobs and the live uploads."""
+    storage = FileBlobStorage(tmp_path / "blobs")
+    service = BlobService(storage)
+    data = b"kept blob"
+    sha = hashlib.sha256(data).hexdigest()
+    assert await storage.put_blobs("tenant-a", [(sha, data)], time.time()) == [True]
+    live = uuid.uuid4().hex
+    await storage.create_upload("tenant-a", UploadInfo(live, 10, 0, time.time()))
+    (uploads,) = storage.root.joinpath("t").glob("*/uploads")
+    old = [uploads / f"{uuid.uuid4().hex}.batch", uploads / f"{live}.json.123.456.tmp"]
+    young = uploads / f"{uuid.uuid4().hex}.batch"
+    for path in [*old, young]:
+        path.write_bytes(b"half a blob")
+    two_hours_ago = time.time() - 7200
+    for path in old:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    report = await service.collect_garbage("tenant-a", {sha})
+    assert report.leftovers == 2
+    assert not any(p.exists() for p in old)
+    assert young.exists()
+    assert await storage.stat("tenant-a", sha) is not None
+    assert await storage.get_upload("tenant-a", live) is not None
+    assert (await service.collect_garbage("tenant-a", {sha})).leftovers == 0

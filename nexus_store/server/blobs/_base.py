@@ -130,6 +130,11 @@ class BlobStorage(abc.ABC):
     async def list_uploads(self, tenant: str) -> list[UploadInfo]:
         """The tenant's uploads (unfinished and recently finished)."""
 
+    async def remove_leftovers(self, tenant: str, older_than: float) -> int:
+        """Delete temporary files a crash left behind (last changed before ``older_than``,
+        a Unix time); how many. A storage that writes none has nothing to do."""
+        return 0
+
     async def put_blobs(
         self, tenant: str, blobs: Sequence[tuple[str, bytes]], now: float
     ) -> list[bool]:

@@ -10,7 +10,8 @@ Layout under the root (``tenant`` is a digest of the tenant name, see
 
 A batch of whole blobs (:meth:`FileBlobStorage.put_blobs`) writes each to a temporary file
 in ``uploads/`` (``<random>.batch``), syncs it, renames it into place, then syncs each
-folder it renamed into once.
+folder it renamed into once. Such a file, or an upload record's ``.tmp`` being replaced,
+is left only by a crash in that step; garbage collection removes it an hour later.
 
 A blob becomes visible by one ``rename`` of its complete, fsynced part file (then the
 folder is fsynced): a reader sees the whole blob or none. Chunks are hashed and written
@@ -259,6 +260,23 @@ class FileBlobStorage(BlobStorage):
             return found
 
         return await anyio.to_thread.run_sync(delete)
+
+    async def remove_leftovers(self, tenant: str, older_than: float) -> int:
+        def remove() -> int:
+            folder = self._tenant_dir(tenant) / "uploads"
+            if not folder.is_dir():
+                return 0
+            removed = 0
+            # A batch's blob not yet renamed into place, or a record being replaced: only
+            # a crash of the server in that step leaves one.
+            for leftover in [*folder.glob("*.batch"), *folder.glob("*.json.*.tmp")]:
+                with contextlib.suppress(FileNotFoundError):
+                    if leftover.stat().st_mtime < older_than:
+                        leftover.unlink()
+                        removed += 1
+            return removed
+
+        return await anyio.to_thread.run_sync(remove)
 
     async def list_uploads(self, tenant: str) -> list[UploadInfo]:
         def listing() -> list[UploadInfo]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -57,6 +58,8 @@ __all__ = ["BlobService", "GarbageReport"]
 
 _MAX_HASHERS = 10_000
 _LOCK_WAIT = 10.0
+_LEFTOVER_AGE = 3600.0
+"""Seconds after which a crash's temporary file is removed (by its modification time)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class GarbageReport:
     blobs: int = 0
     bytes: int = 0
     uploads: int = 0
+    leftovers: int = 0
+    """Temporary files a crash left behind (a batch's blob before its rename, say)."""
 
 
 class BlobService:
@@ -448,7 +453,8 @@ class BlobService:
     async def collect_garbage(
         self, tenant: str, referenced: Iterable[str], *, grace: float = 86_400.0
     ) -> GarbageReport:
-        """Delete the tenant's blobs nothing refers to and its abandoned uploads.
+        """Delete the tenant's blobs nothing refers to, its abandoned uploads, and the
+        temporary files a crash left behind (an hour old by their modification time).
 
         Args:
             tenant: whose blobs.
@@ -476,7 +482,9 @@ class BlobService:
                         uploads += 1
                         if not finished:
                             self._add_usage(tenant, -upload.length)
-        return GarbageReport(blobs=blobs, bytes=deleted, uploads=uploads)
+        # Older than any request could take: nothing still writes them.
+        leftovers = await self.storage.remove_leftovers(tenant, time.time() - _LEFTOVER_AGE)
+        return GarbageReport(blobs=blobs, bytes=deleted, uploads=uploads, leftovers=leftovers)
 
     def __repr__(self) -> str:
         return f"BlobService({self.storage!r})"
