@@ -48,6 +48,11 @@ _BLOCK = 1024 * 1024
 _AHEAD = 1
 """Blocks received and waiting for the writer (beside the one being written)."""
 _READ = 1024 * 1024
+_WRITE = 64 * 1024
+"""Bytes per ``write`` call. Larger writes let the kernel cache the file in large pages
+(folios), and on a virtual machine whose free memory goes back to the host, the first
+touch of such a page faults on the host: 1 MiB writes cost the server three times the
+system time of 64 KiB ones (measured: 1 GiB upload, 3.3 s against 1.3 s)."""
 
 
 def _check_sha(sha256: str) -> str:
@@ -383,7 +388,9 @@ class _Pipe:
         # made this thread wait for the loop dozens of times per block.
         block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self.observe(block)
-        self.handle.write(block)
+        view = memoryview(block)
+        for at in range(0, len(view), _WRITE):
+            self.handle.write(view[at : at + _WRITE])
 
     async def _write_all(self, receive: Any, scope: anyio.CancelScope) -> None:
         with receive:
