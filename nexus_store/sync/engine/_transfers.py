@@ -84,6 +84,8 @@ class _Running:
     first: int | None = None
     """The first progress reported (where this attempt started: bytes already there)."""
     last: int = 0
+    ended: bool = False
+    """The transfer itself is over (it is being settled, or was: its lease may be gone)."""
 
 
 def _find_sides(targets: list[Any]) -> list[FileTransfers]:
@@ -316,7 +318,9 @@ class Transfers:
                 settled = await runner._local(side.renew, ids, self.lease_for, token)
                 for op_id in settled.stale:
                     lost = running.get(op_id)
-                    if lost is not None:
+                    # An ended transfer's op may be settled already (acked between the
+                    # listing and the renewal): nothing was lost.
+                    if lost is not None and not lost.ended:
                         logger.warning("transfer %s lost its lease: stopped", op_id)
                         lost.scope.cancel()
 
@@ -356,6 +360,7 @@ class Transfers:
                 await runner._local(side.release, [op.op_id], job.token)
             raise
         finally:
+            job.ended = True
             send.send_nowait(op.op_id)
         if failure is None:
             await self._succeeded(side, job, policy)
