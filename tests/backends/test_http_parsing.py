@@ -6,6 +6,7 @@ malformed, truncated, oversized or wrongly typed response can be produced on dem
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -699,6 +700,32 @@ async def test_out_of_range_pull_pages_are_protocol_errors(body: dict[str, objec
     async with backend(lambda request: packed(body)) as remote:
         with pytest.raises(ProtocolError):
             await remote.pull(3, 10)
+
+
+async def test_the_collector_runs_again_after_decoding_a_page() -> None:
+    """The collector paused while a page is decoded runs again after a good page and after
+    garbage, and stays off if the application had turned it off."""
+    seen: list[bool] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(gc.isenabled())
+        return packed(_page() if len(seen) == 1 else {"changes": "garbage"})
+
+    assert gc.isenabled()
+    async with backend(answer) as remote:
+        await remote.pull(3, 10)
+        assert gc.isenabled()
+        with pytest.raises(ProtocolError):
+            await remote.pull(3, 10)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            with pytest.raises(ProtocolError):
+                await remote.pull(3, 10)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    assert seen == [True, True, False]
 
 
 def test_clock_headers_are_read_strictly() -> None:
