@@ -297,6 +297,7 @@ def run_pull(quick: bool = False) -> dict[str, Any]:
             anyio.run(
                 push_bare, bare.base_url, [op.model_dump(mode="json") for op in workload], 500
             )
+            del workload  # as in run(): the pushed ops are not alive while pulling
             servers = (ours.base_url, ours.pid), (bare.base_url, bare.pid)
             results["sqlite_pull"] = bench_pull(*servers, total=total, rounds=rounds)
     return results
