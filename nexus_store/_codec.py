@@ -8,13 +8,20 @@ produces, plus ``bytes``) into msgpack and back.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from ._exceptions import CodecError
 
-__all__ = ["decode", "encode", "encode_array", "encode_map_pairs", "with_entry"]
+__all__ = [
+    "decode",
+    "encode",
+    "encode_array_header",
+    "encode_map_pairs",
+    "scalar_encoder",
+]
 
 _local = threading.local()
 
@@ -39,6 +46,17 @@ def encode(value: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         _local.packer = None  # a failed pack may leave the packer's buffer dirty
         raise CodecError(f"cannot encode value: {exc}") from exc
+
+
+def scalar_encoder() -> Callable[[Any], bytes]:
+    """This thread's encoding function, for loops that encode many small values one by one
+    and join the bytes (skipping :func:`encode`'s call and checks per value).
+
+    Use it on the thread that asked for it only. It raises ``TypeError``, ``ValueError``
+    or ``OverflowError`` (not :class:`CodecError`) for a value msgpack cannot represent;
+    the encoder stays usable after such an error.
+    """
+    return _packer().pack  # type: ignore[no-any-return]
 
 
 def encode_map_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
@@ -74,31 +92,6 @@ def decode(data: bytes, *, max_size: int | None = None) -> Any:
         raise CodecError(f"cannot decode payload: {exc!r}") from exc
 
 
-def encode_array(encoded: list[bytes]) -> bytes:
-    """A msgpack array of values that are already encoded (joined, not re-encoded)."""
-    packer = _packer()
-    return packer.pack_array_header(len(encoded)) + b"".join(encoded)  # type: ignore[no-any-return]
-
-
-def with_entry(encoded_map: bytes, key: str, encoded_value: bytes) -> bytes:
-    """An encoded map with one more entry whose value is already encoded.
-
-    This lets stored msgpack (an item's data) be sent as it is, without decoding and
-    encoding it again. ``encoded_map`` must come from :func:`encode` of a ``dict`` without
-    ``key``.
-
-    Raises:
-        CodecError: ``encoded_map`` is not an encoded map.
-    """
-    head = encoded_map[0] if encoded_map else 0
-    if 0x80 <= head < 0x8F:  # fixmap with room for one more entry
-        key_bytes: bytes = _packer().pack(key)
-        return bytes((head + 1,)) + encoded_map[1:] + key_bytes + encoded_value
-    if head in (0x8F, 0xDE, 0xDF):  # a fixmap that is full, map 16, map 32
-        reader = msgpack.Unpacker(max_buffer_size=len(encoded_map))
-        reader.feed(encoded_map)
-        size = reader.read_map_header()
-        rest = encoded_map[reader.tell() :]
-        packer = _packer()
-        return packer.pack_map_header(size + 1) + rest + packer.pack(key) + encoded_value  # type: ignore[no-any-return]
-    raise CodecError("not an encoded map")
+def encode_array_header(length: int) -> bytes:
+    """The header of a msgpack array of ``length`` values (the values follow it)."""
+    return _packer().pack_array_header(length)  # type: ignore[no-any-return]

@@ -22,26 +22,46 @@ def collector_enabled() -> Iterator[None]:
     gc.enable()
 
 
-def test_pausing_is_off_unless_turned_on() -> None:
-    """Library use: sections do not touch the collector until set_gc_pause(True)."""
-    set_gc_pause(False)
+def test_each_setting_pauses_its_sections() -> None:
+    """The default pauses message sections only; True every section; False none."""
+    for setting, message, bulk in (("messages", False, True), (True, False, False)):
+        set_gc_pause(setting)
+        with collector_paused(message=True):
+            assert gc.isenabled() is message
+        with collector_paused():
+            assert gc.isenabled() is bulk
+        assert gc.isenabled()
+    assert set_gc_pause(False) is True
     assert not gc_pause_enabled()
+    with collector_paused(message=True):
+        assert gc.isenabled()
     with collector_paused():
         assert gc.isenabled()
-    assert set_gc_pause(True) is False
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+    assert set_gc_pause("messages") is False
 
 
-def test_pausing_is_off_by_default_and_on_in_the_worker_and_server() -> None:
-    """A fresh process has it off; `nexus-store serve` and `worker` turn it on."""
+def test_only_the_three_settings_are_taken() -> None:
+    """A typo or a truthy number is refused, not read as a setting."""
+    for bad in ("message", "on", 1, None):
+        with pytest.raises(ValueError, match="set_gc_pause"):
+            set_gc_pause(bad)  # type: ignore[arg-type]
+    assert gc_pause_enabled()  # unchanged (the fixture turned it on)
+
+
+def test_message_sections_pause_by_default_bulk_ones_in_the_worker_and_server() -> None:
+    """A fresh process pauses for decoding messages only; `nexus-store serve` and
+    `worker` turn pausing on for every section."""
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    code = "import nexus_store._gc as g; print(g.gc_pause_enabled())"
+    code = (
+        "import gc, nexus_store._gc as g\n"
+        "with g.collector_paused(message=True): a = gc.isenabled()\n"
+        "with g.collector_paused(): b = gc.isenabled()\n"
+        "print(g.gc_pause_enabled(), a, b)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False True"
     from pathlib import Path  # noqa: PLC0415
 
     root = Path(__file__).resolve().parents[1] / "nexus_store"
@@ -59,7 +79,13 @@ def test_the_collector_is_paused_inside_and_resumes_after() -> None:
 
 
 def test_it_resumes_after_an_error() -> None:
+    """A section that raises still resumes collection (both kinds)."""
     with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    set_gc_pause("messages")
+    with pytest.raises(RuntimeError), collector_paused(message=True):
+        assert not gc.isenabled()
         raise RuntimeError("boom")
     assert gc.isenabled()
 

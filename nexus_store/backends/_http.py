@@ -204,7 +204,7 @@ class HttpBackend(RemoteBackend):
         response_headers, payload = await self._call(
             "POST", PUSH_PATH, content=content, headers=headers
         )
-        with collector_paused():
+        with collector_paused(message=True):
             return push_result_of(ops, _decode(payload, response_headers.get("content-type")))
 
     async def pull(
@@ -245,7 +245,7 @@ class HttpBackend(RemoteBackend):
                     raise
                 limit //= 2
                 continue
-            with collector_paused():  # a page may hold thousands of changes
+            with collector_paused(message=True):  # a page may hold thousands of changes
                 content_type = response_headers.get("content-type")
                 changes = changes_of(
                     _decode(payload, content_type),

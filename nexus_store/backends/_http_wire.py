@@ -320,6 +320,7 @@ _change = trusted_builder(
 )
 _changes = trusted_builder(Changes, {"changes": [], "cursor": 0, "has_more": False})
 _CHANGE_FIELDS = frozenset(Change.model_fields)
+_CHANGE_ORDER = tuple(Change.model_fields)
 _CHANGES_FIELDS = frozenset(Changes.model_fields)
 
 
@@ -352,19 +353,32 @@ def changes_of(decoded: Any, *, from_msgpack: bool) -> Changes:
 
 
 def _plain_changes(raw: list[Any]) -> list[Change] | None:
-    """The changes, built unvalidated, if every one is of exactly the wire types."""
+    """The changes, built unvalidated, if every one is of exactly the wire types.
+
+    A change whose keys are every field in the model's order (what ``nexus-store serve``
+    sends for all but tombstones) becomes the record's field dict as it is; any other is
+    copied field by field. The checks are the same either way.
+    """
     built: list[Change] = []
     append = built.append
     fields = _CHANGE_FIELDS
+    order = _CHANGE_ORDER
     for change in raw:
-        if type(change) is not dict or not fields.issuperset(change):
+        if type(change) is not dict:
             return None
-        collection = change.get("collection")
-        item_id = change.get("item_id")
-        version = change.get("version")
-        deleted = change.get("deleted", False)
-        data = change.get("data")
-        hlc = change.get("hlc", "")
+        if len(change) == len(order) and tuple(change) == order:
+            values: dict[str, Any] | None = change
+            collection, item_id, version, deleted, data, hlc = change.values()
+        elif fields.issuperset(change):
+            values = None
+            collection = change.get("collection")
+            item_id = change.get("item_id")
+            version = change.get("version")
+            deleted = change.get("deleted", False)
+            data = change.get("data")
+            hlc = change.get("hlc", "")
+        else:
+            return None
         if (
             type(collection) is not str
             or not 0 < len(collection) <= MAX_COLLECTION
@@ -385,7 +399,9 @@ def _plain_changes(raw: list[Any]) -> list[Change] | None:
                     return None
         append(
             _change(
-                {
+                values
+                if values is not None
+                else {
                     "collection": collection,
                     "item_id": item_id,
                     "version": version,

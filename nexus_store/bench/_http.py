@@ -1,8 +1,9 @@
 """HTTP sync benchmark: ``HttpBackend`` -> ``nexus-store serve`` vs a bare pipeline.
 
 Run: ``nexus-store bench --only http [--quick]``, or ``python -m
-nexus_store.bench._http [--quick]`` (from a checkout also
-``python benchmarks/bench_http.py``), or import and call ``run(quick)``.
+nexus_store.bench._http [--quick] [--pull-only]`` (from a checkout also
+``python benchmarks/bench_http.py``), or import and call ``run(quick)`` (``run_pull(quick)``:
+the pull figures alone).
 
 Printed from one run, every server a subprocess on 127.0.0.1 under the same uvicorn
 settings (:func:`nexus_store.server._run.serve_app` on a socket from
@@ -276,13 +277,39 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+def run_pull(quick: bool = False) -> dict[str, Any]:
+    """Only the pull figures (SQLite), over as many changes as :func:`run` pulls: both
+    servers are filled first, untimed, by pushes in batches of 500."""
+    ops = 4_000 if quick else OPS
+    rounds = 1 if quick else 3
+    total = ops * 2 * rounds
+    results: dict[str, Any] = {"ops": ops, "op_bytes": op_size(make_ops(1, "size")[0])}
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-http-") as name:
+        tmp = Path(name)
+        with (
+            ServerProcess(
+                f"sqlite:///{tmp}/ours.db", tokens={TOKEN: "bench"}, max_batch=500
+            ) as ours,
+            BareProcess(str(tmp / "bare.db")) as bare,
+        ):
+            workload = make_ops(total, "fill")
+            anyio.run(push_ours, ours.base_url, workload, 500)
+            anyio.run(
+                push_bare, bare.base_url, [op.model_dump(mode="json") for op in workload], 500
+            )
+            del workload  # as in run(): the pushed ops are not alive while pulling
+            servers = (ours.base_url, ours.pid), (bare.base_url, bare.pid)
+            results["sqlite_pull"] = bench_pull(*servers, total=total, rounds=rounds)
+    return results
+
+
 def _report(results: dict[str, Any]) -> None:
     print(f"{results['ops']:,} ops per measurement, {results['op_bytes']} bytes each (msgpack)")
     print("CPU: microseconds per op (push) or change (pull), in the server and in the client")
     rows = [
         (f"push {storage} {batch}", figure, "ops")
         for storage in ("sqlite", "postgres")
-        for batch, figure in results[f"{storage}_push"].items()
+        for batch, figure in results.get(f"{storage}_push", {}).items()
     ]
     rows += [
         (f"pull sqlite {page}", figure, "changes")
@@ -316,13 +343,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--pull-only", action="store_true", help="only the pull figures")
     parser.add_argument("--bare-server", metavar="DATABASE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare_server:
         bare_server_main(args.bare_server)
         return
     print("nexus-store HTTP sync benchmark" + (" (quick)" if args.quick else ""))
-    results = run(args.quick)
+    results = run_pull(args.quick) if args.pull_only else run(args.quick)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -6,6 +6,7 @@ malformed, truncated, oversized or wrongly typed response can be produced on dem
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -701,6 +702,32 @@ async def test_out_of_range_pull_pages_are_protocol_errors(body: dict[str, objec
             await remote.pull(3, 10)
 
 
+async def test_the_collector_runs_again_after_decoding_a_page() -> None:
+    """The collector paused while a page is decoded runs again after a good page and after
+    garbage, and stays off if the application had turned it off."""
+    seen: list[bool] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(gc.isenabled())
+        return packed(_page() if len(seen) == 1 else {"changes": "garbage"})
+
+    assert gc.isenabled()
+    async with backend(answer) as remote:
+        await remote.pull(3, 10)
+        assert gc.isenabled()
+        with pytest.raises(ProtocolError):
+            await remote.pull(3, 10)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            with pytest.raises(ProtocolError):
+                await remote.pull(3, 10)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    assert seen == [True, True, False]
+
+
 def test_clock_headers_are_read_strictly() -> None:
     """Nexus-Clock is plain ASCII milliseconds (else ignored); the local side is the midpoint."""
     reading = clock_reading(
@@ -806,9 +833,18 @@ _CHANGE = st.fixed_dictionaries(
 )
 
 
+_ORDER = list(Change.model_fields)
+
+
 @st.composite
 def _change_pages(draw: st.DrawFn) -> object:
     changes: list[object] = draw(st.lists(_CHANGE, max_size=4))
+    for n, change in enumerate(changes):
+        # Every field, in the model's order (what the server sends) or in another order.
+        if isinstance(change, dict) and draw(st.integers(0, 2)) > 0:
+            full = {"deleted": False, "data": None, "hlc": "", **change}
+            keys = draw(st.sampled_from([_ORDER, _ORDER[::-1], draw(st.permutations(_ORDER))]))
+            changes[n] = {key: full[key] for key in keys}
     for change in changes:  # some field of some change gets an odd value
         if isinstance(change, dict) and draw(st.integers(0, 3)) == 0:
             field = draw(
@@ -819,9 +855,10 @@ def _change_pages(draw: st.DrawFn) -> object:
             change[field] = draw(_CHANGE_VALUES)
     if changes and draw(st.integers(0, 5)) == 0:
         changes[draw(st.integers(0, len(changes) - 1))] = draw(_CHANGE_VALUES)
-    page: dict[str, object] = {"changes": changes, "cursor": draw(_CHANGE_VALUES)}
+    cursor = draw(st.one_of(st.integers(0, 2**63 - 1), _CHANGE_VALUES))
+    page: dict[str, object] = {"changes": changes, "cursor": cursor}
     if draw(st.booleans()):
-        page["has_more"] = draw(_CHANGE_VALUES)
+        page["has_more"] = draw(st.one_of(st.booleans(), _CHANGE_VALUES))
     if draw(st.integers(0, 5)) == 0:
         page.pop(draw(st.sampled_from(["changes", "cursor"])))
     if draw(st.integers(0, 5)) == 0:
@@ -832,7 +869,8 @@ def _change_pages(draw: st.DrawFn) -> object:
 @given(_change_pages())
 def test_the_fast_page_path_agrees_with_full_validation(page: object) -> None:
     """changes_of accepts exactly the pages full validation accepts, with equal changes
-    (and JSON pages always take full validation)."""
+    (fields in the model's order, as the server sends them, or any other; and JSON pages
+    always take full validation)."""
     try:
         decoded = msgpack.unpackb(msgpack.packb(page), strict_map_key=False)
     except OverflowError:  # an integer msgpack cannot hold: test the value as it is
@@ -850,6 +888,51 @@ def test_the_fast_page_path_agrees_with_full_validation(page: object) -> None:
         if got is not None and expected is not None:
             assert got.model_dump() == expected.model_dump()
             assert repr(got) == repr(expected)
+            assert got.model_dump_json() == expected.model_dump_json()
+            for change in got.changes:
+                assert list(change.__dict__) == _ORDER
+
+
+@st.composite
+def _server_pages(draw: st.DrawFn) -> object:
+    """Pages as the server sends them (every field, in the model's order), where one
+    field of some change may hold an odd value or a key may be out of place."""
+    changes: list[dict[str, object]] = []
+    for change in draw(st.lists(_CHANGE, max_size=4)):
+        full = {"deleted": False, "data": None, "hlc": "", **change}
+        full = {key: full[key] for key in _ORDER}
+        odd = draw(st.integers(0, 4))
+        if odd == 0:
+            full[draw(st.sampled_from(_ORDER))] = draw(_CHANGE_VALUES)
+        elif odd == 1:  # the same keys, one moved to the end
+            full[name] = full.pop(name := draw(st.sampled_from(_ORDER)))
+        elif odd == 2:
+            full["extra"] = draw(_CHANGE_VALUES)
+        changes.append(full)
+    return {"changes": changes, "cursor": draw(st.integers(0, 2**63 - 1))}
+
+
+@given(_server_pages())
+def test_pages_in_the_servers_order_agree_with_full_validation(page: object) -> None:
+    """A page whose changes are kept as decoded (the server's order) is accepted exactly
+    when full validation accepts it, and gives the same changes."""
+    try:
+        decoded = msgpack.unpackb(msgpack.packb(page), strict_map_key=False)
+    except OverflowError:  # an integer msgpack cannot hold: test the value as it is
+        decoded = page
+    try:
+        expected: Changes | None = _validate(Changes, decoded)
+    except ProtocolError:
+        expected = None
+    try:
+        got: Changes | None = changes_of(decoded, from_msgpack=True)
+    except ProtocolError:
+        got = None
+    assert got == expected
+    if got is not None and expected is not None:
+        assert repr(got) == repr(expected)
+        assert got.model_dump_json() == expected.model_dump_json()
+        assert [list(change.__dict__) for change in got.changes] == [_ORDER for _ in got.changes]
 
 
 def test_the_fast_page_path_refuses_what_validation_refuses() -> None:
