@@ -12,8 +12,10 @@ Printed from one run:
    that writes it to disk and fsyncs it once. Target: ratio >= 0.8. Rounds (``--rounds``,
    3 by default, 1 with ``--quick``) each measure bare, ours, bare, with a new blob and a
    synced disk before each; the figure is the median round's, and every round's ratio is
-   printed. Also printed: the take-in (hashing and linking the file at ``attach``) and how
-   much the child's RSS grew during an upload (target: a few chunk sizes).
+   printed. Also printed: the take-in (hashing and linking the file at ``attach``), how
+   much the child's RSS grew during an upload, and the download of the same blob into a
+   fresh store (``open_attachment``, read through) with its RSS growth (target for both:
+   a few chunk sizes).
 2. Many small files (10,000 of 20 KiB; 1,000 with ``--quick``): ``store.upload`` of each,
    then ``store.sync()``, in files/s, against the bare route doing one PUT per file on one
    keep-alive connection. Target: ratio >= 0.5. Also printed: the floors our server sets,
@@ -257,6 +259,31 @@ def upload_child(db: str, url: str, source: str) -> None:
     print(json.dumps(figures))
 
 
+def download_child(db: str, url: str, sha256: str) -> None:
+    """Fetch the blob ``sha256`` into a fresh store (``open_attachment``: resumable range
+    requests into the local cache), read it through; print the figures as JSON."""
+    store: NexusStore[Doc, str] = NexusStore(
+        db, model=Doc, backend=HttpBackend(url, token=TOKEN, timeout=600)
+    )
+    try:
+        rss_before = _current_rss_mib()
+        start = time.perf_counter()
+        digest = hashlib.sha256()
+        with store.open_attachment(sha256) as handle:
+            while piece := handle.read(_PIECE):
+                digest.update(piece)
+        seconds = time.perf_counter() - start
+        figures = {
+            "seconds": seconds,
+            "intact": digest.hexdigest() == sha256,
+            "rss_before_mib": rss_before,
+            "peak_rss_mib": _peak_rss_mib(),
+        }
+    finally:
+        store.close()
+    print(json.dumps(figures))
+
+
 def _current_rss_mib() -> float:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -270,19 +297,40 @@ def _current_rss_mib() -> float:
 
 def ours(db: Path, url: str, source: Path) -> dict[str, Any]:
     """Run :func:`upload_child` in a fresh process and return its figures."""
+    figures = _child("--child", str(db), url, str(source))
+    if figures["left"] or figures["uploaded"] != figures["files"]:
+        raise RuntimeError(f"the upload did not deliver everything: {figures}")
+    return figures
+
+
+def download(db: Path, url: str, sha256: str) -> dict[str, Any]:
+    """Run :func:`download_child` in a fresh process and return its figures."""
+    figures = _child("--download-child", str(db), url, sha256)
+    if not figures["intact"]:
+        raise RuntimeError("the downloaded blob does not hash to its name")
+    return figures
+
+
+def _child(*args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "nexus_store.bench._files", "--child", str(db), url, str(source)],
+        [sys.executable, "-m", "nexus_store.bench._files", *args],
         capture_output=True,
         text=True,
         check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the upload failed:\n{done.stderr}")
+        raise RuntimeError(f"the transfer failed:\n{done.stderr}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    if figures["left"] or figures["uploaded"] != figures["files"]:
-        raise RuntimeError(f"the upload did not deliver everything: {figures}")
     return figures
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while piece := handle.read(_PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _make(path: Path, size: int) -> None:
@@ -358,8 +406,10 @@ def run(
                 runs.append(_big_round(bare.base_url, server.base_url, tmp / f"big{n}.db", big))
                 for stored in (tmp / "bare").iterdir():
                     stored.unlink()
+            sha256 = _sha256_of(big)
+            fetched = download(tmp / "download.db", server.base_url, sha256)
             middle = median_round(runs)
-            size_mib = (big_size + 32) / MiB
+            size_mib = big.stat().st_size / MiB
             bare_s = sum(middle["bare_runs_s"]) / 2
             results["big"] = {
                 "mib": round(size_mib, 1),
@@ -371,6 +421,10 @@ def run(
                 "ratios": [round(r["ratio"], 3) for r in runs],
                 "take_in_s": round(middle["take_in_s"], 2),
                 "rss_growth_mib": round(max(r["rss_growth_mib"] for r in runs), 1),
+                "download_mib_per_s": round(size_mib / fetched["seconds"], 1),
+                "download_rss_growth_mib": round(
+                    fetched["peak_rss_mib"] - fetched["rss_before_mib"], 1
+                ),
             }
             big.unlink()
             before = bare_small(bare.base_url, smalls)
@@ -405,7 +459,9 @@ def _report(results: dict[str, Any]) -> None:
         f"{big['bare_mib_per_s']} MiB/s, ratio {big['ratio']} (target >= 0.8: "
         f"{_met(big['ratio'], 0.8)}; the median of {big['rounds']} rounds: "
         f"{', '.join(map(str, big['ratios']))}); take-in {big['take_in_s']} s; RSS grew at "
-        f"most {big['rss_growth_mib']} MiB during an upload"
+        f"most {big['rss_growth_mib']} MiB during an upload; the download "
+        f"(open_attachment in a fresh store) {big['download_mib_per_s']} MiB/s, RSS grew "
+        f"{big['download_rss_growth_mib']} MiB"
     )
     print(
         f"{small['files']} files of 20 KiB: ours {small['ours_files_per_s']} files/s, bare "
@@ -426,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args[:1] == ["--child"]:
         upload_child(args[1], args[2], args[3])
+        return
+    if args[:1] == ["--download-child"]:
+        download_child(args[1], args[2], args[3])
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 MiB and 1,000 files")

@@ -16,6 +16,8 @@ def test_the_files_benchmark_reports_every_round_and_the_median() -> None:
     assert big["ours_mib_per_s"] > 0
     assert big["bare_mib_per_s"] > 0
     assert len(big["bare_runs_s"]) == 2
+    assert big["download_mib_per_s"] > 0
+    assert big["download_rss_growth_mib"] >= 0
     small = results["small"]
     assert small["files"] == 20
     assert small["ours_files_per_s"] > 0
