@@ -866,19 +866,25 @@ def _change_pages(draw: st.DrawFn) -> object:
     return page
 
 
-@given(_change_pages())
-def test_the_fast_page_path_agrees_with_full_validation(page: object) -> None:
-    """changes_of accepts exactly the pages full validation accepts, with equal changes
-    (fields in the model's order, as the server sends them, or any other; and JSON pages
-    always take full validation)."""
+def _through_msgpack(page: object) -> tuple[object, Changes | None]:
+    """The page as msgpack gives it back (as it is where msgpack cannot hold it), and what
+    full validation makes of it (``None``: refused)."""
     try:
         decoded = msgpack.unpackb(msgpack.packb(page), strict_map_key=False)
     except OverflowError:  # an integer msgpack cannot hold: test the value as it is
         decoded = page
     try:
-        expected: Changes | None = _validate(Changes, decoded)
+        return decoded, _validate(Changes, decoded)
     except ProtocolError:
-        expected = None
+        return decoded, None
+
+
+@given(_change_pages())
+def test_the_fast_page_path_agrees_with_full_validation(page: object) -> None:
+    """changes_of accepts exactly the pages full validation accepts, with equal changes
+    (fields in the model's order, as the server sends them, or any other; and JSON pages
+    always take full validation)."""
+    decoded, expected = _through_msgpack(page)
     for from_msgpack in (True, False):
         try:
             got: Changes | None = changes_of(decoded, from_msgpack=from_msgpack)
@@ -916,14 +922,7 @@ def _server_pages(draw: st.DrawFn) -> object:
 def test_pages_in_the_servers_order_agree_with_full_validation(page: object) -> None:
     """A page whose changes are kept as decoded (the server's order) is accepted exactly
     when full validation accepts it, and gives the same changes."""
-    try:
-        decoded = msgpack.unpackb(msgpack.packb(page), strict_map_key=False)
-    except OverflowError:  # an integer msgpack cannot hold: test the value as it is
-        decoded = page
-    try:
-        expected: Changes | None = _validate(Changes, decoded)
-    except ProtocolError:
-        expected = None
+    decoded, expected = _through_msgpack(page)
     try:
         got: Changes | None = changes_of(decoded, from_msgpack=True)
     except ProtocolError:
