@@ -286,10 +286,18 @@ def close_on_bound_loop(
     if binding is not None and binding.pid != os.getpid():
         return  # a forked child: the connections (and their loop) are the parent's
     if binding is None:
-        if in_event_loop():
-            shared_loop().call(aclose, timeout=timeout)
-        else:
-            anyio.run(aclose)
+        if not in_event_loop():
+            try:
+                anyio.run(aclose)
+            except RuntimeError as exc:
+                # anyio also goes by the context's async library marker, which a finalizer
+                # run by the collector can inherit with no loop running: it refuses to
+                # start one before calling aclose, so the shared loop does the close.
+                if not str(exc).startswith("Already running"):
+                    raise
+            else:
+                return
+        shared_loop().call(aclose, timeout=timeout)
         return
     if binding.thread_id == threading.get_ident():
         if in_event_loop():
