@@ -37,18 +37,29 @@ async def _send(
 ) -> None:
     """Send the file at ``path`` (holding ``data``) with our client, in chunks of CHUNK."""
     async with HttpBackend(server.base_url, token="tok-a") as backend:
-        await send_blob(
-            blob_remote_for(backend),
-            path,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            metadata={},
-            resume=ResumePoint(),
-            save=save,
-            chunk_size=CHUNK,
-            progress=progress,
-            unchanged=lambda: True,
-        )
+        await _send_to(blob_remote_for(backend), path, data, save=save, progress=progress)
+
+
+async def _send_to(
+    remote: BlobRemote,
+    path: Path,
+    data: bytes,
+    *,
+    save: Callable[[ResumePoint], None] = lambda point: None,
+    progress: Callable[[int], None] = lambda done: None,
+) -> None:
+    await send_blob(
+        remote,
+        path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        metadata={},
+        resume=ResumePoint(),
+        save=save,
+        chunk_size=CHUNK,
+        progress=progress,
+        unchanged=lambda: True,
+    )
 
 
 async def _size_on_server(server: ServerProcess, data: bytes) -> int | None:
@@ -239,18 +250,7 @@ async def test_chunks_go_with_the_cheapest_checksum_the_server_offers(
             offered = await inner.checksums()
             assert "crc32c" in offered
         remote = _Recording(inner, offered)
-        await send_blob(
-            remote,
-            path,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            metadata={},
-            resume=ResumePoint(),
-            save=lambda point: None,
-            chunk_size=CHUNK,
-            progress=lambda n: None,
-            unchanged=lambda: True,
-        )
+        await _send_to(remote, path, data)
     assert remote.sent == [expected] * 4
     assert await _size_on_server(server, data) == len(data)
 
