@@ -432,10 +432,14 @@ class _Process:
         window = self.recorder.window
         await anyio.sleep(max(0.0, self.start + window[0] - time.time()))
         before, wall = me.cpu_times(), time.perf_counter()
-        await anyio.sleep(max(0.0, self.start + window[1] - time.time()))
-        after, seconds = me.cpu_times(), time.perf_counter() - wall
-        used = (after.user - before.user) + (after.system - before.system)
-        self.cpu = {"percent_of_core": round(100 * used / max(seconds, 1e-9), 1)}
+        try:
+            await anyio.sleep(max(0.0, self.start + window[1] - time.time()))
+        finally:
+            # Also when the clients finished (and the watchers were cancelled) before the
+            # window closed: the last scheduled push may end a moment before it.
+            after, seconds = me.cpu_times(), time.perf_counter() - wall
+            used = (after.user - before.user) + (after.system - before.system)
+            self.cpu = {"percent_of_core": round(100 * used / max(seconds, 1e-9), 1)}
 
     def result(self) -> dict[str, Any]:
         load_end = self.load_end - self.start

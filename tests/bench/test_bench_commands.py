@@ -182,7 +182,9 @@ def test_check_exits_1_when_a_target_is_missed(tmp_path: Path, server: ServerPro
 
 def test_server_runs_sqlite_beside_the_bare_pipeline_and_floor(tmp_path: Path) -> None:
     """bench server starts its own server, measures it beside bare and floor, counts on it."""
-    done = _run(["server", *SHORT, "--json", "out.json", "--plot", "charts"], tmp_path)
+    # Open loop: the clients finish as the window closes, and their CPU is still measured.
+    args = ["server", *SHORT, "--rate", "400", "--json", "out.json", "--plot", "charts"]
+    done = _run(args, tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads((tmp_path / "out.json").read_text())
     figures = _figures(doc)
@@ -194,6 +196,9 @@ def test_server_runs_sqlite_beside_the_bare_pipeline_and_floor(tmp_path: Path) -
     assert run["verification"]["duplicated"] == 0
     assert run["server"]["processes"] == 1
     assert figures["sync.c2.server_rss_mib"]["value"] > 0
+    assert run["client_cpu_percent"], run["client_cpu_percent"]
+    assert all(p is not None and p > 0 for p in run["client_cpu_percent"])
+    assert run["cpu_us_per_op"] is not None
     assert _is_png(tmp_path / "charts" / "throughput.png")
 
 
