@@ -3,7 +3,8 @@
 Nothing above this module sees an httpx exception or an unvalidated response:
 
 - transport failures (connect, read, write, timeouts, a broken connection) raise
-  :class:`~nexus_store.NetworkError`;
+  :class:`~nexus_store.NetworkError`; a request whose kept-alive connection was closed or
+  reset before any answer goes once more, on a new connection, first;
 - 401/403 raise :class:`~nexus_store.AuthError` (after one token refresh on 401),
   413 :class:`~nexus_store.PayloadTooLargeError`, 429
   :class:`~nexus_store.RateLimitedError`, 5xx :class:`~nexus_store.ServerUnavailableError`
@@ -448,15 +449,17 @@ class HttpBackend(RemoteBackend):
         try:
             try:
                 return await self._client.send(request, stream=True)
-            except httpx.RemoteProtocolError as exc:
-                if not (_stale_connection(exc) and isinstance(request.stream, httpx.ByteStream)):
+            except httpx.HTTPError as exc:
+                if not _resendable(exc, request):
                     raise
-                # The server closed a kept-alive connection as this request went out on it
-                # (its idle timeout and the pool's crossed): nothing was read, so the
-                # request goes once more, on a new connection. Every request of the
-                # protocol may be replayed (pushes are idempotent by op id).
-                logger.debug("%s %s: a kept-alive connection was closed; sending again",
-                             request.method, request.url.path)  # fmt: skip
+                # The server (or a proxy) closed or reset a kept-alive connection as this
+                # request went out on it (its idle timeout and the pool's crossed): no
+                # answer was read, so the request goes once more (httpcore has closed the
+                # failed connection: a new one, or a pooled one that still looks open).
+                # Every request of the protocol may be replayed (pushes are idempotent by
+                # op id). A second failure raises.
+                logger.debug("%s %s: a kept-alive connection was closed (%s); sending again",
+                             request.method, request.url.path, type(exc).__name__)  # fmt: skip
                 return await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise _transport_error(exc, request.method, request.url.path) from exc
@@ -500,6 +503,22 @@ def _stale_connection(exc: httpx.RemoteProtocolError) -> bool:
     """Whether the server closed the connection before answering a byte (httpcore's words
     for a kept-alive connection closed under a request)."""
     return "without sending a response" in str(exc)
+
+
+def _resendable(exc: httpx.HTTPError, request: httpx.Request) -> bool:
+    """Whether ``request``, whose send failed with ``exc`` before a response head was read,
+    may go once more on a new connection: a kept-alive connection closed (stale) or reset
+    (``ReadError``, ``WriteError``: ECONNRESET, EPIPE) under it, and a body that can be
+    sent again. Not a connect error or a timeout: those are no stale connection.
+
+    httpx does not say whether the connection was a reused one, so a reset of a new one
+    goes again too (the request is replayable either way; the caller resends only once).
+    """
+    if not isinstance(request.stream, httpx.ByteStream):
+        return False
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return _stale_connection(exc)
+    return isinstance(exc, (httpx.ReadError, httpx.WriteError))
 
 
 def _transport_error(exc: httpx.HTTPError, method: str, path: str) -> RemoteError:
