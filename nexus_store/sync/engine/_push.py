@@ -25,7 +25,7 @@ from ..._gc import collector_paused
 from ..._priority import SyncPriority
 from ..._remote import PushResult, RemoteOp, is_plain_op
 from ..._trusted import trusted_builder
-from ...queue import OpKind, PrioritySyncQueue, QueuedOp
+from ...queue import OpKind, OpState, PrioritySyncQueue, QueuedOp
 from ._engine import (
     Ack,
     BatchErrorAction,
@@ -172,7 +172,7 @@ class _Pushing(_RunnerBase):
 
     # -- push ---------------------------------------------------------------------------------
 
-    async def _push(self, run: _Run) -> None:
+    async def _push(self, run: _Run, *, count: bool = False) -> None:
         """Push batch after batch, keeping the local work off the critical path.
 
         While batch *k* is on the wire the next batch is leased and earlier batches' results
@@ -185,12 +185,17 @@ class _Pushing(_RunnerBase):
         priority, batches in flight together may be applied in either order. Per-item order does not
         depend on any of this: the queue never hands out an op while an earlier op of its
         item is leased, so two batches in flight never hold ops of the same item.
+
+        ``count``: count the run's work (its progress totals) in the first lease's thread.
+        A lease that found fewer ops than it asked for is not followed by another while its
+        batch is on the wire (it would find nothing): the look after the window drained
+        takes in whatever became eligible meanwhile.
         """
         window = anyio.Semaphore(_WINDOW)
         flying: set[SyncPriority] = set()  # the priority of the batches that may be in flight
         async with anyio.create_task_group() as group:
             settler = _Settler(self, run, group)
-            batch = await self._lease(run)
+            batch = await self._lease(run, count=count)
             while True:
                 left = budget_left(run.started, self.clock.monotonic(), self.budget)
                 if run.stop is None and left is not None and left <= 0:
@@ -219,21 +224,37 @@ class _Pushing(_RunnerBase):
                 if run.stop is not None:
                     window.release()
                     continue  # released above, on the next round
-                ahead: list[list[_Leased]] = []
                 flying = level
                 if alongside:
                     group.start_soon(self._push_in_window, run, batch, settler, window)
-                    await self._lease_into(run, ahead)
+                    batch = await self._lease_ahead(run)
                 else:
-                    try:
-                        async with anyio.create_task_group() as prefetch:
-                            prefetch.start_soon(self._lease_into, run, ahead)
-                            await self._push_batch(run, batch, settler)
-                    finally:
-                        window.release()
-                batch = ahead[0]
+                    batch = await self._push_leasing_ahead(run, batch, settler, window)
             await _drain_window(window)
             await settler.wait()
+
+    async def _lease_ahead(self, run: _Run) -> list[_Leased]:
+        """The next batch, leased while the last is on the wire; none when the last lease
+        found the queue without more (the look after the window drained takes in what
+        became eligible since)."""
+        return [] if run.exhausted else await self._lease(run)
+
+    async def _push_leasing_ahead(
+        self, run: _Run, batch: list[_Leased], settler: _Settler, window: anyio.Semaphore
+    ) -> list[_Leased]:
+        """Push ``batch`` alone on the wire while the next is leased; return the next."""
+        ahead: list[list[_Leased]] = []
+
+        async def lease_ahead() -> None:
+            ahead.append(await self._lease_ahead(run))
+
+        try:
+            async with anyio.create_task_group() as prefetch:
+                prefetch.start_soon(lease_ahead)
+                await self._push_batch(run, batch, settler)
+        finally:
+            window.release()
+        return ahead[0]
 
     async def _push_in_window(
         self, run: _Run, batch: list[_Leased], settler: _Settler, window: anyio.Semaphore
@@ -243,15 +264,18 @@ class _Pushing(_RunnerBase):
         finally:
             window.release()
 
-    async def _lease(self, run: _Run) -> list[_Leased]:
+    async def _lease(self, run: _Run, *, count: bool = False) -> list[_Leased]:
         with anyio.CancelScope(shield=True):
-            batch = await anyio.to_thread.run_sync(self._lease_batch, run.allowed)
+            totals, batch, run.exhausted = await anyio.to_thread.run_sync(
+                self._lease_batch, run.allowed, count
+            )
             for leased in batch:
                 run.held[leased.op.op_id] = leased
+        if totals is not None:
+            run.total = totals
+            run.done = dict.fromkeys(SyncPriority, 0)
+            self._publish_progress(run)
         return batch
-
-    async def _lease_into(self, run: _Run, out: list[list[_Leased]]) -> None:
-        out.append(await self._lease(run))
 
     def _count_batch(self, run: _Run) -> None:
         # Ops unblocked during the run (or raised in priority) join the total.
@@ -259,9 +283,32 @@ class _Pushing(_RunnerBase):
         for priority, count in held.items():
             run.total[priority] = max(run.total.get(priority, 0), run.done[priority] + count)
 
+    def _work_totals(self, allowed: frozenset[SyncPriority]) -> tuple[dict[SyncPriority, int], int]:
+        """The ops of the allowed priorities pending or leased, per priority (the totals a
+        run's progress starts from), and how many of them are pending (in a worker
+        thread)."""
+        totals: dict[SyncPriority, int] = dict.fromkeys(SyncPriority, 0)
+        pending = 0
+        for target in self.targets:
+            stats = target.queue.stats(target.collection)
+            for priority in allowed:
+                waiting = stats.count(priority, OpState.PENDING)
+                pending += waiting
+                totals[priority] += waiting + stats.count(priority, OpState.LEASED)
+        return totals, pending
+
     @collector_paused()
-    def _lease_batch(self, allowed: frozenset[SyncPriority]) -> list[_Leased]:
-        """Lease the next batch (in a worker thread), trimmed to the byte budget."""
+    def _lease_batch(
+        self, allowed: frozenset[SyncPriority], count: bool = False
+    ) -> tuple[dict[SyncPriority, int] | None, list[_Leased], bool]:
+        """Lease the next batch (in a worker thread), trimmed to the byte budget.
+
+        Returns:
+            The run's work totals (with ``count``, counted before the lease; else
+            ``None``), the batch, and whether the queue had no more eligible ops (fewer
+            found than asked for, none left out for the byte budget).
+        """
+        totals, pending = self._work_totals(allowed) if count else (None, None)
         size = self.config.batch_size
         ops: list[tuple[QueuedOp, int]] = []
         if len(self._groups) == 1:
@@ -284,11 +331,14 @@ class _Pushing(_RunnerBase):
                         priorities=[priority],
                     )
                     ops += [(op, batch.token) for op in batch]
+        # No more: fewer found than asked for, or as many as were pending when counted.
+        exhausted = len(ops) < size or (pending is not None and pending <= len(ops))
         keep = fit_batch([len(op.payload or b"") for op, _ in ops], self.config.max_batch_bytes)
         if keep < len(ops):
+            exhausted = False
             self._release_ops(ops[keep:])
             ops = ops[:keep]
-        return [_prepare(op, token) for op, token in ops]
+        return totals, [_prepare(op, token) for op, token in ops], exhausted
 
     def _release_ops(self, ops: Sequence[tuple[QueuedOp, int]]) -> int:
         by_lease: dict[tuple[int, int], tuple[PrioritySyncQueue, list[str]]] = {}
@@ -359,7 +409,7 @@ class _Pushing(_RunnerBase):
                     return
                 continue
             run.consecutive_failures = 0
-            await self._exchanged(run)
+            await self._exchanged(run, defer=True)  # the settle submitted below clears it
             self._observe_server_clock()
             with collector_paused():
                 decided = plan_results([x.op.op_id for x in part], result)
@@ -400,7 +450,7 @@ class _Pushing(_RunnerBase):
         acks = [(held[a.op_id], a) for a in plan.acks if a.op_id in held]
         failures = [(held[f.op_id], f) for f in plan.failures if f.op_id in held]
         with anyio.CancelScope(shield=True):
-            stale = await anyio.to_thread.run_sync(self._settle_locally, acks, failures)
+            stale = await anyio.to_thread.run_sync(self._settle_locally, run, acks, failures)
             if stale:
                 # Our lease on these passed to another run (it expired while we pushed):
                 # theirs to settle; the server answers them again by op id.
@@ -433,9 +483,10 @@ class _Pushing(_RunnerBase):
 
     @collector_paused()
     def _settle_locally(
-        self, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
+        self, run: _Run, acks: list[tuple[_Leased, Ack]], failures: list[tuple[_Leased, Failure]]
     ) -> set[str]:
         """Settle in the database; returns the op ids refused as stale (see _fencing)."""
+        self._resume_if_due(run)
         stale: set[str] = set()
         by_lease: dict[tuple[str, int], list[tuple[_Leased, Ack]]] = defaultdict(list)
         for leased, ack in acks:

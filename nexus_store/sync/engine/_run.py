@@ -78,7 +78,8 @@ class _Leased:
 
 @dataclass
 class _Run:
-    """The mutable state of one run (touched only from the event loop)."""
+    """The mutable state of one run (touched from the event loop, and by the worker
+    threads of the local steps the loop awaits)."""
 
     run_id: str
     started: float
@@ -107,6 +108,11 @@ class _Run:
     """The remote's pause (found at the start, or set by this run)."""
     exchanged: bool = False
     """Whether the remote answered a push or a pull in this run (its pause was then lifted)."""
+    exhausted: bool = False
+    """The last lease found fewer eligible ops than it asked for."""
+    resume_due: bool = False
+    """The remote answered a push and the pause and backoffs it ends are still to be
+    cleared in the file (by the next settle, see ``_exchanged``)."""
     reachable: bool = False
     """Whether the remote answered a probe in this run (its pause stays until it answers a
     push or a pull: a server that answers probes but fails every push is still paused,
@@ -202,24 +208,38 @@ class _RunnerBase:
         run.reachable = True
         return None
 
-    async def _exchanged(self, run: _Run) -> None:
+    async def _exchanged(self, run: _Run, *, defer: bool = False) -> None:
         """The remote answered: end its pause, and let ops that were backing off from
-        failures before this run go now (once per run)."""
+        failures before this run go now (once per run).
+
+        ``defer``: leave that local work to the next settle of the push (one worker-thread
+        hop fewer per run; :meth:`_resume_if_due` in the settle's thread does it first).
+        """
         if run.exchanged:
             return
         run.exchanged = True
-
-        def resume() -> int:
-            for pauses in self._pauses:
-                pauses.clear()
-            return sum(
-                group[0].queue.end_backoff(failed_before=run.started_wall) for group in self._groups
-            )
-
-        revived = await self._local(resume)
+        run.paused = None
+        if defer:
+            run.resume_due = True
+            return
+        revived = await self._local(self._resume, run)
         if run.phase is SyncPhase.PULL:
             run.revived += revived
-        run.paused = None
+
+    def _resume(self, run: _Run) -> int:
+        """End the remote's pause in the files and the backoff of ops that failed before
+        the run (in a worker thread); returns how many ops may go again."""
+        for pauses in self._pauses:
+            pauses.clear()
+        return sum(
+            group[0].queue.end_backoff(failed_before=run.started_wall) for group in self._groups
+        )
+
+    def _resume_if_due(self, run: _Run) -> None:
+        """:meth:`_resume`, once, when an answer deferred it (in a worker thread)."""
+        if run.resume_due:
+            run.resume_due = False
+            self._resume(run)
 
     async def _local(self, fn: Callable[..., R], *args: Any) -> R:
         with anyio.CancelScope(shield=True):

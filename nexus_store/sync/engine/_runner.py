@@ -63,7 +63,7 @@ from ..._exceptions import StoreError
 from ..._hlc import ClockReading
 from ..._priority import SyncPriority
 from ..._remote import RemoteBackend
-from ...queue import OpState
+from ...files._transfers import FileTransfers
 from ..device._device import DeviceStateProvider
 from ._engine import EngineConfig, allowed_priorities, is_offline
 from ._pause import (
@@ -71,6 +71,7 @@ from ._pause import (
     DEFAULT_PROBE_BACKOFF,
     DEFAULT_REMOTE_BACKOFF,
     PauseReason,
+    RemotePause,
     RemotePauses,
     remote_identity,
 )
@@ -88,7 +89,7 @@ from ._pull import _Pulling
 from ._push import _Pushing
 from ._run import _Run
 from ._target import ClockedTarget, SyncTarget
-from ._transfers import start_transfers
+from ._transfers import find_sides, start_transfers
 
 logger = logging.getLogger("nexus_store.sync")
 
@@ -228,6 +229,9 @@ class SyncRunner(_Pushing, _Pulling):
         if is_offline(device):
             run.stop = SyncStopReason.OFFLINE
             return self._finish(run)
+        # One worker-thread hop for what the run reads first: the remote's pause, and
+        # whether the files hold file transfers.
+        run.paused, sides = await self._local(self._read_start, wall)
         if not await self._may_send(run, wall):
             run.remaining = await self._local(self._count_remaining)
             return self._finish(run)
@@ -235,10 +239,9 @@ class SyncRunner(_Pushing, _Pulling):
             async with anyio.create_task_group() as group:
                 if self.budget is not None:
                     group.start_soon(self._watchdog, run, group.cancel_scope)
-                files = await start_transfers(self, run, group)  # file ops, beside the push
+                files = start_transfers(self, run, group, sides)  # file ops, beside the push
                 try:
-                    await self._count_work(run)
-                    await self._push(run)
+                    await self._push(run, count=True)  # counts the run's work first
                     if self.pull and run.stop not in _NO_PULL_AFTER:
                         run.phase = SyncPhase.PULL
                         await self._pull(run)
@@ -275,12 +278,15 @@ class SyncRunner(_Pushing, _Pulling):
             run.stop = SyncStopReason.WAITING
         return self._finish(run)
 
+    def _read_start(self, wall: float) -> tuple[RemotePause | None, list[FileTransfers]]:
+        """The remote's pause and the files' transfer sides (in a worker thread)."""
+        return self._read_pause(wall), find_sides(self.targets)
+
     async def _may_send(self, run: _Run, wall: float) -> bool:
-        """Whether the run may send: ``False`` (with ``run.stop`` set) while the remote's
-        pause lasts, or when it could not be reached (or was down) when last tried and a
-        probe says it still is; it is then paused again (one small request, instead of a
-        leased batch sent into an outage)."""
-        run.paused = await self._local(self._read_pause, wall)
+        """Whether the run may send (``run.paused`` read): ``False`` (with ``run.stop``
+        set) while the remote's pause lasts, or when it could not be reached (or was down)
+        when last tried and a probe says it still is; it is then paused again (one small
+        request, instead of a leased batch sent into an outage)."""
         if run.paused is not None and run.paused.blocks(wall):
             # The remote asked for quiet (or keeps failing): not one request before then.
             run.stop = SyncStopReason.PAUSED
@@ -305,21 +311,6 @@ class SyncRunner(_Pushing, _Pulling):
         await self.clock.sleep(self.budget)
         run.stop = SyncStopReason.BUDGET
         scope.cancel()
-
-    async def _count_work(self, run: _Run) -> None:
-        def count() -> dict[SyncPriority, int]:
-            totals: dict[SyncPriority, int] = dict.fromkeys(SyncPriority, 0)
-            for target in self.targets:
-                stats = target.queue.stats(target.collection)
-                for priority in run.allowed:
-                    totals[priority] += stats.count(priority, OpState.PENDING) + stats.count(
-                        priority, OpState.LEASED
-                    )
-            return totals
-
-        run.total = await self._local(count)
-        run.done = dict.fromkeys(SyncPriority, 0)
-        self._publish_progress(run)
 
     def _finish(self, run: _Run, *, failed: bool = False) -> SyncSummary:
         duration = max(0.0, self.clock.monotonic() - run.started)

@@ -46,7 +46,7 @@ from ._transfer_progress import TransferKind, TransferProgress, TransferState, r
 if TYPE_CHECKING:
     from ._run import _Run, _RunnerBase
 
-__all__ = ["TRANSFER_LEASE", "Transfers", "start_transfers"]
+__all__ = ["TRANSFER_LEASE", "Transfers", "find_sides", "start_transfers"]
 
 logger = logging.getLogger("nexus_store.sync")
 
@@ -88,7 +88,8 @@ class _Running:
     """The transfer itself is over (it is being settled, or was: its lease may be gone)."""
 
 
-def _find_sides(targets: list[Any]) -> list[FileTransfers]:
+def find_sides(targets: list[Any]) -> list[FileTransfers]:
+    """The file-transfer sides of the targets' files, one per file (in a worker thread)."""
     sides: dict[int, FileTransfers] = {}
     for target in targets:
         database = target.database
@@ -100,9 +101,11 @@ def _find_sides(targets: list[Any]) -> list[FileTransfers]:
     return list(sides.values())
 
 
-async def start_transfers(runner: _RunnerBase, run: _Run, group: anyio.abc.TaskGroup) -> Transfers:
-    """Start the run's transfer step in ``group`` (nothing to do: a step that does nothing)."""
-    sides = await runner._local(_find_sides, runner.targets)
+def start_transfers(
+    runner: _RunnerBase, run: _Run, group: anyio.abc.TaskGroup, sides: list[FileTransfers]
+) -> Transfers:
+    """Start the run's transfer step over ``sides`` (:func:`find_sides`) in ``group``
+    (nothing to do: a step that does nothing)."""
     step = Transfers(runner, run, sides)
     if sides:
         group.start_soon(step._rounds)

@@ -805,3 +805,72 @@ async def test_batches_of_one_priority_go_two_at_a_time_and_never_share_an_item(
     assert {k: v.data["text"] for k, v in stored.items() if v.data} == {
         f"n{i % 150}": f"t{i}" for i in range(400)
     }
+
+
+class _SavesDuringPush(RemoteBackend):
+    """On its first push, saves more items into the store before answering (an app saving
+    while the run's last batch is on the wire)."""
+
+    def __init__(self, inner: RemoteBackend, store: NexusStore[Note, str], count: int) -> None:
+        self.inner = inner
+        self.store = store
+        self.count = count
+        self.batches: list[list[str]] = []
+
+    async def push(self, ops: Sequence[RemoteOp]) -> PushResult:
+        self.batches.append([str(op.item_id) for op in ops])
+        if len(self.batches) == 1:
+            for i in range(self.count):
+                self.store.save(Note(id=f"late{i}", text="saved during the push"))
+        return await self.inner.push(ops)
+
+    async def pull(
+        self, cursor: int = 0, limit: int = 500, *, collections: Sequence[str] | None = None
+    ) -> Changes:
+        return await self.inner.pull(cursor, limit, collections=collections)
+
+
+@pytest.mark.parametrize("early", [3, 10], ids=["short-batch", "full-batch"])
+async def test_saves_made_while_the_last_batch_is_on_the_wire_go_in_the_same_run(
+    early: int,
+) -> None:
+    """A lease that found the queue without more (fewer ops than the batch size, or all
+    that were pending) is not followed by another while its batch is on the wire; what was
+    saved meanwhile still goes in the same run, in a batch of its own."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(early):
+        store.save(Note(id=f"early{i}", text="queued before the run"))
+    backend = _SavesDuringPush(MemoryBackend(), store, count=4)
+    summary = await SyncRunner(store, backend, batch_size=10, clock=clock).run()
+    assert summary.pushed == early + 4
+    assert summary.remaining == 0
+    assert summary.stop_reason is SyncStopReason.DRAINED
+    assert backend.batches == [
+        [f"early{i}" for i in range(early)],
+        [f"late{i}" for i in range(4)],
+    ]
+    assert store.queue.stats().total == 0
+
+
+async def test_a_run_of_one_batch_leases_it_with_the_count_and_looks_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that finds one batch's worth of work: one lease for it (with the count of the
+    run's work), one look after it was settled, and no lease while it is on the wire."""
+    clock = FakeClock()
+    store = _store(clock)
+    for i in range(10):
+        store.save(Note(id=f"n{i}", text="x"))
+    runner = SyncRunner(store, MemoryBackend(), batch_size=10, clock=clock, pull=False)
+    calls: list[bool] = []
+    lease_batch = runner._lease_batch
+
+    def counted(allowed: frozenset[SyncPriority], count: bool = False) -> Any:
+        calls.append(count)
+        return lease_batch(allowed, count)
+
+    monkeypatch.setattr(runner, "_lease_batch", counted)
+    summary = await runner.run()
+    assert summary.pushed == 10
+    assert calls == [True, False]
