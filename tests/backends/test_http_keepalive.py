@@ -8,6 +8,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -55,14 +56,8 @@ class _ClosingServer:
 
 @pytest.fixture
 async def server() -> AsyncIterator[_ClosingServer]:
-    closing = _ClosingServer()
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    closing.url = f"http://127.0.0.1:{port}"
-    async with listener, anyio.create_task_group() as group:
-        group.start_soon(listener.serve, closing.handle)
+    async with _serving(_ClosingServer()) as closing:
         yield closing
-        group.cancel_scope.cancel()
 
 
 async def test_a_request_on_a_connection_closed_under_it_goes_again(
@@ -138,8 +133,12 @@ def _push_answer(body: bytes, *, version: int) -> bytes:
     )
 
 
+_S = TypeVar("_S", _ClosingServer, _ResettingServer)
+
+
 @contextlib.asynccontextmanager
-async def _serving(server: _ResettingServer) -> AsyncIterator[_ResettingServer]:
+async def _serving(server: _S) -> AsyncIterator[_S]:
+    """Serve ``server.handle`` on a free port of 127.0.0.1 (its ``url``) while the block runs."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     server.url = f"http://127.0.0.1:{port}"
