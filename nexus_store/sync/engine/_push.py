@@ -10,7 +10,7 @@ backing off. A batch refused as too large is split until the bad op is alone.
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +57,11 @@ such chunk (about a millisecond), not a whole batch."""
 _WINDOW = 2
 """The most push requests of one run on the wire at once (once the remote answered)."""
 
+_BACKLOG = 2
+"""The most answered batches of one run still to be settled before it sends another: the
+ops a run holds stay bounded (and with them its memory, and the leased rows a lease skips
+over) when settling falls behind the wire."""
+
 
 async def _drain_window(window: anyio.Semaphore) -> None:
     """Wait until no push of the window is in flight."""
@@ -74,12 +79,22 @@ class _Settler:
         self._run = run
         self._group = group
         self._last: anyio.Event | None = None
+        self._unsettled: deque[anyio.Event] = deque()
 
     def submit(self, plan: ResultPlan) -> None:
         """Settle ``plan`` after every plan submitted before it."""
         previous, done = self._last, anyio.Event()
         self._last = done
+        self._unsettled.append(done)
         self._group.start_soon(self._settle_after, previous, plan, done)
+
+    async def keep_up(self, most: int) -> None:
+        """Wait until at most ``most`` submitted plans are still to be settled (they are
+        settled in order)."""
+        unsettled = self._unsettled
+        while unsettled and (unsettled[0].is_set() or len(unsettled) > most):
+            await unsettled[0].wait()
+            unsettled.popleft()
 
     async def _settle_after(
         self, previous: anyio.Event | None, plan: ResultPlan, done: anyio.Event
@@ -220,6 +235,7 @@ class _Pushing(_RunnerBase):
                 if not alongside or level != flying:
                     # Another priority: the batches before it must have arrived first.
                     await _drain_window(window)
+                await settler.keep_up(_BACKLOG)
                 await window.acquire()
                 if run.stop is not None:
                     window.release()

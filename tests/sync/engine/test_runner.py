@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -874,3 +875,30 @@ async def test_a_run_of_one_batch_leases_it_with_the_count_and_looks_once_more(
     summary = await runner.run()
     assert summary.pushed == 10
     assert calls == [True, False]
+
+
+async def test_a_run_holds_a_bounded_number_of_ops_when_settling_falls_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When settling the answers is slower than the wire, the run waits for it instead of
+    leasing further: the ops it holds (leased, not yet settled) stay within a few batches,
+    not the whole queue (memory, and the leased rows every lease skips over)."""
+    clock = FakeClock()
+    store = _store(clock)
+    store.save_many([Note(id=f"n{i}", text="x") for i in range(600)])
+    runner = SyncRunner(store, MemoryBackend(), batch_size=10, clock=clock, pull=False)
+    held: list[int] = []
+    settle = runner._settle_locally
+
+    def slow_settle(run: Any, acks: Any, failures: Any) -> Any:
+        held.append(len(run.held))
+        time.sleep(0.003)  # (a worker thread) a busy file
+        return settle(run, acks, failures)
+
+    monkeypatch.setattr(runner, "_settle_locally", slow_settle)
+    summary = await runner.run()
+    assert summary.pushed == 600
+    assert store.queue.stats().total == 0
+    assert len(held) == 60
+    # In flight, answered and waiting to be settled, and one leased ahead: a few batches.
+    assert max(held) <= 6 * 10, max(held)
