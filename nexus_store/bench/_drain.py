@@ -13,11 +13,13 @@ Printed from one run:
    and as a ratio to the **bare pipeline** of ``bench_http.py`` (a minimal Starlette route
    that unpacks msgpack and upserts in one SQLite transaction, fed pre-built dicts by
    httpx) pushing as many ops in the same run. The bare figure is the mean of a
-   measurement before and one after the drain. Target: ratio >= 0.7. Also printed: the
-   drain against ``HttpBackend`` alone pushing pre-built ops to the same server (the
-   ceiling the server sets; what is left is the sync engine's own cost).
-2. The same drain with 1,000,000 queued ops (reported), with the peak RSS of the draining
-   process, to show that memory stays bounded (the same as for 100,000).
+   measurement before and one after the drain. Also printed: the drain against
+   ``HttpBackend`` alone pushing pre-built ops to the same server (the ceiling the server
+   sets; what is left is the sync engine's own cost). The throughput target on this ratio
+   is measured the way users run a drain, by ``store_sync`` (``store.sync()``).
+2. The same drain with 1,000,000 queued ops, with the peak RSS of the draining process.
+   Target: memory bounded, i.e. a peak RSS at most :data:`RSS_BOUND_MIB` above the
+   100,000-op drain's.
 
 The drain runs in a child process, so its peak RSS is its own; the bare client runs in
 this process. ``--quick`` drains 10,000 and 100,000 ops instead.
@@ -196,28 +198,38 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+RSS_BOUND_MIB = 20.0
+"""How much more the 1,000,000-op drain's peak RSS may be than the 100,000-op drain's."""
+
+
 def _rounded(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}
 
 
 def _report(results: dict[str, Any]) -> None:
+    for line in report_lines(results):
+        print(line)
+
+
+def report_lines(results: dict[str, Any]) -> list[str]:
+    """The report's lines: each drain's figures; the large drain's memory with its verdict."""
     small, large = results["small"], results["large"]
-    print(
+    growth = large["peak_rss_mib"] - small["peak_rss_mib"]
+    bounded = "met" if growth <= RSS_BOUND_MIB else "NOT met"
+    return [
         f"drain {small['queued']:>9,} ops: {small['ops_per_s']:>8,.0f} ops/s "
         f"({small['seconds']:.1f} s), bare pipeline {small['bare_ops_per_s']:>8,} ops/s, "
-        f"ratio {small['ratio']:.2f} (target >= 0.7); peak RSS {small['peak_rss_mib']:.0f} MiB "
-        f"(before the run {small['rss_before_mib']:.0f} MiB)"
-    )
-    print(
+        f"ratio {small['ratio']:.2f}; peak RSS {small['peak_rss_mib']:.0f} MiB "
+        f"(before the run {small['rss_before_mib']:.0f} MiB)",
         f"  of which the server's share: HttpBackend alone pushing pre-built ops "
         f"{small['push_only_ops_per_s']:>8,} ops/s, so the drain runs at "
-        f"{small['ratio_to_push_only']:.2f} of it"
-    )
-    print(
+        f"{small['ratio_to_push_only']:.2f} of it",
         f"drain {large['queued']:>9,} ops: {large['ops_per_s']:>8,.0f} ops/s "
         f"({large['seconds']:.1f} s); peak RSS {large['peak_rss_mib']:.0f} MiB "
-        f"(before the run {large['rss_before_mib']:.0f} MiB)"
-    )
+        f"(before the run {large['rss_before_mib']:.0f} MiB), {growth:+.0f} MiB on the "
+        f"{small['queued']:,}-op drain's (memory bounded, target <= +{RSS_BOUND_MIB:.0f} MiB: "
+        f"{bounded})",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -54,6 +54,9 @@ from ._bare import _TLS, BareProcess, bare_server_main, pull_bare, push_bare
 __all__: list[str] = []
 
 OPS = 20_000
+TARGET = 0.8
+"""The throughput targets' ratio: ours against the floor (push: SQLite at batches 500 and
+100, PostgreSQL at batch 500) and against the bare route (pull, both page sizes)."""
 Server = tuple[str, int]
 """A server's base URL and process id."""
 TOKEN = "bench-token"
@@ -303,9 +306,28 @@ def run_pull(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+def _verdict(ratio: float) -> str:
+    return f"(target >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'})"
+
+
+def _has_target(label: str) -> bool:
+    """Whether the row's ratio has a target: every pull, push on SQLite at both batch sizes
+    (against its floor), push on PostgreSQL at batch 500 (against its floor)."""
+    return label.startswith(("pull", "push sqlite")) or label == "push postgres batch_500"
+
+
 def _report(results: dict[str, Any]) -> None:
-    print(f"{results['ops']:,} ops per measurement, {results['op_bytes']} bytes each (msgpack)")
-    print("CPU: microseconds per op (push) or change (pull), in the server and in the client")
+    """Print every figure; each ratio with a target says whether it is met."""
+    for line in report_lines(results):
+        print(line)
+
+
+def report_lines(results: dict[str, Any]) -> list[str]:
+    """The report's lines (see :func:`_report`)."""
+    lines = [
+        f"{results['ops']:,} ops per measurement, {results['op_bytes']} bytes each (msgpack)",
+        "CPU: microseconds per op (push) or change (pull), in the server and in the client",
+    ]
     rows = [
         (f"push {storage} {batch}", figure, "ops")
         for storage in ("sqlite", "postgres")
@@ -317,26 +339,27 @@ def _report(results: dict[str, Any]) -> None:
         if page.startswith("page_")
     ]
     for label, figure, unit in rows:
-        target = ""
-        print(
+        pull = label.startswith("pull")
+        target = f"  {_verdict(figure['ratio'])}" if pull else ""
+        lines.append(
             f"{label:<24} ours {figure[f'ours_{unit}_per_s']:>7,}/s  "
             f"bare {figure[f'bare_{unit}_per_s']:>7,}/s  ratio {figure['ratio']:.2f}{target}"
         )
-        print(
+        lines.append(
             f"{'':<24} CPU server ours {figure['ours_server_cpu_us_per_item']:>5.1f} "
             f"bare {figure['bare_server_cpu_us_per_item']:>5.1f}; client ours "
             f"{figure['ours_client_cpu_us_per_item']:>5.1f} "
             f"bare {figure['bare_client_cpu_us_per_item']:>5.1f}"
         )
         if "floor_ratio" in figure:
-            print(
+            lines.append(
                 f"{'':<24} floor (the bare route writing our tables) "
                 f"{figure['floor_ops_per_s']:>7,}/s  ratio {figure['floor_ratio']:.2f}"
             )
-            print(
-                f"{'':<24} ours / floor {figure['ours_floor_ratio']:.2f}"
-                + ("  (target >= 0.8)" if label.endswith("batch_500") else "")
-            )
+            ratio = figure["ours_floor_ratio"]
+            verdict = f"  {_verdict(ratio)}" if _has_target(label) else ""
+            lines.append(f"{'':<24} ours / floor {ratio:.2f}{verdict}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
