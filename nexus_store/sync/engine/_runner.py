@@ -13,7 +13,8 @@ or more :class:`SyncTarget`, e.g. :class:`~nexus_store.NexusStore` objects) and 
 3. repeat while there is eligible work, budget, and the remote answers;
 4. pull the changes after each collection's stored cursor, page by page, applying them
    without overwriting items that still have pending ops (each page and its cursor in
-   one transaction). A run is a *writer* with a random id: with a writer-aware backend
+   one transaction; the next page is already asked for while one is applied, see
+   :mod:`._pull`). A run is a *writer* with a random id: with a writer-aware backend
    its pushes carry it and its pulls leave out what it pushed itself (the store has it),
    so a run never downloads its own changes back, while every change by anyone else
    still comes (echo suppression; the page's cursor moves past the skipped ones).
