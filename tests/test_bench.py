@@ -25,7 +25,7 @@ def test_unknown_benchmark_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "nexus-store bench: unknown benchmark(s) ['nope']: choose from "
-        "store, queue, http, drain, worker, files, store_sync"
+        "store, queue, http, drain, worker, files, store_sync, catchup"
     ]
 
 

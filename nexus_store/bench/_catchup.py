@@ -1,6 +1,8 @@
 """Catch-up: a fresh store pulling many remote changes with ``store.sync()``.
 
-Run: ``python -m nexus_store.bench._catchup [--quick] [--changes N] [--rounds R]``.
+Run: ``nexus-store bench --only catchup [--quick]``, or ``python -m nexus_store.bench._catchup
+[--quick] [--changes N] [--rounds R]`` (from a checkout also ``python
+benchmarks/bench_catchup.py``).
 
 ``nexus-store serve`` on SQLite is filled, untimed, with ``N`` changes (100,000 by
 default; 10,000 with ``--quick``) of about 200 bytes each (the ops of the HTTP benchmark),

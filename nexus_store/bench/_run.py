@@ -1,8 +1,9 @@
 """Run every benchmark (or some) one after another, each in its own process.
 
-Usage: ``nexus-store bench [--quick] [--only store,queue,http,drain,worker,files,store_sync]`` (also
-``python -m nexus_store.bench`` and, from a source checkout, ``scripts/bench`` and
-``python benchmarks/run.py``).
+Usage: ``nexus-store bench [--quick] [--only
+store,queue,http,drain,worker,files,store_sync,catchup]`` (also ``python -m
+nexus_store.bench`` and, from a source checkout, ``scripts/bench`` and ``python
+benchmarks/run.py``).
 
 Each benchmark prints its figures as ratios against a baseline measured in the same run;
 this runner only sequences them and reports which ones failed to run. The baselines need
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "worker": "CRITICAL save to server ack through nexus-store worker; idle CPU",
     "files": "uploads (one big file, many small) to nexus-store serve against a bare PUT",
     "store_sync": "store.sync() with default settings draining saves, against HttpBackend alone",
+    "catchup": "store.sync() pulling remote changes into a fresh store, against HttpBackend alone",
 }
 """Each benchmark's name (``--only``), with what it measures."""
 
@@ -43,6 +45,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "worker": ("starlette", "uvicorn"),
     "files": ("starlette", "uvicorn"),
     "store_sync": ("starlette", "uvicorn"),
+    "catchup": ("starlette", "uvicorn"),
 }
 _EXTRA_HINT = 'pip install "nexus-store[bench]"'
 

@@ -174,9 +174,9 @@ def bench(
         str,
         typer.Option(
             "--only",
-            help="Suite: comma-separated store,queue,http,drain,worker,files,store_sync.",
+            help="Suite: comma-separated store,queue,http,drain,worker,files,store_sync,catchup.",
         ),
-    ] = "store,queue,http,drain,worker,files,store_sync",
+    ] = "store,queue,http,drain,worker,files,store_sync,catchup",
 ) -> None:
     """Run benchmarks: local, sync, server; alone, the developer suite.
 
