@@ -133,6 +133,10 @@ class LocalTable(Generic[T]):
             f"SELECT {self._select_cols} FROM {table} WHERE {idq} = ? AND _nx_deleted = 0"
         )
         self._version_sql = f"SELECT _nx_version FROM {table} WHERE {idq} = ?"
+        self._versions_sql = (
+            f"SELECT {idq}, _nx_version FROM {table} "
+            f"WHERE {idq} IN (SELECT value FROM json_each(?))"
+        )
         self._ack_sql = f"UPDATE {table} SET _nx_version = ? WHERE {idq} = ? AND _nx_version < ?"
 
     # -- schema --------------------------------------------------------------------------
@@ -453,6 +457,23 @@ class LocalTable(Generic[T]):
                 f"_nx_version={row[0]!r:.40} is not a server version"
             )
         return row[0]
+
+    def stored_versions(
+        self, conn: sqlite3.Connection, keys: Sequence[ItemKey]
+    ) -> dict[ItemKey, int]:
+        """:meth:`stored_version` of many keys in one query: the keys that have a row."""
+        if not keys:
+            return {}
+        rows = conn.execute(self._versions_sql, (_json_encode(list(keys)),)).fetchall()
+        versions: dict[ItemKey, int] = {}
+        for key, version in rows:
+            if type(version) is not int or version < 0:
+                raise CorruptDatabaseError(
+                    f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}="
+                    f"{key!r:.60}: _nx_version={version!r:.40} is not a server version"
+                )
+            versions[key] = version
+        return versions
 
     def set_server_version(self, conn: sqlite3.Connection, key: ItemKey, version: int) -> bool:
         """Raise the stored server version to ``version``; False if no row or already newer."""

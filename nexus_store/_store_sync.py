@@ -13,7 +13,8 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -39,6 +40,23 @@ from ._store_base import ID, T, _StoreBase
 __all__: list[str] = []
 
 logger = logging.getLogger("nexus_store")
+
+
+@dataclass(slots=True)
+class _PageState:
+    """The items of one pulled page as the rule for pulled changes sees them: which have an
+    op still to be sent, and the server version stored for each (kept current while the
+    page is applied, so an item twice in a page is judged against its first write)."""
+
+    pending: set[ItemKey]
+    stored: dict[ItemKey, int]
+
+    def may_apply(self, change: Change, key: ItemKey) -> bool:
+        """The rule for pulled changes: never over a pending op, never over a newer
+        version."""
+        pending = key in self.pending
+        action = remote_change_action(change.version, self.stored.get(key), has_pending_op=pending)
+        return action == "apply"
 
 
 class _SyncSide(_StoreBase[T, ID]):
@@ -132,8 +150,9 @@ class _SyncSide(_StoreBase[T, ID]):
         now = self.clock.now()
         with self._db.transaction() as conn:
             record = self._log.recorder(conn)
+            state = self._page_state(conn, candidates, failed, overwrite_pending)
             for change, key, prepared in candidates:
-                if not self._may_apply(conn, change, key, overwrite_pending):
+                if not state.may_apply(change, key):
                     continue
                 hlc = self._observed(change.hlc)
                 if prepared is None:
@@ -142,12 +161,11 @@ class _SyncSide(_StoreBase[T, ID]):
                 else:
                     self._table.write_remote(conn, prepared, change.version, hlc, now)
                     kind = ChangeKind.UPSERT
+                state.stored[key] = change.version
                 record(self.collection, key, kind, origin=ChangeOrigin.REMOTE, hlc=hlc, at=now)
                 applied.append(change)
             for change, maybe_key, reason in failed:
-                if maybe_key is not None and not self._may_apply(
-                    conn, change, maybe_key, overwrite_pending
-                ):
+                if maybe_key is not None and not state.may_apply(change, maybe_key):
                     continue  # it would not have been applied anyway
                 if Quarantine.keep(conn, change, reason, self._shape(), now):
                     kept.append(change)
@@ -186,13 +204,20 @@ class _SyncSide(_StoreBase[T, ID]):
             candidates.append((change, key, prepared))
         return candidates, failed
 
-    def _may_apply(
-        self, conn: sqlite3.Connection, change: Change, key: ItemKey, overwrite_pending: bool
-    ) -> bool:
-        """The rule for pulled changes: never over a pending op, never over a newer version."""
-        pending = not overwrite_pending and self._queue.is_pending(self.collection, key)
-        stored = self._table.stored_version(conn, key)
-        return remote_change_action(change.version, stored, has_pending_op=pending) == "apply"
+    def _page_state(
+        self,
+        conn: sqlite3.Connection,
+        candidates: Sequence[tuple[Change, ItemKey, PreparedItem[T] | None]],
+        failed: Sequence[tuple[Change, ItemKey | None, str]],
+        overwrite_pending: bool,
+    ) -> _PageState:
+        """What the rule for pulled changes needs about a page's items, read in two queries
+        (inside the page's transaction)."""
+        keys = [key for _, key, _ in candidates]
+        keys += [key for _, key, _ in failed if key is not None]
+        keys = list(dict.fromkeys(keys))  # an item twice in a page: asked for once
+        pending = set() if overwrite_pending else self._queue.pending_among(self.collection, keys)
+        return _PageState(pending, self._table.stored_versions(conn, keys))
 
     def _prepare_remote(self, change: Change) -> PreparedItem[T]:
         """Validate a pulled item. Data that does not fit is tried through the migration

@@ -49,6 +49,11 @@ _UNBLOCK_NEXT = (
 )
 _BY_OP_ID = "SELECT " + _COLUMNS + _OPS + "WHERE q.op_id = ?"
 _HAS_LIVE = "SELECT 1 FROM nx_queue WHERE collection = ? AND item_id = ? AND chain = 0"
+# The same for many items at once (json_each keeps 1 and "1" apart: no affinity either side).
+_LIVE_AMONG = (
+    "SELECT item_id FROM nx_queue WHERE collection = ? AND chain = 0 "
+    "AND item_id IN (SELECT value FROM json_each(?))"
+)
 
 
 class QueueBase:

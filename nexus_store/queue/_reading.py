@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import anyio.to_thread
 
@@ -17,7 +17,7 @@ from .._exceptions import OpNotFoundError, StoreClosedError
 from .._priority import SyncPriority
 from .._quarantine import Quarantine
 from . import _timeline
-from ._base import _BY_OP_ID, _HAS_LIVE, QueueBase
+from ._base import _BY_OP_ID, _HAS_LIVE, _LIVE_AMONG, QueueBase
 from ._records import (
     _ALL_PRIORITIES,
     OpState,
@@ -172,6 +172,16 @@ class _Reading(QueueBase):
         self._check_open()
         with self.database.reading() as conn:
             return conn.execute(_HAS_LIVE, (collection, item_id)).fetchone() is not None
+
+    def pending_among(self, collection: str, item_ids: Sequence[str | int]) -> set[str | int]:
+        """Which of ``item_ids`` have an op still to be sent (:meth:`is_pending` for many
+        items in one query)."""
+        self._check_open()
+        if not item_ids:
+            return set()
+        with self.database.reading() as conn:
+            rows = conn.execute(_LIVE_AMONG, (collection, json.dumps(list(item_ids))))
+            return {row[0] for row in rows}
 
     def stats(self, collection: str | None = None) -> QueueStats:
         """Counts per priority and state, and the age of the oldest live op.
