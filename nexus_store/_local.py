@@ -218,7 +218,18 @@ class LocalTable(Generic[T]):
                 "(convert it to UTC, or to a zone of whole-minute offsets, first)"
             )
 
-    def prepare(self, item: object) -> PreparedItem[T]:
+    def from_stored(self, data: Mapping[str, Any]) -> T:
+        """Validate ``data`` of the stored form: field names and JSON values (ISO dates,
+        strings for UUIDs...), as rows, pulled changes and migrated records hold it. So it
+        is lax even for a strict model (only lax validation takes the JSON form) and by
+        field name even for a model with aliases.
+
+        Raises:
+            ValidationError: the data does not fit the model.
+        """
+        return self.model.model_validate(data, strict=False, by_name=self._by_name)
+
+    def prepare(self, item: object, *, validated: bool = False) -> PreparedItem[T]:
         """Validate an item and convert it to column values and a queue payload.
 
         Every way an item can fail to become a row and a payload is reported the same way:
@@ -227,6 +238,11 @@ class LocalTable(Generic[T]):
         codec allow, circular references, errors raised by the model's own validators and
         serializers), NaN in a float column (SQLite would store it as NULL), an id that is
         not a string or integer, or a value the codec cannot encode.
+
+        Args:
+            item: the item.
+            validated: the caller built ``item`` by validation just now (e.g.
+                :meth:`from_stored`), so it is not validated again.
 
         Raises:
             ItemValidationError: the item cannot be stored; nothing was written.
@@ -237,13 +253,9 @@ class LocalTable(Generic[T]):
                 f"expected a {model.__name__} item, got {type(item).__name__}"
             )
         try:
-            # Re-validate: a model instance can hold invalid values after plain
-            # attribute assignment or model_construct().
-            extra = item.__pydantic_extra__
-            source = {**item.__dict__, **extra} if extra else item.__dict__
-            validated = model.model_validate(source, by_name=self._by_name)
+            checked = item if validated else self._revalidated(item)
             # Field names, not aliases, whatever the model's serialization settings.
-            data = validated.model_dump(mode="json", by_alias=False)
+            data = checked.model_dump(mode="json", by_alias=False)
             values = [data[name] for name in self._fields]
             for i in self._json_index:
                 if values[i] is not None:
@@ -265,7 +277,7 @@ class LocalTable(Generic[T]):
                 f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
             ) from exc
         if self._clock_fields:
-            self._check_offsets(validated)
+            self._check_offsets(checked)
         for i in self._real_index:
             value = values[i]
             if value is not None and value != value:  # noqa: PLR0124 - NaN is not equal to itself
@@ -276,7 +288,14 @@ class LocalTable(Generic[T]):
         key = values[self._id_pos]
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
-        return PreparedItem(validated, key, values, payload)
+        return PreparedItem(checked, key, values, payload)
+
+    def _revalidated(self, item: T) -> T:
+        """``item`` validated again: a model instance can hold invalid values after plain
+        attribute assignment or ``model_construct()``."""
+        extra = item.__pydantic_extra__
+        source = {**item.__dict__, **extra} if extra else item.__dict__
+        return self.model.model_validate(source, by_name=self._by_name)
 
     def key_of(self, item_id: object) -> tuple[Any, ItemKey]:
         """Validate an id against the id field's type; return it and its stored form.
@@ -327,7 +346,7 @@ class LocalTable(Generic[T]):
         try:
             # Stored values are the JSON form (ISO dates, strings for UUIDs...), which only
             # lax validation accepts for strict models.
-            return self.model.model_validate(data, strict=False, by_name=self._by_name)
+            return self.from_stored(data)
         except ValidationError as exc:
             raise self.corrupt_row(
                 row,
@@ -390,7 +409,7 @@ class LocalTable(Generic[T]):
                     value = bool(stored)
                 old[name] = value
             try:
-                prepared = self.prepare(self.model.model_validate(upgrade(old)))
+                prepared = self.prepare(self.from_stored(upgrade(old)), validated=True)
             except MigrationError as exc:
                 raise MigrationError(f"{where}: {exc}") from exc
             except (ValidationError, ItemValidationError) as exc:

@@ -229,15 +229,15 @@ class _SyncSide(_StoreBase[T, ID]):
         if foreign:
             upgraded = self._upgrade_pulled(data)
             if upgraded is not None:
-                return self._table.prepare(upgraded)
+                return self._table.prepare(upgraded, validated=True)
         try:
-            item = self.model.model_validate(data)
+            item = self._table.from_stored(data)
         except ValidationError:
             upgraded = None if foreign else self._upgrade_pulled(data)
             if upgraded is None:
                 raise
             item = upgraded
-        return self._table.prepare(item)
+        return self._table.prepare(item, validated=True)
 
     def _upgrade_pulled(self, data: dict[str, Any]) -> T | None:
         """The item that ``data`` of some older version becomes, if steps make it fit with
@@ -251,7 +251,7 @@ class _SyncSide(_StoreBase[T, ID]):
                 upgraded = run_steps(steps, collection, data, version, self.schema_version)
                 if not set(upgraded) <= self.model.model_fields.keys():
                     continue
-                return self.model.model_validate(upgraded)
+                return self._table.from_stored(upgraded)
             except (MigrationError, ValidationError):
                 continue
         return None

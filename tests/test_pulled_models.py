@@ -1,0 +1,78 @@
+"""Items of models with field aliases or strict validation sync between stores: what one
+store pushes in its stored form (field names, JSON values), another pulls and applies."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nexus_store import Migrations, NexusStore
+from nexus_store.backends import MemoryBackend
+
+
+class Person(BaseModel):
+    id: str = Field(alias="ID")
+    full_name: str = Field(alias="fullName")
+
+
+class PersonV2(BaseModel):
+    id: str = Field(alias="ID")
+    full_name: str = Field(alias="fullName")
+    nick: str = Field(default="", alias="nickName")
+
+
+class Meeting(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    id: uuid.UUID
+    at: datetime.datetime
+    day: datetime.date
+    room: int
+
+
+def _round_trip(model: type[BaseModel], item: BaseModel) -> tuple[NexusStore[Any, Any], Any]:
+    """Push ``item`` from one store, pull it into a fresh one; the second and its summary."""
+    server = MemoryBackend()
+    with NexusStore[Any, Any](":memory:", model=model, backend=server, owns_backend=False) as a:
+        a.save(item)
+        assert a.sync().ok
+    b = NexusStore[Any, Any](":memory:", model=model, backend=server, owns_backend=False)
+    return b, b.sync()
+
+
+def test_a_model_with_aliases_is_pulled_by_field_name() -> None:
+    person = Person(ID="p1", fullName="Ada Lovelace")
+    store, summary = _round_trip(Person, person)
+    with store:
+        assert (summary.ok, summary.pulled, summary.quarantined) == (True, 1, 0)
+        assert store.get("p1") == person
+
+
+def test_a_strict_model_is_pulled_from_its_json_form() -> None:
+    """Dates and UUIDs travel as strings, which only lax validation takes."""
+    meeting = Meeting(
+        id=uuid.UUID(int=7),
+        at=datetime.datetime(2026, 12, 8, 9, 30, tzinfo=datetime.UTC),
+        day=datetime.date(2026, 12, 8),
+        room=4,
+    )
+    store, summary = _round_trip(Meeting, meeting)
+    with store:
+        assert (summary.ok, summary.pulled, summary.quarantined) == (True, 1, 0)
+        assert store.get(meeting.id) == meeting
+
+
+def test_local_rows_of_a_model_with_aliases_are_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "people.db"
+    with NexusStore[Person, str](path, model=Person, collection="person") as old:
+        old.save(Person(ID="p1", fullName="Ada Lovelace"))
+    steps = Migrations()
+    steps.add("person", 1, lambda data: {**data, "nick": "Ada"})
+    with NexusStore[PersonV2, str](
+        path, model=PersonV2, collection="person", schema_version=2, migrations=steps
+    ) as new:
+        assert new.get("p1") == PersonV2(ID="p1", fullName="Ada Lovelace", nickName="Ada")
