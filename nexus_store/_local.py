@@ -90,6 +90,9 @@ class LocalTable(Generic[T]):
         self._bool_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.BOOLEAN]
         self._real_index = [i for i, k in enumerate(self._kinds) if k is ColumnKind.REAL]
         self._id_pos = self._fields.index(spec.id_field)
+        # Derived, so never validated from stored data (a model that forbids extra
+        # fields would refuse its own dump otherwise).
+        self.computed = frozenset(self.model.model_computed_fields)
         self._by_name: bool | None = (
             True
             if any(f.alias or f.validation_alias for f in self.model.model_fields.values())
@@ -221,12 +224,15 @@ class LocalTable(Generic[T]):
     def from_stored(self, data: Mapping[str, Any]) -> T:
         """Validate ``data`` of the stored form: field names and JSON values (ISO dates,
         strings for UUIDs...), as rows, pulled changes and migrated records hold it. So it
-        is lax even for a strict model (only lax validation takes the JSON form) and by
-        field name even for a model with aliases.
+        is lax even for a strict model (only lax validation takes the JSON form), by field
+        name even for a model with aliases, and computed fields (a model's dump holds them)
+        are left out.
 
         Raises:
             ValidationError: the data does not fit the model.
         """
+        if self.computed and not self.computed.isdisjoint(data):
+            data = {k: v for k, v in data.items() if k not in self.computed}
         return self.model.model_validate(data, strict=False, by_name=self._by_name)
 
     def prepare(self, item: object, *, validated: bool = False) -> PreparedItem[T]:
@@ -276,8 +282,28 @@ class LocalTable(Generic[T]):
             raise ItemValidationError(
                 f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
             ) from exc
+        self._check_values(checked, values, from_app=not validated)
+        key = values[self._id_pos]
+        if type(key) is not str and type(key) is not int:
+            raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
+        return PreparedItem(checked, key, values, payload)
+
+    def _check_values(self, item: T, values: list[Any], *, from_app: bool) -> None:
+        """What validation lets through but a row cannot keep.
+
+        Raises:
+            ItemValidationError: attributes that are not fields (of an app's item: they
+                would be lost), an inexact clock offset, NaN in a float column.
+        """
+        model = self.model
+        if from_app and item.__pydantic_extra__:
+            names = ", ".join(sorted(item.__pydantic_extra__))
+            raise ItemValidationError(
+                f"{model.__name__} has attributes that are not fields ({names}): a store keeps "
+                "the model's fields only, so they would be lost; declare them as fields"
+            )
         if self._clock_fields:
-            self._check_offsets(checked)
+            self._check_offsets(item)
         for i in self._real_index:
             value = values[i]
             if value is not None and value != value:  # noqa: PLR0124 - NaN is not equal to itself
@@ -285,10 +311,6 @@ class LocalTable(Generic[T]):
                     f"{model.__name__}.{self._fields[i]} is NaN, which SQLite cannot store "
                     "(it would read back as NULL)"
                 )
-        key = values[self._id_pos]
-        if type(key) is not str and type(key) is not int:
-            raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
-        return PreparedItem(checked, key, values, payload)
 
     def _revalidated(self, item: T) -> T:
         """``item`` validated again: a model instance can hold invalid values after plain

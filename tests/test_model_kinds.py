@@ -1,5 +1,6 @@
-"""Items of models with field aliases or strict validation sync between stores: what one
-store pushes in its stored form (field names, JSON values), another pulls and applies."""
+"""Items of models of every kind keep their data through a store and through sync: what one
+store pushes in its stored form (field names, JSON values), another pulls and applies
+(aliases, strict validation, computed fields); what a store cannot keep is refused."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from nexus_store import Migrations, NexusStore
+from nexus_store import ItemValidationError, Migrations, NexusStore
 from nexus_store.backends import MemoryBackend
 
 
@@ -32,6 +34,25 @@ class Meeting(BaseModel):
     at: datetime.datetime
     day: datetime.date
     room: int
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    price: int
+    count: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return self.price * self.count
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
 
 
 def _round_trip(model: type[BaseModel], item: BaseModel) -> tuple[NexusStore[Any, Any], Any]:
@@ -76,3 +97,27 @@ def test_local_rows_of_a_model_with_aliases_are_migrated(tmp_path: Path) -> None
         path, model=PersonV2, collection="person", schema_version=2, migrations=steps
     ) as new:
         assert new.get("p1") == PersonV2(ID="p1", fullName="Ada Lovelace", nickName="Ada")
+
+
+def test_a_model_with_computed_fields_that_forbids_extras_is_pulled() -> None:
+    """Its dump (the stored form) holds the computed field; it is left out when validated."""
+    order = Order(id="o1", price=3, count=4)
+    store, summary = _round_trip(Order, order)
+    with store:
+        assert (summary.ok, summary.pulled, summary.quarantined) == (True, 1, 0)
+        pulled = store.get("o1")
+        assert pulled == order
+        assert pulled is not None
+        assert pulled.total == 12
+
+
+def test_attributes_that_are_not_fields_are_refused_not_dropped() -> None:
+    """A store keeps fields only: an item carrying more fails to save and writes nothing."""
+    with NexusStore[Loose, str](":memory:", model=Loose) as store:
+        with pytest.raises(ItemValidationError, match=r"not fields \(colour\)"):
+            store.save(Loose(id="x", colour="red"))
+        with pytest.raises(ItemValidationError, match="not fields"):
+            store.save_many([Loose(id="y"), Loose(id="z", colour="red")])
+        assert (store.count(), store.queue.stats().live) == (0, 0)
+        store.save(Loose(id="y"))  # no extra attribute: kept as any item
+        assert store.get("y") == Loose(id="y")
