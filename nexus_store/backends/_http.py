@@ -61,11 +61,12 @@ from .._http_api import (
     is_loopback_host,
     media_type_of,
 )
-from .._remote import Changes, PushResult, RemoteBackend, RemoteOp
+from .._remote import Changes, OpResult, OpStatus, PushResult, RemoteBackend, RemoteOp
 from .._version import __version__
 from ._event_stream import EventStreamDecoder
 from ._http_wire import (
     _ERROR_BODY_BYTES,
+    UnsendableOpsError,
     _decode,
     _OversizedResponseError,
     _validate,
@@ -198,7 +199,10 @@ class HttpBackend(RemoteBackend):
         """
         if not ops:
             return PushResult(results=[])
-        content = encode_ops(ops, self._wire_format)
+        try:
+            content = encode_ops(ops, self._wire_format)
+        except UnsendableOpsError as exc:
+            return await self._push_sendable(ops, exc.refused, writer)
         headers = {"content-type": self._media_type, "idempotency-key": idempotency_key(ops)}
         if writer is not None:
             headers[WRITER_HEADER] = str(writer)
@@ -207,6 +211,22 @@ class HttpBackend(RemoteBackend):
         )
         with collector_paused(message=True):
             return push_result_of(ops, _decode(payload, response_headers.get("content-type")))
+
+    async def _push_sendable(
+        self, ops: Sequence[RemoteOp], refused: Mapping[int, str], writer: int | None
+    ) -> PushResult:
+        """Push the ops the wire can carry; answer the others as rejected, with the reason,
+        without sending them (the queue dead-letters them; the rest go on)."""
+        rest = [op for position, op in enumerate(ops) if position not in refused]
+        answers = iter((await self.push(rest, writer=writer)).results)
+        return PushResult(
+            results=[
+                OpResult(op_id=op.op_id, status=OpStatus.REJECTED, reason=refused[position])
+                if position in refused
+                else next(answers)
+                for position, op in enumerate(ops)
+            ]
+        )
 
     async def pull(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -48,6 +49,7 @@ from .._remote import (
 from .._trusted import trusted_builder
 
 __all__ = [
+    "UnsendableOpsError",
     "changes_of",
     "check_changes",
     "check_push_result",
@@ -169,6 +171,18 @@ def idempotency_key(ops: Sequence[RemoteOp]) -> str:
     return hashlib.sha256(ids.encode("utf-8")).hexdigest()
 
 
+class UnsendableOpsError(CodecError):
+    """Some ops of a batch hold a value the wire format cannot carry (never sent).
+
+    Attributes:
+        refused: the position of each such op in the batch, with the reason.
+    """
+
+    def __init__(self, refused: Mapping[int, str]) -> None:
+        super().__init__(f"{len(refused)} op(s) hold a value the wire format cannot carry")
+        self.refused = dict(refused)
+
+
 def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"]) -> bytes:
     """The body of a push: ``{"ops": [...]}`` in the wire format.
 
@@ -177,6 +191,9 @@ def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"])
     model's JSON serialisation, as one call for the batch.
 
     Raises:
+        UnsendableOpsError: JSON is the wire format and some ops hold an infinite or NaN
+            number, which JSON has no way to write (the model's serialisation would turn it
+            into ``null``: another value than the one saved).
         CodecError: the ops cannot be encoded at all.
     """
     # A RemoteOp keeps its field values in __dict__ (and nothing else: extra fields are
@@ -188,7 +205,32 @@ def encode_ops(ops: Sequence[RemoteOp], wire_format: Literal["msgpack", "json"])
             return _encode_body({"ops": fields}, wire_format)
         except (CodecError, TypeError, ValueError):
             pass
+    if wire_format == "json":
+        refused = {
+            position: f"the op holds {where}, which JSON cannot carry (msgpack, the default "
+            "wire format, can)"
+            for position, op in enumerate(ops)
+            if (where := _non_finite(op.data)) is not None
+        }
+        if refused:
+            raise UnsendableOpsError(refused)
     return _encode_body({"ops": _OPS.dump_python(list(ops), mode="json")}, wire_format)
+
+
+def _non_finite(data: object) -> str | None:
+    """Where ``data`` holds an infinite or NaN float (e.g. ``"inf at data.a[2]"``), if it
+    does."""
+    stack: list[tuple[object, str]] = [(data, "data")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{value!r} at {path}"
+        elif isinstance(value, Mapping):
+            stack.extend((v, f"{path}.{k}") for k, v in value.items())
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return None
 
 
 def _encode_body(body: dict[str, Any], wire_format: Literal["msgpack", "json"]) -> bytes:
