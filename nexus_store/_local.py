@@ -22,6 +22,7 @@ serialization and extra fields of ``extra="allow"`` models are not kept in the t
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic
@@ -66,6 +67,30 @@ def _default_json(model: type[BaseModel], name: str) -> tuple[bool, Any]:
     value = info.get_default(call_default_factory=True, validated_data={})
     annotation: Any = info.annotation
     return True, TypeAdapter(annotation).dump_python(value, mode="json")
+
+
+def _nulled_number(raw: object, dumped: object) -> bool:
+    """Whether the JSON form ``dumped`` of ``raw`` holds ``None`` for an infinite or NaN
+    float of ``raw`` (pydantic's JSON form writes such a number as ``null`` where the type
+    is ``Any``)."""
+    stack: list[tuple[object, object]] = [(raw, dumped)]
+    while stack:
+        value, out = stack.pop()
+        kind = type(value)
+        if kind is float:
+            if out is None and not math.isfinite(value):  # type: ignore[arg-type]
+                return True
+        elif kind is str or kind is int or kind is bool or value is None:
+            continue
+        elif isinstance(value, BaseModel):
+            if type(out) is dict:
+                stack.extend((v, out[k]) for k, v in value.__dict__.items() if k in out)
+        elif isinstance(value, Mapping):
+            if type(out) is dict:
+                stack.extend((v, out[k]) for k, v in value.items() if k in out)
+        elif isinstance(value, list | tuple) and type(out) is list and len(out) == len(value):
+            stack.extend(zip(value, out, strict=True))
+    return False
 
 
 class LocalTable(Generic[T]):
@@ -282,20 +307,37 @@ class LocalTable(Generic[T]):
             raise ItemValidationError(
                 f"cannot validate or serialize {model.__name__}: {type(exc).__name__}: {exc}"
             ) from exc
-        self._check_values(checked, values, from_app=not validated)
+        self._check_values(checked, values, data, from_app=not validated)
         key = values[self._id_pos]
         if type(key) is not str and type(key) is not int:
             raise ItemValidationError(f"{model.__name__} id {key!r} is not a string or integer")
         return PreparedItem(checked, key, values, payload)
 
-    def _check_values(self, item: T, values: list[Any], *, from_app: bool) -> None:
+    def _check_values(
+        self, item: T, values: list[Any], data: dict[str, Any], *, from_app: bool
+    ) -> None:
         """What validation lets through but a row cannot keep.
 
         Raises:
             ItemValidationError: attributes that are not fields (of an app's item: they
-                would be lost), an inexact clock offset, NaN in a float column.
+                would be lost), an inexact clock offset, NaN in a float column, an infinite
+                or NaN number where the model takes any value (its dump writes ``null``).
         """
         model = self.model
+        for i in self._json_index:
+            # Only a JSON value written with a null can have lost a number.
+            name = self._fields[i]
+            text = values[i]
+            if (
+                text is not None
+                and "null" in text
+                and _nulled_number(getattr(item, name), data[name])
+            ):
+                raise ItemValidationError(
+                    f"{model.__name__}.{name} holds an infinite or NaN number where the model "
+                    "takes any value, which its JSON form writes as null (it would read back as "
+                    "None): give that value a float type, or store the number as text"
+                )
         if from_app and item.__pydantic_extra__:
             names = ", ".join(sorted(item.__pydantic_extra__))
             raise ItemValidationError(

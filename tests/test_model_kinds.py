@@ -5,6 +5,7 @@ store pushes in its stored form (field names, JSON values), another pulls and ap
 from __future__ import annotations
 
 import datetime
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from nexus_store import ItemValidationError, Migrations, NexusStore
-from nexus_store.backends import MemoryBackend
+from nexus_store.backends import Change, MemoryBackend
 
 
 class Person(BaseModel):
@@ -53,6 +54,12 @@ class Loose(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
+
+
+class Sample(BaseModel):
+    id: str
+    points: list[float] = []
+    meta: dict[str, Any] = {}
 
 
 def _round_trip(model: type[BaseModel], item: BaseModel) -> tuple[NexusStore[Any, Any], Any]:
@@ -121,3 +128,23 @@ def test_attributes_that_are_not_fields_are_refused_not_dropped() -> None:
         assert (store.count(), store.queue.stats().live) == (0, 0)
         store.save(Loose(id="y"))  # no extra attribute: kept as any item
         assert store.get("y") == Loose(id="y")
+
+
+def test_an_infinite_number_where_the_model_takes_any_value_is_refused_not_nulled() -> None:
+    """pydantic's JSON form writes it as null: the save fails and writes nothing; where
+    the type is float, such a number is stored and read back as it is."""
+    with NexusStore[Sample, str](":memory:", model=Sample) as store:
+        with pytest.raises(ItemValidationError, match=r"Sample\.meta holds an infinite or NaN"):
+            store.save(Sample(id="s1", meta={"peak": [1.0, math.inf]}))
+        assert (store.count(), store.queue.stats().live) == (0, 0)
+        store.save(Sample(id="s2", points=[1.0, math.inf], meta={"note": None, "n": 1.5}))
+        kept = store.get("s2")
+        assert kept is not None
+        assert kept.points == [1.0, math.inf]
+        assert kept.meta == {"note": None, "n": 1.5}
+        # A pulled change holding one is quarantined with the reason, not stored as None.
+        change = Change(
+            collection="sample", item_id="s3", version=1, data={"id": "s3", "meta": {"x": math.nan}}
+        )
+        assert store.apply_pulled([change]).quarantined == 1
+        assert store.get("s3") is None
