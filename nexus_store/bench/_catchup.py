@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,6 +41,7 @@ from .._store import NexusStore
 from ..backends import HttpBackend
 from ..sync.engine import EngineConfig
 from ..testing import ServerProcess
+from ._child import child_figures
 from ._drain import BATCH, TOKEN, Note
 from ._http import make_ops, push_ours
 
@@ -115,18 +113,7 @@ def pull_child(url: str, expected: int) -> None:
 
 
 def _child(*args: str) -> dict[str, Any]:
-    """Run this module with ``args`` in a fresh process; return the JSON it printed last."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nexus_store.bench._catchup", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the measurement failed:\n{done.stderr}")
-    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+    return child_figures("nexus_store.bench._catchup", *args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

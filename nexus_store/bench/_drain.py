@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -49,6 +46,7 @@ from ..backends import HttpBackend
 from ..sync.engine._runner import SyncRunner
 from ..testing import ServerProcess
 from ._bare import BareProcess, push_bare
+from ._child import child_figures
 from ._http import make_ops, push_ours
 
 TOKEN = "bench-token"
@@ -139,16 +137,7 @@ def drain(path: Path, url: str, *, module: str = "nexus_store.bench._drain") -> 
     Raises:
         RuntimeError: the child failed, or did not deliver every queued op.
     """
-    done = subprocess.run(
-        [sys.executable, "-m", module, "--drain-child", str(path), url],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the drain failed:\n{done.stderr}")
-    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = child_figures(module, "--drain-child", str(path), url, what="drain")
     if figures["left"] or figures["pushed"] != figures["queued"]:
         raise RuntimeError(f"the drain did not deliver everything: {figures}")
     return figures
@@ -226,7 +215,7 @@ def report_lines(results: dict[str, Any]) -> list[str]:
         f"{small['ratio_to_push_only']:.2f} of it",
         f"drain {large['queued']:>9,} ops: {large['ops_per_s']:>8,.0f} ops/s "
         f"({large['seconds']:.1f} s); peak RSS {large['peak_rss_mib']:.0f} MiB "
-        f"(before the run {large['rss_before_mib']:.0f} MiB), {growth:+.0f} MiB on the "
+        f"(before the run {large['rss_before_mib']:.0f} MiB), {growth:+.1f} MiB on the "
         f"{small['queued']:,}-op drain's (memory bounded, target <= +{RSS_BOUND_MIB:.0f} MiB: "
         f"{bounded})",
     ]

@@ -51,6 +51,7 @@ from pydantic import BaseModel
 from .._store import NexusStore
 from ..backends import HttpBackend
 from ..testing import ServerProcess
+from ._child import child_figures
 from ._drain import _peak_rss_mib
 
 TOKEN = "bench-token"
@@ -312,17 +313,7 @@ def download(db: Path, url: str, sha256: str) -> dict[str, Any]:
 
 
 def _child(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "nexus_store.bench._files", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the transfer failed:\n{done.stderr}")
-    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+    return child_figures("nexus_store.bench._files", *args, what="transfer")
 
 
 def _sha256_of(path: Path) -> str:

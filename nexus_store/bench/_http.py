@@ -339,11 +339,16 @@ def report_lines(results: dict[str, Any]) -> list[str]:
         if page.startswith("page_")
     ]
     for label, figure, unit in rows:
+        # A ratio judged against its target shows the digit the verdict turns on.
         pull = label.startswith("pull")
-        target = f"  {_verdict(figure['ratio'])}" if pull else ""
+        ratio = (
+            f"{figure['ratio']:.3f}  {_verdict(figure['ratio'])}"
+            if pull
+            else (f"{figure['ratio']:.2f}")
+        )
         lines.append(
             f"{label:<24} ours {figure[f'ours_{unit}_per_s']:>7,}/s  "
-            f"bare {figure[f'bare_{unit}_per_s']:>7,}/s  ratio {figure['ratio']:.2f}{target}"
+            f"bare {figure[f'bare_{unit}_per_s']:>7,}/s  ratio {ratio}"
         )
         lines.append(
             f"{'':<24} CPU server ours {figure['ours_server_cpu_us_per_item']:>5.1f} "
@@ -356,9 +361,9 @@ def report_lines(results: dict[str, Any]) -> list[str]:
                 f"{'':<24} floor (the bare route writing our tables) "
                 f"{figure['floor_ops_per_s']:>7,}/s  ratio {figure['floor_ratio']:.2f}"
             )
-            ratio = figure["ours_floor_ratio"]
-            verdict = f"  {_verdict(ratio)}" if _has_target(label) else ""
-            lines.append(f"{'':<24} ours / floor {ratio:.2f}{verdict}")
+            floor = figure["ours_floor_ratio"]
+            judged = f"{floor:.3f}  {_verdict(floor)}" if _has_target(label) else f"{floor:.2f}"
+            lines.append(f"{'':<24} ours / floor {judged}")
     return lines
 
 

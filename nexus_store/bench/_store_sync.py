@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{figures['ops_per_s']:>7,.0f} ops/s ({figures['seconds']:.1f} s, "
                     f"{figures['requests']:.0f} requests, pulled back {figures['pulled']:.0f}); "
                     f"HttpBackend push {push:>7,.0f} ops/s ({before:,.0f}, {after:,.0f}); "
-                    f"ratio {ratio:.2f} (target >= {TARGET}: "
+                    f"ratio {ratio:.3f} (target >= {TARGET}: "
                     f"{'met' if ratio >= TARGET else 'NOT met'})",
                     flush=True,
                 )

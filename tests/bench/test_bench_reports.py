@@ -44,19 +44,28 @@ def _after(lines: list[str], row: str, marker: str) -> str:
 def test_each_target_of_the_throughput_issue_is_printed_with_its_verdict() -> None:
     lines = report_lines(_results())
     assert _after(lines, "push sqlite batch_100", "ours / floor").endswith(
-        "ours / floor 0.85  (target >= 0.8: met)"
+        "ours / floor 0.850  (target >= 0.8: met)"
     )
     assert _after(lines, "push sqlite batch_500", "ours / floor").endswith(
-        "ours / floor 0.62  (target >= 0.8: NOT met)"
+        "ours / floor 0.620  (target >= 0.8: NOT met)"
     )
     assert _after(lines, "push postgres batch_500", "ours / floor").endswith(
-        "ours / floor 0.81  (target >= 0.8: met)"
+        "ours / floor 0.810  (target >= 0.8: met)"
     )
     assert _after(lines, "pull sqlite page_500", "ratio").endswith(
-        "ratio 0.66  (target >= 0.8: NOT met)"
+        "ratio 0.660  (target >= 0.8: NOT met)"
     )
     assert _after(lines, "pull sqlite page_5000", "ratio").endswith(
-        "ratio 0.84  (target >= 0.8: met)"
+        "ratio 0.840  (target >= 0.8: met)"
+    )
+
+
+def test_a_ratio_just_under_its_target_shows_the_digit_the_verdict_turns_on() -> None:
+    results = _results()
+    results["sqlite_pull"]["page_5000"] = _figure(0.796)
+    lines = report_lines(results)
+    assert _after(lines, "pull sqlite page_5000", "ratio").endswith(
+        "ratio 0.796  (target >= 0.8: NOT met)"
     )
 
 
@@ -85,7 +94,7 @@ def _drain(queued: int, peak: float) -> dict[str, Any]:
 
 def test_the_drain_report_says_whether_the_large_drain_kept_memory_bounded() -> None:
     bounded = drain_report({"small": _drain(100_000, 84.0), "large": _drain(1_000_000, 85.0)})
-    assert bounded[-1].endswith("+1 MiB on the 100,000-op drain's (memory bounded, target <= "
+    assert bounded[-1].endswith("+1.0 MiB on the 100,000-op drain's (memory bounded, target <= "
                                 "+20 MiB: met)")  # fmt: skip
     grew = drain_report({"small": _drain(100_000, 84.0), "large": _drain(1_000_000, 294.0)})
     assert grew[-1].endswith("(memory bounded, target <= +20 MiB: NOT met)")
