@@ -150,12 +150,14 @@ class _Pulling(_RunnerBase):
                 ahead = _PageAhead()
                 request = functools.partial(self._pull_page, run, target, changes.cursor, page)
                 group.start_soon(ahead.fetch, request)
-            applied, quarantined = await self._local(
-                _apply_page, target, changes.changes, max(cursor, changes.cursor)
-            )
-            run.pulled += applied
-            run.quarantined += quarantined
-            self._publish_progress(run)
+            if changes.changes or changes.cursor > cursor:
+                applied, quarantined = await self._local(
+                    _apply_page, target, changes.changes, max(cursor, changes.cursor)
+                )
+                run.pulled += applied
+                run.quarantined += quarantined
+                self._publish_progress(run)
+            # else nothing new: the file is not written (no transaction, no disk sync).
             if ahead is None:
                 return True
             cursor = changes.cursor
