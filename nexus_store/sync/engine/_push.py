@@ -208,6 +208,7 @@ class _Pushing(_RunnerBase):
         """
         window = anyio.Semaphore(_WINDOW)
         flying: set[SyncPriority] = set()  # the priority of the batches that may be in flight
+        sent = False  # whether a batch went since the push began
         async with anyio.create_task_group() as group:
             settler = _Settler(self, run, group)
             batch = await self._lease(run, count=count)
@@ -217,6 +218,10 @@ class _Pushing(_RunnerBase):
                     run.stop = SyncStopReason.BUDGET
                 if run.stop is not None:
                     await self._release(run, batch)
+                    break
+                if not batch and not sent:
+                    # Nothing was eligible, and nothing went since: no second look.
+                    run.stop = SyncStopReason.DRAINED
                     break
                 if not batch:
                     # Pushes in flight and acks still being settled may unblock more ops
@@ -241,6 +246,7 @@ class _Pushing(_RunnerBase):
                     window.release()
                     continue  # released above, on the next round
                 flying = level
+                sent = True
                 if alongside:
                     group.start_soon(self._push_in_window, run, batch, settler, window)
                     batch = await self._lease_ahead(run)

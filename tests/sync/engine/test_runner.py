@@ -877,6 +877,37 @@ async def test_a_run_of_one_batch_leases_it_with_the_count_and_looks_once_more(
     assert calls == [True, False]
 
 
+async def test_a_run_that_finds_nothing_to_send_looks_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing eligible and nothing sent: no second look (a worker-thread step and a write
+    transaction less for every idle run); an op backing off is still counted as left."""
+    clock = FakeClock()
+    store = _store(clock)
+    runner = SyncRunner(store, MemoryBackend(), batch_size=10, clock=clock, pull=False)
+    calls: list[bool] = []
+    lease_batch = runner._lease_batch
+
+    def counted(allowed: frozenset[SyncPriority], count: bool = False) -> Any:
+        calls.append(count)
+        return lease_batch(allowed, count)
+
+    monkeypatch.setattr(runner, "_lease_batch", counted)
+    summary = await runner.run()
+    assert (summary.pushed, summary.stop_reason, calls) == (0, SyncStopReason.DRAINED, [True])
+    store.save(Note(id="n1", text="x"))
+    (op,) = store.queue.lease(1, 30.0)
+    store.queue.nack([op.op_id], "busy", retry_after=60.0)
+    calls.clear()
+    summary = await runner.run()
+    assert (summary.pushed, summary.remaining, summary.stop_reason) == (
+        0,
+        1,
+        SyncStopReason.WAITING,
+    )
+    assert calls == [True]
+
+
 async def test_a_run_holds_a_bounded_number_of_ops_when_settling_falls_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
