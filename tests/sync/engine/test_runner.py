@@ -854,6 +854,19 @@ async def test_saves_made_while_the_last_batch_is_on_the_wire_go_in_the_same_run
     assert store.queue.stats().total == 0
 
 
+def _count_leases(runner: SyncRunner, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The runner's leases from now on, each as whether it counted the run's work."""
+    calls: list[bool] = []
+    lease_batch = runner._lease_batch
+
+    def counted(allowed: frozenset[SyncPriority], count: bool = False) -> Any:
+        calls.append(count)
+        return lease_batch(allowed, count)
+
+    monkeypatch.setattr(runner, "_lease_batch", counted)
+    return calls
+
+
 async def test_a_run_of_one_batch_leases_it_with_the_count_and_looks_once_more(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -864,14 +877,7 @@ async def test_a_run_of_one_batch_leases_it_with_the_count_and_looks_once_more(
     for i in range(10):
         store.save(Note(id=f"n{i}", text="x"))
     runner = SyncRunner(store, MemoryBackend(), batch_size=10, clock=clock, pull=False)
-    calls: list[bool] = []
-    lease_batch = runner._lease_batch
-
-    def counted(allowed: frozenset[SyncPriority], count: bool = False) -> Any:
-        calls.append(count)
-        return lease_batch(allowed, count)
-
-    monkeypatch.setattr(runner, "_lease_batch", counted)
+    calls = _count_leases(runner, monkeypatch)
     summary = await runner.run()
     assert summary.pushed == 10
     assert calls == [True, False]
@@ -885,14 +891,7 @@ async def test_a_run_that_finds_nothing_to_send_looks_once(
     clock = FakeClock()
     store = _store(clock)
     runner = SyncRunner(store, MemoryBackend(), batch_size=10, clock=clock, pull=False)
-    calls: list[bool] = []
-    lease_batch = runner._lease_batch
-
-    def counted(allowed: frozenset[SyncPriority], count: bool = False) -> Any:
-        calls.append(count)
-        return lease_batch(allowed, count)
-
-    monkeypatch.setattr(runner, "_lease_batch", counted)
+    calls = _count_leases(runner, monkeypatch)
     summary = await runner.run()
     assert (summary.pushed, summary.stop_reason, calls) == (0, SyncStopReason.DRAINED, [True])
     store.save(Note(id="n1", text="x"))
