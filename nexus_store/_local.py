@@ -118,6 +118,8 @@ class LocalTable(Generic[T]):
         # Derived, so never validated from stored data (a model that forbids extra
         # fields would refuse its own dump otherwise).
         self.computed = frozenset(self.model.model_computed_fields)
+        self.stored_keys = frozenset(self.model.model_fields) | self.computed
+        """The keys the stored form of an item of this model may hold."""
         self._by_name: bool | None = (
             True
             if any(f.alias or f.validation_alias for f in self.model.model_fields.values())
@@ -532,14 +534,7 @@ class LocalTable(Generic[T]):
     def stored_version(self, conn: sqlite3.Connection, key: ItemKey) -> int | None:
         """The server version stored for ``key`` (tombstones included), None if no row."""
         row = conn.execute(self._version_sql, (key,)).fetchone()
-        if row is None:
-            return None
-        if type(row[0]) is not int or row[0] < 0:
-            raise CorruptDatabaseError(
-                f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
-                f"_nx_version={row[0]!r:.40} is not a server version"
-            )
-        return row[0]
+        return None if row is None else self._server_version(key, row[0])
 
     def stored_versions(
         self, conn: sqlite3.Connection, keys: Sequence[ItemKey]
@@ -548,15 +543,20 @@ class LocalTable(Generic[T]):
         if not keys:
             return {}
         rows = conn.execute(self._versions_sql, (_json_encode(list(keys)),)).fetchall()
-        versions: dict[ItemKey, int] = {}
-        for key, version in rows:
-            if type(version) is not int or version < 0:
-                raise CorruptDatabaseError(
-                    f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}="
-                    f"{key!r:.60}: _nx_version={version!r:.40} is not a server version"
-                )
-            versions[key] = version
-        return versions
+        return {key: self._server_version(key, version) for key, version in rows}
+
+    def _server_version(self, key: ItemKey, value: object) -> int:
+        """A stored ``_nx_version``, checked.
+
+        Raises:
+            CorruptDatabaseError: it is not a server version (the file is damaged).
+        """
+        if type(value) is not int or value < 0:
+            raise CorruptDatabaseError(
+                f"{self.db.path}: table {self.spec.table!r}, row {self.spec.id_field}={key!r:.60}: "
+                f"_nx_version={value!r:.40} is not a server version"
+            )
+        return value
 
     def set_server_version(self, conn: sqlite3.Connection, key: ItemKey, version: int) -> bool:
         """Raise the stored server version to ``version``; False if no row or already newer."""

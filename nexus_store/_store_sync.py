@@ -225,8 +225,7 @@ class _SyncSide(_StoreBase[T, ID]):
         client may have sent it), before the failure is final."""
         data = change.data or {}
         # Fields this model does not have are the mark of another (older) shape.
-        known = self.model.model_fields.keys() | self._table.computed
-        foreign = self.schema_version > 1 and not set(data) <= known
+        foreign = self.schema_version > 1 and not self._table.stored_keys.issuperset(data)
         if foreign:
             upgraded = self._upgrade_pulled(data)
             if upgraded is not None:
